@@ -1,0 +1,321 @@
+//! One instance's simulation: a [`World`], its [`Physics`] and the fixed-step
+//! clock, advanced by explicit calls.
+
+use std::time::{Duration, Instant};
+
+use crate::clock::{ClockAdvance, FixedClock};
+use crate::components::{
+    Avatar, BodyKind, ColliderDesc, Motion, Owner, Shape, SpawnPoint, Transform, UserIndex,
+    Velocity,
+};
+use crate::entity::EntityId;
+use crate::error::WorldError;
+use crate::math::{Aabb, Vec3};
+use crate::physics::{BodyDesc, Physics, PhysicsError, StepReport};
+use crate::scene::Scene;
+use crate::systems;
+use crate::world::{World, WorldConfig};
+
+/// Settings of a simulation. Every field is checked by [`SimConfig::validate`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimConfig {
+    /// Fixed ticks per second (1..=1000).
+    pub tick_hz: u32,
+    /// Physics steps per tick (1..=16).
+    pub substeps: u32,
+    pub gravity: Vec3,
+    /// Most ticks run by one `advance` when behind; the rest are skipped.
+    pub catch_up_steps_max: u32,
+    pub world: WorldConfig,
+    pub avatar: AvatarConfig,
+}
+
+/// The shape and speed of avatars.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AvatarConfig {
+    pub half_height_m: f32,
+    pub radius_m: f32,
+    /// The fastest an owner may move its avatar.
+    pub speed_max_mps: f32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            tick_hz: 60,
+            substeps: 1,
+            gravity: Vec3::new(0.0, -9.81, 0.0),
+            catch_up_steps_max: 4,
+            world: WorldConfig::default(),
+            avatar: AvatarConfig {
+                half_height_m: 0.6,
+                radius_m: 0.3,
+                speed_max_mps: 10.0,
+            },
+        }
+    }
+}
+
+impl SimConfig {
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |msg: String| Err(SimError::Config(msg));
+        if !(1..=1000).contains(&self.tick_hz) {
+            return bad(format!("tick_hz must be 1..=1000, got {}", self.tick_hz));
+        }
+        if !(1..=16).contains(&self.substeps) {
+            return bad(format!("substeps must be 1..=16, got {}", self.substeps));
+        }
+        if !self.gravity.is_finite() {
+            return bad("gravity must be finite".into());
+        }
+        if self.catch_up_steps_max == 0 {
+            return bad("catch_up_steps_max must be at least 1".into());
+        }
+        if self.world.entities_max == 0 || self.world.entities_max == u32::MAX {
+            return bad("entities_max must be 1..u32::MAX".into());
+        }
+        let a = &self.avatar;
+        if !(a.half_height_m > 0.0 && a.radius_m > 0.0 && a.speed_max_mps > 0.0)
+            || !(a.half_height_m.is_finite() && a.radius_m.is_finite() && a.speed_max_mps.is_finite())
+        {
+            return bad("avatar half height, radius and speed must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn tick_duration(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.tick_hz))
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum SimError {
+    #[error("invalid simulation config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    World(#[from] WorldError),
+    #[error("scene entity {index}: {source}")]
+    Physics { index: usize, source: PhysicsError },
+    #[error("the scene has no spawn points, so avatars cannot be placed")]
+    NoSpawnPoints,
+    #[error("entity {0:?} is not an avatar")]
+    NotAnAvatar(EntityId),
+}
+
+/// What one tick did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TickReport {
+    pub physics: StepReport,
+    /// Entities moved by [`systems::integrate_velocities`].
+    pub integrated: usize,
+    /// Bodies despawned because they left the world bounds.
+    pub out_of_bounds: usize,
+}
+
+/// The simulation of one instance.
+#[derive(Debug)]
+pub struct Simulation {
+    world: World,
+    physics: Physics,
+    clock: FixedClock,
+    bounds: Aabb,
+    config: SimConfig,
+    tick_dt_s: f32,
+    spawn_points: Vec<EntityId>,
+    next_spawn: usize,
+    /// Reused every tick: entities to despawn for leaving the bounds.
+    out_of_bounds: Vec<EntityId>,
+    skipped_ticks: u64,
+}
+
+impl Simulation {
+    /// Builds the world and physics of `scene`.
+    pub fn new(scene: &Scene, config: SimConfig) -> Result<Self, SimError> {
+        config.validate()?;
+        let tick_dt_s = 1.0 / config.tick_hz as f32;
+        let entity_count = (scene.entities.len() + scene.spawn_points.len()) as u32;
+        let mut world = World::with_capacity(config.world, entity_count);
+        let mut physics = Physics::new(config.gravity, tick_dt_s, config.substeps);
+        for (index, e) in scene.entities.iter().enumerate() {
+            let motion = match &e.body {
+                Some(b) if b.body.kind != BodyKind::Fixed => Motion::Physics,
+                _ => Motion::Static,
+            };
+            let id = world.spawn(e.transform, e.velocity, motion, e.networked)?;
+            if let Some(b) = &e.body {
+                let link = physics
+                    .add_body(id, e.transform, e.velocity, b.body, &b.collider, b.mesh.as_ref())
+                    .map_err(|source| SimError::Physics { index, source })?;
+                world.insert(id, link, |c| &mut c.bodies)?;
+                world.insert(id, b.collider, |c| &mut c.colliders)?;
+            }
+        }
+        let mut spawn_points = Vec::with_capacity(scene.spawn_points.len());
+        for t in &scene.spawn_points {
+            let id = world.spawn(*t, Velocity::default(), Motion::Static, false)?;
+            world.insert(id, SpawnPoint, |c| &mut c.spawn_points)?;
+            spawn_points.push(id);
+        }
+        Ok(Simulation {
+            world,
+            physics,
+            clock: FixedClock::new(config.tick_duration(), config.catch_up_steps_max),
+            bounds: scene.bounds,
+            config,
+            tick_dt_s,
+            spawn_points,
+            next_spawn: 0,
+            out_of_bounds: Vec::with_capacity(64),
+            skipped_ticks: 0,
+        })
+    }
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    pub fn world_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
+
+    pub fn physics(&self) -> &Physics {
+        &self.physics
+    }
+
+    pub fn bounds(&self) -> &Aabb {
+        &self.bounds
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Ticks that were due but dropped by the catch-up cap, since creation.
+    pub fn skipped_ticks(&self) -> u64 {
+        self.skipped_ticks
+    }
+
+    /// When the next tick falls due.
+    pub fn next_tick_due(&self) -> Option<Instant> {
+        self.clock.next_due()
+    }
+
+    /// Runs the ticks that are due at `now` (capped; see [`FixedClock`]).
+    pub fn advance(&mut self, now: Instant) -> ClockAdvance {
+        let due = self.clock.advance(now);
+        self.skipped_ticks += due.skipped;
+        for _ in 0..due.steps {
+            self.step();
+        }
+        due
+    }
+
+    /// Runs exactly one tick: avatars, velocity integration, physics, bounds.
+    pub fn step(&mut self) -> TickReport {
+        self.world.begin_tick();
+        self.physics.drive_avatars(&self.world, self.tick_dt_s);
+        let integrated = systems::integrate_velocities(&mut self.world, self.tick_dt_s);
+        self.out_of_bounds.clear();
+        let physics = self
+            .physics
+            .step(&mut self.world, &self.bounds, &mut self.out_of_bounds);
+        let out = std::mem::take(&mut self.out_of_bounds);
+        for &id in &out {
+            // Cannot be stale: the physics step only reports linked entities.
+            let _ = self.despawn(id);
+        }
+        self.out_of_bounds = out;
+        TickReport {
+            physics,
+            integrated,
+            out_of_bounds: self.out_of_bounds.len(),
+        }
+    }
+
+    /// Despawns an entity, removing its body from the physics world.
+    pub fn despawn(&mut self, id: EntityId) -> Result<(), WorldError> {
+        if let Some(link) = self.world.optional.bodies.get(id).copied() {
+            self.physics.remove_body(&link);
+        }
+        self.world.despawn(id)
+    }
+
+    /// Spawns `user`'s avatar at the next spawn point (round robin): a
+    /// kinematic capsule owned by the user.
+    pub fn spawn_avatar(&mut self, user: UserIndex) -> Result<EntityId, SimError> {
+        if self.spawn_points.is_empty() {
+            return Err(SimError::NoSpawnPoints);
+        }
+        let point = self.spawn_points[self.next_spawn % self.spawn_points.len()];
+        self.next_spawn = self.next_spawn.wrapping_add(1);
+        let a = self.config.avatar;
+        let mut transform = self.world.transform(point)?;
+        // Stand the capsule on the spawn point rather than sinking into it.
+        transform.position.y += a.half_height_m + a.radius_m;
+        let id = self
+            .world
+            .spawn(transform, Velocity::default(), Motion::Physics, true)?;
+        let collider = ColliderDesc {
+            shape: Shape::Capsule {
+                half_height: a.half_height_m,
+                radius: a.radius_m,
+            },
+            friction: 0.0,
+            restitution: 0.0,
+            mass_kg: None,
+        };
+        let link = self
+            .physics
+            .add_body(
+                id,
+                transform,
+                Velocity::default(),
+                BodyDesc::new(BodyKind::Kinematic),
+                &collider,
+                None,
+            )
+            .map_err(|source| SimError::Physics { index: usize::MAX, source })?;
+        self.world.insert(id, link, |c| &mut c.bodies)?;
+        self.world.insert(id, collider, |c| &mut c.colliders)?;
+        self.world.insert(id, Owner { user }, |c| &mut c.owners)?;
+        let avatar = Avatar {
+            user,
+            target: None,
+            speed_max_mps: a.speed_max_mps,
+        };
+        self.world.insert(id, avatar, |c| &mut c.avatars)?;
+        Ok(id)
+    }
+
+    /// Sets where an avatar should go; it moves there over the next ticks.
+    pub fn set_avatar_target(&mut self, id: EntityId, target: Transform) -> Result<(), SimError> {
+        let len = target.rotation.length();
+        if !(target.position.is_finite() && len.is_finite() && len > 1e-6) {
+            return Err(WorldError::NotFinite {
+                what: "avatar target",
+            }
+            .into());
+        }
+        let q = target.rotation;
+        let target = Transform {
+            position: target.position,
+            rotation: crate::math::Quat::new(q.x / len, q.y / len, q.z / len, q.w / len),
+        };
+        self.world.row(id)?;
+        let tick = self.world.tick();
+        let avatar = self
+            .world
+            .optional
+            .avatars
+            .get_mut(id, tick)
+            .ok_or(SimError::NotAnAvatar(id))?;
+        avatar.target = Some(target);
+        Ok(())
+    }
+
+    /// The hash of the world state (see [`World::state_hash`]).
+    pub fn state_hash(&self) -> u64 {
+        self.world.state_hash()
+    }
+}

@@ -59,7 +59,9 @@ impl FixedClock {
         let due_steps = u64::try_from(behind).unwrap_or(u64::MAX).saturating_add(1);
         let steps = due_steps.min(u64::from(self.catch_up_steps_max));
         // Whole steps are kept on the original grid, so tick times do not drift.
-        let grid = self.step.saturating_mul(u32::try_from(due_steps).unwrap_or(u32::MAX));
+        let grid = self
+            .step
+            .saturating_mul(u32::try_from(due_steps).unwrap_or(u32::MAX));
         self.next_due = Some(due + grid);
         ClockAdvance {
             steps: steps as u32,

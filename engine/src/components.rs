@@ -105,14 +105,27 @@ pub struct BodyLink {
 /// A collider's shape, in the entity's local frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Shape {
-    Cuboid { half_extents: Vec3 },
-    Ball { radius: f32 },
+    Cuboid {
+        half_extents: Vec3,
+    },
+    Ball {
+        radius: f32,
+    },
     /// Along the local Y axis; total height is `2 * (half_height + radius)`.
-    Capsule { half_height: f32, radius: f32 },
+    Capsule {
+        half_height: f32,
+        radius: f32,
+    },
     /// Along the local Y axis.
-    Cylinder { half_height: f32, radius: f32 },
+    Cylinder {
+        half_height: f32,
+        radius: f32,
+    },
     /// A triangle mesh; the vertices live in the physics world only.
-    TriMesh { vertices: u32, triangles: u32 },
+    TriMesh {
+        vertices: u32,
+        triangles: u32,
+    },
 }
 
 /// The description of an entity's collider, as loaded from its scene.

@@ -159,8 +159,7 @@ impl Scene {
             let path = e.path().to_string();
             from_json_error(path, e.into_inner())
         })?;
-        de.end()
-            .map_err(|e| from_json_error(String::new(), e))?;
+        de.end().map_err(|e| from_json_error(String::new(), e))?;
         validate(file, limits)
     }
 
@@ -355,7 +354,7 @@ impl Element for f32 {
         let f = v as f32;
         if !f.is_finite() {
             return Err(de::Error::custom(format!(
-                "{v} is out of range for a 32-bit float"
+                "{v:e} is out of range for a 32-bit float"
             )));
         }
         Ok(Some(f))
@@ -524,8 +523,13 @@ fn validate_entity(
                 None => (BodyDesc::new(BodyKind::Fixed), Velocity::default(), None),
                 Some(b) => validate_body(&format!("{path}.body"), &b)?,
             };
-            let (collider, mesh) =
-                validate_collider(&format!("{path}.collider"), c, mass, limits, triangles_total)?;
+            let (collider, mesh) = validate_collider(
+                &format!("{path}.collider"),
+                c,
+                mass,
+                limits,
+                triangles_total,
+            )?;
             if matches!(collider.shape, Shape::TriMesh { .. }) && body.kind == BodyKind::Dynamic {
                 return Err(invalid(
                     format!("{path}.collider.shape"),
@@ -645,7 +649,13 @@ fn validate_collider(
         c.vertices.is_some(),
         c.indices.is_some(),
     ];
-    let fields = ["half_extents", "radius", "half_height", "vertices", "indices"];
+    let fields = [
+        "half_extents",
+        "radius",
+        "half_height",
+        "vertices",
+        "indices",
+    ];
     for ((field, used), here) in fields.iter().zip(uses(c.shape)).zip(present) {
         if used {
             required(field, here)?;
@@ -689,10 +699,7 @@ fn validate_collider(
         }
     };
     let friction = non_negative(&format!("{path}.friction"), c.friction.unwrap_or(0.5))?;
-    let restitution = non_negative(
-        &format!("{path}.restitution"),
-        c.restitution.unwrap_or(0.0),
-    )?;
+    let restitution = non_negative(&format!("{path}.restitution"), c.restitution.unwrap_or(0.0))?;
     if restitution > 1.0 {
         return Err(invalid(
             format!("{path}.restitution"),
@@ -720,11 +727,18 @@ fn validate_mesh(
         .into_iter()
         .map(|v| Vec3::from(v.0))
         .collect();
-    let indices: Vec<[u32; 3]> = indices.unwrap_or_default().into_iter().map(|i| i.0).collect();
+    let indices: Vec<[u32; 3]> = indices
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.0)
+        .collect();
     if vertices.len() < 3 {
         return Err(invalid(
             format!("{path}.vertices"),
-            format!("a triangle mesh needs at least 3 vertices, found {}", vertices.len()),
+            format!(
+                "a triangle mesh needs at least 3 vertices, found {}",
+                vertices.len()
+            ),
         ));
     }
     if vertices.len() > limits.trimesh_vertices_max as usize {
@@ -828,7 +842,7 @@ fn finite(path: &str, v: f64) -> Result<f32, SceneError> {
     if !f.is_finite() {
         return Err(invalid(
             path,
-            format!("{v} is out of range for a 32-bit float"),
+            format!("{v:e} is out of range for a 32-bit float"),
         ));
     }
     Ok(f)

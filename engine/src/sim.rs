@@ -76,7 +76,9 @@ impl SimConfig {
         }
         let a = &self.avatar;
         if !(a.half_height_m > 0.0 && a.radius_m > 0.0 && a.speed_max_mps > 0.0)
-            || !(a.half_height_m.is_finite() && a.radius_m.is_finite() && a.speed_max_mps.is_finite())
+            || !(a.half_height_m.is_finite()
+                && a.radius_m.is_finite()
+                && a.speed_max_mps.is_finite())
         {
             return bad("avatar half height, radius and speed must be positive".into());
         }
@@ -145,7 +147,14 @@ impl Simulation {
             let id = world.spawn(e.transform, e.velocity, motion, e.networked)?;
             if let Some(b) = &e.body {
                 let link = physics
-                    .add_body(id, e.transform, e.velocity, b.body, &b.collider, b.mesh.as_ref())
+                    .add_body(
+                        id,
+                        e.transform,
+                        e.velocity,
+                        b.body,
+                        &b.collider,
+                        b.mesh.as_ref(),
+                    )
                     .map_err(|source| SimError::Physics { index, source })?;
                 world.insert(id, link, |c| &mut c.bodies)?;
                 world.insert(id, b.collider, |c| &mut c.colliders)?;
@@ -275,7 +284,10 @@ impl Simulation {
                 &collider,
                 None,
             )
-            .map_err(|source| SimError::Physics { index: usize::MAX, source })?;
+            .map_err(|source| SimError::Physics {
+                index: usize::MAX,
+                source,
+            })?;
         self.world.insert(id, link, |c| &mut c.bodies)?;
         self.world.insert(id, collider, |c| &mut c.colliders)?;
         self.world.insert(id, Owner { user }, |c| &mut c.owners)?;

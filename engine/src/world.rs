@@ -150,11 +150,7 @@ impl World {
             // Saturates: 4 billion spawns in one instance's life is far past
             // any real session; beyond it, entities are simply not networked.
             self.next_network_id = self.next_network_id.saturating_add(1);
-            if n.0 == u32::MAX {
-                NetworkId::NONE
-            } else {
-                n
-            }
+            if n.0 == u32::MAX { NetworkId::NONE } else { n }
         } else {
             NetworkId::NONE
         };
@@ -262,12 +258,7 @@ impl World {
     /// Writes a body's state after a physics step; stamps the row and
     /// returns true only when something really changed. A stale id (the
     /// entity was despawned but its body not yet removed) is ignored.
-    pub(crate) fn write_physics_state(
-        &mut self,
-        id: EntityId,
-        t: Transform,
-        v: Velocity,
-    ) -> bool {
+    pub(crate) fn write_physics_state(&mut self, id: EntityId, t: Transform, v: Velocity) -> bool {
         let Ok(row) = self.row(id) else {
             return false;
         };
@@ -428,7 +419,10 @@ impl DespawnLog {
     }
 
     fn since(&self, since: Tick) -> Option<impl Iterator<Item = NetworkId> + '_> {
-        if self.forgotten_through.is_some_and(|t| t.is_newer_than(since)) {
+        if self
+            .forgotten_through
+            .is_some_and(|t| t.is_newer_than(since))
+        {
             return None;
         }
         Some(

@@ -1,0 +1,224 @@
+//! Physics, avatars and determinism through the whole simulation.
+
+use std::time::{Duration, Instant};
+
+use engine::{
+    BodyKind, Scene, SceneLimits, SimConfig, Simulation, Tick, Transform, UserIndex, Vec3,
+};
+
+fn scene(entities: &str) -> Scene {
+    let text = format!(
+        r#"{{"version": 1, "bounds": {{"min": [-20, -5, -20], "max": [20, 40, 20]}},
+            "spawn_points": [{{"position": [0, 0, 0]}}], "entities": {entities}}}"#
+    );
+    Scene::from_json(text.as_bytes(), &SceneLimits::default()).unwrap()
+}
+
+const FLOOR: &str = r#"{"transform": {"position": [0, -0.5, 0]}, "collider": {"shape": "cuboid", "half_extents": [20, 0.5, 20]}}"#;
+
+fn dynamic_ids(sim: &Simulation) -> Vec<engine::EntityId> {
+    sim.world()
+        .optional
+        .bodies
+        .iter()
+        .filter(|(_, l)| l.kind == BodyKind::Dynamic)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[test]
+fn a_falling_box_falls_lands_and_then_stops_dirtying_its_row() {
+    let boxed = r#"{"transform": {"position": [0, 10, 0]}, "body": {"kind": "dynamic"}, "collider": {"shape": "cuboid", "half_extents": [0.5, 0.5, 0.5]}}"#;
+    let mut sim =
+        Simulation::new(&scene(&format!("[{FLOOR}, {boxed}]")), SimConfig::default()).unwrap();
+    let b = dynamic_ids(&sim)[0];
+
+    sim.step();
+    let y1 = sim.world().transform(b).unwrap().position.y;
+    assert!(y1 < 10.0, "gravity moved the box: {y1}");
+    assert!(sim.world().velocity(b).unwrap().linear.y < 0.0);
+    assert_eq!(sim.world().changed_at(b).unwrap(), Tick(1));
+
+    // Free fall from 10 m takes about 1.4 s; give it 6 s to land and sleep.
+    for _ in 0..360 {
+        sim.step();
+    }
+    let rest = sim.world().transform(b).unwrap().position;
+    assert!(
+        (rest.y - 0.5).abs() < 0.05,
+        "the box rests on the floor: {rest:?}"
+    );
+    assert_eq!(sim.physics().awake_bodies(), 0, "the box fell asleep");
+    let stamped = sim.world().changed_at(b).unwrap();
+    for _ in 0..30 {
+        let report = sim.step();
+        assert_eq!(report.physics.moved_rows, 0);
+    }
+    assert_eq!(
+        sim.world().changed_at(b).unwrap(),
+        stamped,
+        "a sleeping body does not dirty its row"
+    );
+    assert_eq!(sim.world().changed_since(stamped).count(), 0);
+}
+
+#[test]
+fn bodies_leaving_the_world_bounds_are_despawned() {
+    let thrown = r#"{"transform": {"position": [0, 2, 0]}, "body": {"kind": "dynamic", "linear_velocity": [0, 0, 60]}, "collider": {"shape": "ball", "radius": 0.2}}"#;
+    let mut sim = Simulation::new(&scene(&format!("[{thrown}]")), SimConfig::default()).unwrap();
+    let b = dynamic_ids(&sim)[0];
+    let mut gone_at = None;
+    for tick in 0..120 {
+        if sim.step().out_of_bounds > 0 {
+            gone_at = Some(tick);
+            break;
+        }
+    }
+    assert!(
+        gone_at.is_some(),
+        "60 m/s leaves a 20 m half-width world within 2 s"
+    );
+    assert!(!sim.world().contains(b));
+    assert_eq!(sim.physics().body_count(), 0);
+    let net = sim.world().despawned_since(Tick::ZERO).unwrap().count();
+    assert_eq!(net, 1, "clients are told about the despawn");
+}
+
+#[test]
+fn avatars_follow_targets_at_bounded_speed_and_do_not_pass_walls() {
+    let wall = r#"{"transform": {"position": [0, 1, 5]}, "collider": {"shape": "cuboid", "half_extents": [10, 1, 0.5]}}"#;
+    let mut sim =
+        Simulation::new(&scene(&format!("[{FLOOR}, {wall}]")), SimConfig::default()).unwrap();
+    let avatar = sim.spawn_avatar(UserIndex(7)).unwrap();
+    let start = sim.world().transform(avatar).unwrap().position;
+    assert!(
+        (start.y - 0.9).abs() < 1e-4,
+        "stands on the spawn point: {start:?}"
+    );
+    assert_eq!(
+        sim.world().optional.owners.get(avatar).unwrap().user,
+        UserIndex(7)
+    );
+
+    // A target 3 m away along x: 10 m/s at 60 Hz means 1/6 m per tick.
+    let target = Transform::from_position(Vec3::new(3.0, start.y, 0.0));
+    sim.set_avatar_target(avatar, target).unwrap();
+    sim.step();
+    sim.step();
+    let p = sim.world().transform(avatar).unwrap().position;
+    assert!(
+        p.x > 0.05 && p.x <= 2.0 / 6.0 + 1e-3,
+        "speed-limited step: {p:?}"
+    );
+    for _ in 0..60 {
+        sim.step();
+    }
+    let p = sim.world().transform(avatar).unwrap().position;
+    assert!((p.x - 3.0).abs() < 0.02, "reached the target: {p:?}");
+
+    // Through the wall at z = 4.5..5.5: the controller stops in front of it.
+    sim.set_avatar_target(
+        avatar,
+        Transform::from_position(Vec3::new(3.0, start.y, 10.0)),
+    )
+    .unwrap();
+    for _ in 0..180 {
+        sim.step();
+    }
+    let p = sim.world().transform(avatar).unwrap().position;
+    assert!(p.z < 4.5 - 0.25, "blocked by the wall: {p:?}");
+    assert!(p.z > 3.5, "but got up to it: {p:?}");
+}
+
+#[test]
+fn bad_avatar_targets_are_refused() {
+    let mut sim = Simulation::new(&scene(&format!("[{FLOOR}]")), SimConfig::default()).unwrap();
+    let avatar = sim.spawn_avatar(UserIndex(1)).unwrap();
+    let nan = Transform::from_position(Vec3::new(f32::NAN, 0.0, 0.0));
+    assert!(sim.set_avatar_target(avatar, nan).is_err());
+    let floor = sim.world().columns().ids[0];
+    assert!(
+        sim.set_avatar_target(floor, Transform::default()).is_err(),
+        "not an avatar"
+    );
+}
+
+/// Runs the demo scene with two avatars following a scripted path.
+fn scripted_run(ticks: u32, wiggle: f32) -> u64 {
+    let mut sim = Simulation::new(&Scene::demo(), SimConfig::default()).unwrap();
+    let a = sim.spawn_avatar(UserIndex(0)).unwrap();
+    let b = sim.spawn_avatar(UserIndex(1)).unwrap();
+    for t in 0..ticks {
+        let s = t as f32 * 0.05;
+        let pa = Transform::from_position(Vec3::new(10.0 * s.sin(), 1.0, 10.0 * s.cos() + wiggle));
+        let pb = Transform::from_position(Vec3::new(12.0 - s, 1.0, 12.0));
+        sim.set_avatar_target(a, pa).unwrap();
+        sim.set_avatar_target(b, pb).unwrap();
+        sim.step();
+    }
+    sim.state_hash()
+}
+
+#[test]
+fn same_scene_and_inputs_give_the_same_hash() {
+    let first = scripted_run(240, 0.0);
+    assert_eq!(first, scripted_run(240, 0.0));
+    assert_ne!(
+        first,
+        scripted_run(240, 0.001),
+        "the hash sees a 1 mm input difference"
+    );
+    assert_ne!(first, scripted_run(239, 0.0));
+}
+
+#[test]
+fn advance_runs_ticks_from_explicit_time_and_caps_catch_up() {
+    let mut sim = Simulation::new(&Scene::demo(), SimConfig::default()).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(sim.advance(t0).steps, 1);
+    assert_eq!(sim.world().tick(), Tick(1));
+    let step = sim.config().tick_duration();
+    assert_eq!(sim.advance(t0 + step * 3).steps, 3);
+    assert_eq!(sim.world().tick(), Tick(4));
+    // A 2 s stall runs at most `catch_up_steps_max` ticks and reports the rest.
+    let a = sim.advance(t0 + step * 3 + Duration::from_secs(2));
+    assert_eq!(a.steps, 4);
+    assert!(a.skipped >= 115, "{a:?}");
+    assert_eq!(sim.skipped_ticks(), a.skipped);
+}
+
+#[test]
+fn config_is_validated() {
+    let bad = SimConfig {
+        tick_hz: 0,
+        ..SimConfig::default()
+    };
+    assert!(Simulation::new(&Scene::demo(), bad).is_err());
+    let bad = SimConfig {
+        substeps: 0,
+        ..SimConfig::default()
+    };
+    assert!(Simulation::new(&Scene::demo(), bad).is_err());
+    let tiny = SimConfig {
+        world: engine::WorldConfig {
+            entities_max: 10,
+            despawn_log_len: 8,
+        },
+        ..SimConfig::default()
+    };
+    let err = Simulation::new(&Scene::demo(), tiny).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the world is full: at most 10 entities (entities_max)"
+    );
+}
+
+#[test]
+fn the_stress_scene_runs() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenes/stress.json");
+    let scene = Scene::load(&path, &SceneLimits::default()).unwrap();
+    let mut sim = Simulation::new(&scene, SimConfig::default()).unwrap();
+    let report = sim.step();
+    assert!(report.physics.awake_bodies >= 5000);
+    assert!(report.physics.moved_rows >= 5000);
+}

@@ -54,7 +54,7 @@ impl Default for SceneLimits {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SceneError {
-    #[error("cannot read scene file {path}: {source}")]
+    #[error("cannot read scene file {path}")]
     Io {
         path: String,
         source: std::io::Error,

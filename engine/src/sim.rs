@@ -212,11 +212,18 @@ impl Simulation {
 
     /// Runs the ticks that are due at `now` (capped; see [`FixedClock`]).
     pub fn advance(&mut self, now: Instant) -> ClockAdvance {
-        let due = self.clock.advance(now);
-        self.skipped_ticks += due.skipped;
+        let due = self.due_ticks(now);
         for _ in 0..due.steps {
             self.step();
         }
+        due
+    }
+
+    /// Moves the clock to `now` and says how many ticks to [`Self::step`],
+    /// for callers that time each tick; [`Self::advance`] does both.
+    pub fn due_ticks(&mut self, now: Instant) -> ClockAdvance {
+        let due = self.clock.advance(now);
+        self.skipped_ticks += due.skipped;
         due
     }
 

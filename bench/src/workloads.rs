@@ -55,7 +55,7 @@ impl Ours {
     }
 
     pub fn checksum(&self) -> f32 {
-        self.world.columns().positions.iter().map(|p| p.x).sum()
+        self.world.columns().positions.x.iter().sum()
     }
 }
 

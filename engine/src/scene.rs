@@ -36,6 +36,8 @@ pub struct SceneLimits {
     /// Triangles over all trimesh colliders of the scene.
     pub trimesh_triangles_total_max: u32,
     pub name_bytes_max: u32,
+    /// Largest absolute coordinate, and largest collider dimension, in metres.
+    pub coordinate_abs_max_m: f32,
 }
 
 impl Default for SceneLimits {
@@ -47,6 +49,7 @@ impl Default for SceneLimits {
             trimesh_vertices_max: 65_536,
             trimesh_triangles_total_max: 262_144,
             name_bytes_max: 128,
+            coordinate_abs_max_m: 100_000.0,
         }
     }
 }
@@ -433,6 +436,18 @@ fn validate(file: SceneFile, limits: &SceneLimits) -> Result<Scene, SceneError> 
         min: Vec3::from(file.bounds.min.0),
         max: Vec3::from(file.bounds.max.0),
     };
+    let far = limits.coordinate_abs_max_m;
+    for (field, v) in [("min", bounds.min), ("max", bounds.max)] {
+        if v.to_array().iter().any(|c| c.abs() > far) {
+            return Err(invalid(
+                format!("bounds.{field}"),
+                format!(
+                    "{:?} is farther than {far} m from the origin (coordinate_abs_max_m)",
+                    v.to_array()
+                ),
+            ));
+        }
+    }
     let size = bounds.size();
     if size.x <= 0.0 || size.y <= 0.0 || size.z <= 0.0 {
         return Err(invalid(
@@ -698,6 +713,33 @@ fn validate_collider(
             shape
         }
     };
+    let largest = match shape {
+        Shape::Cuboid { half_extents: h } => h.x.max(h.y).max(h.z),
+        Shape::Ball { radius } => radius,
+        Shape::Capsule {
+            half_height,
+            radius,
+        }
+        | Shape::Cylinder {
+            half_height,
+            radius,
+        } => half_height.max(radius),
+        Shape::TriMesh { .. } => mesh.as_ref().map_or(0.0, |m| {
+            m.vertices
+                .iter()
+                .flat_map(|v| v.to_array())
+                .fold(0.0f32, |a, c| a.max(c.abs()))
+        }),
+    };
+    if largest > limits.coordinate_abs_max_m {
+        return Err(invalid(
+            format!("{path}.shape"),
+            format!(
+                "the shape extends {largest} m, more than {} m (coordinate_abs_max_m)",
+                limits.coordinate_abs_max_m
+            ),
+        ));
+    }
     let friction = non_negative(&format!("{path}.friction"), c.friction.unwrap_or(0.5))?;
     let restitution = non_negative(&format!("{path}.restitution"), c.restitution.unwrap_or(0.0))?;
     if restitution > 1.0 {

@@ -7,7 +7,8 @@ use crate::components::{Motion, NetworkId, OptionalColumns, Transform, Velocity}
 use crate::entity::{Entities, EntityId, Row};
 use crate::error::WorldError;
 use crate::hash::{StateHash, StateHasher};
-use crate::math::{Quat, Vec3};
+use crate::math::Quat;
+use crate::soa::{Vec3Column, Vec3Slices, Vec3SlicesMut};
 use crate::tick::Tick;
 
 /// Limits of one world.
@@ -41,10 +42,10 @@ impl Default for WorldConfig {
 pub struct World {
     entities: Entities,
     ids: Vec<EntityId>,
-    positions: Vec<Vec3>,
+    positions: Vec3Column,
     rotations: Vec<Quat>,
-    linear_velocities: Vec<Vec3>,
-    angular_velocities: Vec<Vec3>,
+    linear_velocities: Vec3Column,
+    angular_velocities: Vec3Column,
     motions: Vec<Motion>,
     network_ids: Vec<NetworkId>,
     changed: Vec<Tick>,
@@ -59,10 +60,10 @@ pub struct World {
 #[derive(Debug, Clone, Copy)]
 pub struct BodyColumns<'w> {
     pub ids: &'w [EntityId],
-    pub positions: &'w [Vec3],
+    pub positions: Vec3Slices<'w>,
     pub rotations: &'w [Quat],
-    pub linear_velocities: &'w [Vec3],
-    pub angular_velocities: &'w [Vec3],
+    pub linear_velocities: Vec3Slices<'w>,
+    pub angular_velocities: Vec3Slices<'w>,
     pub motions: &'w [Motion],
     pub network_ids: &'w [NetworkId],
     pub changed: &'w [Tick],
@@ -75,10 +76,10 @@ pub struct BodyColumns<'w> {
 pub struct BodyColumnsMut<'w> {
     pub tick: Tick,
     pub ids: &'w [EntityId],
-    pub positions: &'w mut [Vec3],
+    pub positions: Vec3SlicesMut<'w>,
     pub rotations: &'w mut [Quat],
-    pub linear_velocities: &'w mut [Vec3],
-    pub angular_velocities: &'w mut [Vec3],
+    pub linear_velocities: Vec3SlicesMut<'w>,
+    pub angular_velocities: Vec3SlicesMut<'w>,
     pub motions: &'w [Motion],
     pub network_ids: &'w [NetworkId],
     pub changed: &'w mut [Tick],
@@ -96,10 +97,10 @@ impl World {
         World {
             entities: Entities::new(config.entities_max),
             ids: Vec::with_capacity(n),
-            positions: Vec::with_capacity(n),
+            positions: Vec3Column::with_capacity(n),
             rotations: Vec::with_capacity(n),
-            linear_velocities: Vec::with_capacity(n),
-            angular_velocities: Vec::with_capacity(n),
+            linear_velocities: Vec3Column::with_capacity(n),
+            angular_velocities: Vec3Column::with_capacity(n),
             motions: Vec::with_capacity(n),
             network_ids: Vec::with_capacity(n),
             changed: Vec::with_capacity(n),
@@ -201,7 +202,7 @@ impl World {
     pub fn transform(&self, id: EntityId) -> Result<Transform, WorldError> {
         let r = self.row(id)?.index();
         Ok(Transform {
-            position: self.positions[r],
+            position: self.positions.get(r),
             rotation: self.rotations[r],
         })
     }
@@ -209,8 +210,8 @@ impl World {
     pub fn velocity(&self, id: EntityId) -> Result<Velocity, WorldError> {
         let r = self.row(id)?.index();
         Ok(Velocity {
-            linear: self.linear_velocities[r],
-            angular: self.angular_velocities[r],
+            linear: self.linear_velocities.get(r),
+            angular: self.angular_velocities.get(r),
         })
     }
 
@@ -233,8 +234,8 @@ impl World {
     pub fn set_transform(&mut self, id: EntityId, t: Transform) -> Result<(), WorldError> {
         check_finite(&t, &Velocity::default())?;
         let r = self.row(id)?.index();
-        if !(self.positions[r].bits_eq(t.position) && self.rotations[r].bits_eq(t.rotation)) {
-            self.positions[r] = t.position;
+        if !(self.positions.get(r).bits_eq(t.position) && self.rotations[r].bits_eq(t.rotation)) {
+            self.positions.set(r, t.position);
             self.rotations[r] = t.rotation;
             self.changed[r] = self.tick;
         }
@@ -245,11 +246,11 @@ impl World {
     pub fn set_velocity(&mut self, id: EntityId, v: Velocity) -> Result<(), WorldError> {
         check_finite(&Transform::default(), &v)?;
         let r = self.row(id)?.index();
-        if !(self.linear_velocities[r].bits_eq(v.linear)
-            && self.angular_velocities[r].bits_eq(v.angular))
+        if !(self.linear_velocities.get(r).bits_eq(v.linear)
+            && self.angular_velocities.get(r).bits_eq(v.angular))
         {
-            self.linear_velocities[r] = v.linear;
-            self.angular_velocities[r] = v.angular;
+            self.linear_velocities.set(r, v.linear);
+            self.angular_velocities.set(r, v.angular);
             self.changed[r] = self.tick;
         }
         Ok(())
@@ -263,15 +264,15 @@ impl World {
             return false;
         };
         let r = row.index();
-        let same = self.positions[r].bits_eq(t.position)
+        let same = self.positions.get(r).bits_eq(t.position)
             && self.rotations[r].bits_eq(t.rotation)
-            && self.linear_velocities[r].bits_eq(v.linear)
-            && self.angular_velocities[r].bits_eq(v.angular);
+            && self.linear_velocities.get(r).bits_eq(v.linear)
+            && self.angular_velocities.get(r).bits_eq(v.angular);
         if !same {
-            self.positions[r] = t.position;
+            self.positions.set(r, t.position);
             self.rotations[r] = t.rotation;
-            self.linear_velocities[r] = v.linear;
-            self.angular_velocities[r] = v.angular;
+            self.linear_velocities.set(r, v.linear);
+            self.angular_velocities.set(r, v.angular);
             self.changed[r] = self.tick;
         }
         !same
@@ -311,10 +312,10 @@ impl World {
     pub fn columns(&self) -> BodyColumns<'_> {
         BodyColumns {
             ids: &self.ids,
-            positions: &self.positions,
+            positions: self.positions.slices(),
             rotations: &self.rotations,
-            linear_velocities: &self.linear_velocities,
-            angular_velocities: &self.angular_velocities,
+            linear_velocities: self.linear_velocities.slices(),
+            angular_velocities: self.angular_velocities.slices(),
             motions: &self.motions,
             network_ids: &self.network_ids,
             changed: &self.changed,
@@ -325,10 +326,10 @@ impl World {
         BodyColumnsMut {
             tick: self.tick,
             ids: &self.ids,
-            positions: &mut self.positions,
+            positions: self.positions.slices_mut(),
             rotations: &mut self.rotations,
-            linear_velocities: &mut self.linear_velocities,
-            angular_velocities: &mut self.angular_velocities,
+            linear_velocities: self.linear_velocities.slices_mut(),
+            angular_velocities: self.angular_velocities.slices_mut(),
             motions: &self.motions,
             network_ids: &self.network_ids,
             changed: &mut self.changed,
@@ -359,10 +360,10 @@ impl World {
         h.write_u64(self.ids.len() as u64);
         for r in 0..self.ids.len() {
             h.write_u64(self.ids[r].to_bits());
-            self.positions[r].hash_state(&mut h);
+            self.positions.get(r).hash_state(&mut h);
             self.rotations[r].hash_state(&mut h);
-            self.linear_velocities[r].hash_state(&mut h);
-            self.angular_velocities[r].hash_state(&mut h);
+            self.linear_velocities.get(r).hash_state(&mut h);
+            self.angular_velocities.get(r).hash_state(&mut h);
             h.write_u8(self.motions[r] as u8);
             h.write_u32(self.network_ids[r].0);
             h.write_u32(self.changed[r].0);

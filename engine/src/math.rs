@@ -47,7 +47,7 @@ impl Vec3 {
         Vec3::new(self.x + v.x * s, self.y + v.y * s, self.z + v.z * s)
     }
 
-    pub fn sub(self, v: Vec3) -> Vec3 {
+    pub fn minus(self, v: Vec3) -> Vec3 {
         Vec3::new(self.x - v.x, self.y - v.y, self.z - v.z)
     }
 
@@ -166,6 +166,6 @@ impl Aabb {
     }
 
     pub fn size(&self) -> Vec3 {
-        self.max.sub(self.min)
+        self.max.minus(self.min)
     }
 }

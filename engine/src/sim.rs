@@ -75,10 +75,10 @@ impl SimConfig {
             return bad("entities_max must be 1..u32::MAX".into());
         }
         let a = &self.avatar;
-        if !(a.half_height_m > 0.0 && a.radius_m > 0.0 && a.speed_max_mps > 0.0)
-            || !(a.half_height_m.is_finite()
-                && a.radius_m.is_finite()
-                && a.speed_max_mps.is_finite())
+        let positive_finite = |v: f32| v > 0.0 && v.is_finite();
+        if ![a.half_height_m, a.radius_m, a.speed_max_mps]
+            .into_iter()
+            .all(positive_finite)
         {
             return bad("avatar half height, radius and speed must be positive".into());
         }

@@ -1,6 +1,9 @@
 //! Replays the committed fuzz corpora on stable, so inputs that once crashed
 //! a target stay fixed.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 #[test]

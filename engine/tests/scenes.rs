@@ -1,5 +1,8 @@
 //! Scene loading: the shipped scenes, and errors for bad files.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use engine::{BodyKind, Scene, SceneError, SceneLimits, Shape};

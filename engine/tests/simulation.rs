@@ -1,5 +1,8 @@
 //! Physics, avatars and determinism through the whole simulation.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use engine::{

@@ -1,5 +1,8 @@
 //! The ECS against a naive model, change ticks and stale ids.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use engine::{

@@ -208,8 +208,8 @@ impl Physics {
 
     /// Runs one tick of physics and copies the results of awake bodies back
     /// into `world`. Sleeping bodies are not visited, so their rows keep
-    /// their change ticks. Entities whose position left `bounds` are pushed
-    /// to `out_of_bounds` for the caller to despawn.
+    /// their change ticks. Dynamic bodies whose position left `bounds` (or
+    /// became NaN) are pushed to `out_of_bounds` for the caller to despawn.
     pub fn step(
         &mut self,
         world: &mut World,
@@ -239,7 +239,9 @@ impl Physics {
             if world.write_physics_state(entity, transform, velocity) {
                 report.moved_rows += 1;
             }
-            if !bounds.contains(position) {
+            // Only simulated bodies can be flung out; kinematic ones go where
+            // their targets say, and avatar targets are clamped to the bounds.
+            if body.is_dynamic() && !bounds.contains(position) {
                 out_of_bounds.push(entity);
             }
         }

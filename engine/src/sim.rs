@@ -307,7 +307,9 @@ impl Simulation {
         Ok(id)
     }
 
-    /// Sets where an avatar should go; it moves there over the next ticks.
+    /// Sets where an avatar should go; it moves there over the next ticks at
+    /// no more than its speed limit. The target is clamped to the world
+    /// bounds and its rotation normalised; non-finite values are refused.
     pub fn set_avatar_target(&mut self, id: EntityId, target: Transform) -> Result<(), SimError> {
         let len = target.rotation.length();
         if !(target.position.is_finite() && len.is_finite() && len > 1e-6) {
@@ -317,8 +319,15 @@ impl Simulation {
             .into());
         }
         let q = target.rotation;
+        let (lo, hi) = (self.bounds.min, self.bounds.max);
+        let p = target.position;
         let target = Transform {
-            position: target.position,
+            // Inside the world bounds: an owner cannot walk its avatar out.
+            position: Vec3::new(
+                p.x.clamp(lo.x, hi.x),
+                p.y.clamp(lo.y, hi.y),
+                p.z.clamp(lo.z, hi.z),
+            ),
             rotation: crate::math::Quat::new(q.x / len, q.y / len, q.z / len, q.w / len),
         };
         self.world.row(id)?;

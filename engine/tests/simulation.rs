@@ -134,6 +134,23 @@ fn avatars_follow_targets_at_bounded_speed_and_do_not_pass_walls() {
 }
 
 #[test]
+fn avatar_targets_are_clamped_to_the_world_bounds() {
+    let mut sim = Simulation::new(&scene(&format!("[{FLOOR}]")), SimConfig::default()).unwrap();
+    let avatar = sim.spawn_avatar(UserIndex(1)).unwrap();
+    let far = Transform::from_position(Vec3::new(500.0, 0.9, 0.0));
+    sim.set_avatar_target(avatar, far).unwrap();
+    for _ in 0..600 {
+        sim.step();
+    }
+    let p = sim.world().transform(avatar).unwrap().position;
+    assert!(sim.world().contains(avatar), "the avatar is not despawned");
+    assert!(
+        p.x <= 20.0 && p.x > 19.0,
+        "stopped at the bound x = 20: {p:?}"
+    );
+}
+
+#[test]
 fn bad_avatar_targets_are_refused() {
     let mut sim = Simulation::new(&scene(&format!("[{FLOOR}]")), SimConfig::default()).unwrap();
     let avatar = sim.spawn_avatar(UserIndex(1)).unwrap();

@@ -99,6 +99,8 @@ pub enum SimError {
     World(#[from] WorldError),
     #[error("scene entity {index}: {source}")]
     Physics { index: usize, source: PhysicsError },
+    #[error("cannot build the avatar's body: {0}")]
+    Avatar(PhysicsError),
     #[error("the scene has no spawn points, so avatars cannot be placed")]
     NoSpawnPoints,
     #[error("entity {0:?} is not an avatar")]
@@ -184,6 +186,8 @@ impl Simulation {
         &self.world
     }
 
+    /// Mutable access for systems outside the engine. Despawn through
+    /// [`Self::despawn`], which also removes the entity's physics body.
     pub fn world_mut(&mut self) -> &mut World {
         &mut self.world
     }
@@ -291,10 +295,7 @@ impl Simulation {
                 &collider,
                 None,
             )
-            .map_err(|source| SimError::Physics {
-                index: usize::MAX,
-                source,
-            })?;
+            .map_err(SimError::Avatar)?;
         self.world.insert(id, link, |c| &mut c.bodies)?;
         self.world.insert(id, collider, |c| &mut c.colliders)?;
         self.world.insert(id, Owner { user }, |c| &mut c.owners)?;

@@ -1,5 +1,39 @@
-//! The wire protocol and the network path of a shard: zerocopy frame
-//! headers, rkyv messages, quantised delta snapshots, the str0m peer state
-//! machine, demux, SFU forwarding and the io_uring UDP shell.
+//! The wire protocol of instanceserver (specified in `docs/protocol.md`):
+//! the frame header, every message kind in both directions, and the codec
+//! that encodes into reused buffers and decodes untrusted bytes in place
+//! after validation. No I/O here: the node, the bots and the tests all call
+//! these functions with byte slices.
 //!
-//! Empty so far: the protocol and node issues build it on top of `engine`.
+//! ```
+//! use net::{Channel, Decoder, Encoder, MessageKind, ClientMessage};
+//! use net::messages::{Input, OwnedUpdate};
+//!
+//! let mut enc = Encoder::default();
+//! let input = Input { owned: vec![OwnedUpdate { network_id: 7, position: [1.0, 2.0, 3.0], rotation: [0.0, 0.0, 0.0, 1.0] }] };
+//! let bytes = enc.encode(MessageKind::Input, 1, 42, &input).unwrap().to_vec();
+//!
+//! let mut dec = Decoder::default();
+//! match dec.decode_client(&bytes, Channel::State).unwrap() {
+//!     ClientMessage::Input(header, input) => {
+//!         assert_eq!(header.tick.get(), 42); // the client's last snapshot tick
+//!         assert_eq!(input.owned[0].network_id.to_native(), 7);
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! ```
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod fuzzing;
+pub mod messages;
+
+pub use codec::{ClientMessage, Decoder, Encoder, ServerMessage};
+pub use error::ProtocolError;
+pub use frame::{
+    Channel, FRAME_HEADER_LEN, FrameHeader, MessageKind, PROTOCOL_VERSION, split_frame,
+};
+
+/// The largest snapshot datagram: one SCTP data chunk inside a typical
+/// 1,200-byte WebRTC path MTU, so a snapshot is never fragmented.
+pub const SNAPSHOT_DATAGRAM_BYTES_MAX: usize = 1150;

@@ -1,0 +1,42 @@
+//! Errors from decoding untrusted bytes. Every one is counted by the caller
+//! and the message dropped; a peer that keeps sending them is disconnected.
+
+use crate::frame::MessageKind;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    #[error("frame of {len} bytes is shorter than its 16-byte header")]
+    Truncated { len: usize },
+    #[error(
+        "peer speaks protocol version {theirs}, this server speaks {}",
+        crate::PROTOCOL_VERSION
+    )]
+    VersionMismatch { theirs: u8 },
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("reserved header flags set: {0:#06x}")]
+    ReservedFlags(u16),
+    #[error("header declares {declared} payload bytes but {actual} follow")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("{kind:?} payload of {len} bytes exceeds its limit of {max}")]
+    TooLarge {
+        kind: MessageKind,
+        len: usize,
+        max: usize,
+    },
+    #[error("{0:?} is not a message a client may send")]
+    WrongDirection(MessageKind),
+    #[error("{kind:?} arrived on the wrong data channel")]
+    WrongChannel { kind: MessageKind },
+    #[error("invalid {kind:?} archive: {reason}")]
+    InvalidArchive { kind: MessageKind, reason: String },
+    #[error("{what}: {count} exceeds the limit of {max}")]
+    CountExceeded {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("{what} is not a finite number")]
+    NotFinite { what: &'static str },
+}

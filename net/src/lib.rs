@@ -27,6 +27,7 @@ pub mod error;
 pub mod frame;
 pub mod fuzzing;
 pub mod messages;
+pub mod quant;
 
 pub use codec::{ClientMessage, Decoder, Encoder, ServerMessage};
 pub use error::ProtocolError;

@@ -154,6 +154,15 @@ pub struct Avatar {
     pub speed_max_mps: f32,
 }
 
+/// Marks an entity every client receives regardless of distance (a score
+/// board, a moving platform everyone rides).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Global;
+
+impl StateHash for Global {
+    fn hash_state(&self, _h: &mut StateHasher) {}
+}
+
 /// A place where avatars appear.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpawnPoint;
@@ -266,4 +275,6 @@ optional_components! {
     avatars: Avatar,
     /// Spawn points.
     spawn_points: SpawnPoint,
+    /// Entities replicated to every client regardless of interest.
+    globals: Global,
 }

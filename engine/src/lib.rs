@@ -50,8 +50,8 @@ pub mod world;
 pub use clock::{ClockAdvance, FixedClock};
 pub use column::SparseColumn;
 pub use components::{
-    Avatar, BodyKind, BodyLink, ColliderDesc, Motion, NetworkId, OptionalColumns, Owner, Shape,
-    SpawnPoint, Transform, UserIndex, Velocity,
+    Avatar, BodyKind, BodyLink, ColliderDesc, Global, Motion, NetworkId, OptionalColumns, Owner,
+    Shape, SpawnPoint, Transform, UserIndex, Velocity,
 };
 pub use entity::{EntityId, Row};
 pub use error::WorldError;

@@ -28,6 +28,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod messages;
 pub mod quant;
+pub mod snapshot;
 
 pub use codec::{ClientMessage, Decoder, Encoder, ServerMessage};
 pub use error::ProtocolError;

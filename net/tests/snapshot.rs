@@ -1,0 +1,302 @@
+//! Snapshot replication: round trips, deltas against every baseline,
+//! interest, the byte budget, and bytes per moving entity.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use engine::{Aabb, EntityId, Global, Motion, Transform, Vec3, Velocity, World, WorldConfig};
+use net::quant::Quantizer;
+use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotReceiver, WorldFrame};
+use net::{Channel, Decoder, FRAME_HEADER_LEN, ServerMessage};
+
+fn bounds() -> Aabb {
+    Aabb {
+        min: Vec3::new(-500.0, -500.0, -500.0),
+        max: Vec3::new(500.0, 500.0, 500.0),
+    }
+}
+
+/// A world of `n` entities on a line along x, `spacing` apart, each moving
+/// at `speed` m/s along z.
+fn moving_world(n: usize, spacing: f32, speed: f32) -> (World, Vec<EntityId>) {
+    let mut w = World::new(WorldConfig::default());
+    let ids = (0..n)
+        .map(|i| {
+            let t = Transform::from_position(Vec3::new(i as f32 * spacing, 1.0, 0.0));
+            let v = Velocity {
+                linear: Vec3::new(0.0, 0.0, speed),
+                angular: Vec3::ZERO,
+            };
+            w.spawn(t, v, Motion::Integrated, true).unwrap()
+        })
+        .collect();
+    (w, ids)
+}
+
+fn tick(w: &mut World) {
+    w.begin_tick();
+    engine::systems::integrate_velocities(w, 1.0 / 60.0);
+}
+
+/// Runs `ticks` ticks; the client acknowledges `lag` ticks late and its
+/// receiver applies every snapshot. Checks the client's state equals the
+/// server's record of it after every snapshot. Returns payload sizes.
+fn run(
+    world: &mut World,
+    config: SnapshotConfig,
+    ticks: u32,
+    lag: u32,
+    viewer: Vec3,
+) -> (Vec<usize>, ClientSnapshots, SnapshotReceiver) {
+    let q = Quantizer::new(&bounds());
+    let mut frame = WorldFrame::with_capacity(4096);
+    let mut server = ClientSnapshots::new(config);
+    let mut client = SnapshotReceiver::new(config.history_len, config.view_entities_max);
+    let mut decoder = Decoder::default();
+    let mut sizes = Vec::new();
+    for t in 1..=ticks {
+        tick(world);
+        frame.capture(world, &q);
+        if t > lag {
+            server.ack(t - lag);
+        }
+        let bytes = server.encode(&frame, viewer, t).unwrap().to_vec();
+        assert!(
+            bytes.len() <= config.budget_bytes,
+            "{} > budget",
+            bytes.len()
+        );
+        sizes.push(bytes.len());
+        let ServerMessage::Snapshot(h, payload) =
+            decoder.decode_server(&bytes, Channel::State).unwrap()
+        else {
+            panic!("not a snapshot")
+        };
+        let got = client.apply(h.tick.get(), payload).unwrap().to_vec();
+        assert!(
+            got == server.view(t).unwrap(),
+            "tick {t}: client and server disagree"
+        );
+    }
+    (sizes, server, client)
+}
+
+#[test]
+fn client_state_matches_the_world_within_quantisation_error() {
+    let (mut w, ids) = moving_world(50, 1.0, 3.0);
+    let (_, server, _) = run(&mut w, SnapshotConfig::default(), 30, 2, Vec3::ZERO);
+    let q = Quantizer::new(&bounds());
+    let view = server.view(30).unwrap();
+    assert_eq!(view.len(), 50);
+    for (state, id) in view.iter().zip(&ids) {
+        let real = w.transform(*id).unwrap().position;
+        let got = q.dequantize_position(state.position);
+        assert!(real.minus(got).length() < 0.001, "{real:?} vs {got:?}");
+    }
+}
+
+#[test]
+fn deltas_decode_against_every_baseline_in_the_ring() {
+    for lag in 1..32 {
+        let (mut w, _) = moving_world(20, 1.5, 2.0);
+        let (sizes, server, _) = run(&mut w, SnapshotConfig::default(), 45, lag, Vec3::ZERO);
+        assert_eq!(server.acked(), Some(45 - lag));
+        // Once acknowledged, snapshots are deltas: smaller than the first (full) one.
+        assert!(sizes[44] < sizes[0], "lag {lag}: {sizes:?}");
+    }
+}
+
+#[test]
+fn a_client_that_never_acks_gets_full_snapshots_it_can_still_decode() {
+    let (mut w, _) = moving_world(10, 1.0, 1.0);
+    let (sizes, server, _) = run(&mut w, SnapshotConfig::default(), 10, 100, Vec3::ZERO);
+    assert_eq!(server.acked(), None);
+    assert_eq!(sizes[0], sizes[9], "no baseline: every snapshot is full");
+}
+
+#[test]
+fn steady_motion_costs_at_most_8_bytes_per_entity() {
+    let n = 100;
+    let config = SnapshotConfig::default();
+    let (mut w, _) = moving_world(n, 0.4, 5.0);
+    let (sizes, server, _) = run(&mut w, config, 60, 3, Vec3::ZERO);
+    let stats = server.last_stats();
+    assert_eq!(
+        stats.entities_sent, n as u32,
+        "every mover is in the snapshot: {stats:?}"
+    );
+    assert_eq!(stats.baseline_tick, 57);
+    let (mut empty, _) = moving_world(0, 1.0, 0.0);
+    let (base, _, _) = run(&mut empty, config, 2, 1, Vec3::ZERO);
+    let per_entity = (sizes[59] - base[1]) as f64 / n as f64;
+    println!(
+        "steady motion: {} bytes for {n} entities, {per_entity:.2} bytes/entity",
+        sizes[59]
+    );
+    assert!(per_entity <= 8.0, "{per_entity} bytes per entity");
+}
+
+#[test]
+fn interest_limits_what_is_sent_and_global_entities_always_arrive() {
+    let mut w = World::new(WorldConfig::default());
+    let still = Velocity::default();
+    let near = w
+        .spawn(
+            Transform::from_position(Vec3::new(5.0, 0.0, 0.0)),
+            still,
+            Motion::Static,
+            true,
+        )
+        .unwrap();
+    let far = w
+        .spawn(
+            Transform::from_position(Vec3::new(200.0, 0.0, 0.0)),
+            still,
+            Motion::Static,
+            true,
+        )
+        .unwrap();
+    let global = w
+        .spawn(
+            Transform::from_position(Vec3::new(-300.0, 0.0, 0.0)),
+            still,
+            Motion::Static,
+            true,
+        )
+        .unwrap();
+    w.insert(global, Global, |c| &mut c.globals).unwrap();
+    // A mover that starts far and drives through the viewer's radius and out.
+    let mover = w
+        .spawn(
+            Transform::from_position(Vec3::new(-100.0, 0.0, 0.0)),
+            Velocity {
+                linear: Vec3::new(120.0, 0.0, 0.0),
+                angular: Vec3::ZERO,
+            },
+            Motion::Integrated,
+            true,
+        )
+        .unwrap();
+    let nid = |id| w.network_id(id).unwrap().0;
+    let (near_id, far_id, global_id, mover_id) = (nid(near), nid(far), nid(global), nid(mover));
+    let config = SnapshotConfig {
+        interest_radius_m: 50.0,
+        ..SnapshotConfig::default()
+    };
+    let q = Quantizer::new(&bounds());
+    let mut frame = WorldFrame::default();
+    let mut server = ClientSnapshots::new(config);
+    let mut client = SnapshotReceiver::new(32, 1024);
+    let mut decoder = Decoder::default();
+    let mut mover_seen = Vec::new();
+    for t in 1..=120u32 {
+        tick(&mut w);
+        frame.capture(&w, &q);
+        server.ack(t.saturating_sub(1));
+        let bytes = server.encode(&frame, Vec3::ZERO, t).unwrap().to_vec();
+        let ServerMessage::Snapshot(h, payload) =
+            decoder.decode_server(&bytes, Channel::State).unwrap()
+        else {
+            panic!()
+        };
+        let ids: Vec<u32> = client
+            .apply(h.tick.get(), payload)
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        assert!(
+            ids.contains(&near_id) && ids.contains(&global_id),
+            "tick {t}: {ids:?}"
+        );
+        assert!(!ids.contains(&far_id), "tick {t}: the far entity leaked");
+        mover_seen.push(ids.contains(&mover_id));
+    }
+    // 120 m/s from x = -100: inside |x| <= 50 from about 0.42 s to 1.25 s.
+    let first = mover_seen.iter().position(|&s| s).unwrap();
+    let last = mover_seen.iter().rposition(|&s| s).unwrap();
+    assert!((24..=27).contains(&first), "entered at tick {first}");
+    assert!((73..=76).contains(&last), "left at tick {last}");
+    assert!(mover_seen[first..=last].iter().all(|&s| s));
+}
+
+#[test]
+fn the_budget_holds_and_every_entity_still_updates_within_a_bounded_time() {
+    // 2,000 moving entities around the viewer: far more than one datagram.
+    let n = 2000;
+    let (mut w, _) = moving_world(n, 0.02, 2.0);
+    let config = SnapshotConfig {
+        view_entities_max: 4096,
+        ..SnapshotConfig::default()
+    };
+    let q = Quantizer::new(&bounds());
+    let mut frame = WorldFrame::with_capacity(n);
+    let mut server = ClientSnapshots::new(config);
+    let mut client = SnapshotReceiver::new(32, 4096);
+    let mut decoder = Decoder::default();
+    let mut last_update = vec![0u32; n];
+    let mut max_wait = 0u32;
+    let mut previous: Vec<net::snapshot::EntityState> = Vec::new();
+    for t in 1..=400u32 {
+        tick(&mut w);
+        frame.capture(&w, &q);
+        server.ack(t.saturating_sub(1));
+        let bytes = server
+            .encode(&frame, Vec3::new(20.0, 1.0, 0.0), t)
+            .unwrap()
+            .to_vec();
+        assert!(bytes.len() <= config.budget_bytes);
+        let ServerMessage::Snapshot(h, payload) =
+            decoder.decode_server(&bytes, Channel::State).unwrap()
+        else {
+            panic!()
+        };
+        let now = client.apply(h.tick.get(), payload).unwrap().to_vec();
+        for s in &now {
+            let i = (s.id - 1) as usize;
+            let changed = previous
+                .binary_search_by_key(&s.id, |p| p.id)
+                .map_or(true, |k| previous[k] != *s);
+            if changed {
+                if t > 100 {
+                    max_wait = max_wait.max(t - last_update[i]);
+                }
+                last_update[i] = t;
+            }
+        }
+        previous = now;
+    }
+    assert_eq!(previous.len(), n, "every entity reached the client");
+    println!("max ticks between updates of one entity: {max_wait}");
+    assert!(max_wait <= 40, "an entity waited {max_wait} ticks");
+}
+
+#[test]
+fn malformed_snapshots_are_refused_without_panics() {
+    let (mut w, _) = moving_world(30, 1.0, 1.0);
+    let q = Quantizer::new(&bounds());
+    let mut frame = WorldFrame::default();
+    let mut server = ClientSnapshots::new(SnapshotConfig::default());
+    tick(&mut w);
+    frame.capture(&w, &q);
+    let first = server.encode(&frame, Vec3::ZERO, 1).unwrap().to_vec();
+    server.ack(1);
+    tick(&mut w);
+    frame.capture(&w, &q);
+    let delta = server.encode(&frame, Vec3::ZERO, 2).unwrap().to_vec();
+    // A delta whose baseline the client does not have is refused.
+    let mut fresh = SnapshotReceiver::new(32, 1024);
+    assert!(fresh.apply(2, &delta[FRAME_HEADER_LEN..]).is_err());
+    // Byte flips anywhere: refused or applied, never a panic.
+    for i in FRAME_HEADER_LEN..delta.len() {
+        for bit in [1u8, 0x40, 0xFF] {
+            let mut client = SnapshotReceiver::new(32, 1024);
+            client.apply(1, &first[FRAME_HEADER_LEN..]).unwrap();
+            let mut b = delta[FRAME_HEADER_LEN..].to_vec();
+            b[i - FRAME_HEADER_LEN] ^= bit;
+            let _ = client.apply(2, &b);
+        }
+    }
+    // The entity cap of the client is enforced.
+    let mut small = SnapshotReceiver::new(32, 10);
+    assert!(small.apply(1, &first[FRAME_HEADER_LEN..]).is_err());
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every fuzz target in turn for SECONDS each (default 60).
+# Runs fuzz targets in turn for SECONDS each (default 60): the ones named
+# after SECONDS, or every target.
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); RUSTC_BOOTSTRAP=1 lets it use
 # the stable toolchain's nightly-only sanitizer flags. New inputs go to
 # corpus-work/<target> (not committed); the committed seeds in
@@ -7,8 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-60}"
+shift || true
 export RUSTC_BOOTSTRAP=1
-for target in $(cargo fuzz list); do
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && mapfile -t targets < <(cargo fuzz list)
+for target in "${targets[@]}"; do
   echo "== $target for ${seconds}s"
   mkdir -p "corpus-work/$target" "corpus/$target"
   dict=()

@@ -1,6 +1,6 @@
 //! The struct-of-arrays world of one instance.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::column::SparseColumn;
 use crate::components::{Motion, NetworkId, OptionalColumns, Transform, Velocity};
@@ -53,6 +53,8 @@ pub struct World {
     pub optional: OptionalColumns,
     tick: Tick,
     next_network_id: u32,
+    /// Live networked entities by network id (what clients name them by).
+    by_network_id: HashMap<NetworkId, EntityId>,
     despawns: DespawnLog,
 }
 
@@ -107,6 +109,7 @@ impl World {
             optional: OptionalColumns::default(),
             tick: Tick::ZERO,
             next_network_id: 1,
+            by_network_id: HashMap::with_capacity(n),
             despawns: DespawnLog::new(config.despawn_log_len as usize),
         }
     }
@@ -162,6 +165,9 @@ impl World {
         self.angular_velocities.push(velocity.angular);
         self.motions.push(motion);
         self.network_ids.push(network_id);
+        if !network_id.is_none() {
+            self.by_network_id.insert(network_id, id);
+        }
         self.changed.push(self.tick);
         Ok(id)
     }
@@ -185,9 +191,15 @@ impl World {
         self.changed.swap_remove(row);
         self.optional.remove_entity(id);
         if !network_id.is_none() {
+            self.by_network_id.remove(&network_id);
             self.despawns.push(self.tick, network_id);
         }
         Ok(())
+    }
+
+    /// The live entity clients know as `network_id`.
+    pub fn by_network_id(&self, network_id: NetworkId) -> Option<EntityId> {
+        self.by_network_id.get(&network_id).copied()
     }
 
     pub fn contains(&self, id: EntityId) -> bool {

@@ -100,6 +100,10 @@ proptest! {
             for (r, id) in cols.ids.iter().enumerate() {
                 prop_assert_eq!(w.row(*id).unwrap().index(), r);
             }
+            for &id in model.keys() {
+                let net = w.network_id(id).unwrap();
+                prop_assert_eq!(w.by_network_id(net), Some(id));
+            }
             for &id in &dead {
                 prop_assert!(!w.contains(id));
                 prop_assert!(w.optional.owners.get(id).is_none());

@@ -98,6 +98,8 @@ fn main() -> std::io::Result<()> {
     };
     server.push((MessageKind::Pong, frame(&mut enc, MessageKind::Pong, &pong)));
 
+    write_snapshot_seeds(&root.join("snapshot"))?;
+    write_instance_seeds(&root.join("instance_inputs"), &mut enc)?;
     write(&root.join("frame_header"), &client, false)?;
     write(&root.join("client_message"), &client, true)?;
     write(&root.join("server_message"), &server, true)?;
@@ -123,5 +125,96 @@ fn write(dir: &Path, frames: &[(MessageKind, Vec<u8>)], pick: bool) -> std::io::
         data.extend_from_slice(bytes);
         std::fs::write(dir.join(format!("{kind:?}").to_lowercase()), data)?;
     }
+    Ok(())
+}
+
+/// A full snapshot and a delta of a small moving world.
+fn write_snapshot_seeds(dir: &Path) -> std::io::Result<()> {
+    use engine::{Aabb, Motion, Transform, Vec3, Velocity, World, WorldConfig};
+    use net::quant::Quantizer;
+    use net::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
+    std::fs::create_dir_all(dir)?;
+    let mut world = World::new(WorldConfig::default());
+    for i in 0..8 {
+        let t = Transform::from_position(Vec3::new(i as f32, 1.0, 0.0));
+        let v = Velocity {
+            linear: Vec3::new(0.0, 0.0, 2.0),
+            angular: Vec3::ZERO,
+        };
+        world
+            .spawn(t, v, Motion::Integrated, true)
+            .expect("room for 8 entities");
+    }
+    let bounds = Aabb {
+        min: Vec3::new(-50.0, -50.0, -50.0),
+        max: Vec3::new(50.0, 50.0, 50.0),
+    };
+    let q = Quantizer::new(&bounds);
+    let mut frame = WorldFrame::default();
+    let config = SnapshotConfig {
+        velocities: true,
+        ..SnapshotConfig::default()
+    };
+    let mut server = ClientSnapshots::new(config);
+    for (tick, name) in [(1u32, "full"), (2, "delta")] {
+        world.begin_tick();
+        engine::systems::integrate_velocities(&mut world, 1.0 / 60.0);
+        frame.capture(&world, &q);
+        let bytes = server
+            .encode(&frame, Vec3::ZERO, tick)
+            .expect("8 entities fit one snapshot");
+        std::fs::write(dir.join(name), &bytes[net::FRAME_HEADER_LEN..])?;
+        server.ack(tick);
+    }
+    Ok(())
+}
+
+/// Message sequences for the stateful target: `[len][user/channel][frame]`
+/// records. Network ids follow the target's scene: 1 the ball, 2 the flag,
+/// 3 and 4 the avatars of users 0 and 1.
+fn write_instance_seeds(dir: &Path, enc: &mut Encoder) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let record = |out: &mut Vec<u8>, user: u8, bytes: &[u8]| {
+        let kind = net::split_frame(bytes).expect("valid frame").1;
+        let channel = u8::from(kind.channel() == Channel::Actions) << 1;
+        out.push(u8::try_from(bytes.len()).expect("seed frames are short"));
+        out.push(user | channel);
+        out.extend_from_slice(bytes);
+    };
+    let mv = |id: u32, p: [f32; 3]| Input {
+        owned: vec![OwnedUpdate {
+            network_id: id,
+            position: p,
+            rotation: [0.0, 0.0, 0.0, 1.0],
+        }],
+    };
+    let mut walk = Vec::new();
+    for (i, p) in [[0.0, 0.9, 1.0], [0.0, 0.9, 2.0], [50.0, 0.9, 2.0]].iter().enumerate() {
+        let f = enc.encode(MessageKind::Input, i as u32 + 1, 0, &mv(3, *p)).expect("small").to_vec();
+        record(&mut walk, 0, &f);
+    }
+    std::fs::write(dir.join("walk"), walk)?;
+    let mut own = Vec::new();
+    let take = OwnershipRequest {
+        network_id: 2,
+        take: true,
+    };
+    let f = enc.encode(MessageKind::OwnershipRequest, 1, 0, &take).expect("small").to_vec();
+    record(&mut own, 1, &f);
+    let f = enc.encode(MessageKind::Input, 1, 0, &mv(2, [5.0, 1.0, 5.0])).expect("small").to_vec();
+    record(&mut own, 1, &f);
+    let f = enc.encode(MessageKind::Input, 1, 0, &mv(2, [5.0, 1.0, 5.0])).expect("small").to_vec();
+    record(&mut own, 0, &f);
+    let chat = Action {
+        action_type: "chat".into(),
+        target: Target::Everyone,
+        cached: true,
+        payload: b"hi".to_vec(),
+    };
+    let f = enc.encode(MessageKind::Action, 1, 0, &chat).expect("small").to_vec();
+    record(&mut own, 0, &f);
+    let f = enc.encode(MessageKind::Ping, 2, 0, &Ping { client_time_us: 5 }).expect("small").to_vec();
+    record(&mut own, 1, &f);
+    std::fs::write(dir.join("ownership"), own)?;
     Ok(())
 }

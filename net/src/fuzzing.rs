@@ -37,3 +37,91 @@ pub fn server_message(data: &[u8]) {
     let mut decoder = Decoder::default();
     let _ = decoder.decode_server(rest, channel);
 }
+
+/// A snapshot payload applied by a client that holds the view of tick 1
+/// (built from a small world), as the payload of tick 2.
+pub fn snapshot(data: &[u8]) {
+    use crate::snapshot::SnapshotReceiver;
+    let mut receiver = SnapshotReceiver::new(32, 256);
+    let _ = receiver.apply(2, data);
+    // Also against a baseline: a full snapshot of tick 1 first.
+    let _ = receiver.apply(1, data);
+    let _ = receiver.apply(3, data);
+}
+
+/// A stateful run: arbitrary message sequences from two users into one
+/// small instance. Input: records of `[len: u8][user/channel: u8][frame]`;
+/// the simulation steps after every record. Checks that avatars stay
+/// inside the world bounds with finite positions.
+pub fn instance_inputs(data: &[u8]) {
+    use crate::input::{InputLimits, PeerInput};
+    use crate::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
+    use engine::{Scene, SceneLimits, SimConfig, Simulation, UserIndex};
+
+    const SCENE: &str = r#"{"version": 1, "bounds": {"min": [-20, -5, -20], "max": [20, 20, 20]},
+        "spawn_points": [{"position": [0, 0, 0]}, {"position": [2, 0, 0]}],
+        "entities": [
+          {"transform": {"position": [0, -0.5, 0]}, "collider": {"shape": "cuboid", "half_extents": [20, 0.5, 20]}},
+          {"transform": {"position": [3, 1, 3]}, "body": {"kind": "dynamic"}, "collider": {"shape": "ball", "radius": 0.3}},
+          {"transform": {"position": [-3, 1, 3]}, "networked": true}
+        ]}"#;
+    let Ok(scene) = Scene::from_json(SCENE.as_bytes(), &SceneLimits::default()) else {
+        return;
+    };
+    let Ok(mut sim) = Simulation::new(&scene, SimConfig::default()) else {
+        return;
+    };
+    let mut peers = Vec::new();
+    for u in 0..2 {
+        if sim.spawn_avatar(UserIndex(u)).is_err() {
+            return;
+        }
+        peers.push((
+            PeerInput::new(UserIndex(u), InputLimits::default()),
+            ClientSnapshots::new(SnapshotConfig::default()),
+        ));
+    }
+    let quantizer = crate::quant::Quantizer::new(sim.bounds());
+    let mut frame = WorldFrame::default();
+    let mut decoder = Decoder::default();
+    let mut rest = data;
+    let mut records = 0;
+    while let [len, pick, tail @ ..] = rest {
+        records += 1;
+        if records > 64 {
+            break;
+        }
+        let len = usize::from(*len).min(tail.len());
+        let (bytes, next) = tail.split_at(len);
+        rest = next;
+        let channel = if pick & 2 == 0 {
+            Channel::State
+        } else {
+            Channel::Actions
+        };
+        let (peer, snapshots) = &mut peers[usize::from(pick & 1)];
+        if let Ok(msg) = decoder.decode_client(bytes, channel) {
+            let _ = peer.handle(&mut sim, snapshots, &msg);
+        }
+        sim.step();
+        frame.capture(sim.world(), &quantizer);
+        for (_, snapshots) in &mut peers {
+            let _ = snapshots.encode(&frame, engine::Vec3::ZERO, records);
+        }
+        let bounds = *sim.bounds();
+        for id in sim.world().optional.avatars.ids() {
+            if let Ok(t) = sim.world().transform(*id) {
+                assert!(t.position.is_finite(), "avatar position not finite");
+                let p = t.position;
+                let slack = 1.0;
+                assert!(
+                    p.x >= bounds.min.x - slack
+                        && p.x <= bounds.max.x + slack
+                        && p.z >= bounds.min.z - slack
+                        && p.z <= bounds.max.z + slack,
+                    "avatar left the bounds: {p:?}"
+                );
+            }
+        }
+    }
+}

@@ -25,6 +25,7 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod input;
 pub mod fuzzing;
 pub mod messages;
 pub mod quant;

@@ -189,8 +189,14 @@ fn write_instance_seeds(dir: &Path, enc: &mut Encoder) -> std::io::Result<()> {
         }],
     };
     let mut walk = Vec::new();
-    for (i, p) in [[0.0, 0.9, 1.0], [0.0, 0.9, 2.0], [50.0, 0.9, 2.0]].iter().enumerate() {
-        let f = enc.encode(MessageKind::Input, i as u32 + 1, 0, &mv(3, *p)).expect("small").to_vec();
+    for (i, p) in [[0.0, 0.9, 1.0], [0.0, 0.9, 2.0], [50.0, 0.9, 2.0]]
+        .iter()
+        .enumerate()
+    {
+        let f = enc
+            .encode(MessageKind::Input, i as u32 + 1, 0, &mv(3, *p))
+            .expect("small")
+            .to_vec();
         record(&mut walk, 0, &f);
     }
     std::fs::write(dir.join("walk"), walk)?;
@@ -199,11 +205,20 @@ fn write_instance_seeds(dir: &Path, enc: &mut Encoder) -> std::io::Result<()> {
         network_id: 2,
         take: true,
     };
-    let f = enc.encode(MessageKind::OwnershipRequest, 1, 0, &take).expect("small").to_vec();
+    let f = enc
+        .encode(MessageKind::OwnershipRequest, 1, 0, &take)
+        .expect("small")
+        .to_vec();
     record(&mut own, 1, &f);
-    let f = enc.encode(MessageKind::Input, 1, 0, &mv(2, [5.0, 1.0, 5.0])).expect("small").to_vec();
+    let f = enc
+        .encode(MessageKind::Input, 1, 0, &mv(2, [5.0, 1.0, 5.0]))
+        .expect("small")
+        .to_vec();
     record(&mut own, 1, &f);
-    let f = enc.encode(MessageKind::Input, 1, 0, &mv(2, [5.0, 1.0, 5.0])).expect("small").to_vec();
+    let f = enc
+        .encode(MessageKind::Input, 1, 0, &mv(2, [5.0, 1.0, 5.0]))
+        .expect("small")
+        .to_vec();
     record(&mut own, 0, &f);
     let chat = Action {
         action_type: "chat".into(),
@@ -211,9 +226,15 @@ fn write_instance_seeds(dir: &Path, enc: &mut Encoder) -> std::io::Result<()> {
         cached: true,
         payload: b"hi".to_vec(),
     };
-    let f = enc.encode(MessageKind::Action, 1, 0, &chat).expect("small").to_vec();
+    let f = enc
+        .encode(MessageKind::Action, 1, 0, &chat)
+        .expect("small")
+        .to_vec();
     record(&mut own, 0, &f);
-    let f = enc.encode(MessageKind::Ping, 2, 0, &Ping { client_time_us: 5 }).expect("small").to_vec();
+    let f = enc
+        .encode(MessageKind::Ping, 2, 0, &Ping { client_time_us: 5 })
+        .expect("small")
+        .to_vec();
     record(&mut own, 1, &f);
     std::fs::write(dir.join("ownership"), own)?;
     Ok(())

@@ -50,7 +50,10 @@ pub enum InputError {
 #[non_exhaustive]
 pub enum Outcome {
     /// An input: updates applied, and updates refused (see [`InputError`]).
-    Input { applied: u32, refused: u32 },
+    Input {
+        applied: u32,
+        refused: u32,
+    },
     /// An input older than one already handled (the `state` channel is unordered).
     StaleInput,
     /// Answer on `state`.

@@ -25,8 +25,8 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
-pub mod input;
 pub mod fuzzing;
+pub mod input;
 pub mod messages;
 pub mod quant;
 pub mod snapshot;

@@ -40,7 +40,10 @@ impl Peer {
         T: for<'a, 'b> rkyv::Serialize<net::codec::FrameSerializer<'a, 'b>>,
     {
         self.seq += 1;
-        let bytes = Encoder::default().encode(kind, self.seq, 0, msg).unwrap().to_vec();
+        let bytes = Encoder::default()
+            .encode(kind, self.seq, 0, msg)
+            .unwrap()
+            .to_vec();
         let mut dec = Decoder::default();
         let msg = dec.decode_client(&bytes, kind.channel()).unwrap();
         self.input.handle(sim, &mut self.snapshots, &msg)
@@ -69,16 +72,32 @@ fn owners_move_their_avatars_and_nobody_elses() {
     let (na, nb) = (net_id(&sim, a), net_id(&sim, b));
     let mut alice = Peer::new(0);
     let out = alice.send(&mut sim, MessageKind::Input, &move_to(na, [0.0, 0.9, 2.0]));
-    assert_eq!(out, Outcome::Input { applied: 1, refused: 0 });
+    assert_eq!(
+        out,
+        Outcome::Input {
+            applied: 1,
+            refused: 0
+        }
+    );
     let out = alice.send(&mut sim, MessageKind::Input, &move_to(nb, [9.0, 0.9, 9.0]));
-    assert_eq!(out, Outcome::Input { applied: 0, refused: 1 }, "not alice's avatar");
+    assert_eq!(
+        out,
+        Outcome::Input {
+            applied: 0,
+            refused: 1
+        },
+        "not alice's avatar"
+    );
     for _ in 0..60 {
         sim.step();
     }
     let pa = sim.world().transform(a).unwrap().position;
     assert!((pa.z - 2.0).abs() < 0.02, "{pa:?}");
     let pb = sim.world().transform(b).unwrap().position;
-    assert!((pb.x - 4.0).abs() < 1e-3, "bob's avatar did not move: {pb:?}");
+    assert!(
+        (pb.x - 4.0).abs() < 1e-3,
+        "bob's avatar did not move: {pb:?}"
+    );
 }
 
 #[test]
@@ -103,16 +122,33 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
         .ids
         .iter()
         .copied()
-        .find(|&e| sim.world().network_id(e).unwrap().0 != 0 && sim.world().motion(e) == Ok(engine::Motion::Static))
+        .find(|&e| {
+            sim.world().network_id(e).unwrap().0 != 0
+                && sim.world().motion(e) == Ok(engine::Motion::Static)
+        })
         .unwrap();
     let nf = net_id(&sim, flag);
-    let ball = sim.world().optional.bodies.ids().iter().copied().find(|&e| sim.world().network_id(e).unwrap().0 != 0).unwrap();
+    let ball = sim
+        .world()
+        .optional
+        .bodies
+        .ids()
+        .iter()
+        .copied()
+        .find(|&e| sim.world().network_id(e).unwrap().0 != 0)
+        .unwrap();
     let nball = net_id(&sim, ball);
     let (mut alice, mut bob) = (Peer::new(0), Peer::new(1));
-    let take = |id| OwnershipRequest { network_id: id, take: true };
+    let take = |id| OwnershipRequest {
+        network_id: id,
+        take: true,
+    };
     assert_eq!(
         alice.send(&mut sim, MessageKind::OwnershipRequest, &take(nf)),
-        Outcome::Ownership(OwnershipChanged { network_id: nf, owner: Some(0) })
+        Outcome::Ownership(OwnershipChanged {
+            network_id: nf,
+            owner: Some(0)
+        })
     );
     assert_eq!(
         bob.send(&mut sim, MessageKind::OwnershipRequest, &take(nf)),
@@ -131,20 +167,47 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
     alice.send(&mut sim, MessageKind::Input, &move_to(nf, [15.0, 1.0, 3.0]));
     let after = sim.world().transform(flag).unwrap().position;
     let moved = after.minus(before).length();
-    assert!((moved - 2.0).abs() < 1e-3, "capped at 6 ticks: moved {moved}");
+    assert!(
+        (moved - 2.0).abs() < 1e-3,
+        "capped at 6 ticks: moved {moved}"
+    );
     sim.step();
     alice.send(&mut sim, MessageKind::Input, &move_to(nf, [15.0, 1.0, 3.0]));
-    let moved = sim.world().transform(flag).unwrap().position.minus(after).length();
-    assert!((moved - 20.0 / 60.0).abs() < 1e-3, "one tick later: moved {moved}");
+    let moved = sim
+        .world()
+        .transform(flag)
+        .unwrap()
+        .position
+        .minus(after)
+        .length();
+    assert!(
+        (moved - 20.0 / 60.0).abs() < 1e-3,
+        "one tick later: moved {moved}"
+    );
     // Bob cannot move it; alice can release it, then bob may take it.
     let out = bob.send(&mut sim, MessageKind::Input, &move_to(nf, [0.0, 1.0, 0.0]));
-    assert_eq!(out, Outcome::Input { applied: 0, refused: 1 });
-    let release = OwnershipRequest { network_id: nf, take: false };
+    assert_eq!(
+        out,
+        Outcome::Input {
+            applied: 0,
+            refused: 1
+        }
+    );
+    let release = OwnershipRequest {
+        network_id: nf,
+        take: false,
+    };
     assert_eq!(
         alice.send(&mut sim, MessageKind::OwnershipRequest, &release),
-        Outcome::Ownership(OwnershipChanged { network_id: nf, owner: None })
+        Outcome::Ownership(OwnershipChanged {
+            network_id: nf,
+            owner: None
+        })
     );
-    assert!(matches!(bob.send(&mut sim, MessageKind::OwnershipRequest, &take(nf)), Outcome::Ownership(_)));
+    assert!(matches!(
+        bob.send(&mut sim, MessageKind::OwnershipRequest, &take(nf)),
+        Outcome::Ownership(_)
+    ));
 }
 
 #[test]
@@ -167,7 +230,13 @@ fn actions_are_stamped_with_the_real_sender_and_pings_answered() {
     }
     sim.step();
     let out = alice.send(&mut sim, MessageKind::Ping, &Ping { client_time_us: 99 });
-    assert_eq!(out, Outcome::Pong(Pong { client_time_us: 99, server_tick: 1 }));
+    assert_eq!(
+        out,
+        Outcome::Pong(Pong {
+            client_time_us: 99,
+            server_tick: 1
+        })
+    );
 }
 
 #[test]
@@ -181,7 +250,12 @@ fn input_acknowledges_snapshots() {
     frame.capture(sim.world(), &q);
     alice.snapshots.encode(&frame, Vec3::ZERO, 1).unwrap();
     let bytes = Encoder::default()
-        .encode(MessageKind::Input, 1, 1, &move_to(net_id(&sim, a), [0.0, 0.9, 0.0]))
+        .encode(
+            MessageKind::Input,
+            1,
+            1,
+            &move_to(net_id(&sim, a), [0.0, 0.9, 0.0]),
+        )
         .unwrap()
         .to_vec();
     let mut dec = Decoder::default();
@@ -192,7 +266,8 @@ fn input_acknowledges_snapshots() {
 
 #[test]
 fn stateful_fuzz_corpus_replays() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/instance_inputs");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/instance_inputs");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         net::fuzzing::instance_inputs(&std::fs::read(entry.unwrap().path()).unwrap());

@@ -1,0 +1,253 @@
+//! Snapshot encode / decode / validate of 1, 10, 100 and 1,000 entities in
+//! steady motion: this protocol against serde + postcard and against IR
+//! Engine's current format, side by side. Bytes per entity are printed once
+//! per size. Run: `cargo bench -p bench --bench snapshot`.
+//!
+//! Only the named step is timed (`iter_custom`); moving the world and
+//! capturing the frame happen outside the timer. The client acknowledges
+//! three ticks late, as on a 50 ms round trip. The byte budget is raised
+//! so all N entities fit one snapshot and the per-entity cost is measured.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bench::wire::{self, IrDecoder, IrEncoder};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use engine::{Aabb, EntityId, Motion, Transform, Vec3, Velocity, World, WorldConfig};
+use net::FRAME_HEADER_LEN;
+use net::quant::Quantizer;
+use net::snapshot::{ArchivedSnapshotBody, ClientSnapshots, SnapshotConfig, SnapshotReceiver, WorldFrame};
+
+const SIZES: [usize; 4] = [1, 10, 100, 1000];
+const ACK_LAG: u32 = 3;
+
+/// This protocol's server and client for one world of `n` movers.
+struct Ours {
+    world: World,
+    frame: WorldFrame,
+    quantizer: Quantizer,
+    server: ClientSnapshots,
+    client: SnapshotReceiver,
+    tick: u32,
+    last: Vec<u8>,
+}
+
+impl Ours {
+    fn new(n: usize) -> Self {
+        let mut world = World::new(WorldConfig::default());
+        for e in wire::moving_entities(n) {
+            let t = Transform {
+                position: Vec3::from(e.position),
+                rotation: e.rotation.into(),
+            };
+            let v = Velocity {
+                linear: Vec3::from(e.linear),
+                angular: Vec3::ZERO,
+            };
+            let _: EntityId = world.spawn(t, v, Motion::Integrated, true).expect("room");
+        }
+        let bounds = Aabb {
+            min: Vec3::new(-500.0, -500.0, -500.0),
+            max: Vec3::new(500.0, 500.0, 500.0),
+        };
+        let config = SnapshotConfig {
+            budget_bytes: 64 * 1024,
+            interest_radius_m: 1000.0,
+            view_entities_max: 4096,
+            ..SnapshotConfig::default()
+        };
+        let mut ours = Ours {
+            world,
+            frame: WorldFrame::with_capacity(n),
+            quantizer: Quantizer::new(&bounds),
+            server: ClientSnapshots::new(config),
+            client: SnapshotReceiver::new(config.history_len, config.view_entities_max),
+            tick: 0,
+            last: Vec::with_capacity(64 * 1024),
+        };
+        for _ in 0..40 {
+            ours.advance();
+            ours.encode();
+            ours.apply();
+        }
+        ours
+    }
+
+    fn advance(&mut self) {
+        self.tick += 1;
+        self.world.begin_tick();
+        engine::systems::integrate_velocities(&mut self.world, 1.0 / 60.0);
+        self.frame.capture(&self.world, &self.quantizer);
+        if self.tick > ACK_LAG {
+            self.server.ack(self.tick - ACK_LAG);
+        }
+    }
+
+    fn encode(&mut self) -> usize {
+        let bytes = self
+            .server
+            .encode(&self.frame, Vec3::ZERO, self.tick)
+            .expect("within the raised budget");
+        self.last.clear();
+        self.last.extend_from_slice(bytes);
+        bytes.len()
+    }
+
+    fn apply(&mut self) -> usize {
+        self.client
+            .apply(self.tick, &self.last[FRAME_HEADER_LEN..])
+            .expect("valid snapshot")
+            .len()
+    }
+}
+
+fn timed(iters: u64, mut untimed: impl FnMut(), mut timed: impl FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        untimed();
+        let t = Instant::now();
+        timed();
+        total += t.elapsed();
+    }
+    total
+}
+
+fn print_bytes(n: usize) {
+    let mut ours = Ours::new(n);
+    ours.advance();
+    let total = ours.encode();
+    let mut empty = Ours::new(0);
+    empty.advance();
+    let fixed = empty.encode();
+    let mut e = wire::moving_entities(n);
+    let mut buf = Vec::new();
+    wire::postcard_encode(1, &e, &mut buf);
+    let mut ir = IrEncoder::default();
+    ir.encode(&e);
+    wire::step(&mut e);
+    let ir_len = ir.encode(&e).len();
+    println!(
+        "bytes/entity at n={n}: instanceserver {:.2} ({total} B, {fixed} B fixed), postcard {:.2}, ir_engine {:.2}",
+        (total - fixed) as f64 / n as f64,
+        buf.len() as f64 / n as f64,
+        (ir_len - 4) as f64 / n as f64
+    );
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot_encode");
+    for n in SIZES {
+        print_bytes(n);
+        group.throughput(Throughput::Elements(n as u64));
+        let mut ours = Ours::new(n);
+        group.bench_function(BenchmarkId::new("instanceserver", n), |b| {
+            b.iter_custom(|iters| {
+                let (mut adv, mut enc) = (0u32, 0usize);
+                let ours = &mut ours;
+                let cell = std::cell::RefCell::new(ours);
+                timed(
+                    iters,
+                    || {
+                        let mut o = cell.borrow_mut();
+                        o.advance();
+                        adv += 1;
+                    },
+                    || {
+                        enc += cell.borrow_mut().encode();
+                    },
+                )
+            })
+        });
+        let mut e = wire::moving_entities(n);
+        let mut buf = Vec::with_capacity(64 * n + 16);
+        group.bench_function(BenchmarkId::new("serde_postcard", n), |b| {
+            b.iter_custom(|iters| {
+                let cell = std::cell::RefCell::new(&mut e);
+                timed(
+                    iters,
+                    || wire::step(&mut cell.borrow_mut()),
+                    || wire::postcard_encode(1, &cell.borrow(), &mut buf),
+                )
+            })
+        });
+        let mut e = wire::moving_entities(n);
+        let mut ir = IrEncoder::default();
+        ir.encode(&e);
+        group.bench_function(BenchmarkId::new("ir_engine", n), |b| {
+            b.iter_custom(|iters| {
+                let cell = std::cell::RefCell::new(&mut e);
+                timed(
+                    iters,
+                    || wire::step(&mut cell.borrow_mut()),
+                    || {
+                        black_box(ir.encode(&cell.borrow()));
+                    },
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot_decode");
+    for n in SIZES {
+        group.throughput(Throughput::Elements(n as u64));
+        let ours = std::cell::RefCell::new(Ours::new(n));
+        group.bench_function(BenchmarkId::new("instanceserver", n), |b| {
+            b.iter_custom(|iters| {
+                timed(
+                    iters,
+                    || {
+                        let mut o = ours.borrow_mut();
+                        o.advance();
+                        o.encode();
+                    },
+                    || {
+                        black_box(ours.borrow_mut().apply());
+                    },
+                )
+            })
+        });
+        let e = wire::moving_entities(n);
+        let mut buf = Vec::new();
+        wire::postcard_encode(1, &e, &mut buf);
+        group.bench_function(BenchmarkId::new("serde_postcard", n), |b| {
+            b.iter(|| black_box(wire::postcard_decode(&buf).expect("valid")))
+        });
+        let mut e = wire::moving_entities(n);
+        let mut enc = IrEncoder::default();
+        let mut dec = IrDecoder::default();
+        dec.decode(enc.encode(&e));
+        wire::step(&mut e);
+        let msg = enc.encode(&e).to_vec();
+        group.bench_function(BenchmarkId::new("ir_engine", n), |b| {
+            b.iter(|| black_box(dec.decode(&msg)))
+        });
+    }
+    group.finish();
+}
+
+fn validate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot_validate");
+    for n in SIZES {
+        group.throughput(Throughput::Elements(n as u64));
+        let mut ours = Ours::new(n);
+        ours.advance();
+        ours.encode();
+        let mut payload = rkyv::util::AlignedVec::<16>::new();
+        payload.extend_from_slice(&ours.last[FRAME_HEADER_LEN..]);
+        group.bench_function(BenchmarkId::new("instanceserver", n), |b| {
+            b.iter(|| {
+                black_box(
+                    rkyv::access::<ArchivedSnapshotBody, rkyv::rancor::Error>(black_box(&payload))
+                        .expect("valid"),
+                );
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, encode, decode, validate);
+criterion_main!(benches);

@@ -16,7 +16,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use engine::{Aabb, EntityId, Motion, Transform, Vec3, Velocity, World, WorldConfig};
 use net::FRAME_HEADER_LEN;
 use net::quant::Quantizer;
-use net::snapshot::{ArchivedSnapshotBody, ClientSnapshots, SnapshotConfig, SnapshotReceiver, WorldFrame};
+use net::snapshot::{
+    ArchivedSnapshotBody, ClientSnapshots, SnapshotConfig, SnapshotReceiver, WorldFrame,
+};
 
 const SIZES: [usize; 4] = [1, 10, 100, 1000];
 const ACK_LAG: u32 = 3;

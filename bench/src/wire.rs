@@ -159,7 +159,12 @@ impl IrDecoder {
             if self.state.len() <= id {
                 self.state.resize(id + 1, [0.0; 13]);
             }
-            let spans = [(IR_POSITION, 0, 3), (IR_ROTATION, 3, 4), (IR_LINEAR, 7, 3), (IR_ANGULAR, 10, 3)];
+            let spans = [
+                (IR_POSITION, 0, 3),
+                (IR_ROTATION, 3, 4),
+                (IR_LINEAR, 7, 3),
+                (IR_ANGULAR, 10, 3),
+            ];
             for (bit, start, len) in spans {
                 if mask & bit != 0 {
                     for k in 0..len {
@@ -187,11 +192,19 @@ mod tests {
         let mut enc = IrEncoder::default();
         let mut dec = IrDecoder::default();
         let first = enc.encode(&e).to_vec();
-        assert_eq!(first.len(), 4 + 10 * (9 + 13 * 8), "first message: everything");
+        assert_eq!(
+            first.len(),
+            4 + 10 * (9 + 13 * 8),
+            "first message: everything"
+        );
         assert_eq!(dec.decode(&first), Some(10));
         step(&mut e);
         let second = enc.encode(&e).to_vec();
-        assert_eq!(second.len(), 4 + 10 * (9 + 3 * 8), "steady motion: only positions");
+        assert_eq!(
+            second.len(),
+            4 + 10 * (9 + 3 * 8),
+            "steady motion: only positions"
+        );
         dec.decode(&second).unwrap();
         assert_eq!(dec.state[3][2], f64::from(e[2].position[2]));
     }

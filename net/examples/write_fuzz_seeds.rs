@@ -101,6 +101,17 @@ fn main() -> std::io::Result<()> {
     write_snapshot_seeds(&root.join("snapshot"))?;
     write_instance_seeds(&root.join("instance_inputs"), &mut enc)?;
     write(&root.join("frame_header"), &client, false)?;
+    for (kind, bytes) in &client {
+        let dir = root.join(match kind {
+            MessageKind::Input => "input_payload",
+            MessageKind::Action => "action_payload",
+            MessageKind::OwnershipRequest => "ownership_request_payload",
+            _ => "ping_payload",
+        });
+        std::fs::create_dir_all(&dir)?;
+        let name = format!("{kind:?}").to_lowercase();
+        std::fs::write(dir.join(name), &bytes[net::FRAME_HEADER_LEN..])?;
+    }
     write(&root.join("client_message"), &client, true)?;
     write(&root.join("server_message"), &server, true)?;
     Ok(())

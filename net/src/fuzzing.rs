@@ -24,6 +24,18 @@ pub fn client_message(data: &[u8]) {
     let _ = decoder.decode_client(rest, channel);
 }
 
+/// Arbitrary bytes as the payload of a well-formed frame of one client
+/// kind, so the fuzzer spends its time inside that kind's archive checks.
+pub fn client_payload(kind: crate::frame::MessageKind, data: &[u8]) {
+    let max = kind.payload_bytes_max();
+    let data = &data[..data.len().min(max)];
+    let mut frame = vec![0u8; crate::frame::FRAME_HEADER_LEN + data.len()];
+    crate::frame::write_header(&mut frame, kind, data.len(), 1, 1);
+    frame[crate::frame::FRAME_HEADER_LEN..].copy_from_slice(data);
+    let mut decoder = Decoder::default();
+    let _ = decoder.decode_client(&frame, kind.channel());
+}
+
 /// A server message, as clients and bots decode it.
 pub fn server_message(data: &[u8]) {
     let Some((&pick, rest)) = data.split_first() else {

@@ -339,6 +339,20 @@ fn fuzz_corpora_replay_without_panics() {
         ("client_message", net::fuzzing::client_message),
         ("server_message", net::fuzzing::server_message),
     ];
+    for (name, kind) in [
+        ("input_payload", MessageKind::Input),
+        ("action_payload", MessageKind::Action),
+        ("ownership_request_payload", MessageKind::OwnershipRequest),
+        ("ping_payload", MessageKind::Ping),
+    ] {
+        let dir = root.join(name);
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            net::fuzzing::client_payload(kind, &std::fs::read(entry.unwrap().path()).unwrap());
+            files += 1;
+        }
+        assert!(files > 0, "no seeds in {}", dir.display());
+    }
     for (name, run) in targets {
         let dir = root.join(name);
         let mut files = 0;

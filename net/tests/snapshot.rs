@@ -300,3 +300,122 @@ fn malformed_snapshots_are_refused_without_panics() {
     let mut small = SnapshotReceiver::new(32, 10);
     assert!(small.apply(1, &first[FRAME_HEADER_LEN..]).is_err());
 }
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        Move {
+            entity: usize,
+            by: [f32; 3],
+            yaw: f32,
+        },
+        Jump {
+            entity: usize,
+            to: [f32; 3],
+        },
+        Spawn {
+            at: [f32; 3],
+        },
+        Despawn {
+            entity: usize,
+        },
+        /// The snapshot of this tick is lost (not applied, not acknowledged).
+        Lose,
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        let v = -100.0f32..100.0;
+        prop_oneof![
+            6 => (any::<usize>(), [-0.5f32..0.5, -0.5f32..0.5, -0.5f32..0.5], -3.2f32..3.2)
+                .prop_map(|(entity, by, yaw)| Event::Move { entity, by, yaw }),
+            1 => (any::<usize>(), [v.clone(), v.clone(), v.clone()]).prop_map(|(entity, to)| Event::Jump { entity, to }),
+            1 => [v.clone(), v.clone(), v].prop_map(|at| Event::Spawn { at }),
+            1 => any::<usize>().prop_map(|entity| Event::Despawn { entity }),
+            1 => Just(Event::Lose),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Random worlds, movement, spawns, despawns, losses and ack lags:
+        /// every snapshot the client applies leaves it with exactly the
+        /// server's record of its view, and that view is the world within
+        /// quantisation error.
+        #[test]
+        fn snapshots_round_trip_under_churn_and_loss(
+            start in prop::collection::vec([-100.0f32..100.0, -100.0f32..100.0, -100.0f32..100.0], 1..40),
+            ticks in prop::collection::vec((prop::collection::vec(event(), 0..6), 1u32..40), 1..60),
+        ) {
+            let mut w = World::new(WorldConfig::default());
+            let mut live: Vec<EntityId> = Vec::new();
+            let spawn = |w: &mut World, p: [f32; 3]| {
+                w.spawn(Transform::from_position(Vec3::from(p)), Velocity::default(), Motion::Static, true).unwrap()
+            };
+            for p in start {
+                live.push(spawn(&mut w, p));
+            }
+            let config = SnapshotConfig { budget_bytes: 8192, interest_radius_m: 1000.0, ..SnapshotConfig::default() };
+            let q = Quantizer::new(&bounds());
+            let mut frame = WorldFrame::default();
+            let mut server = ClientSnapshots::new(config);
+            let mut client = SnapshotReceiver::new(config.history_len, config.view_entities_max);
+            // Ticks the client applied; acks arrive `lag` applications late,
+            // but always name a tick the client really applied.
+            let mut applied: Vec<u32> = Vec::new();
+            for (t, (events, lag)) in ticks.into_iter().enumerate() {
+                let t = t as u32 + 1;
+                w.begin_tick();
+                let mut lost = false;
+                for e in events {
+                    match e {
+                        Event::Move { entity, by, yaw } if !live.is_empty() => {
+                            let id = live[entity % live.len()];
+                            let mut tr = w.transform(id).unwrap();
+                            tr.position = tr.position.add_scaled(Vec3::from(by), 1.0);
+                            tr.rotation = engine::Quat::from_yaw(yaw);
+                            w.set_transform(id, tr).unwrap();
+                        }
+                        Event::Jump { entity, to } if !live.is_empty() => {
+                            let id = live[entity % live.len()];
+                            w.set_transform(id, Transform::from_position(Vec3::from(to))).unwrap();
+                        }
+                        Event::Spawn { at } => live.push(spawn(&mut w, at)),
+                        Event::Despawn { entity } if !live.is_empty() => {
+                            let id = live.swap_remove(entity % live.len());
+                            w.despawn(id).unwrap();
+                        }
+                        Event::Lose => lost = true,
+                        _ => {}
+                    }
+                }
+                frame.capture(&w, &q);
+                let late = (lag % 4) as usize;
+                if applied.len() > late {
+                    server.ack(applied[applied.len() - 1 - late]);
+                }
+                let bytes = server.encode(&frame, Vec3::ZERO, t).unwrap().to_vec();
+                prop_assert!(bytes.len() <= config.budget_bytes);
+                if lost {
+                    continue;
+                }
+                let got = client.apply(t, &bytes[FRAME_HEADER_LEN..]).unwrap().to_vec();
+                applied.push(t);
+                prop_assert_eq!(&got[..], server.view(t).unwrap());
+                // Everything fits this budget, so the view is the whole world.
+                prop_assert_eq!(got.len(), live.len());
+                for s in &got {
+                    let id = w.by_network_id(engine::NetworkId(s.id)).unwrap();
+                    let real = w.transform(id).unwrap();
+                    let pos = q.dequantize_position(s.position);
+                    prop_assert!(real.position.minus(pos).length() <= 0.001, "{:?} vs {:?}", real.position, pos);
+                    let rot = net::quant::dequantize_rotation(s.rotation);
+                    prop_assert!(net::quant::angle_between_deg(real.rotation, rot) < 0.01);
+                }
+            }
+        }
+    }
+}

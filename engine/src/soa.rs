@@ -34,13 +34,11 @@ impl Vec3Column {
     }
 
     pub fn get(&self, i: usize) -> Vec3 {
-        Vec3::new(self.x[i], self.y[i], self.z[i])
+        self.slices().get(i)
     }
 
     pub fn set(&mut self, i: usize, v: Vec3) {
-        self.x[i] = v.x;
-        self.y[i] = v.y;
-        self.z[i] = v.z;
+        self.slices_mut().set(i, v);
     }
 
     pub fn push(&mut self, v: Vec3) {

@@ -4,6 +4,17 @@
 use crate::codec::Decoder;
 use crate::frame::{Channel, split_frame};
 
+/// The first byte picks the data channel; the rest is the frame.
+fn pick_channel(data: &[u8]) -> Option<(Channel, &[u8])> {
+    let (&pick, rest) = data.split_first()?;
+    let channel = if pick & 1 == 0 {
+        Channel::State
+    } else {
+        Channel::Actions
+    };
+    Some((channel, rest))
+}
+
 /// The frame header alone.
 pub fn frame_header(data: &[u8]) {
     let _ = split_frame(data);
@@ -12,13 +23,8 @@ pub fn frame_header(data: &[u8]) {
 /// A client message on either channel, as the server decodes it. The first
 /// byte picks the channel.
 pub fn client_message(data: &[u8]) {
-    let Some((&pick, rest)) = data.split_first() else {
+    let Some((channel, rest)) = pick_channel(data) else {
         return;
-    };
-    let channel = if pick & 1 == 0 {
-        Channel::State
-    } else {
-        Channel::Actions
     };
     let mut decoder = Decoder::default();
     let _ = decoder.decode_client(rest, channel);
@@ -38,13 +44,8 @@ pub fn client_payload(kind: crate::frame::MessageKind, data: &[u8]) {
 
 /// A server message, as clients and bots decode it.
 pub fn server_message(data: &[u8]) {
-    let Some((&pick, rest)) = data.split_first() else {
+    let Some((channel, rest)) = pick_channel(data) else {
         return;
-    };
-    let channel = if pick & 1 == 0 {
-        Channel::State
-    } else {
-        Channel::Actions
     };
     let mut decoder = Decoder::default();
     let _ = decoder.decode_server(rest, channel);

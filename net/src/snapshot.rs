@@ -346,25 +346,16 @@ impl ClientSnapshots {
         self.collect_candidates(frame, viewer);
         self.diff_against(frame, base);
         self.select_within_budget();
-        build_view(
-            &mut target,
+        let selection = Selection {
             frame,
             base,
-            &self.pending,
-            &self.selected,
-            &self.removed,
-            self.config.velocities,
-        );
-        fill_body(
-            &mut self.body,
-            baseline_tick,
-            frame,
-            base,
-            &self.pending,
-            &self.selected,
-            &self.removed,
-            self.config.velocities,
-        );
+            pending: &self.pending,
+            selected: &self.selected,
+            removed: &self.removed,
+            velocities: self.config.velocities,
+        };
+        selection.build_view(&mut target);
+        selection.fill_body(&mut self.body, baseline_tick);
         self.carry_priorities(frame);
         if let (Some(i), Some(v)) = (baseline, base_vec) {
             self.views[i].entities = v;
@@ -637,92 +628,94 @@ fn entry_data_bytes(old: Option<&EntityState>, new: &EntityState, velocities: bo
     1 + pos + rot + lin + ang
 }
 
-/// The client's view after this snapshot: the baseline without removed ids,
-/// with the selected entities updated or added.
-fn build_view(
-    target: &mut Vec<EntityState>,
-    frame: &WorldFrame,
-    base: &[EntityState],
-    pending: &[Pending],
-    selected: &[bool],
-    removed: &[u32],
+/// The outcome of selection for one snapshot, and what is built from it.
+struct Selection<'a> {
+    frame: &'a WorldFrame,
+    base: &'a [EntityState],
+    pending: &'a [Pending],
+    selected: &'a [bool],
+    removed: &'a [u32],
     velocities: bool,
-) {
-    target.clear();
-    let mut sent = pending
-        .iter()
-        .zip(selected)
-        .filter(|(_, s)| **s)
-        .map(|(p, _)| {
-            let mut s = frame.states[p.frame_index as usize];
-            if !velocities {
-                // The client is not sent velocities, so its view holds none.
-                s.linear_velocity = [0; 3];
-                s.angular_velocity = [0; 3];
-            }
-            s
-        })
-        .peekable();
-    let mut rem = removed.iter().peekable();
-    for old in base {
-        while let Some(new) = sent.next_if(|n| n.id < old.id) {
-            target.push(new);
-        }
-        if rem.next_if(|&&r| r == old.id).is_some() {
-            continue;
-        }
-        match sent.next_if(|n| n.id == old.id) {
-            Some(new) => target.push(new),
-            None => target.push(*old),
-        }
-    }
-    target.extend(sent);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fill_body(
-    body: &mut SnapshotBody,
-    baseline_tick: u32,
-    frame: &WorldFrame,
-    base: &[EntityState],
-    pending: &[Pending],
-    selected: &[bool],
-    removed: &[u32],
-    velocities: bool,
-) {
-    body.clear(baseline_tick);
-    let mut prev = 0u32;
-    for (p, _) in pending.iter().zip(selected).filter(|(_, s)| **s) {
-        let new = &frame.states[p.frame_index as usize];
-        let old = (p.baseline_index != u32::MAX).then(|| &base[p.baseline_index as usize]);
-        let mask = entry_mask(old, new, velocities);
-        push_varint(&mut body.ids, new.id - prev);
-        prev = new.id;
-        body.masks.push(mask);
-        match (mask & MASK_POS, old) {
-            (MASK_POS_I8, Some(old)) => body
-                .pos_i8
-                .extend(position_delta(old.position, new.position).map(|d| d as i8)),
-            (MASK_POS_I16, Some(old)) => body
-                .pos_i16
-                .extend(position_delta(old.position, new.position).map(|d| d as i16)),
-            (MASK_POS_U32, _) => body.pos_u32.extend(new.position),
-            _ => {}
-        }
-        if mask & MASK_ROT != 0 {
-            body.rotations.extend(new.rotation);
-        }
-        if mask & MASK_LIN_VEL != 0 {
-            body.linear_velocities.extend(new.linear_velocity);
-        }
-        if mask & MASK_ANG_VEL != 0 {
-            body.angular_velocities.extend(new.angular_velocity);
-        }
+impl Selection<'_> {
+    /// The pending entities chosen for this snapshot, in id order.
+    fn sent(&self) -> impl Iterator<Item = &Pending> {
+        self.pending
+            .iter()
+            .zip(self.selected)
+            .filter(|(_, s)| **s)
+            .map(|(p, _)| p)
     }
-    let mut prev = 0u32;
-    for &id in removed {
-        push_varint(&mut body.removed, id - prev);
-        prev = id;
+
+    /// The client's view after this snapshot: the baseline without removed
+    /// ids, with the selected entities updated or added.
+    fn build_view(&self, target: &mut Vec<EntityState>) {
+        target.clear();
+        let mut sent = self
+            .sent()
+            .map(|p| {
+                let mut s = self.frame.states[p.frame_index as usize];
+                if !self.velocities {
+                    // The client is not sent velocities, so its view holds none.
+                    s.linear_velocity = [0; 3];
+                    s.angular_velocity = [0; 3];
+                }
+                s
+            })
+            .peekable();
+        let mut rem = self.removed.iter().peekable();
+        for old in self.base {
+            while let Some(new) = sent.next_if(|n| n.id < old.id) {
+                target.push(new);
+            }
+            if rem.next_if(|&&r| r == old.id).is_some() {
+                continue;
+            }
+            match sent.next_if(|n| n.id == old.id) {
+                Some(new) => target.push(new),
+                None => target.push(*old),
+            }
+        }
+        target.extend(sent);
+    }
+
+    /// The wire sections of this snapshot.
+    fn fill_body(&self, body: &mut SnapshotBody, baseline_tick: u32) {
+        body.clear(baseline_tick);
+        let mut prev = 0u32;
+        for p in self.sent() {
+            let new = &self.frame.states[p.frame_index as usize];
+            let old = (p.baseline_index != u32::MAX).then(|| &self.base[p.baseline_index as usize]);
+            let mask = entry_mask(old, new, self.velocities);
+            push_varint(&mut body.ids, new.id - prev);
+            prev = new.id;
+            body.masks.push(mask);
+            match (mask & MASK_POS, old) {
+                (MASK_POS_I8, Some(old)) => body
+                    .pos_i8
+                    .extend(position_delta(old.position, new.position).map(|d| d as i8)),
+                (MASK_POS_I16, Some(old)) => body
+                    .pos_i16
+                    .extend(position_delta(old.position, new.position).map(|d| d as i16)),
+                (MASK_POS_U32, _) => body.pos_u32.extend(new.position),
+                _ => {}
+            }
+            if mask & MASK_ROT != 0 {
+                body.rotations.extend(new.rotation);
+            }
+            if mask & MASK_LIN_VEL != 0 {
+                body.linear_velocities.extend(new.linear_velocity);
+            }
+            if mask & MASK_ANG_VEL != 0 {
+                body.angular_velocities.extend(new.angular_velocity);
+            }
+        }
+        let mut prev = 0u32;
+        for &id in self.removed {
+            push_varint(&mut body.removed, id - prev);
+            prev = id;
+        }
     }
 }
 

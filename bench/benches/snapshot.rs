@@ -7,6 +7,8 @@
 //! capturing the frame happen outside the timer. The client acknowledges
 //! three ticks late, as on a 50 ms round trip. The byte budget is raised
 //! so all N entities fit one snapshot and the per-entity cost is measured.
+//! Movers turn around at the ends of a 100 m track so that they keep
+//! changing however many iterations criterion runs.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -36,6 +38,10 @@ struct Ours {
 
 impl Ours {
     fn new(n: usize) -> Self {
+        Self::with_budget(n, 64 * 1024)
+    }
+
+    fn with_budget(n: usize, budget_bytes: usize) -> Self {
         let mut world = World::new(WorldConfig::default());
         for e in wire::moving_entities(n) {
             let t = Transform {
@@ -53,7 +59,7 @@ impl Ours {
             max: Vec3::new(500.0, 500.0, 500.0),
         };
         let config = SnapshotConfig {
-            budget_bytes: 64 * 1024,
+            budget_bytes,
             interest_radius_m: 1000.0,
             view_entities_max: 4096,
             ..SnapshotConfig::default()
@@ -78,6 +84,31 @@ impl Ours {
     fn advance(&mut self) {
         self.tick += 1;
         self.world.begin_tick();
+        // Keep the movers inside the bounds however long criterion runs
+        // (positions clamp at the bounds and would stop changing).
+        let turns: Vec<(EntityId, Velocity)> = {
+            let c = self.world.columns();
+            (0..c.ids.len())
+                .filter_map(|r| {
+                    let (z, vz) = (c.positions.z[r], c.linear_velocities.z[r]);
+                    let turned = wire::turn_around(z, vz);
+                    (turned != vz).then(|| {
+                        let mut v = c.linear_velocities.get(r);
+                        v.z = turned;
+                        (
+                            c.ids[r],
+                            Velocity {
+                                linear: v,
+                                angular: Vec3::ZERO,
+                            },
+                        )
+                    })
+                })
+                .collect()
+        };
+        for (id, v) in turns {
+            self.world.set_velocity(id, v).expect("live entity");
+        }
         engine::systems::integrate_velocities(&mut self.world, 1.0 / 60.0);
         self.frame.capture(&self.world, &self.quantizer);
         if self.tick > ACK_LAG {
@@ -141,21 +172,14 @@ fn encode(c: &mut Criterion) {
     for n in SIZES {
         print_bytes(n);
         group.throughput(Throughput::Elements(n as u64));
-        let mut ours = Ours::new(n);
+        let ours = std::cell::RefCell::new(Ours::new(n));
         group.bench_function(BenchmarkId::new("instanceserver", n), |b| {
             b.iter_custom(|iters| {
-                let (mut adv, mut enc) = (0u32, 0usize);
-                let ours = &mut ours;
-                let cell = std::cell::RefCell::new(ours);
                 timed(
                     iters,
+                    || ours.borrow_mut().advance(),
                     || {
-                        let mut o = cell.borrow_mut();
-                        o.advance();
-                        adv += 1;
-                    },
-                    || {
-                        enc += cell.borrow_mut().encode();
+                        black_box(ours.borrow_mut().encode());
                     },
                 )
             })
@@ -183,6 +207,39 @@ fn encode(c: &mut Criterion) {
                     || wire::step(&mut cell.borrow_mut()),
                     || {
                         black_box(ir.encode(&cell.borrow()));
+                    },
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The real case: 1,000 changing entities in view and the default
+/// one-datagram budget, so only the highest-priority ~140 fit each tick.
+/// Throughput counts the entities considered.
+fn encode_budgeted(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot_encode_budgeted");
+    for n in [100usize, 1000] {
+        group.throughput(Throughput::Elements(n as u64));
+        let ours = std::cell::RefCell::new(Ours::with_budget(n, net::SNAPSHOT_DATAGRAM_BYTES_MAX));
+        {
+            let mut o = ours.borrow_mut();
+            o.advance();
+            o.encode();
+            let s = o.server.last_stats();
+            println!(
+                "budgeted n={n}: {} entities sent, {} waiting, {} bytes",
+                s.entities_sent, s.waiting, s.bytes
+            );
+        }
+        group.bench_function(BenchmarkId::new("instanceserver", n), |b| {
+            b.iter_custom(|iters| {
+                timed(
+                    iters,
+                    || ours.borrow_mut().advance(),
+                    || {
+                        black_box(ours.borrow_mut().encode());
                     },
                 )
             })
@@ -230,6 +287,21 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Once per instance per tick (shared by all its clients): quantise every
+/// networked entity and sort by id.
+fn capture(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot_capture");
+    for n in [100usize, 1000] {
+        group.throughput(Throughput::Elements(n as u64));
+        let mut ours = Ours::new(n);
+        ours.advance();
+        group.bench_function(BenchmarkId::new("instanceserver", n), |b| {
+            b.iter(|| ours.frame.capture(black_box(&ours.world), &ours.quantizer))
+        });
+    }
+    group.finish();
+}
+
 fn validate(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot_validate");
     for n in SIZES {
@@ -251,5 +323,5 @@ fn validate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode, decode, validate);
+criterion_group!(benches, encode, encode_budgeted, decode, capture, validate);
 criterion_main!(benches);

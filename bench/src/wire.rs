@@ -18,13 +18,19 @@ pub struct EntityData {
     pub angular: [f32; 3],
 }
 
-/// `n` entities on a grid, all moving at 5 m/s along +z (steady motion).
+/// `n` entities on a 0.5 m grid, all moving at 5 m/s along +z (steady
+/// motion). Ids are scattered over the grid (cell `7919 * i mod n`) so that
+/// id order says nothing about distance, as in a real scene.
 pub fn moving_entities(n: usize) -> Vec<EntityData> {
     (0..n)
-        .map(|i| EntityData {
+        .map(|i| {
+            let cell = (i * 7919) % n.max(1);
+            (i, cell)
+        })
+        .map(|(i, cell)| EntityData {
             id: i as u32 + 1,
             owner: 0,
-            position: [(i % 32) as f32 * 0.5, 1.0, (i / 32) as f32 * 0.5],
+            position: [(cell % 32) as f32 * 0.5, 1.0, (cell / 32) as f32 * 0.5],
             rotation: [0.0, 0.383, 0.0, 0.924],
             linear: [0.0, 0.0, 5.0],
             angular: [0.0, 0.0, 0.0],
@@ -32,9 +38,24 @@ pub fn moving_entities(n: usize) -> Vec<EntityData> {
         .collect()
 }
 
+/// Movers turn around at the ends of this z range, so that however long a
+/// benchmark runs they keep moving inside the world bounds.
+pub const Z_RANGE_M: (f32, f32) = (0.0, 100.0);
+
+/// The z velocity an entity at `z` moving at `vz` should have: reversed at
+/// the ends of [`Z_RANGE_M`].
+pub fn turn_around(z: f32, vz: f32) -> f32 {
+    if (z > Z_RANGE_M.1 && vz > 0.0) || (z < Z_RANGE_M.0 && vz < 0.0) {
+        -vz
+    } else {
+        vz
+    }
+}
+
 /// Advances every entity by one 60 Hz tick.
 pub fn step(entities: &mut [EntityData]) {
     for e in entities {
+        e.linear[2] = turn_around(e.position[2], e.linear[2]);
         for (p, v) in e.position.iter_mut().zip(e.linear) {
             *p += v / 60.0;
         }

@@ -48,9 +48,11 @@ impl Quantizer {
     pub fn position(&self, p: Vec3) -> [u32; 3] {
         let p = [p.x, p.y, p.z];
         std::array::from_fn(|i| {
-            let steps = ((f64::from(p[i]) - self.min[i]) / POSITION_STEP_M).round();
-            // `as` saturates and maps NaN to 0.
-            (steps.max(0.0) as u32).min(self.steps_max[i])
+            let steps = (f64::from(p[i]) - self.min[i]) / POSITION_STEP_M;
+            // Non-negative after `max`, so adding a half and truncating rounds
+            // (one instruction, where `round` is a libm call on baseline
+            // x86-64). `as` saturates and maps NaN to 0.
+            ((steps.max(0.0) + 0.5) as u32).min(self.steps_max[i])
         })
     }
 
@@ -81,11 +83,9 @@ pub fn rotation(q: Quat) -> [u16; 3] {
         if i == largest {
             continue;
         }
-        let centre = f32::from(ROTATION_CENTRE);
-        let steps = (v * sign * std::f32::consts::SQRT_2 * centre)
-            .round()
-            .clamp(-centre, centre);
-        out[k] = (steps + centre) as u16;
+        let steps = round_to_i32(v * sign * std::f32::consts::SQRT_2 * f32::from(ROTATION_CENTRE));
+        let centre = i32::from(ROTATION_CENTRE);
+        out[k] = (steps.clamp(-centre, centre) + centre) as u16;
         k += 1;
     }
     out[0] |= ((largest as u16) >> 1) << 15;
@@ -118,9 +118,14 @@ pub fn dequantize_rotation(q: [u16; 3]) -> Quat {
     Quat::from(c.map(|v| v / len))
 }
 
+/// Rounds half away from zero without a libm call: add ±0.5, truncate.
+/// `as` saturates and maps NaN to 0.
+fn round_to_i32(v: f32) -> i32 {
+    (v + 0.5f32.copysign(v)) as i32
+}
+
 fn to_i16(v: f32, step: f32) -> i16 {
-    // `as` saturates at the i16 range and maps NaN to 0.
-    (v / step).round() as i16
+    round_to_i32(v / step).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16
 }
 
 pub fn linear_velocity(v: Vec3) -> [i16; 3] {

@@ -34,7 +34,9 @@ use crate::quant::{self, Quantizer};
 pub struct SnapshotConfig {
     /// Entities farther than this from the client's avatar are not sent.
     pub interest_radius_m: f32,
-    /// Most bytes in one snapshot datagram, frame header included.
+    /// Most bytes in one snapshot datagram, frame header included. Clients
+    /// refuse snapshot frames over [`crate::SNAPSHOT_DATAGRAM_BYTES_MAX`]
+    /// (the default), so only benchmarks raise it.
     pub budget_bytes: usize,
     /// Views kept per client: how old an acknowledged baseline may be, in ticks.
     pub history_len: usize,
@@ -468,10 +470,11 @@ impl ClientSnapshots {
     /// Marks which pending entities fit the budget, highest priority first.
     ///
     /// Removals come first (up to half the budget; the rest wait a tick).
-    /// Entities are then taken greedily by priority, costed with the id gap
-    /// to the previous pending entity; skipping entities can only widen
-    /// gaps, so the exact size is computed afterwards and the lowest-priority
-    /// entities are dropped until it fits.
+    /// When every changed entity fits, all are taken. Otherwise they are
+    /// taken greedily by priority (only the head that can fit is sorted),
+    /// costed with the id gap to the previous pending entity; skipping
+    /// entities can only widen gaps, so the exact size is computed afterwards
+    /// and the lowest-priority entities are dropped until it fits.
     fn select_within_budget(&mut self) {
         let budget = self
             .config
@@ -494,26 +497,54 @@ impl ClientSnapshots {
 
         self.selected.clear();
         self.selected.resize(self.pending.len(), false);
+        // Optimistic cost: the id gap to the previous pending entity.
+        let cost = |pending: &[Pending], i: usize| {
+            let prev_id = if i == 0 { 0 } else { pending[i - 1].id };
+            usize::from(pending[i].data_bytes) + varint_len(pending[i].id - prev_id)
+        };
+        let total: usize = (0..self.pending.len())
+            .map(|i| cost(&self.pending, i))
+            .sum();
         let mut order = std::mem::take(&mut self.next_priorities);
         order.clear();
-        order.extend(
-            self.pending
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (i as u32, p.priority)),
-        );
-        order.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        let mut left = budget;
-        for &(i, _) in &order {
-            let i = i as usize;
-            let p = &self.pending[i];
-            // Optimistic: the gap to the previous pending entity.
-            let prev_id = if i == 0 { 0 } else { self.pending[i - 1].id };
-            let cost = usize::from(p.data_bytes) + varint_len(p.id - prev_id);
-            if cost <= left {
-                left -= cost;
-                self.selected[i] = true;
+        if total <= budget {
+            // Everything fits: no ordering needed.
+            self.selected.fill(true);
+        } else {
+            order.extend(
+                self.pending
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (i as u32, p.priority)),
+            );
+            // Only the entities that can fit need ordering: partition around
+            // twice the count that fits at the average cost, sort that head.
+            let n = order.len();
+            let fits = (budget * n / total.max(1)).saturating_mul(2).clamp(1, n);
+            let by_priority = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+            if fits < n {
+                order.select_nth_unstable_by(fits, by_priority);
             }
+            order[..fits].sort_unstable_by(by_priority);
+            let mut left = budget;
+            for &(i, _) in &order {
+                let c = cost(&self.pending, i as usize);
+                if c <= left {
+                    left -= c;
+                    self.selected[i as usize] = true;
+                }
+            }
+        }
+        if order.is_empty() && self.exact_bytes() > budget {
+            // Cannot happen (with everything selected the optimistic gaps are
+            // exact), but if it did, fall back to priority order.
+            order.extend(
+                self.pending
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (i as u32, p.priority)),
+            );
+            order.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
         }
         let mut dropped = order.len();
         while self.exact_bytes() > budget {

@@ -680,35 +680,41 @@ impl Selection<'_> {
     }
 
     /// The client's view after this snapshot: the baseline without removed
-    /// ids, with the selected entities updated or added.
+    /// ids, with the selected entities updated or added. One merge pass
+    /// over three id-sorted lists (baseline, sent, removed).
     fn build_view(&self, target: &mut Vec<EntityState>) {
         target.clear();
-        let mut sent = self
-            .sent()
-            .map(|p| {
-                let mut s = self.frame.states[p.frame_index as usize];
-                if !self.velocities {
-                    // The client is not sent velocities, so its view holds none.
-                    s.linear_velocity = [0; 3];
-                    s.angular_velocity = [0; 3];
+        let (base, removed) = (self.base, self.removed);
+        let (mut b, mut r) = (0usize, 0usize);
+        let mut keep_base_below = |target: &mut Vec<EntityState>, limit: u32, b: &mut usize| {
+            while *b < base.len() && base[*b].id < limit {
+                let old = &base[*b];
+                *b += 1;
+                while r < removed.len() && removed[r] < old.id {
+                    r += 1;
                 }
-                s
-            })
-            .peekable();
-        let mut rem = self.removed.iter().peekable();
-        for old in self.base {
-            while let Some(new) = sent.next_if(|n| n.id < old.id) {
-                target.push(new);
+                if r < removed.len() && removed[r] == old.id {
+                    r += 1;
+                    continue;
+                }
+                target.push(*old);
             }
-            if rem.next_if(|&&r| r == old.id).is_some() {
-                continue;
+        };
+        for p in self.sent() {
+            let mut s = self.frame.states[p.frame_index as usize];
+            if !self.velocities {
+                // The client is not sent velocities, so its view holds none.
+                s.linear_velocity = [0; 3];
+                s.angular_velocity = [0; 3];
             }
-            match sent.next_if(|n| n.id == old.id) {
-                Some(new) => target.push(new),
-                None => target.push(*old),
+            keep_base_below(target, s.id, &mut b);
+            if b < base.len() && base[b].id == s.id {
+                b += 1;
             }
+            target.push(s);
         }
-        target.extend(sent);
+        keep_base_below(target, u32::MAX, &mut b);
+        // An entity with id u32::MAX cannot exist (ids saturate below it).
     }
 
     /// The wire sections of this snapshot.

@@ -17,6 +17,21 @@ fn start(i: usize) -> ([f32; 3], [f32; 3]) {
     ([f, 0.5 * f, -f], [1.0, 0.25 + (i % 7) as f32 * 0.1, -0.5])
 }
 
+/// Spawns workload entity `i` in this engine: a velocity-integrated mover.
+fn spawn_ours(world: &mut World, i: usize) -> Result<EntityId, engine::WorldError> {
+    let (p, v) = start(i);
+    let velocity = Velocity {
+        linear: Vec3::from(v),
+        angular: Vec3::ZERO,
+    };
+    world.spawn(
+        Transform::from_position(Vec3::from(p)),
+        velocity,
+        Motion::Integrated,
+        true,
+    )
+}
+
 /// This engine: the real system, [`engine::systems::integrate_velocities`].
 pub struct Ours {
     pub world: World,
@@ -32,19 +47,7 @@ impl Ours {
             n as u32,
         );
         for i in 0..n {
-            let (p, v) = start(i);
-            let velocity = Velocity {
-                linear: Vec3::from(v),
-                angular: Vec3::ZERO,
-            };
-            world
-                .spawn(
-                    Transform::from_position(Vec3::from(p)),
-                    velocity,
-                    Motion::Integrated,
-                    true,
-                )
-                .expect("capacity was reserved for n entities");
+            spawn_ours(&mut world, i).expect("capacity was reserved for n entities");
         }
         Ours { world }
     }
@@ -153,21 +156,7 @@ pub fn despawn_order(n: usize) -> Vec<usize> {
 pub fn churn_ours(world: &mut World, order: &[usize], ids: &mut Vec<EntityId>) {
     ids.clear();
     for i in 0..order.len() {
-        let (p, v) = start(i);
-        let velocity = Velocity {
-            linear: Vec3::from(v),
-            angular: Vec3::ZERO,
-        };
-        ids.push(
-            world
-                .spawn(
-                    Transform::from_position(Vec3::from(p)),
-                    velocity,
-                    Motion::Integrated,
-                    true,
-                )
-                .expect("the world is sized for the churn"),
-        );
+        ids.push(spawn_ours(world, i).expect("the world is sized for the churn"));
     }
     for &i in order {
         world.despawn(ids[i]).expect("each id is despawned once");

@@ -66,27 +66,33 @@ impl Quantizer {
 /// Smallest-three encoding of a unit quaternion.
 pub fn rotation(q: Quat) -> [u16; 3] {
     let c = q.to_array();
-    let len = c.iter().map(|v| v * v).sum::<f32>().sqrt();
-    let c = if len > 0.0 && len.is_finite() {
+    let len2: f32 = c.iter().map(|v| v * v).sum();
+    let c = if !(len2 > 0.0 && len2.is_finite()) {
+        [0.0, 0.0, 0.0, 1.0]
+    } else if (len2 - 1.0).abs() > 1e-5 {
+        let len = len2.sqrt();
         c.map(|v| v / len)
     } else {
-        [0.0, 0.0, 0.0, 1.0]
+        // The engine keeps rotations normalised: skip the division.
+        c
     };
-    let largest = (0..4)
-        .max_by(|&a, &b| c[a].abs().total_cmp(&c[b].abs()))
-        .unwrap_or(3);
+    let mut largest = 0;
+    for i in 1..4 {
+        if c[i].abs() > c[largest].abs() {
+            largest = i;
+        }
+    }
     // q and -q are the same rotation: make the dropped component positive.
     let sign = if c[largest] < 0.0 { -1.0 } else { 1.0 };
+    let scale = sign * std::f32::consts::SQRT_2 * f32::from(ROTATION_CENTRE);
+    let centre = i32::from(ROTATION_CENTRE);
     let mut out = [0u16; 3];
     let mut k = 0;
     for (i, &v) in c.iter().enumerate() {
-        if i == largest {
-            continue;
+        if i != largest {
+            out[k] = (round_to_i32(v * scale).clamp(-centre, centre) + centre) as u16;
+            k += 1;
         }
-        let steps = round_to_i32(v * sign * std::f32::consts::SQRT_2 * f32::from(ROTATION_CENTRE));
-        let centre = i32::from(ROTATION_CENTRE);
-        out[k] = (steps.clamp(-centre, centre) + centre) as u16;
-        k += 1;
     }
     out[0] |= ((largest as u16) >> 1) << 15;
     out[1] |= ((largest as u16) & 1) << 15;

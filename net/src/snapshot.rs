@@ -219,8 +219,10 @@ struct Pending {
     baseline_index: u32,
     priority: f32,
     id: u32,
+    /// Which fields its entry carries (see the mask bits).
+    mask: u8,
     /// Bytes of its entry besides the id gap.
-    data_bytes: u16,
+    data_bytes: u8,
 }
 
 /// What the last encoded snapshot held.
@@ -455,13 +457,14 @@ impl ClientSnapshots {
                 _ => 0.0,
             };
             let weight = 1.0 + 10.0 / (1.0 + dist);
-            let old_state = old.map(|o| &base[o]);
+            let mask = entry_mask(old.map(|o| &base[o]), state, velocities);
             self.pending.push(Pending {
                 frame_index: fi,
                 baseline_index: old.map_or(u32::MAX, |o| o as u32),
                 priority: carried + weight,
                 id: state.id,
-                data_bytes: entry_data_bytes(old_state, state, velocities) as u16,
+                mask,
+                data_bytes: entry_data_bytes(mask),
             });
         }
         self.removed.extend(base[b..].iter().map(|s| s.id));
@@ -535,30 +538,14 @@ impl ClientSnapshots {
                 }
             }
         }
-        if order.is_empty() && self.exact_bytes() > budget {
-            // Cannot happen (with everything selected the optimistic gaps are
-            // exact), but if it did, fall back to priority order.
-            order.extend(
-                self.pending
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (i as u32, p.priority)),
-            );
-            order.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        }
-        let mut dropped = order.len();
-        while self.exact_bytes() > budget {
-            // Drop the lowest-priority entity still selected.
-            while dropped > 0 {
-                dropped -= 1;
-                let i = order[dropped].0 as usize;
-                if self.selected[i] {
-                    self.selected[i] = false;
-                    break;
-                }
-            }
-            if dropped == 0 {
-                break;
+        // With everything selected the optimistic gaps are the real ones and
+        // `order` is empty: nothing to check or drop.
+        // Drop the lowest-priority selected entities until the real size fits.
+        let mut candidates = order.iter().rev().map(|&(i, _)| i as usize);
+        while !order.is_empty() && self.exact_bytes() > budget {
+            match candidates.find(|&i| self.selected[i]) {
+                Some(i) => self.selected[i] = false,
+                None => break,
             }
         }
         self.next_priorities = order;
@@ -645,18 +632,15 @@ fn entry_mask(old: Option<&EntityState>, new: &EntityState, velocities: bool) ->
 }
 
 /// Bytes of an entry besides its id gap: the mask and the fields it sends.
-fn entry_data_bytes(old: Option<&EntityState>, new: &EntityState, velocities: bool) -> usize {
-    let mask = entry_mask(old, new, velocities);
+fn entry_data_bytes(mask: u8) -> u8 {
     let pos = match mask & MASK_POS {
         MASK_POS_I8 => 3,
         MASK_POS_I16 => 6,
         MASK_POS_U32 => 12,
         _ => 0,
     };
-    let rot = if mask & MASK_ROT != 0 { 6 } else { 0 };
-    let lin = if mask & MASK_LIN_VEL != 0 { 6 } else { 0 };
-    let ang = if mask & MASK_ANG_VEL != 0 { 6 } else { 0 };
-    1 + pos + rot + lin + ang
+    let field = |bit: u8| if mask & bit != 0 { 6 } else { 0 };
+    1 + pos + field(MASK_ROT) + field(MASK_LIN_VEL) + field(MASK_ANG_VEL)
 }
 
 /// The outcome of selection for one snapshot, and what is built from it.
@@ -724,7 +708,7 @@ impl Selection<'_> {
         for p in self.sent() {
             let new = &self.frame.states[p.frame_index as usize];
             let old = (p.baseline_index != u32::MAX).then(|| &self.base[p.baseline_index as usize]);
-            let mask = entry_mask(old, new, self.velocities);
+            let mask = p.mask;
             push_varint(&mut body.ids, new.id - prev);
             prev = new.id;
             body.masks.push(mask);

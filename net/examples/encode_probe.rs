@@ -1,0 +1,52 @@
+//! Runs 200 ticks of capture + encode for one client of a 1,000-entity
+//! world, for instruction counting: `valgrind --tool=callgrind`.
+use engine::{Aabb, Motion, Transform, Vec3, Velocity, World, WorldConfig};
+use net::quant::Quantizer;
+use net::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
+
+fn main() {
+    let n = 1000;
+    let mut world = World::new(WorldConfig::default());
+    for i in 0..n {
+        let cell = (i * 7919) % n;
+        let t = Transform::from_position(Vec3::new(
+            (cell % 32) as f32 * 0.5,
+            1.0,
+            (cell / 32) as f32 * 0.5,
+        ));
+        let v = Velocity {
+            linear: Vec3::new(0.0, 0.0, 5.0),
+            angular: Vec3::ZERO,
+        };
+        world.spawn(t, v, Motion::Integrated, true).expect("room");
+    }
+    let bounds = Aabb {
+        min: Vec3::new(-500.0, -500.0, -500.0),
+        max: Vec3::new(500.0, 500.0, 500.0),
+    };
+    let q = Quantizer::new(&bounds);
+    let mut frame = WorldFrame::with_capacity(n);
+    let config = SnapshotConfig {
+        budget_bytes: 64 * 1024,
+        interest_radius_m: 1000.0,
+        view_entities_max: 4096,
+        ..SnapshotConfig::default()
+    };
+    let mut server = ClientSnapshots::new(config);
+    let mut total = 0usize;
+    for t in 1..=200u32 {
+        world.begin_tick();
+        engine::systems::integrate_velocities(&mut world, 1.0 / 60.0);
+        frame.capture(&world, &q);
+        if t > 3 {
+            server.ack(t - 3);
+        }
+        total += encode(&mut server, &frame, t);
+    }
+    println!("{total}");
+}
+
+#[inline(never)]
+fn encode(server: &mut ClientSnapshots, frame: &WorldFrame, t: u32) -> usize {
+    server.encode(frame, Vec3::ZERO, t).expect("fits").len()
+}

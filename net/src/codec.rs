@@ -73,14 +73,7 @@ impl Decoder {
         bytes: &'a [u8],
         channel: Channel,
     ) -> Result<ClientMessage<'a>, ProtocolError> {
-        let (header, kind, payload) = split_frame(bytes)?;
-        if !kind.is_from_client() {
-            return Err(ProtocolError::WrongDirection(kind));
-        }
-        if kind.channel() != channel {
-            return Err(ProtocolError::WrongChannel { kind });
-        }
-        let payload = aligned(&mut self.scratch, payload);
+        let (header, kind, payload) = self.open(bytes, channel, true)?;
         Ok(match kind {
             MessageKind::Input => {
                 let input: &ArchivedInput = access(kind, payload)?;
@@ -106,14 +99,7 @@ impl Decoder {
         bytes: &'a [u8],
         channel: Channel,
     ) -> Result<ServerMessage<'a>, ProtocolError> {
-        let (header, kind, payload) = split_frame(bytes)?;
-        if kind.is_from_client() {
-            return Err(ProtocolError::WrongDirection(kind));
-        }
-        if kind.channel() != channel {
-            return Err(ProtocolError::WrongChannel { kind });
-        }
-        let payload = aligned(&mut self.scratch, payload);
+        let (header, kind, payload) = self.open(bytes, channel, false)?;
         Ok(match kind {
             MessageKind::Welcome => {
                 let w: &ArchivedWelcome = access(kind, payload)?;
@@ -156,6 +142,26 @@ impl Decoder {
             }
             _ => return Err(ProtocolError::WrongDirection(kind)),
         })
+    }
+}
+
+impl Decoder {
+    /// The checks both directions share: the header, the sender's direction,
+    /// the data channel; returns the payload aligned for in-place access.
+    fn open<'a>(
+        &'a mut self,
+        bytes: &'a [u8],
+        channel: Channel,
+        from_client: bool,
+    ) -> Result<(FrameHeader, MessageKind, &'a [u8]), ProtocolError> {
+        let (header, kind, payload) = split_frame(bytes)?;
+        if kind.is_from_client() != from_client {
+            return Err(ProtocolError::WrongDirection(kind));
+        }
+        if kind.channel() != channel {
+            return Err(ProtocolError::WrongChannel { kind });
+        }
+        Ok((header, kind, aligned(&mut self.scratch, payload)))
     }
 }
 

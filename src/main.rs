@@ -1,65 +1,74 @@
-//! The `instanceserver` binary.
-//!
-//! Today it loads one scene into one instance and runs its simulation at a
-//! fixed tick, printing a status line every second until Ctrl-C. Shards,
-//! WebRTC and the control plane build on this loop.
+//! The `instanceserver` binary: starts a node (shards, control thread,
+//! HTTP signaling and gRPC control API) and runs it until SIGINT/SIGTERM,
+//! then drains: clients are told, instances end after the grace period.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use engine::{Scene, SceneLimits, SimConfig, Simulation, TickTimes, WorldConfig};
+use instanceserver::config::{self, Config};
+use instanceserver::control::lock;
+use instanceserver::node::{DEV_INSTANCE_ID, Node};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A thread-per-core dedicated server for multiplayer virtual worlds.
 ///
-/// Loads a scene into an instance and runs its physics at a fixed tick,
-/// printing one status line per status interval until interrupted (Ctrl-C).
-/// Every flag can also be set through the environment variable shown.
+/// Settings come from defaults, then the TOML file of --config, then
+/// INSTANCESERVER_<SECTION>__<KEY> environment variables, then flags
+/// (--set section.key=value and the shorthands below). Every setting is
+/// listed in docs/configuration.md. With no settings at all the node runs in
+/// dev mode on loopback with an instance "demo".
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
-    /// Scene file (JSON, see docs/scene-format.md). Without it the embedded
-    /// demo scene is used.
-    #[arg(long, value_name = "PATH", env = "INSTANCESERVER_SCENE")]
+    /// TOML configuration file.
+    #[arg(long, value_name = "PATH", env = "INSTANCESERVER_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Sets any setting: --set http.listen=0.0.0.0:8080 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+
+    /// Scene of the dev instance "demo" (JSON, see docs/scene-format.md);
+    /// without it the embedded demo scene is used. Same as --set node.dev_scene=PATH.
+    #[arg(long, value_name = "PATH")]
     scene: Option<PathBuf>,
 
-    /// Simulation ticks per second (1..=1000).
-    #[arg(long, default_value_t = 60, env = "INSTANCESERVER_TICK_HZ")]
-    tick_hz: u32,
+    /// Shards to run (0 = one per core). Same as --set node.shards=N.
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
 
-    /// Physics steps per tick (1..=16).
-    #[arg(long, default_value_t = 1, env = "INSTANCESERVER_SUBSTEPS")]
-    substeps: u32,
+    /// HTTP address. Same as --set http.listen=ADDR.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
 
-    /// Most ticks run back to back to catch up after a stall; later ones are skipped.
-    #[arg(long, default_value_t = 4, env = "INSTANCESERVER_CATCH_UP_STEPS_MAX")]
-    catch_up_steps_max: u32,
+    /// gRPC address. Same as --set grpc.listen=ADDR.
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<String>,
 
-    /// Most entities alive in one instance.
-    #[arg(long, default_value_t = 65_536, env = "INSTANCESERVER_ENTITIES_MAX")]
-    entities_max: u32,
+    /// First shard's UDP port. Same as --set webrtc.udp_port_base=PORT.
+    #[arg(long, value_name = "PORT")]
+    udp_port_base: Option<u16>,
 
-    /// Most entities a scene file may declare.
+    /// Address advertised to clients (NAT / Kubernetes). Same as --set webrtc.public_ip=IP.
+    #[arg(long, value_name = "IP")]
+    public_ip: Option<String>,
+
+    /// Print the resulting configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    /// Milliseconds between status lines (0: none).
     #[arg(
         long,
-        default_value_t = 20_000,
-        env = "INSTANCESERVER_SCENE_ENTITIES_MAX"
+        default_value_t = 1000,
+        env = "INSTANCESERVER_STATUS_INTERVAL_MS"
     )]
-    scene_entities_max: u32,
-
-    /// Largest scene file accepted, in bytes.
-    #[arg(long, default_value_t = 16 * 1024 * 1024, env = "INSTANCESERVER_SCENE_FILE_BYTES_MAX")]
-    scene_file_bytes_max: u64,
-
-    /// Milliseconds between status lines.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..), env = "INSTANCESERVER_STATUS_INTERVAL_MS")]
     status_interval_ms: u64,
 
     /// Stop by itself after this many seconds (for scripted runs); 0 runs until interrupted.
@@ -69,6 +78,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,str0m=warn,dimpl=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -78,95 +95,121 @@ fn main() -> ExitCode {
     }
 }
 
+fn settings(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
+    let mut sets = Vec::new();
+    let shorthand = [
+        (
+            "node.dev_scene",
+            args.scene.as_ref().map(|p| p.display().to_string()),
+        ),
+        ("node.shards", args.shards.map(|n| n.to_string())),
+        ("http.listen", args.http_listen.clone()),
+        ("grpc.listen", args.grpc_listen.clone()),
+        (
+            "webrtc.udp_port_base",
+            args.udp_port_base.map(|p| p.to_string()),
+        ),
+        ("webrtc.public_ip", args.public_ip.clone()),
+    ];
+    for (key, value) in shorthand {
+        if let Some(v) = value {
+            sets.push((key.to_string(), v));
+        }
+    }
+    // Explicit --set comes last, so it wins over the shorthands.
+    for s in &args.set {
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected KEY=VALUE"))?;
+        sets.push((k.trim().to_string(), v.to_string()));
+    }
+    Ok(sets)
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
-    let limits = SceneLimits {
-        file_bytes_max: args.scene_file_bytes_max,
-        entities_max: args.scene_entities_max,
-        ..SceneLimits::default()
-    };
-    let scene = match &args.scene {
-        Some(path) => Scene::load(path, &limits)
-            .with_context(|| format!("cannot load scene {}", path.display()))?,
-        None => Scene::demo(),
-    };
-    let config = SimConfig {
-        tick_hz: args.tick_hz,
-        substeps: args.substeps,
-        catch_up_steps_max: args.catch_up_steps_max,
-        world: WorldConfig {
-            entities_max: args.entities_max,
-            ..WorldConfig::default()
-        },
-        ..SimConfig::default()
-    };
-    let mut sim = Simulation::new(&scene, config)
-        .with_context(|| format!("cannot start scene \"{}\"", scene.name))?;
+    let sets = settings(args)?;
+    let config: Config = config::load(args.config.as_deref(), std::env::vars(), &sets)?;
+    if args.print_config {
+        print!(
+            "{}",
+            toml::to_string(&config).context("cannot print the configuration")?
+        );
+        return Ok(());
+    }
+    let drain_grace = Duration::from_millis(config.node.drain_grace_ms);
+    let node = Node::start(config.clone())?;
     println!(
-        "instanceserver {}: scene \"{}\" with {} entities ({} dynamic bodies), {} Hz, {} substep(s)",
+        "instanceserver {}: {} shard(s) on UDP {}; HTTP http://{}; gRPC {}",
         env!("CARGO_PKG_VERSION"),
-        scene.name,
-        sim.world().len(),
-        scene.dynamic_bodies(),
-        config.tick_hz,
-        config.substeps
+        node.shard_addrs.len(),
+        node.shard_addrs
+            .iter()
+            .map(|(_, a)| a.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        node.http_addr,
+        node.grpc_addr.map_or("off".to_string(), |a| a.to_string()),
     );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
-        .context("cannot install the Ctrl-C handler")?;
-
+    if let Some(secret) = &node.dev_secret {
+        println!(
+            "dev mode: HS256 secret {secret}; instance \"{DEV_INSTANCE_ID}\"; get a token with\n  curl -s -X POST http://{}/v1/dev/token -d '{{\"sub\":\"me\",\"instance\":\"{DEV_INSTANCE_ID}\"}}'",
+            node.http_addr
+        );
+    }
+    let (signal_tx, signal_rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = signal_tx.send(());
+    })
+    .context("cannot install the signal handler")?;
     let started = Instant::now();
-    let interval = Duration::from_millis(args.status_interval_ms);
     let exit_at = (args.exit_after_s > 0).then(|| started + Duration::from_secs(args.exit_after_s));
-    let mut next_status = started + interval;
-    // Room for every tick of a status window, catch-up included.
-    let window_ticks = (u64::from(config.tick_hz) * args.status_interval_ms / 1000 + 1) as usize;
-    let mut times = TickTimes::new(window_ticks * 2 + 16);
-    let mut skipped_reported = 0;
-    let mut total_ticks = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if exit_at.is_some_and(|t| now >= t) {
+    let interval = Duration::from_millis(args.status_interval_ms.max(10));
+    loop {
+        let wait = exit_at.map_or(interval, |t| {
+            t.saturating_duration_since(Instant::now()).min(interval)
+        });
+        match signal_rx.recv_timeout(wait) {
+            Ok(()) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if exit_at.is_some_and(|t| Instant::now() >= t) {
             break;
         }
-        let due = sim.due_ticks(now);
-        for _ in 0..due.steps {
-            let t = Instant::now();
-            sim.step();
-            times.record(t.elapsed());
+        if args.status_interval_ms > 0 {
+            print_status(&node, started);
         }
-        total_ticks += u64::from(due.steps);
-        if now >= next_status {
-            let s = times.take();
-            let skipped = sim.skipped_ticks() - skipped_reported;
-            skipped_reported = sim.skipped_ticks();
-            println!(
-                "t={:.0}s instances=1 entities={} awake_bodies={} ticks={} skipped={} tick_p50={:.3}ms tick_p99={:.3}ms tick_max={:.3}ms",
-                now.duration_since(started).as_secs_f64(),
-                sim.world().len(),
-                sim.physics().awake_bodies(),
-                s.ticks,
-                skipped,
-                s.p50.as_secs_f64() * 1e3,
-                s.p99.as_secs_f64() * 1e3,
-                s.max.as_secs_f64() * 1e3,
-            );
-            next_status += interval;
-            if next_status <= now {
-                next_status = now + interval;
-            }
-        }
-        let wake = sim
-            .next_tick_due()
-            .map_or(next_status, |t| t.min(next_status));
-        let wake = exit_at.map_or(wake, |e| wake.min(e));
-        // Short sleeps keep Ctrl-C responsive even with a slow tick rate.
-        let nap = wake
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(50));
-        std::thread::sleep(nap);
     }
-    println!("stopped after {total_ticks} ticks");
+    println!("draining: instances end within {drain_grace:?} (interrupt again to stop now)");
+    node.drain(drain_grace);
+    let deadline = Instant::now() + drain_grace + Duration::from_secs(1);
+    while Instant::now() < deadline && !lock(node.control()).registry.is_empty() {
+        if signal_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+            break;
+        }
+    }
+    node.stop();
+    println!("stopped");
     Ok(())
+}
+
+fn print_status(node: &Node, started: Instant) {
+    let c = lock(node.control());
+    let peers: u32 = c.shards.iter().map(|s| s.metrics.peers).sum();
+    let ticks: u64 = c.shards.iter().map(|s| s.metrics.ticks).sum();
+    let p99 = c
+        .registry
+        .instances()
+        .map(|r| r.tick_p99_us)
+        .max()
+        .unwrap_or(0);
+    println!(
+        "t={:.0}s instances={} sessions={} peers={} ticks={} tick_p99_max={}us",
+        started.elapsed().as_secs_f64(),
+        c.registry.len(),
+        c.registry.sessions_len(),
+        peers,
+        ticks,
+        p99,
+    );
 }

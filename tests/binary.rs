@@ -15,6 +15,17 @@ fn bin() -> Command {
             c.env_remove(k);
         }
     }
+    // Free ports, so tests run side by side.
+    c.args([
+        "--http-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--udp-port-base",
+        "0",
+        "--shards",
+        "1",
+    ]);
     c
 }
 
@@ -24,16 +35,19 @@ fn help_documents_every_flag() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
+        "--config",
+        "--set",
         "--scene",
-        "--tick-hz",
-        "--substeps",
-        "--catch-up-steps-max",
-        "--entities-max",
-        "--scene-entities-max",
-        "--scene-file-bytes-max",
+        "--shards",
+        "--http-listen",
+        "--grpc-listen",
+        "--udp-port-base",
+        "--public-ip",
+        "--print-config",
         "--status-interval-ms",
         "--exit-after-s",
-        "INSTANCESERVER_SCENE",
+        "INSTANCESERVER_CONFIG",
+        "docs/configuration.md",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
@@ -81,18 +95,23 @@ fn the_demo_runs_and_reports_status_until_interrupted() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    assert!(first.contains("scene \"demo\""), "{first}");
+    assert!(first.contains("1 shard(s) on UDP 127.0.0.1:"), "{first}");
+    let dev = lines.next().unwrap().unwrap();
+    assert!(
+        dev.contains("dev mode: HS256 secret") && dev.contains("instance \"demo\""),
+        "{dev}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut status = Vec::new();
     while status.len() < 2 && Instant::now() < deadline {
         let line = lines.next().unwrap().unwrap();
-        if line.contains("tick_p99=") {
+        if line.contains("tick_p99_max=") {
             status.push(line);
         }
     }
     assert_eq!(status.len(), 2);
     assert!(
-        status[1].contains("instances=1 entities=236"),
+        status[1].contains("instances=1 sessions=0"),
         "{}",
         status[1]
     );
@@ -109,7 +128,95 @@ fn the_demo_runs_and_reports_status_until_interrupted() {
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
     assert!(
-        rest.last().is_some_and(|l| l.starts_with("stopped after ")),
+        rest.iter().any(|l| l.starts_with("draining: "))
+            && rest.last().is_some_and(|l| l == "stopped"),
         "{rest:?}"
+    );
+}
+
+#[test]
+fn settings_layer_defaults_file_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(
+        &path,
+        "[instance]\nmax_users = 10\ntick_hz = 30\n[http]\njoin_timeout_ms = 1234\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(&path)
+        .env("INSTANCESERVER_INSTANCE__MAX_USERS", "20")
+        .env("INSTANCESERVER_INSTANCE__TICK_HZ", "40")
+        .args(["--set", "instance.max_users=30", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let instance = printed["instance"].as_table().unwrap();
+    assert_eq!(instance["max_users"].as_integer(), Some(30), "flags win");
+    assert_eq!(
+        instance["tick_hz"].as_integer(),
+        Some(40),
+        "environment beats the file"
+    );
+    assert_eq!(
+        printed["http"]["join_timeout_ms"].as_integer(),
+        Some(1234),
+        "the file beats defaults"
+    );
+    assert_eq!(
+        instance["empty_timeout_ms"].as_integer(),
+        Some(60_000),
+        "defaults fill the rest"
+    );
+}
+
+#[test]
+fn bad_settings_are_refused_with_the_key_named() {
+    let out = bin()
+        .args(["--set", "instance.max_userz=3", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("unknown setting `instance.max_userz`"),
+        "{err}"
+    );
+
+    let out = bin()
+        .env("INSTANCESERVER_INSTANCE__TICK_HZ", "fast")
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("INSTANCESERVER_INSTANCE__TICK_HZ") && err.contains("expected an integer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_dev_mode_a_node_needs_keys() {
+    let out = bin().args(["--set", "node.dev=false"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("no JWT keys configured"), "{err}");
+
+    let out = bin()
+        .args(["--set", "http.listen=0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("node.dev") && err.contains("loopback"),
+        "{err}"
     );
 }

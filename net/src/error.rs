@@ -40,3 +40,38 @@ pub enum ProtocolError {
     #[error("{what} is not a finite number")]
     NotFinite { what: &'static str },
 }
+
+impl ProtocolError {
+    /// A stable snake_case label for metrics (`invalid_messages{reason=...}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProtocolError::Truncated { .. } => "truncated",
+            ProtocolError::VersionMismatch { .. } => "version_mismatch",
+            ProtocolError::UnknownKind(_) => "unknown_kind",
+            ProtocolError::ReservedFlags(_) => "reserved_flags",
+            ProtocolError::LengthMismatch { .. } => "length_mismatch",
+            ProtocolError::TooLarge { .. } => "too_large",
+            ProtocolError::WrongDirection(_) => "wrong_direction",
+            ProtocolError::WrongChannel { .. } => "wrong_channel",
+            ProtocolError::InvalidArchive { .. } => "invalid_archive",
+            ProtocolError::CountExceeded { .. } => "count_exceeded",
+            ProtocolError::NotFinite { .. } => "not_finite",
+        }
+    }
+
+    /// Every label [`ProtocolError::reason`] returns, for metrics that list
+    /// zero counts too.
+    pub const REASONS: [&'static str; 11] = [
+        "truncated",
+        "version_mismatch",
+        "unknown_kind",
+        "reserved_flags",
+        "length_mismatch",
+        "too_large",
+        "wrong_direction",
+        "wrong_channel",
+        "invalid_archive",
+        "count_exceeded",
+        "not_finite",
+    ];
+}

@@ -762,6 +762,12 @@ impl SnapshotReceiver {
         self.latest
     }
 
+    /// The entity states after the snapshot of `tick`, while that view is kept.
+    pub fn view(&self, tick: u32) -> Option<&[EntityState]> {
+        let v = &self.views[tick as usize % self.views.len()];
+        (v.valid && v.tick == tick).then_some(&v.entities[..])
+    }
+
     /// Validates a snapshot payload and applies it to the baseline view it
     /// names; returns the entity states as of `tick`.
     pub fn apply(&mut self, tick: u32, payload: &[u8]) -> Result<&[EntityState], ProtocolError> {

@@ -1,5 +1,19 @@
-//! Node and instance state: the instance registry and lifecycle, users and
-//! attendance, sessions, JWT auth, cached actions for late joiners, and the
-//! commands and events exchanged between the control thread and the shards.
+//! Node and instance state shared by the control thread and the shards:
+//! JWT auth ([`auth`]), the commands the control thread sends a shard and
+//! the events a shard sends back ([`commands`]), and the instance registry
+//! the control thread keeps ([`registry`]).
 //!
-//! Empty so far: the node issue builds it.
+//! Nothing here touches a socket or reads the clock: callers pass `now`.
+//!
+//! ```
+//! use state::registry::{Registry, InstanceRecord};
+//! use std::collections::BTreeMap;
+//!
+//! let mut reg = Registry::new(16);
+//! reg.insert(InstanceRecord::new("demo".into(), "lobby".into(), 0, 8, BTreeMap::new())).unwrap();
+//! assert_eq!(reg.reserve_seat("demo").unwrap(), 1);
+//! ```
+
+pub mod auth;
+pub mod commands;
+pub mod registry;

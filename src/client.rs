@@ -1,0 +1,727 @@
+//! A Rust client of the node, used by the tests, the harness and the load
+//! generator: [`Session`] is the sans-IO client (str0m in full-ICE mode,
+//! both data channels, the protocol codec, snapshot views); [`Client`]
+//! drives one over a tokio UDP socket after joining over HTTP.
+//!
+//! ```no_run
+//! # async fn demo(http: std::net::SocketAddr) -> Result<(), instanceserver::client::ClientError> {
+//! use instanceserver::client::{Client, ClientEvent, dev_token};
+//! let token = dev_token(http, "ann", "demo").await?;
+//! let mut client = Client::join(http, "demo", &token).await?;
+//! client.run_until(std::time::Duration::from_secs(5), |_, e| matches!(e, ClientEvent::Snapshot { .. })).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use engine::Vec3;
+use http_body_util::{BodyExt, Full};
+use net::messages::{
+    Action, ActionBroadcast, Input, KickReason, OwnedUpdate, OwnershipRequest, Ping, Target,
+};
+use net::quant::Quantizer;
+use net::snapshot::{EntityState, SnapshotReceiver};
+use net::{Channel, Decoder, Encoder, MessageKind, ServerMessage};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::{Candidate, Event, Input as RtcInput, Output, Rtc};
+
+/// Snapshot views a client keeps (must match the server's history).
+pub const CLIENT_HISTORY_LEN: usize = 32;
+/// Entities a client's view holds at most.
+pub const CLIENT_ENTITIES_MAX: usize = 4096;
+/// Events queued before the oldest are dropped (a client that never polls).
+pub const CLIENT_EVENTS_MAX: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("http: {0}")]
+    Http(String),
+    /// The server answered a join with an error status.
+    #[error("join refused with {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("webrtc: {0}")]
+    Rtc(String),
+    #[error("protocol: {0}")]
+    Protocol(#[from] net::ProtocolError),
+    #[error("the channels are not open yet")]
+    NotOpen,
+    #[error("the message was refused by the channel (buffer full)")]
+    Refused2,
+}
+
+/// What the welcome told this client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WelcomeInfo {
+    pub user_id: String,
+    pub user_index: u32,
+    pub avatar: u32,
+    pub tick_hz: u16,
+    pub bounds_min: Vec3,
+    pub bounds_max: Vec3,
+    pub cached_actions: Vec<ActionBroadcast>,
+}
+
+/// Something the server said or did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// Both channels are open.
+    Connected,
+    Welcome(WelcomeInfo),
+    /// A snapshot was applied; [`Session::entities`] holds the new view.
+    Snapshot {
+        tick: u32,
+        entities: usize,
+    },
+    Action(ActionBroadcast),
+    PeerJoined {
+        user_index: u32,
+        user_id: String,
+        name: String,
+    },
+    PeerLeft {
+        user_index: u32,
+    },
+    OwnershipChanged {
+        network_id: u32,
+        owner: Option<u32>,
+    },
+    Draining {
+        grace_ms: u32,
+    },
+    Kicked {
+        reason: KickReason,
+        message: String,
+    },
+    Pong {
+        client_time_us: u64,
+        server_tick: u32,
+    },
+    VersionMismatch {
+        server_version: u8,
+    },
+    /// A message the client could not decode (counted, dropped).
+    Invalid(String),
+    /// The peer connection closed.
+    Closed,
+}
+
+/// The sans-IO client.
+#[derive(Debug)]
+pub struct Session {
+    rtc: Rtc,
+    local: SocketAddr,
+    pending: Option<SdpPendingOffer>,
+    state: Option<ChannelId>,
+    actions: Option<ChannelId>,
+    encoder: Encoder,
+    decoder: Decoder,
+    receiver: SnapshotReceiver,
+    welcome: Option<WelcomeInfo>,
+    quantizer: Option<Quantizer>,
+    events: VecDeque<ClientEvent>,
+    transmits: VecDeque<Transmit>,
+    state_sequence: u32,
+    actions_sequence: u32,
+    wake: Instant,
+    closed: bool,
+    /// A snapshot was applied and no input has acknowledged it yet.
+    ack_due: bool,
+}
+
+impl Session {
+    /// A client whose UDP socket is `local`; returns it with its SDP offer.
+    pub fn new(local: SocketAddr, now: Instant) -> Result<(Session, String), ClientError> {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let mut rtc = Rtc::builder().build(now);
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| ClientError::Rtc(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let mut api = rtc.sdp_api();
+        api.add_channel_with_config(ChannelConfig {
+            label: "state".into(),
+            ordered: false,
+            reliability: Reliability::MaxRetransmits { retransmits: 0 },
+            ..ChannelConfig::default()
+        });
+        api.add_channel("actions".into());
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| ClientError::Rtc("no offer to make".into()))?;
+        let session = Session {
+            rtc,
+            local,
+            pending: Some(pending),
+            state: None,
+            actions: None,
+            encoder: Encoder::default(),
+            decoder: Decoder::default(),
+            receiver: SnapshotReceiver::new(CLIENT_HISTORY_LEN, CLIENT_ENTITIES_MAX),
+            welcome: None,
+            quantizer: None,
+            events: VecDeque::new(),
+            transmits: VecDeque::new(),
+            state_sequence: 0,
+            actions_sequence: 0,
+            wake: now,
+            closed: false,
+            ack_due: false,
+        };
+        Ok((session, offer.to_sdp_string()))
+    }
+
+    /// Applies the server's SDP answer.
+    pub fn accept_answer(&mut self, answer: &str, now: Instant) -> Result<(), ClientError> {
+        let answer =
+            SdpAnswer::from_sdp_string(answer).map_err(|e| ClientError::Rtc(e.to_string()))?;
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| ClientError::Rtc("answer already applied".into()))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        self.pump(now);
+        Ok(())
+    }
+
+    pub fn handle_datagram(&mut self, source: SocketAddr, datagram: &[u8], now: Instant) {
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, datagram) else {
+            return;
+        };
+        if self
+            .rtc
+            .handle_input(RtcInput::Receive(now, receive))
+            .is_err()
+        {
+            self.close_now();
+        }
+        self.pump(now);
+        self.acknowledge(now);
+    }
+
+    /// The server deltas snapshots against what a client acknowledged, and
+    /// acknowledgements ride on inputs: when the application sent no input
+    /// since the last snapshot, an empty one carries the ack.
+    fn acknowledge(&mut self, now: Instant) {
+        if self.ack_due && self.is_open() {
+            let _ = self.send_input(Vec::new(), now);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.wake && self.rtc.handle_input(RtcInput::Timeout(now)).is_err() {
+            self.close_now();
+        }
+        self.pump(now);
+    }
+
+    pub fn poll_timeout(&self) -> Instant {
+        self.wake
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state.is_some() && self.actions.is_some() && !self.closed
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn welcome(&self) -> Option<&WelcomeInfo> {
+        self.welcome.as_ref()
+    }
+
+    /// The newest snapshot view (quantised states), if any.
+    pub fn entities(&self) -> Option<&[EntityState]> {
+        let tick = self.receiver.latest()?;
+        self.receiver.view(tick)
+    }
+
+    /// The tick of the newest applied snapshot.
+    pub fn latest_tick(&self) -> Option<u32> {
+        self.receiver.latest()
+    }
+
+    /// Where the newest snapshot puts entity `network_id`, in metres.
+    pub fn position_of(&self, network_id: u32) -> Option<Vec3> {
+        let q = self.quantizer.as_ref()?;
+        let e = self.entities()?.iter().find(|e| e.id == network_id)?;
+        Some(q.dequantize_position(e.position))
+    }
+
+    /// Sends owned-entity updates (acknowledging the newest snapshot).
+    pub fn send_input(&mut self, owned: Vec<OwnedUpdate>, now: Instant) -> Result<(), ClientError> {
+        self.ack_due = false;
+        let ack = self.receiver.latest().unwrap_or(0);
+        self.send(
+            Channel::State,
+            MessageKind::Input,
+            ack,
+            &Input { owned },
+            now,
+        )
+    }
+
+    pub fn send_action(&mut self, action: &Action, now: Instant) -> Result<(), ClientError> {
+        self.send(Channel::Actions, MessageKind::Action, 0, action, now)
+    }
+
+    pub fn request_ownership(
+        &mut self,
+        network_id: u32,
+        take: bool,
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        let msg = OwnershipRequest { network_id, take };
+        self.send(
+            Channel::Actions,
+            MessageKind::OwnershipRequest,
+            0,
+            &msg,
+            now,
+        )
+    }
+
+    pub fn send_ping(&mut self, client_time_us: u64, now: Instant) -> Result<(), ClientError> {
+        let ack = self.receiver.latest().unwrap_or(0);
+        self.send(
+            Channel::State,
+            MessageKind::Ping,
+            ack,
+            &Ping { client_time_us },
+            now,
+        )
+    }
+
+    /// Sends raw bytes on a channel (for tests of the server's validation).
+    pub fn send_raw(
+        &mut self,
+        channel: Channel,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        let id = match channel {
+            Channel::State => self.state,
+            Channel::Actions => self.actions,
+        }
+        .ok_or(ClientError::NotOpen)?;
+        let mut ch = self.rtc.channel(id).ok_or(ClientError::NotOpen)?;
+        let accepted = ch
+            .write(true, bytes)
+            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        self.pump(now);
+        if accepted {
+            Ok(())
+        } else {
+            Err(ClientError::Refused2)
+        }
+    }
+
+    fn send<T>(
+        &mut self,
+        channel: Channel,
+        kind: MessageKind,
+        tick: u32,
+        msg: &T,
+        now: Instant,
+    ) -> Result<(), ClientError>
+    where
+        T: for<'a, 'b> rkyv::Serialize<net::codec::FrameSerializer<'a, 'b>>,
+    {
+        let sequence = match channel {
+            Channel::State => &mut self.state_sequence,
+            Channel::Actions => &mut self.actions_sequence,
+        };
+        *sequence = sequence.wrapping_add(1);
+        let bytes = self.encoder.encode(kind, *sequence, tick, msg)?.to_vec();
+        self.send_raw(channel, &bytes, now)
+    }
+
+    /// Closes the peer connection (the server sees the channels close).
+    pub fn close(&mut self, now: Instant) {
+        let _ = self.rtc.close();
+        self.pump(now);
+    }
+
+    fn close_now(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            self.push_event(ClientEvent::Closed);
+        }
+    }
+
+    fn push_event(&mut self, event: ClientEvent) {
+        if self.events.len() >= CLIENT_EVENTS_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    fn pump(&mut self, now: Instant) {
+        loop {
+            if !self.rtc.is_alive() {
+                self.close_now();
+                self.wake = now + Duration::from_secs(3600);
+                return;
+            }
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.wake = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(Output::Event(e)) => self.rtc_event(e),
+                Err(_) => {
+                    self.close_now();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn rtc_event(&mut self, event: Event) {
+        match event {
+            Event::ChannelOpen(id, label) => {
+                match label.as_str() {
+                    "state" => self.state = Some(id),
+                    "actions" => self.actions = Some(id),
+                    _ => {}
+                }
+                if self.state.is_some() && self.actions.is_some() {
+                    self.push_event(ClientEvent::Connected);
+                }
+            }
+            Event::ChannelData(d) => {
+                let channel = if Some(d.id) == self.state {
+                    Channel::State
+                } else {
+                    Channel::Actions
+                };
+                self.message(channel, &d.data);
+            }
+            Event::ChannelClose(_) => self.close_now(),
+            Event::IceConnectionStateChange(str0m::IceConnectionState::Disconnected) => {
+                self.close_now()
+            }
+            _ => {}
+        }
+    }
+
+    fn message(&mut self, channel: Channel, data: &[u8]) {
+        let event = match self.decoder.decode_server(data, channel) {
+            Err(e) => ClientEvent::Invalid(e.to_string()),
+            Ok(ServerMessage::Snapshot(header, payload)) => {
+                let tick = header.tick.get();
+                match self.receiver.apply(tick, payload) {
+                    Ok(entities) => {
+                        let entities = entities.len();
+                        self.ack_due = true;
+                        ClientEvent::Snapshot { tick, entities }
+                    }
+                    // A snapshot against a baseline this client dropped: skip it.
+                    Err(e) => ClientEvent::Invalid(e.to_string()),
+                }
+            }
+            Ok(ServerMessage::Welcome(_, w)) => {
+                let v3 = |a: &[rkyv::rend::f32_le; 3]| {
+                    Vec3::new(a[0].to_native(), a[1].to_native(), a[2].to_native())
+                };
+                let info = WelcomeInfo {
+                    user_id: w.user_id.as_str().to_string(),
+                    user_index: w.user_index.to_native(),
+                    avatar: w.avatar.to_native(),
+                    tick_hz: w.tick_hz.to_native(),
+                    bounds_min: v3(&w.bounds_min),
+                    bounds_max: v3(&w.bounds_max),
+                    cached_actions: w
+                        .cached_actions
+                        .iter()
+                        .filter_map(|a| {
+                            rkyv::deserialize::<ActionBroadcast, rkyv::rancor::Error>(a).ok()
+                        })
+                        .collect(),
+                };
+                self.quantizer = Some(Quantizer::new(&engine::Aabb {
+                    min: info.bounds_min,
+                    max: info.bounds_max,
+                }));
+                self.welcome = Some(info.clone());
+                ClientEvent::Welcome(info)
+            }
+            Ok(ServerMessage::ActionBroadcast(_, a)) => {
+                match rkyv::deserialize::<ActionBroadcast, rkyv::rancor::Error>(a) {
+                    Ok(a) => ClientEvent::Action(a),
+                    Err(e) => ClientEvent::Invalid(e.to_string()),
+                }
+            }
+            Ok(ServerMessage::PeerJoined(_, p)) => ClientEvent::PeerJoined {
+                user_index: p.user_index.to_native(),
+                user_id: p.user_id.as_str().to_string(),
+                name: p.name.as_str().to_string(),
+            },
+            Ok(ServerMessage::PeerLeft(_, p)) => ClientEvent::PeerLeft {
+                user_index: p.user_index.to_native(),
+            },
+            Ok(ServerMessage::OwnershipChanged(_, o)) => ClientEvent::OwnershipChanged {
+                network_id: o.network_id.to_native(),
+                owner: o.owner.as_ref().map(|u| u.to_native()),
+            },
+            Ok(ServerMessage::Draining(_, d)) => ClientEvent::Draining {
+                grace_ms: d.grace_ms.to_native(),
+            },
+            Ok(ServerMessage::Kick(_, k)) => ClientEvent::Kicked {
+                reason: rkyv::deserialize::<KickReason, rkyv::rancor::Error>(&k.reason)
+                    .unwrap_or(KickReason::Operator),
+                message: k.message.as_str().to_string(),
+            },
+            Ok(ServerMessage::Pong(_, p)) => ClientEvent::Pong {
+                client_time_us: p.client_time_us.to_native(),
+                server_tick: p.server_tick.to_native(),
+            },
+            Ok(ServerMessage::VersionMismatch(_, v)) => ClientEvent::VersionMismatch {
+                server_version: v.server_version,
+            },
+            Ok(_) => return,
+        };
+        self.push_event(event);
+    }
+}
+
+/// A response from the node's HTTP server.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: String,
+}
+
+/// Longest HTTP response body the client reads.
+pub const HTTP_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// One HTTP/1.1 request to the node (a fresh connection each time).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpResponse, ClientError> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = http_body_util::Limited::new(response.into_body(), HTTP_BODY_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?
+        .to_bytes();
+    Ok(HttpResponse {
+        status,
+        location,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Asks a dev-mode node for a token for `sub` scoped to `instance`.
+pub async fn dev_token(http: SocketAddr, sub: &str, instance: &str) -> Result<String, ClientError> {
+    let body = serde_json::json!({ "sub": sub, "name": sub, "instance": instance }).to_string();
+    let r = http_request(
+        http,
+        "POST",
+        "/v1/dev/token",
+        &[("content-type", "application/json")],
+        body.into_bytes(),
+    )
+    .await?;
+    if r.status != 200 {
+        return Err(ClientError::Refused {
+            status: r.status,
+            body: r.body,
+        });
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body).map_err(|e| ClientError::Http(e.to_string()))?;
+    v["token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ClientError::Http("no token in the response".into()))
+}
+
+/// A [`Session`] on a tokio UDP socket.
+#[derive(Debug)]
+pub struct Client {
+    session: Session,
+    socket: tokio::net::UdpSocket,
+    http: SocketAddr,
+    location: Option<String>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Joins `instance_id` on the node at `http` (signaling over HTTP, then
+    /// ICE and DTLS over a new loopback UDP socket). Returns once the answer
+    /// is applied; drive it with [`Client::run_until`].
+    pub async fn join(
+        http: SocketAddr,
+        instance_id: &str,
+        token: &str,
+    ) -> Result<Client, ClientError> {
+        let bind_ip = if http.ip().is_loopback() {
+            http.ip()
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        };
+        let socket = tokio::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
+        let local = socket.local_addr()?;
+        let (mut session, offer) = Session::new(local, Instant::now())?;
+        let auth = format!("Bearer {token}");
+        let path = format!("/v1/instances/{instance_id}/join");
+        let headers = [
+            ("content-type", "application/sdp"),
+            ("authorization", auth.as_str()),
+        ];
+        let r = http_request(http, "POST", &path, &headers, offer.into_bytes()).await?;
+        if r.status != 201 {
+            return Err(ClientError::Refused {
+                status: r.status,
+                body: r.body,
+            });
+        }
+        session.accept_answer(&r.body, Instant::now())?;
+        Ok(Client {
+            session,
+            socket,
+            http,
+            location: r.location,
+            buf: vec![0; 2048],
+        })
+    }
+
+    pub fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// The session's resource path (`Location` of the join).
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
+
+    /// Sends what the session queued.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        while let Some(t) = self.session.poll_transmit() {
+            self.socket.send_to(&t.contents, t.destination).await?;
+        }
+        Ok(())
+    }
+
+    /// Drives the session until `done` returns true for an event (true) or
+    /// `limit` passes (false).
+    pub async fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&mut Session, &ClientEvent) -> bool,
+    ) -> Result<bool, ClientError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.flush().await?;
+            while let Some(e) = self.session.poll_event() {
+                if done(&mut self.session, &e) {
+                    self.flush().await?;
+                    return Ok(true);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let wait = self
+                .session
+                .poll_timeout()
+                .min(deadline)
+                .saturating_duration_since(now);
+            match tokio::time::timeout(
+                wait.max(Duration::from_micros(200)),
+                self.socket.recv_from(&mut self.buf),
+            )
+            .await
+            {
+                Ok(Ok((n, source))) => {
+                    self.session
+                        .handle_datagram(source, &self.buf[..n], Instant::now())
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => self.session.handle_timeout(Instant::now()),
+            }
+        }
+    }
+
+    /// Leaves with `DELETE` on the session's location.
+    pub async fn leave(&mut self) -> Result<u16, ClientError> {
+        let Some(location) = self.location.clone() else {
+            return Err(ClientError::Http("no session location".into()));
+        };
+        let r = http_request(self.http, "DELETE", &location, &[], Vec::new()).await?;
+        Ok(r.status)
+    }
+}
+
+/// An owned update moving `network_id` to `position`.
+pub fn owned_update(network_id: u32, position: Vec3) -> OwnedUpdate {
+    OwnedUpdate {
+        network_id,
+        position: [position.x, position.y, position.z],
+        rotation: [0.0, 0.0, 0.0, 1.0],
+    }
+}
+
+/// A chat-like action for everyone.
+pub fn action(action_type: &str, payload: &[u8], cached: bool) -> Action {
+    Action {
+        action_type: action_type.to_string(),
+        target: Target::Everyone,
+        cached,
+        payload: payload.to_vec(),
+    }
+}

@@ -1,0 +1,475 @@
+//! The node's configuration: one struct, layered as
+//! defaults ← TOML file ← `INSTANCESERVER_*` environment ← flags.
+//!
+//! Every setting has a dotted key (`http.listen`, `instance.max_users`). The
+//! environment variable of a key is `INSTANCESERVER_` followed by the key in
+//! capitals with the dot replaced by `__` (`INSTANCESERVER_HTTP__LISTEN`); a
+//! flag sets any key with `--set key=value`. Values from the environment and
+//! flags are parsed with the type of the key (lists are comma-separated), so
+//! a typo is an error naming the key, never a silently ignored setting.
+//! `docs/configuration.md` lists every key; a test keeps the two in step.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use state::auth::AuthConfig;
+
+/// The prefix of every environment variable the node reads.
+pub const ENV_PREFIX: &str = "INSTANCESERVER_";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub http: HttpConfig,
+    pub grpc: GrpcConfig,
+    pub webrtc: WebRtcConfig,
+    pub shard: ShardConfig,
+    pub instance: InstanceConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Development mode: a random HS256 secret (printed at start), the
+    /// `POST /v1/dev/token` endpoint and an instance `demo` from the embedded
+    /// demo scene. Refused on a non-loopback HTTP address.
+    pub dev: bool,
+    /// Shards (one pinned executor thread each); 0 = one per core.
+    pub shards: usize,
+    /// Pin each shard to its core.
+    pub pin_cores: bool,
+    /// How long instances keep running after a drain before they end.
+    pub drain_grace_ms: u64,
+    /// Directory scenes named in create requests are read from.
+    pub scene_dir: PathBuf,
+    /// Scene file of the dev instance `demo`; empty = the embedded demo scene.
+    pub dev_scene: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            dev: true,
+            shards: 0,
+            pin_cores: true,
+            drain_grace_ms: 10_000,
+            scene_dir: PathBuf::from("scenes"),
+            dev_scene: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the signaling / health / metrics server.
+    pub listen: SocketAddr,
+    /// Largest SDP offer accepted (413 beyond).
+    pub offer_bytes_max: usize,
+    /// Joins accepted per client IP address per minute (429 beyond).
+    pub joins_per_ip_per_minute: u32,
+    /// Client addresses whose join rate is tracked; the oldest are forgotten.
+    pub join_rate_ips_max: usize,
+    /// How long a join waits for its shard to answer (503 beyond).
+    pub join_timeout_ms: u64,
+    /// Requests handled at once by the HTTP server (503 beyond).
+    pub concurrent_requests_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+            offer_bytes_max: 16 * 1024,
+            joins_per_ip_per_minute: 120,
+            join_rate_ips_max: 65_536,
+            join_timeout_ms: 5_000,
+            concurrent_requests_max: 1_024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Serve the gRPC control API.
+    pub enabled: bool,
+    /// Address of the gRPC control API.
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            enabled: true,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7777),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebRtcConfig {
+    /// Address the shards' UDP sockets bind to.
+    pub udp_bind_ip: IpAddr,
+    /// Shard k binds `udp_port_base + k`; 0 picks free ports (tests).
+    pub udp_port_base: u16,
+    /// Address advertised in SDP answers (the node's public IP behind NAT or
+    /// in Kubernetes); unset = `udp_bind_ip`.
+    pub public_ip: Option<IpAddr>,
+    /// Port advertised for shard 0 (a host port mapping); unset = the bound port.
+    pub public_port_base: Option<u16>,
+    /// A peer that has not completed ICE, DTLS and opened both channels in
+    /// this time is removed.
+    pub connect_timeout_ms: u64,
+    /// A connected peer silent for this long is removed.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        WebRtcConfig {
+            udp_bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            udp_port_base: 40_000,
+            public_ip: None,
+            public_port_base: None,
+            connect_timeout_ms: 10_000,
+            idle_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Instances one shard hosts at most.
+    pub instances_max: usize,
+    /// Peers (connected or connecting) one shard hosts at most.
+    pub peers_max: usize,
+    /// Commands queued from the control thread to one shard.
+    pub command_queue_len: usize,
+    /// Events queued from all shards to the control thread.
+    pub event_queue_len: usize,
+    /// Largest datagram read from the socket; longer ones are dropped.
+    pub datagram_bytes_max: usize,
+    /// Datagrams queued for sending per shard before new ones are dropped.
+    pub send_queue_len: usize,
+    /// A shard whose ticks run behind schedule this long is reported stalled.
+    pub stall_report_ms: u64,
+    /// Memory for io_uring registered buffers per shard (must fit RLIMIT_MEMLOCK).
+    pub io_memory_bytes: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            instances_max: 4_096,
+            peers_max: 16_384,
+            command_queue_len: 1_024,
+            event_queue_len: 16_384,
+            datagram_bytes_max: 2_048,
+            send_queue_len: 65_536,
+            stall_report_ms: 2_000,
+            io_memory_bytes: 512 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Simulation ticks (and snapshots) per second.
+    pub tick_hz: u32,
+    /// Users admitted to one instance unless its create request says otherwise (409 beyond).
+    pub max_users: u32,
+    /// An instance with nobody in it ends after this long.
+    pub empty_timeout_ms: u64,
+    /// Entities alive in one instance at most.
+    pub entities_max: u32,
+    /// Cached actions kept for late joiners; the oldest are dropped.
+    pub cached_actions_max: usize,
+    /// Invalid messages a peer may send before it is disconnected.
+    pub invalid_messages_max: u32,
+    /// Snapshot interest radius around a user's avatar.
+    pub interest_radius_m: f32,
+    /// Entities in one user's view at most.
+    pub view_entities_max: usize,
+    /// Fastest an owned entity (not an avatar) may move.
+    pub owned_speed_max_mps: f32,
+    /// Fastest an avatar may move.
+    pub avatar_speed_max_mps: f32,
+    /// Actions one peer may send per second; more are dropped and counted.
+    pub actions_per_second_max: u32,
+    /// Bytes queued on one peer's reliable channel before it counts as
+    /// congested and is disconnected.
+    pub reliable_buffer_bytes_max: usize,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig {
+            tick_hz: 60,
+            max_users: 64,
+            empty_timeout_ms: 60_000,
+            entities_max: 65_536,
+            cached_actions_max: 1_024,
+            invalid_messages_max: 32,
+            interest_radius_m: 50.0,
+            view_entities_max: 1_024,
+            owned_speed_max_mps: 20.0,
+            avatar_speed_max_mps: 10.0,
+            actions_per_second_max: 60,
+            reliable_buffer_bytes_max: 1024 * 1024,
+        }
+    }
+}
+
+impl WebRtcConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{origin}: unknown setting `{key}` (see docs/configuration.md)")]
+    UnknownKey { origin: String, key: String },
+    #[error("{origin}: setting `{key}`: {message}")]
+    Value {
+        origin: String,
+        key: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Builds the configuration from its layers. `env` is the process
+/// environment (passed in so tests do not depend on it); `sets` are
+/// `key=value` pairs from flags, applied last in order.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    sets: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    let mut tree = to_table(&Config::default());
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file_tree: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        merge(&mut tree, file_tree);
+        // Fail on unknown keys in the file with its own error before layering.
+        from_table(&tree).map_err(|message| ConfigError::File {
+            path: path.to_path_buf(),
+            message,
+        })?;
+    }
+    let known = keys();
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    env.sort();
+    for (name, value) in env {
+        let key = name[ENV_PREFIX.len()..]
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        if !known.contains_key(&key) {
+            // Variables of the old single-instance binary and of other tools
+            // share the prefix; only dotted keys are settings.
+            if key.contains('.') {
+                return Err(ConfigError::UnknownKey { origin: name, key });
+            }
+            continue;
+        }
+        set(
+            &mut tree,
+            &known,
+            &key,
+            &value,
+            &format!("environment {name}"),
+        )?;
+    }
+    for (key, value) in sets {
+        if !known.contains_key(key) {
+            return Err(ConfigError::UnknownKey {
+                origin: "--set".into(),
+                key: key.clone(),
+            });
+        }
+        set(&mut tree, &known, key, value, "--set")?;
+    }
+    let config = from_table(&tree).map_err(ConfigError::Invalid)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Every setting's dotted key and its default value (for docs and env).
+pub fn keys() -> BTreeMap<String, toml::Value> {
+    let mut out = BTreeMap::new();
+    for (section, value) in to_table(&Config::default()) {
+        if let toml::Value::Table(t) = value {
+            for (k, v) in t {
+                out.insert(format!("{section}.{k}"), v);
+            }
+        }
+    }
+    // Optional settings are absent from the serialized defaults.
+    for key in [
+        "webrtc.public_ip",
+        "webrtc.public_port_base",
+        "auth.hs256_secret",
+        "auth.issuer",
+        "auth.audience",
+    ] {
+        out.entry(key.to_string())
+            .or_insert(toml::Value::String(String::new()));
+    }
+    out
+}
+
+fn to_table(config: &Config) -> toml::Table {
+    // Serializing plain structs of numbers, strings and lists cannot fail.
+    toml::Table::try_from(config).expect("config serializes to a TOML table")
+}
+
+fn from_table(tree: &toml::Table) -> Result<Config, String> {
+    Config::deserialize(toml::Value::Table(tree.clone())).map_err(|e| e.to_string())
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn set(
+    tree: &mut toml::Table,
+    known: &BTreeMap<String, toml::Value>,
+    key: &str,
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Value {
+        origin: origin.to_string(),
+        key: key.to_string(),
+        message,
+    };
+    let value = match &known[key] {
+        toml::Value::Integer(_) => raw
+            .trim()
+            .replace('_', "")
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| err(format!("expected an integer, found `{raw}`")))?,
+        toml::Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| err(format!("expected a number, found `{raw}`")))?,
+        toml::Value::Boolean(_) => match raw.trim() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(err(format!("expected true or false, found `{raw}`"))),
+        },
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    };
+    let (section, name) = key.split_once('.').ok_or_else(|| err("not a key".into()))?;
+    let table = tree
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = table {
+        if raw.is_empty() && matches!(&known[key], toml::Value::String(s) if s.is_empty()) {
+            t.remove(name);
+        } else {
+            t.insert(name.to_string(), value);
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks ranges and combinations a TOML type cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.node.dev && !self.http.listen.ip().is_loopback() {
+            return bad(
+                "node.dev serves a token endpoint and must stay on loopback: set node.dev = false \
+                 and configure auth keys to listen on a public address",
+            );
+        }
+        if !(1..=240).contains(&self.instance.tick_hz) {
+            return bad("instance.tick_hz must be within 1..=240");
+        }
+        if self.instance.max_users == 0 {
+            return bad("instance.max_users must be at least 1");
+        }
+        if self.shard.datagram_bytes_max < 1_500 || self.shard.datagram_bytes_max > 65_535 {
+            return bad("shard.datagram_bytes_max must be within 1500..=65535");
+        }
+        for (key, v) in [
+            ("shard.instances_max", self.shard.instances_max),
+            ("shard.peers_max", self.shard.peers_max),
+            ("shard.command_queue_len", self.shard.command_queue_len),
+            ("shard.event_queue_len", self.shard.event_queue_len),
+            ("shard.send_queue_len", self.shard.send_queue_len),
+            ("http.join_rate_ips_max", self.http.join_rate_ips_max),
+            (
+                "http.concurrent_requests_max",
+                self.http.concurrent_requests_max,
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        if self.webrtc.connect_timeout_ms == 0 || self.webrtc.idle_timeout_ms == 0 {
+            return bad("webrtc.connect_timeout_ms and webrtc.idle_timeout_ms must be positive");
+        }
+        Ok(())
+    }
+
+    /// Shards to start: the configured count, or one per core.
+    pub fn shard_count(&self) -> usize {
+        if self.node.shards > 0 {
+            self.node.shards
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The gRPC control API (`proto/control.proto`), served by tonic on the
+//! control thread.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use state::registry::{InstanceRecord, RegistryError};
+use tonic::{Request, Response, Status};
+
+use super::{ControlError, CreateRequest, SceneSource, Shared, lock};
+
+/// The generated protobuf types and service traits.
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod pb {
+    tonic::include_proto!("instanceserver.control.v1");
+}
+
+/// How long `CreateInstance` waits for the shard to load the scene.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest kick message and ban accepted.
+pub const KICK_MESSAGE_BYTES_MAX: usize = 256;
+pub const BAN_SECONDS_MAX: u64 = 10 * 365 * 24 * 3600;
+
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    shared: Shared,
+}
+
+impl ControlService {
+    pub fn new(shared: Shared) -> Self {
+        ControlService { shared }
+    }
+
+    pub fn server(self) -> pb::control_server::ControlServer<ControlService> {
+        pb::control_server::ControlServer::new(self)
+    }
+}
+
+fn status(e: ControlError) -> Status {
+    match e {
+        ControlError::Registry(RegistryError::Unknown(_)) => Status::not_found(e.to_string()),
+        ControlError::Registry(RegistryError::Exists(_)) => Status::already_exists(e.to_string()),
+        ControlError::Registry(RegistryError::Full(_)) => Status::resource_exhausted(e.to_string()),
+        ControlError::Invalid(_) | ControlError::Scene(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        ControlError::Draining => Status::failed_precondition(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
+
+fn to_pb(r: &InstanceRecord) -> pb::Instance {
+    pb::Instance {
+        instance_id: r.id.clone(),
+        location_id: r.location_id.clone(),
+        shard: r.shard as u32,
+        lifecycle: r.lifecycle.label().to_string(),
+        users: r.users,
+        max_users: r.max_users,
+        entities: r.entities,
+        tick_p99_us: r.tick_p99_us,
+        labels: r.labels.clone().into_iter().collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn create_instance(
+        &self,
+        request: Request<pb::CreateInstanceRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        let r = request.into_inner();
+        let scene = if !r.scene_json.is_empty() {
+            SceneSource::Json(r.scene_json)
+        } else if r.scene.is_empty() || r.scene == "demo" {
+            SceneSource::Demo
+        } else {
+            SceneSource::File(r.scene)
+        };
+        let create = CreateRequest {
+            instance_id: Some(r.instance_id).filter(|s| !s.is_empty()),
+            location_id: r.location_id,
+            scene,
+            max_users: Some(r.max_users).filter(|&m| m > 0),
+            labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        };
+        let (id, _shard, started) = lock(&self.shared).create(create).map_err(status)?;
+        match tokio::time::timeout(CREATE_TIMEOUT, started).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(message))) => return Err(Status::invalid_argument(message)),
+            Ok(Err(_)) | Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "instance {id} did not start in {CREATE_TIMEOUT:?}"
+                )));
+            }
+        }
+        let c = lock(&self.shared);
+        let record = c
+            .registry
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("instance {id} ended at once")))?;
+        Ok(Response::new(to_pb(record)))
+    }
+
+    async fn get_instance(
+        &self,
+        request: Request<pb::GetInstanceRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        let id = request.into_inner().instance_id;
+        let c = lock(&self.shared);
+        let record = c
+            .registry
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("instance {id} does not exist")))?;
+        Ok(Response::new(to_pb(record)))
+    }
+
+    async fn list_instances(
+        &self,
+        _request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let c = lock(&self.shared);
+        let instances = c.registry.instances().map(to_pb).collect();
+        Ok(Response::new(pb::ListInstancesResponse { instances }))
+    }
+
+    async fn end_instance(
+        &self,
+        request: Request<pb::EndInstanceRequest>,
+    ) -> Result<Response<pb::EndInstanceResponse>, Status> {
+        let id = request.into_inner().instance_id;
+        lock(&self.shared).end(&id).map_err(status)?;
+        Ok(Response::new(pb::EndInstanceResponse {}))
+    }
+
+    async fn kick_user(
+        &self,
+        request: Request<pb::KickUserRequest>,
+    ) -> Result<Response<pb::KickUserResponse>, Status> {
+        let r = request.into_inner();
+        if r.message.len() > KICK_MESSAGE_BYTES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "message over {KICK_MESSAGE_BYTES_MAX} bytes"
+            )));
+        }
+        if r.ban_seconds > BAN_SECONDS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "ban_seconds over {BAN_SECONDS_MAX}"
+            )));
+        }
+        let ban = (r.ban_seconds > 0).then(|| Duration::from_secs(r.ban_seconds));
+        let sessions = lock(&self.shared)
+            .kick(&r.instance_id, &r.user_id, ban, r.message, Instant::now())
+            .map_err(status)?;
+        Ok(Response::new(pb::KickUserResponse { sessions }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let mut c = lock(&self.shared);
+        let grace_ms = match request.into_inner().grace_ms {
+            0 => c.config.node.drain_grace_ms,
+            ms => ms,
+        };
+        let instances = c.drain(Duration::from_millis(grace_ms)) as u32;
+        Ok(Response::new(pb::DrainResponse { instances }))
+    }
+}

@@ -1,0 +1,429 @@
+//! HTTP on the control thread: WHIP-style signaling (RFC 9725)
+//! `POST /v1/instances/{id}/join` → `201` + SDP answer + `Location`,
+//! `DELETE /v1/sessions/{token}`; `GET /healthz`, `GET /v1/instances`,
+//! `GET /metrics`; and in dev mode `POST /v1/dev/token`.
+//!
+//! Every error is JSON `{"error": code, "message": text}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use rand::Rng;
+use serde_json::json;
+use state::auth::{AuthError, Scope, TokenRequest};
+use state::commands::{Command, JoinRefused, JoinRequest};
+use state::registry::RegistryError;
+use tokio::sync::{Semaphore, oneshot};
+
+use super::{Shared, lock};
+
+/// Largest JSON body of `POST /v1/dev/token`.
+pub const DEV_TOKEN_BODY_BYTES_MAX: usize = 4096;
+
+pub fn router(shared: Shared) -> Router {
+    let (offer_max, dev, concurrent_max) = {
+        let c = lock(&shared);
+        (
+            c.config.http.offer_bytes_max,
+            c.config.node.dev,
+            c.config.http.concurrent_requests_max,
+        )
+    };
+    let permits = Arc::new(Semaphore::new(concurrent_max));
+    let mut router = Router::new()
+        .route("/v1/instances/{id}/join", post(join))
+        .route("/v1/sessions/{token}", delete(leave))
+        .route("/v1/instances", get(list))
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics));
+    if dev {
+        router = router.route("/v1/dev/token", post(dev_token));
+    }
+    // The handlers check sizes themselves (413 with a JSON body); this only
+    // stops a body far beyond any limit from being buffered.
+    router
+        .layer(DefaultBodyLimit::max(offer_max.max(DEV_TOKEN_BODY_BYTES_MAX) + 1))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let permits = permits.clone();
+            async move {
+                match permits.try_acquire_owned() {
+                    Ok(_permit) => next.run(request).await,
+                    Err(_) => error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        format!("more than {concurrent_max} requests in progress (http.concurrent_requests_max)"),
+                    ),
+                }
+            }
+        }))
+        .with_state(shared)
+}
+
+/// A JSON error response.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = json!({ "error": code, "message": message.into() });
+    (status, axum::Json(body)).into_response()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("Authorization is not ASCII".into()))?;
+    value
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| AuthError::Malformed("expected `Authorization: Bearer <JWT>`".into()))
+}
+
+async fn join(
+    State(shared): State<Shared>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Path(instance_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = join_inner(&shared, remote, instance_id, headers, body).await;
+    let mut c = lock(&shared);
+    *c.metrics
+        .joins
+        .entry(response.status().as_u16())
+        .or_default() += 1;
+    response
+}
+
+async fn join_inner(
+    shared: &Shared,
+    remote: SocketAddr,
+    instance_id: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (offer_max, timeout) = {
+        let c = lock(shared);
+        (
+            c.config.http.offer_bytes_max,
+            Duration::from_millis(c.config.http.join_timeout_ms),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > offer_max) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "offer_too_large",
+            format!("the SDP offer is over {offer_max} bytes"),
+        );
+    }
+    let offer: Bytes = match axum::body::to_bytes(body, offer_max).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "offer_too_large",
+                format!("the SDP offer is over {offer_max} bytes"),
+            );
+        }
+    };
+    let (session, token, shard, rx) = {
+        let mut c = lock(shared);
+        match admit(&mut c, remote, &instance_id, &headers, &offer) {
+            Ok(v) => v,
+            Err(r) => return *r,
+        }
+    };
+    let answer = match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Ok(answer))) => answer,
+        Ok(Ok(Err(refused))) => {
+            lock(shared).abandon_session(session);
+            return refusal(refused);
+        }
+        Ok(Err(_)) | Err(_) => {
+            lock(shared).abandon_session(session);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!("shard {shard} did not answer in {timeout:?}"),
+            );
+        }
+    };
+    let mut response = (StatusCode::CREATED, answer).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/sessions/{token}")) {
+        h.insert(header::LOCATION, v);
+    }
+    response
+}
+
+type Admitted = (
+    u64,
+    String,
+    usize,
+    oneshot::Receiver<Result<String, JoinRefused>>,
+);
+
+/// The checks of a join, in order: draining, rate, token, instance, scope,
+/// ban, seat; then the join goes to the instance's shard.
+fn admit(
+    c: &mut super::Control,
+    remote: SocketAddr,
+    instance_id: &str,
+    headers: &HeaderMap,
+    offer: &[u8],
+) -> Result<Admitted, Box<Response>> {
+    if c.draining {
+        return Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the node is draining and admits nobody",
+        )));
+    }
+    let now = Instant::now();
+    if !c.join_rates.allow(remote.ip(), now) {
+        return Err(Box::new(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more than {} joins a minute from {}",
+                c.config.http.joins_per_ip_per_minute,
+                remote.ip()
+            ),
+        )));
+    }
+    let claims = match bearer(headers).and_then(|t| c.verifier.verify(t, unix_now())) {
+        Ok(claims) => claims,
+        Err(e) => {
+            *c.metrics.auth_failures.entry(e.reason()).or_default() += 1;
+            return Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                e.to_string(),
+            )));
+        }
+    };
+    let Some(record) = c.registry.get(instance_id) else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {instance_id} does not exist on this node"),
+        )));
+    };
+    let (shard, location) = (record.shard, record.location_id.clone());
+    if !claims.scope.allows(instance_id, &location) {
+        *c.metrics.auth_failures.entry("scope").or_default() += 1;
+        let message = match &claims.scope {
+            Scope::Instance(i) => format!("the token is for instance {i}, not {instance_id}"),
+            Scope::Location(l) => {
+                format!("the token is for location {l}, not this instance's location")
+            }
+        };
+        return Err(Box::new(error(StatusCode::FORBIDDEN, "forbidden", message)));
+    }
+    if c.registry.is_banned(instance_id, &claims.sub, now) {
+        *c.metrics.auth_failures.entry("banned").or_default() += 1;
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "banned",
+            format!("user {} is banned from this instance", claims.sub),
+        )));
+    }
+    let offer_sdp = match std::str::from_utf8(offer) {
+        Ok(s) if s.starts_with("v=0") => s.to_string(),
+        _ => {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "bad_offer",
+                "the body must be an SDP offer (application/sdp, starting with v=0)",
+            )));
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/sdp") {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_offer",
+            "Content-Type must be application/sdp",
+        )));
+    }
+    match c.registry.reserve_seat(instance_id) {
+        Ok(_) => {}
+        Err(RegistryError::InstanceFull(_)) => {
+            return Err(Box::new(error(
+                StatusCode::CONFLICT,
+                "instance_full",
+                format!("instance {instance_id} is full"),
+            )));
+        }
+        Err(RegistryError::Draining(_)) => {
+            return Err(Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "the instance is draining",
+            )));
+        }
+        Err(e) => {
+            return Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                e.to_string(),
+            )));
+        }
+    }
+    // The session holds the seat from here on (released when it closes).
+    let session = c.registry.open_session(instance_id, &claims.sub);
+    let token = random_hex(16);
+    c.name_session(session, token.clone());
+    let (tx, rx) = oneshot::channel();
+    let request = JoinRequest {
+        instance_id: instance_id.to_string(),
+        session,
+        user_id: claims.sub.clone(),
+        name: claims.name.clone().unwrap_or_default(),
+        offer_sdp,
+        reply: tx,
+    };
+    if let Err(e) = c.send(shard, Command::Join(request)) {
+        c.abandon_session(session);
+        return Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )));
+    }
+    Ok((session, token, shard, rx))
+}
+
+fn refusal(refused: JoinRefused) -> Response {
+    let message = refused.to_string();
+    match refused {
+        JoinRefused::BadOffer(_) => error(StatusCode::BAD_REQUEST, "bad_offer", message),
+        JoinRefused::UnknownInstance(_) => error(StatusCode::NOT_FOUND, "not_found", message),
+        JoinRefused::InstanceFull(_) => error(StatusCode::CONFLICT, "instance_full", message),
+        JoinRefused::Draining => error(StatusCode::SERVICE_UNAVAILABLE, "draining", message),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
+}
+
+async fn leave(State(shared): State<Shared>, Path(token): Path<String>) -> Response {
+    let c = lock(&shared);
+    let Some(&session) = c.session_tokens.get(&token) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such session");
+    };
+    let Some(record) = c.registry.session(session) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such session");
+    };
+    let Some(shard) = c.registry.get(&record.instance_id).map(|r| r.shard) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the session's instance ended",
+        );
+    };
+    match c.send(shard, Command::Leave { session }) {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn list(State(shared): State<Shared>) -> Response {
+    let c = lock(&shared);
+    let instances: Vec<_> = c
+        .registry
+        .instances()
+        .map(|r| {
+            json!({
+                "instance_id": r.id,
+                "location_id": r.location_id,
+                "shard": r.shard,
+                "lifecycle": r.lifecycle.label(),
+                "users": r.users,
+                "max_users": r.max_users,
+                "entities": r.entities,
+                "tick_p99_us": r.tick_p99_us,
+                "labels": r.labels,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "instances": instances })).into_response()
+}
+
+async fn health(State(shared): State<Shared>) -> Response {
+    let c = lock(&shared);
+    let status = if c.draining { "draining" } else { "ok" };
+    axum::Json(json!({ "status": status, "instances": c.registry.len(), "shards": c.shards.len() }))
+        .into_response()
+}
+
+async fn metrics(State(shared): State<Shared>) -> Response {
+    let text = super::metrics::render(&lock(&shared));
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn dev_token(State(shared): State<Shared>, body: Bytes) -> Response {
+    if body.len() > DEV_TOKEN_BODY_BYTES_MAX {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body over {DEV_TOKEN_BODY_BYTES_MAX} bytes"),
+        );
+    }
+    let request: TokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "expected {{\"sub\": user id, \"name\"?, \"instance\" or \"location\", \"ttl_s\"?}}: {e}"
+                ),
+            );
+        }
+    };
+    let c = lock(&shared);
+    match c.verifier.issue_hs256(&request, unix_now()) {
+        Ok(token) => axum::Json(json!({ "token": token })).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    }
+}

@@ -1,0 +1,274 @@
+//! `/metrics` in the Prometheus text format (0.0.4). Shard figures come from
+//! each shard's last `Stats` event (at most a second old).
+
+use std::fmt::Write as _;
+
+use state::commands::TICK_BUCKETS_US;
+
+use super::Control;
+
+/// Reads one counter of a shard.
+type Counter = fn(&state::commands::ShardMetrics) -> u64;
+
+/// Every auth failure label (`AuthError::reason`, then the join checks).
+const AUTH_FAILURE_REASONS: [&str; 13] = [
+    "missing",
+    "too_large",
+    "malformed",
+    "algorithm",
+    "unknown_key",
+    "signature",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "claims",
+    "scope",
+    "banned",
+];
+
+/// Renders every metric of the node.
+pub fn render(c: &Control) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    gauge(
+        &mut out,
+        "instanceserver_instances",
+        "Instances on the node.",
+        c.registry.len() as f64,
+    );
+    gauge(
+        &mut out,
+        "instanceserver_sessions",
+        "Sessions (joined or connecting) on the node.",
+        c.registry.sessions_len() as f64,
+    );
+    gauge(
+        &mut out,
+        "instanceserver_draining",
+        "1 while the node drains.",
+        f64::from(u8::from(c.draining)),
+    );
+    header(
+        &mut out,
+        "instanceserver_shard_instances",
+        "gauge",
+        "Instances per shard.",
+    );
+    for (i, s) in c.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "instanceserver_shard_instances{{shard=\"{i}\"}} {}",
+            s.metrics.instances
+        );
+    }
+    header(
+        &mut out,
+        "instanceserver_shard_peers",
+        "gauge",
+        "WebRTC peers per shard.",
+    );
+    for (i, s) in c.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "instanceserver_shard_peers{{shard=\"{i}\"}} {}",
+            s.metrics.peers
+        );
+    }
+    let counters: [(&str, &str, Counter); 8] = [
+        (
+            "instanceserver_packets_in_total",
+            "Datagrams received.",
+            |m| m.packets_in,
+        ),
+        ("instanceserver_bytes_in_total", "Bytes received.", |m| {
+            m.bytes_in
+        }),
+        ("instanceserver_packets_out_total", "Datagrams sent.", |m| {
+            m.packets_out
+        }),
+        ("instanceserver_bytes_out_total", "Bytes sent.", |m| {
+            m.bytes_out
+        }),
+        (
+            "instanceserver_snapshots_sent_total",
+            "Snapshot frames sent.",
+            |m| m.snapshots_sent,
+        ),
+        (
+            "instanceserver_snapshot_bytes_total",
+            "Snapshot frame bytes sent.",
+            |m| m.snapshot_bytes,
+        ),
+        (
+            "instanceserver_skipped_ticks_total",
+            "Ticks dropped by the catch-up cap.",
+            |m| m.skipped_ticks,
+        ),
+        (
+            "instanceserver_shard_stalls_total",
+            "Times a shard ran behind schedule for stall_report_ms.",
+            |m| m.stalls,
+        ),
+    ];
+    for (name, help, get) in counters {
+        header(&mut out, name, "counter", help);
+        for (i, s) in c.shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(&s.metrics));
+        }
+    }
+    labelled(
+        &mut out,
+        "instanceserver_dropped_datagrams_total",
+        "Datagrams dropped, by reason.",
+        c,
+        |m| &m.dropped,
+    );
+    header(
+        &mut out,
+        "instanceserver_invalid_messages_total",
+        "counter",
+        "Invalid client messages, by reason.",
+    );
+    for (i, s) in c.shards.iter().enumerate() {
+        for reason in net::ProtocolError::REASONS {
+            let n = s.metrics.invalid_messages.get(reason).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "instanceserver_invalid_messages_total{{shard=\"{i}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    labelled(
+        &mut out,
+        "instanceserver_refused_messages_total",
+        "Client messages refused (ownership, speed, rate), by reason.",
+        c,
+        |m| &m.refused_messages,
+    );
+    header(
+        &mut out,
+        "instanceserver_tick_duration_seconds",
+        "histogram",
+        "Duration of one instance tick, per shard.",
+    );
+    for (i, s) in c.shards.iter().enumerate() {
+        let m = &s.metrics;
+        let mut cumulative = 0u64;
+        for (b, bound) in TICK_BUCKETS_US.iter().enumerate() {
+            cumulative += m.tick_buckets[b];
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "instanceserver_tick_duration_seconds_bucket{{shard=\"{i}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += m.tick_buckets[TICK_BUCKETS_US.len()];
+        let _ = writeln!(
+            out,
+            "instanceserver_tick_duration_seconds_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "instanceserver_tick_duration_seconds_sum{{shard=\"{i}\"}} {}",
+            m.tick_sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "instanceserver_tick_duration_seconds_count{{shard=\"{i}\"}} {}",
+            m.ticks
+        );
+    }
+    header(
+        &mut out,
+        "instanceserver_auth_failures_total",
+        "counter",
+        "Refused join tokens, by reason.",
+    );
+    for reason in AUTH_FAILURE_REASONS {
+        let n = c.metrics.auth_failures.get(reason).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "instanceserver_auth_failures_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
+        "instanceserver_joins_total",
+        "counter",
+        "Join requests answered, by HTTP status.",
+    );
+    for (status, n) in &c.metrics.joins {
+        let _ = writeln!(out, "instanceserver_joins_total{{status=\"{status}\"}} {n}");
+    }
+    header(
+        &mut out,
+        "instanceserver_sessions_ended_total",
+        "counter",
+        "Sessions ended, by reason.",
+    );
+    for (reason, n) in &c.metrics.sessions_left {
+        let _ = writeln!(
+            out,
+            "instanceserver_sessions_ended_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
+        "instanceserver_instances_ended_total",
+        "counter",
+        "Instances ended, by reason.",
+    );
+    for (reason, n) in &c.metrics.instances_ended {
+        let _ = writeln!(
+            out,
+            "instanceserver_instances_ended_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    header(
+        &mut out,
+        "instanceserver_instance_users",
+        "gauge",
+        "Joined users per instance.",
+    );
+    for r in c.registry.instances() {
+        let _ = writeln!(
+            out,
+            "instanceserver_instance_users{{instance=\"{}\",shard=\"{}\"}} {}",
+            escape(&r.id),
+            r.shard,
+            r.users
+        );
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn labelled(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    c: &Control,
+    get: fn(&state::commands::ShardMetrics) -> &std::collections::BTreeMap<&'static str, u64>,
+) {
+    header(out, name, "counter", help);
+    for (i, s) in c.shards.iter().enumerate() {
+        for (reason, n) in get(&s.metrics) {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\",reason=\"{reason}\"}} {n}");
+        }
+    }
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,468 @@
+//! The control thread: one tokio current-thread runtime serving HTTP
+//! signaling, health and metrics, and the gRPC control API. It owns the
+//! instance registry, places instances on shards, and applies the events
+//! shards send back (pumped by a small thread that blocks on the event
+//! channel). Nothing here is on the per-datagram or per-tick path.
+
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod ratelimit;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use engine::{Scene, SceneLimits};
+use state::auth::Verifier;
+use state::commands::{
+    Command, EndReason, Event, InstanceSpec, LeaveReason, SessionId, ShardMetrics,
+};
+use state::registry::{InstanceRecord, Lifecycle, Registry, RegistryError};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use ratelimit::JoinRateLimiter;
+
+/// What the control thread knows about one shard.
+#[derive(Debug)]
+pub struct ShardSlot {
+    pub commands: Sender<Command>,
+    pub advertised: std::net::SocketAddr,
+    pub metrics: ShardMetrics,
+    /// Tick time used in the last stats period, µs per second.
+    pub busy_us_per_s: u64,
+    last_tick_sum_us: u64,
+}
+
+/// Counters of the control plane, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ControlMetrics {
+    pub auth_failures: BTreeMap<&'static str, u64>,
+    /// Join responses by HTTP status.
+    pub joins: BTreeMap<u16, u64>,
+    pub sessions_left: BTreeMap<&'static str, u64>,
+    pub instances_ended: BTreeMap<&'static str, u64>,
+    pub stalls: u64,
+}
+
+/// Why a control operation failed, mapped to HTTP and gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("scene: {0}")]
+    Scene(String),
+    #[error("shard {0} is not accepting commands (queue full or stopped)")]
+    ShardUnavailable(usize),
+    #[error("the node is draining")]
+    Draining,
+    #[error("timed out waiting for shard {0}")]
+    Timeout(usize),
+}
+
+/// The control thread's state, shared by its HTTP and gRPC handlers and the
+/// event pump (a mutex held only for short, non-async sections).
+#[derive(Debug)]
+pub struct Control {
+    pub config: Config,
+    pub registry: Registry,
+    pub shards: Vec<ShardSlot>,
+    pub verifier: Verifier,
+    pub join_rates: JoinRateLimiter,
+    pub draining: bool,
+    pub metrics: ControlMetrics,
+    /// Session resource tokens (the `Location` of a join) → session.
+    pub session_tokens: HashMap<String, SessionId>,
+    token_of_session: HashMap<SessionId, String>,
+    /// Creates waiting for their shard's `InstanceStarted`.
+    pending_creates: HashMap<String, oneshot::Sender<Result<(), String>>>,
+    next_instance: u64,
+}
+
+pub type Shared = Arc<Mutex<Control>>;
+
+/// Resolves when a created instance runs (or with why it could not start).
+pub type Started = oneshot::Receiver<Result<(), String>>;
+
+/// Locks the control state. A poisoned lock means a handler panicked
+/// mid-update; the state is still the best there is, so keep serving.
+pub fn lock(shared: &Shared) -> MutexGuard<'_, Control> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How a create request names its scene.
+#[derive(Debug, Clone)]
+pub enum SceneSource {
+    Demo,
+    /// A file name inside `node.scene_dir` (from an API request).
+    File(String),
+    /// A path from the operator's own configuration.
+    Path(std::path::PathBuf),
+    Json(String),
+}
+
+/// A create request (from gRPC, or the dev `demo` instance).
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub instance_id: Option<String>,
+    pub location_id: String,
+    pub scene: SceneSource,
+    pub max_users: Option<u32>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Longest accepted instance, location or user id.
+pub const ID_BYTES_MAX: usize = 128;
+
+impl Control {
+    pub fn new(config: Config, shards: Vec<ShardSlot>, verifier: Verifier) -> Control {
+        let instances_max = config.shard.instances_max.saturating_mul(shards.len());
+        Control {
+            registry: Registry::new(instances_max),
+            join_rates: JoinRateLimiter::new(
+                config.http.joins_per_ip_per_minute,
+                config.http.join_rate_ips_max,
+            ),
+            shards,
+            verifier,
+            draining: false,
+            metrics: ControlMetrics::default(),
+            session_tokens: HashMap::new(),
+            token_of_session: HashMap::new(),
+            pending_creates: HashMap::new(),
+            next_instance: 1,
+            config,
+        }
+    }
+
+    /// The shard with the least load: tick time used, then seats, then instances.
+    pub fn least_loaded_shard(&self) -> usize {
+        let mut load = vec![(0u64, 0u64, 0u64); self.shards.len()];
+        for r in self.registry.instances() {
+            if let Some(l) = load.get_mut(r.shard) {
+                l.1 += u64::from(r.seats);
+                l.2 += 1;
+            }
+        }
+        (0..self.shards.len())
+            .min_by_key(|&i| {
+                let (_, seats, instances) = load[i];
+                // 1 ms of tick time per second weighs like one seat.
+                (
+                    self.shards[i].busy_us_per_s / 1000 + seats + 2 * instances,
+                    instances,
+                )
+            })
+            .unwrap_or(0)
+    }
+
+    /// Sends a command to a shard without blocking.
+    pub fn send(&self, shard: usize, command: Command) -> Result<(), ControlError> {
+        let slot = self
+            .shards
+            .get(shard)
+            .ok_or(ControlError::ShardUnavailable(shard))?;
+        match slot.commands.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                Err(ControlError::ShardUnavailable(shard))
+            }
+        }
+    }
+
+    /// Validates and registers an instance, sends it to its shard, and
+    /// returns a receiver that resolves when the shard reports it running.
+    pub fn create(
+        &mut self,
+        request: CreateRequest,
+    ) -> Result<(String, usize, Started), ControlError> {
+        if self.draining {
+            return Err(ControlError::Draining);
+        }
+        let id = match request.instance_id.filter(|s| !s.is_empty()) {
+            Some(id) => id,
+            None => loop {
+                let id = format!("i{:06}", self.next_instance);
+                self.next_instance += 1;
+                if self.registry.get(&id).is_none() {
+                    break id;
+                }
+            },
+        };
+        check_id("instance_id", &id)?;
+        if !request.location_id.is_empty() {
+            check_id("location_id", &request.location_id)?;
+        }
+        if request.labels.len() > 64 {
+            return Err(ControlError::Invalid("at most 64 labels".into()));
+        }
+        let max_users = request
+            .max_users
+            .filter(|&m| m > 0)
+            .unwrap_or(self.config.instance.max_users);
+        let scene = self.load_scene(&request.scene)?;
+        let shard = self.least_loaded_shard();
+        let record = InstanceRecord::new(
+            id.clone(),
+            request.location_id.clone(),
+            shard,
+            max_users,
+            request.labels.clone(),
+        );
+        self.registry.insert(record)?;
+        let spec = InstanceSpec {
+            id: id.clone(),
+            location_id: request.location_id,
+            scene: Box::new(scene),
+            max_users,
+            labels: request.labels,
+            empty_timeout: Duration::from_millis(self.config.instance.empty_timeout_ms),
+        };
+        if let Err(e) = self.send(shard, Command::CreateInstance(spec)) {
+            self.registry.remove(&id);
+            return Err(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending_creates.insert(id.clone(), tx);
+        Ok((id, shard, rx))
+    }
+
+    fn load_scene(&self, source: &SceneSource) -> Result<Scene, ControlError> {
+        let limits = SceneLimits::default();
+        match source {
+            SceneSource::Demo => Ok(Scene::demo()),
+            SceneSource::Path(path) => Scene::load(path, &limits).map_err(|e| {
+                ControlError::Scene(format!(
+                    "cannot load scene {}: {}",
+                    path.display(),
+                    chain(&e)
+                ))
+            }),
+            SceneSource::Json(text) => Scene::from_json(text.as_bytes(), &limits)
+                .map_err(|e| ControlError::Scene(e.to_string())),
+            SceneSource::File(name) => {
+                let valid = !name.is_empty()
+                    && name.len() <= ID_BYTES_MAX
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    && !name.starts_with('.');
+                if !valid {
+                    return Err(ControlError::Invalid(format!(
+                        "scene `{name}`: a file name inside node.scene_dir (letters, digits, '-', '_', '.')"
+                    )));
+                }
+                let path = self.config.node.scene_dir.join(name);
+                Scene::load(&path, &limits).map_err(|e| ControlError::Scene(chain(&e)))
+            }
+        }
+    }
+
+    /// Applies one event from a shard.
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::InstanceStarted {
+                instance_id,
+                entities,
+                ..
+            } => {
+                if let Some(r) = self.registry.get_mut(&instance_id) {
+                    if r.lifecycle == Lifecycle::Loading {
+                        r.lifecycle = if self.draining {
+                            Lifecycle::Draining
+                        } else {
+                            Lifecycle::Running
+                        };
+                    }
+                    r.entities = entities;
+                }
+                if let Some(tx) = self.pending_creates.remove(&instance_id) {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Event::InstanceEnded {
+                instance_id,
+                reason,
+                ..
+            } => {
+                let label = match &reason {
+                    EndReason::Empty => "empty",
+                    EndReason::Ended => "ended",
+                    EndReason::Drained => "drained",
+                    EndReason::LoadFailed(_) => "load_failed",
+                    _ => "other",
+                };
+                *self.metrics.instances_ended.entry(label).or_default() += 1;
+                if let Some(tx) = self.pending_creates.remove(&instance_id) {
+                    let message = match reason {
+                        EndReason::LoadFailed(m) => m,
+                        other => format!("instance ended while loading: {other:?}"),
+                    };
+                    let _ = tx.send(Err(message));
+                }
+                self.registry.remove(&instance_id);
+                let registry = &self.registry;
+                self.token_of_session
+                    .retain(|s, _| registry.session(*s).is_some());
+                self.session_tokens
+                    .retain(|_, s| registry.session(*s).is_some());
+            }
+            Event::SessionJoined { session, .. } => self.registry.session_joined(session),
+            Event::SessionLeft {
+                session, reason, ..
+            } => self.session_ended(session, reason),
+            Event::Stats {
+                shard,
+                metrics,
+                instances,
+            } => {
+                if let Some(slot) = self.shards.get_mut(shard) {
+                    slot.busy_us_per_s = metrics.tick_sum_us.saturating_sub(slot.last_tick_sum_us);
+                    slot.last_tick_sum_us = metrics.tick_sum_us;
+                    slot.metrics = *metrics;
+                }
+                for s in instances {
+                    if let Some(r) = self.registry.get_mut(&s.instance_id) {
+                        r.entities = s.entities;
+                        r.tick_p99_us = s.tick_p99_us;
+                    }
+                }
+            }
+            Event::Stalled { shard, behind_ms } => {
+                self.metrics.stalls += 1;
+                tracing::warn!(shard, behind_ms, "shard reported a stall");
+            }
+            _ => {}
+        }
+    }
+
+    fn session_ended(&mut self, session: SessionId, reason: LeaveReason) {
+        *self
+            .metrics
+            .sessions_left
+            .entry(reason.label())
+            .or_default() += 1;
+        self.registry.close_session(session);
+        if let Some(token) = self.token_of_session.remove(&session) {
+            self.session_tokens.remove(&token);
+        }
+    }
+
+    /// Remembers the resource token of a new session.
+    pub fn name_session(&mut self, session: SessionId, token: String) {
+        self.session_tokens.insert(token.clone(), session);
+        self.token_of_session.insert(session, token);
+    }
+
+    /// A join that failed before reaching its shard, or that its shard refused.
+    pub fn abandon_session(&mut self, session: SessionId) {
+        self.registry.close_session(session);
+        if let Some(token) = self.token_of_session.remove(&session) {
+            self.session_tokens.remove(&token);
+        }
+    }
+
+    /// Stops admitting, tells every shard to drain.
+    pub fn drain(&mut self, grace: Duration) -> usize {
+        self.draining = true;
+        self.registry.drain_all();
+        for i in 0..self.shards.len() {
+            if let Err(e) = self.send(i, Command::Drain { grace }) {
+                tracing::error!("drain: {e}");
+            }
+        }
+        self.registry.len()
+    }
+
+    /// Ends an instance now.
+    pub fn end(&mut self, instance_id: &str) -> Result<(), ControlError> {
+        let shard = self
+            .registry
+            .get(instance_id)
+            .ok_or_else(|| RegistryError::Unknown(instance_id.to_string()))?
+            .shard;
+        self.send(
+            shard,
+            Command::EndInstance {
+                instance_id: instance_id.to_string(),
+            },
+        )
+    }
+
+    /// Kicks a user's sessions, optionally banning the user for `ban`.
+    pub fn kick(
+        &mut self,
+        instance_id: &str,
+        user_id: &str,
+        ban: Option<Duration>,
+        message: String,
+        now: Instant,
+    ) -> Result<u32, ControlError> {
+        let shard = self
+            .registry
+            .get(instance_id)
+            .ok_or_else(|| RegistryError::Unknown(instance_id.to_string()))?
+            .shard;
+        if let Some(ban) = ban {
+            self.registry.ban(instance_id, user_id, now + ban, now);
+        }
+        let sessions = self.registry.sessions_of(instance_id, user_id);
+        self.send(
+            shard,
+            Command::Kick {
+                instance_id: instance_id.to_string(),
+                user_id: user_id.to_string(),
+                banned: ban.is_some(),
+                message,
+            },
+        )?;
+        Ok(sessions)
+    }
+}
+
+/// An error with its sources, `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Ids are printable ASCII without spaces or slashes, 1 to [`ID_BYTES_MAX`] bytes.
+pub fn check_id(what: &str, id: &str) -> Result<(), ControlError> {
+    let ok = !id.is_empty()
+        && id.len() <= ID_BYTES_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'?' && b != b'#');
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!(
+            "{what} must be 1 to {ID_BYTES_MAX} printable ASCII characters without '/', '?' or '#'"
+        )))
+    }
+}
+
+impl ShardSlot {
+    pub fn new(commands: Sender<Command>, advertised: std::net::SocketAddr) -> ShardSlot {
+        ShardSlot {
+            commands,
+            advertised,
+            metrics: ShardMetrics::default(),
+            busy_us_per_s: 0,
+            last_tick_sum_us: 0,
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! A whole node: shards, the control thread and the event pump, with an
+//! explicit start and stop. The binary runs one; tests start several on
+//! loopback with free ports.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rand::Rng;
+use state::auth::{AuthConfigError, Verifier};
+use state::commands::Command;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::control::{self, Control, CreateRequest, SceneSource, ShardSlot, Shared, lock};
+use crate::shard::io::{self as shard_io, ShardHandle, ShardStartError};
+
+/// The id (and location) of the instance dev mode creates at start.
+pub const DEV_INSTANCE_ID: &str = "demo";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("{0}")]
+    Auth(#[from] AuthConfigError),
+    #[error("{0}")]
+    Shard(#[from] ShardStartError),
+    #[error("control thread: {0}")]
+    Control(String),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: Option<SocketAddr>,
+    /// Per shard: (bound, advertised) UDP address.
+    pub shard_addrs: Vec<(SocketAddr, SocketAddr)>,
+    /// The HS256 secret of dev mode (printed by the binary).
+    pub dev_secret: Option<String>,
+    shared: Shared,
+    shards: Vec<ShardHandle>,
+    control: Option<JoinHandle<()>>,
+    pump: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Node {
+    /// Starts every shard, the control thread and the event pump; returns
+    /// once all sockets are bound.
+    pub fn start(config: Config) -> Result<Node, NodeError> {
+        let (verifier, dev_secret) = if config.node.dev {
+            let secret: String = {
+                let mut rng = rand::rng();
+                (0..32)
+                    .map(|_| format!("{:02x}", rng.random::<u8>()))
+                    .collect()
+            };
+            (Verifier::dev(&config.auth, &secret), Some(secret))
+        } else {
+            (Verifier::from_config(&config.auth)?, None)
+        };
+        let (events_tx, events_rx) = crossbeam_channel::bounded(config.shard.event_queue_len);
+        let mut shards = Vec::new();
+        for index in 0..config.shard_count() {
+            shards.push(shard_io::spawn(index, &config, events_tx.clone())?);
+        }
+        drop(events_tx);
+        let slots = shards
+            .iter()
+            .map(|s| ShardSlot::new(s.commands.clone(), s.advertised))
+            .collect();
+        let shard_addrs = shards.iter().map(|s| (s.bound, s.advertised)).collect();
+        let dev = config.node.dev;
+        let config_dev_scene = config.node.dev_scene.clone();
+        let shared: Shared = Arc::new(Mutex::new(Control::new(config.clone(), slots, verifier)));
+        let pump_shared = shared.clone();
+        let pump = std::thread::Builder::new()
+            .name("event-pump".into())
+            .spawn(move || {
+                // Ends when every shard has dropped its sender.
+                while let Ok(event) = events_rx.recv() {
+                    lock(&pump_shared).apply(event);
+                }
+            })
+            .map_err(|e| NodeError::Control(e.to_string()))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let control_shared = shared.clone();
+        let control = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control_thread(config, control_shared, stop_rx, ready_tx))
+            .map_err(|e| NodeError::Control(e.to_string()))?;
+        let (http_addr, grpc_addr) = ready_rx
+            .recv()
+            .map_err(|_| NodeError::Control("exited before binding".into()))?
+            .map_err(NodeError::Control)?;
+        let node = Node {
+            http_addr,
+            grpc_addr,
+            shard_addrs,
+            dev_secret,
+            shared,
+            shards,
+            control: Some(control),
+            pump: Some(pump),
+            stop,
+        };
+        if dev {
+            let request = CreateRequest {
+                instance_id: Some(DEV_INSTANCE_ID.into()),
+                location_id: DEV_INSTANCE_ID.into(),
+                scene: match config_dev_scene.as_str() {
+                    "" => SceneSource::Demo,
+                    path => SceneSource::Path(path.into()),
+                },
+                max_users: None,
+                labels: BTreeMap::new(),
+            };
+            lock(&node.shared)
+                .create(request)
+                .map_err(|e| NodeError::Control(format!("cannot create the demo instance: {e}")))?;
+        }
+        Ok(node)
+    }
+
+    /// The control state (registry, metrics), for tests and the binary.
+    pub fn control(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Stops admitting users and ends every instance after `grace`.
+    pub fn drain(&self, grace: Duration) {
+        lock(&self.shared).drain(grace);
+    }
+
+    /// Stops everything and waits for the threads.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        for s in &self.shards {
+            // A full queue means the shard is stuck; the send blocks briefly.
+            let _ = s
+                .commands
+                .send_timeout(Command::Shutdown, Duration::from_secs(1));
+        }
+        for s in self.shards.drain(..) {
+            let _ = s.thread.join();
+        }
+        // Dropping the shards' command senders held by the control state is
+        // not needed for the pump: it ends when the shards' event senders drop.
+        if let Some(pump) = self.pump.take() {
+            let _ = pump.join();
+        }
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+type Ready = std::sync::mpsc::SyncSender<Result<(SocketAddr, Option<SocketAddr>), String>>;
+
+fn control_thread(config: Config, shared: Shared, stop: watch::Receiver<bool>, ready: Ready) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot start tokio: {e}")));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let http = match tokio::net::TcpListener::bind(config.http.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot bind HTTP {}: {e}", config.http.listen)));
+                return;
+            }
+        };
+        let grpc = if config.grpc.enabled {
+            match tokio::net::TcpListener::bind(config.grpc.listen).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    let _ =
+                        ready.send(Err(format!("cannot bind gRPC {}: {e}", config.grpc.listen)));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let http_addr = http.local_addr().unwrap_or(config.http.listen);
+        let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
+        let _ = ready.send(Ok((http_addr, grpc_addr)));
+        let app = control::http::router(shared.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let mut http_stop = stop.clone();
+        let http_server = axum::serve(http, app).with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        });
+        let grpc_server = async move {
+            let Some(listener) = grpc else { return };
+            let mut grpc_stop = stop.clone();
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let result = tonic::transport::Server::builder()
+                .add_service(control::grpc::ControlService::new(shared).server())
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = grpc_stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!("gRPC server: {e}");
+            }
+        };
+        let (http_result, ()) = tokio::join!(http_server, grpc_server);
+        if let Err(e) = http_result {
+            tracing::error!("HTTP server: {e}");
+        }
+    });
+}

@@ -1,0 +1,202 @@
+//! The thin shell that runs a [`Shard`] on a pinned glommio executor with an
+//! io_uring UDP socket. It only moves bytes, commands, events and
+//! timestamps; every decision is the shard's.
+
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use glommio::{GlommioError, LocalExecutorBuilder, Placement};
+use state::commands::{Command, Event};
+
+use super::Shard;
+use crate::config::Config;
+
+/// Longest the shell sleeps in the socket before it looks at its command
+/// queue again (commands have no wakeup of their own across threads).
+pub const COMMAND_POLL_INTERVAL: Duration = Duration::from_millis(2);
+/// Datagrams read back to back before the shell runs timers and commands.
+pub const RECV_BATCH_MAX: usize = 64;
+
+/// A running shard thread.
+#[derive(Debug)]
+pub struct ShardHandle {
+    pub index: usize,
+    /// The address the socket is bound to.
+    pub bound: SocketAddr,
+    /// The address advertised in SDP answers.
+    pub advertised: SocketAddr,
+    pub commands: Sender<Command>,
+    pub thread: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardStartError {
+    #[error("shard {index}: cannot start its executor: {message}")]
+    Executor { index: usize, message: String },
+    #[error("shard {index}: cannot bind UDP {addr}: {message}")]
+    Bind {
+        index: usize,
+        addr: SocketAddr,
+        message: String,
+    },
+}
+
+/// Starts shard `index`: binds `udp_bind_ip:udp_port_base+index` inside a
+/// new executor thread and returns once the socket is bound.
+pub fn spawn(
+    index: usize,
+    config: &Config,
+    events: Sender<Event>,
+) -> Result<ShardHandle, ShardStartError> {
+    let (commands_tx, commands_rx) = crossbeam_channel::bounded(config.shard.command_queue_len);
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let port = match config.webrtc.udp_port_base {
+        0 => 0,
+        base => base.saturating_add(index as u16),
+    };
+    let bind = SocketAddr::new(config.webrtc.udp_bind_ip, port);
+    let placement = if config.node.pin_cores {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Placement::Fixed(index % cpus)
+    } else {
+        Placement::Unbound
+    };
+    let shard_config = config.clone();
+    let builder = LocalExecutorBuilder::new(placement)
+        .name(&format!("shard-{index}"))
+        .io_memory(config.shard.io_memory_bytes)
+        .spin_before_park(Duration::ZERO);
+    let handle = builder
+        .spawn(move || async move {
+            let socket = match glommio::net::UdpSocket::bind(bind) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let bound = match socket.local_addr() {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let advertised = advertised_addr(&shard_config, index, bound);
+            let _ = ready_tx.send(Ok((bound, advertised)));
+            let seed = rand::random::<u64>();
+            let shard = Shard::new(index, shard_config, advertised, seed, Instant::now());
+            run(shard, socket, commands_rx, events).await;
+        })
+        .map_err(|e| ShardStartError::Executor {
+            index,
+            message: e.to_string(),
+        })?;
+    let thread = std::thread::Builder::new()
+        .name(format!("shard-{index}-join"))
+        .spawn(move || {
+            if let Err(e) = handle.join() {
+                tracing::error!(shard = index, "shard thread failed: {e}");
+            }
+        })
+        .map_err(|e| ShardStartError::Executor {
+            index,
+            message: e.to_string(),
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok((bound, advertised))) => Ok(ShardHandle {
+            index,
+            bound,
+            advertised,
+            commands: commands_tx,
+            thread,
+        }),
+        Ok(Err(message)) => Err(ShardStartError::Bind {
+            index,
+            addr: bind,
+            message,
+        }),
+        Err(_) => Err(ShardStartError::Executor {
+            index,
+            message: "the executor thread exited before binding".into(),
+        }),
+    }
+}
+
+fn advertised_addr(config: &Config, index: usize, bound: SocketAddr) -> SocketAddr {
+    let ip = config.webrtc.public_ip.unwrap_or(bound.ip());
+    let port = config
+        .webrtc
+        .public_port_base
+        .map_or(bound.port(), |base| base.saturating_add(index as u16));
+    SocketAddr::new(ip, port)
+}
+
+async fn run(
+    mut shard: Shard,
+    socket: glommio::net::UdpSocket,
+    commands: Receiver<Command>,
+    events: Sender<Event>,
+) {
+    let mut buf = vec![0u8; shard.config.shard.datagram_bytes_max];
+    loop {
+        while let Ok(command) = commands.try_recv() {
+            if !shard.handle_command(command, Instant::now()) {
+                flush(&mut shard, &socket, &events).await;
+                return;
+            }
+        }
+        shard.handle_timeout(Instant::now());
+        flush(&mut shard, &socket, &events).await;
+        let wait = shard
+            .poll_timeout()
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_micros(100), COMMAND_POLL_INTERVAL);
+        if let Err(e) = socket.set_read_timeout(Some(wait)) {
+            tracing::error!(shard = shard.index(), "set_read_timeout: {e}");
+        }
+        for i in 0..RECV_BATCH_MAX {
+            if i > 0 {
+                // After the first datagram, only take what is already queued.
+                let _ = socket.set_read_timeout(Some(Duration::from_micros(1)));
+            }
+            match socket.recv_from(&mut buf).await {
+                Ok((n, source)) if n < buf.len() => {
+                    shard.handle_datagram(source, &buf[..n], Instant::now());
+                }
+                Ok(_) => shard.drop_datagram("too_large"),
+                Err(GlommioError::TimedOut(_)) => break,
+                Err(GlommioError::IoError(e)) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => {
+                    tracing::warn!(shard = shard.index(), "recv_from: {e}");
+                    break;
+                }
+            }
+        }
+        flush(&mut shard, &socket, &events).await;
+    }
+}
+
+async fn flush(shard: &mut Shard, socket: &glommio::net::UdpSocket, events: &Sender<Event>) {
+    while let Some(t) = shard.poll_transmit() {
+        if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+            tracing::debug!(shard = shard.index(), "send_to {}: {e}", t.destination);
+            shard.drop_datagram("send_failed");
+        }
+    }
+    while let Some(event) = shard.poll_event() {
+        match events.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => {
+                // The control thread is behind; block rather than lose a
+                // session or instance event (seats would leak).
+                if events.send(event).is_err() {
+                    return;
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! What crosses between the control thread and a shard: commands down,
+//! events up, each an owned value on a bounded channel. Replies to a join
+//! travel on a one-shot channel inside the command, so the HTTP handler that
+//! waits for the SDP answer never blocks a thread.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use engine::Scene;
+use tokio::sync::oneshot;
+
+/// A session (one WebRTC peer of one user) on the node; unique per node.
+pub type SessionId = u64;
+
+/// What a new instance needs.
+#[derive(Debug)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub location_id: String,
+    pub scene: Box<Scene>,
+    pub max_users: u32,
+    pub labels: BTreeMap<String, String>,
+    /// Ends after this long with nobody in it.
+    pub empty_timeout: Duration,
+}
+
+/// A user's request to join, already authenticated by the control thread.
+#[derive(Debug)]
+pub struct JoinRequest {
+    pub instance_id: String,
+    pub session: SessionId,
+    pub user_id: String,
+    pub name: String,
+    pub offer_sdp: String,
+    pub reply: oneshot::Sender<Result<String, JoinRefused>>,
+}
+
+/// Why a shard refused a join (the HTTP status follows from it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinRefused {
+    #[error("malformed SDP offer: {0}")]
+    BadOffer(String),
+    #[error("instance {0} does not exist on this node")]
+    UnknownInstance(String),
+    #[error("instance {0} is full")]
+    InstanceFull(String),
+    #[error("the node is draining and admits nobody")]
+    Draining,
+    #[error("the shard hosts its maximum of {0} peers")]
+    ShardFull(usize),
+}
+
+/// Control thread → shard.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Command {
+    CreateInstance(InstanceSpec),
+    Join(JoinRequest),
+    /// The user's session ends (`DELETE` on the session location).
+    Leave {
+        session: SessionId,
+    },
+    EndInstance {
+        instance_id: String,
+    },
+    /// Removes every session of `user_id` from the instance, telling them why.
+    Kick {
+        instance_id: String,
+        user_id: String,
+        banned: bool,
+        message: String,
+    },
+    /// Tell every client, end every instance after `grace`, admit nobody.
+    Drain {
+        grace: Duration,
+    },
+    /// Stop the shard now.
+    Shutdown,
+}
+
+/// Why an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// Nobody in it for its empty timeout.
+    Empty,
+    /// Ended through the control API.
+    Ended,
+    /// The node drained.
+    Drained,
+    /// Its scene could not be loaded.
+    LoadFailed(String),
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaveReason {
+    /// The client said so (`DELETE`, or it closed the peer connection).
+    Left,
+    /// ICE, DTLS or the data channels did not come up in time.
+    ConnectFailed,
+    /// Nothing heard from the client for the idle timeout.
+    TimedOut,
+    Kicked,
+    /// Too many invalid messages, or an unsupported protocol version.
+    ProtocolViolation,
+    /// The reliable channel backed up beyond its limit.
+    Congested,
+    InstanceEnded,
+}
+
+impl LeaveReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::ConnectFailed => "connect_failed",
+            LeaveReason::TimedOut => "timed_out",
+            LeaveReason::Kicked => "kicked",
+            LeaveReason::ProtocolViolation => "protocol_violation",
+            LeaveReason::Congested => "congested",
+            LeaveReason::InstanceEnded => "instance_ended",
+        }
+    }
+}
+
+/// One instance's figures, sent with [`Event::Stats`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceStats {
+    pub instance_id: String,
+    pub users: u32,
+    pub entities: u32,
+    pub tick_p50_us: u32,
+    pub tick_p99_us: u32,
+}
+
+/// Upper bounds (µs) of the tick-duration histogram buckets; the last bucket is +Inf.
+pub const TICK_BUCKETS_US: [u64; 10] = [
+    50, 100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 33_000,
+];
+
+/// A shard's counters since it started (monotonic) and gauges (current).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShardMetrics {
+    pub instances: u32,
+    pub peers: u32,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Datagrams dropped by reason (unknown source, unparsable, send queue full...).
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Invalid client messages by protocol error reason.
+    pub invalid_messages: BTreeMap<&'static str, u64>,
+    /// Refused owned-entity updates, stale inputs, rate-limited actions.
+    pub refused_messages: BTreeMap<&'static str, u64>,
+    pub snapshots_sent: u64,
+    pub snapshot_bytes: u64,
+    /// Tick-duration histogram: counts per bucket of [`TICK_BUCKETS_US`], then +Inf.
+    pub tick_buckets: [u64; TICK_BUCKETS_US.len() + 1],
+    pub tick_sum_us: u64,
+    pub ticks: u64,
+    pub skipped_ticks: u64,
+    pub stalls: u64,
+}
+
+impl ShardMetrics {
+    pub fn observe_tick(&mut self, us: u64) {
+        let i = TICK_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(TICK_BUCKETS_US.len());
+        self.tick_buckets[i] += 1;
+        self.tick_sum_us += us;
+        self.ticks += 1;
+    }
+}
+
+/// Shard → control thread.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    InstanceStarted {
+        shard: usize,
+        instance_id: String,
+        entities: u32,
+    },
+    InstanceEnded {
+        shard: usize,
+        instance_id: String,
+        reason: EndReason,
+    },
+    /// ICE, DTLS and both channels are up; the user has an avatar.
+    SessionJoined {
+        shard: usize,
+        instance_id: String,
+        session: SessionId,
+        user_id: String,
+    },
+    SessionLeft {
+        shard: usize,
+        instance_id: String,
+        session: SessionId,
+        user_id: String,
+        reason: LeaveReason,
+        /// Whether the session had fully joined (a seat is released either way).
+        joined: bool,
+    },
+    /// Sent once a second.
+    Stats {
+        shard: usize,
+        metrics: Box<ShardMetrics>,
+        instances: Vec<InstanceStats>,
+    },
+    /// Ticks have run behind schedule for `behind_ms`.
+    Stalled { shard: usize, behind_ms: u64 },
+}

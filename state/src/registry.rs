@@ -1,0 +1,254 @@
+//! The control thread's record of the node's instances, sessions and bans.
+//! Seats are reserved when a join is accepted for signaling and released
+//! when the session ends, so `max_users` holds even while peers connect.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use crate::commands::SessionId;
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Created; its shard is loading the scene.
+    Loading,
+    Running,
+    /// The node is draining: clients were told, the instance ends soon.
+    Draining,
+}
+
+impl Lifecycle {
+    pub fn label(self) -> &'static str {
+        match self {
+            Lifecycle::Loading => "loading",
+            Lifecycle::Running => "running",
+            Lifecycle::Draining => "draining",
+        }
+    }
+}
+
+/// One instance as the control thread sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub location_id: String,
+    pub shard: usize,
+    pub max_users: u32,
+    pub labels: BTreeMap<String, String>,
+    pub lifecycle: Lifecycle,
+    /// Seats reserved by joins in progress and joined sessions.
+    pub seats: u32,
+    /// Sessions fully joined.
+    pub users: u32,
+    pub entities: u32,
+    pub tick_p99_us: u32,
+}
+
+impl InstanceRecord {
+    pub fn new(
+        id: String,
+        location_id: String,
+        shard: usize,
+        max_users: u32,
+        labels: BTreeMap<String, String>,
+    ) -> Self {
+        InstanceRecord {
+            id,
+            location_id,
+            shard,
+            max_users,
+            labels,
+            lifecycle: Lifecycle::Loading,
+            seats: 0,
+            users: 0,
+            entities: 0,
+            tick_p99_us: 0,
+        }
+    }
+}
+
+/// A session as the control thread sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub instance_id: String,
+    pub user_id: String,
+    pub joined: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    #[error("instance {0} already exists")]
+    Exists(String),
+    #[error("the node hosts its maximum of {0} instances")]
+    Full(usize),
+    #[error("instance {0} does not exist")]
+    Unknown(String),
+    #[error("instance {0} is full")]
+    InstanceFull(String),
+    #[error("instance {0} is draining")]
+    Draining(String),
+}
+
+/// Instances, sessions and bans of the node.
+#[derive(Debug)]
+pub struct Registry {
+    instances_max: usize,
+    instances: BTreeMap<String, InstanceRecord>,
+    sessions: HashMap<SessionId, SessionRecord>,
+    /// (instance, user) → banned until.
+    bans: HashMap<(String, String), Instant>,
+    next_session: SessionId,
+}
+
+/// Most bans remembered; expired ones are pruned first when it is reached.
+pub const BANS_MAX: usize = 65_536;
+
+impl Registry {
+    pub fn new(instances_max: usize) -> Self {
+        Registry {
+            instances_max,
+            instances: BTreeMap::new(),
+            sessions: HashMap::new(),
+            bans: HashMap::new(),
+            next_session: 1,
+        }
+    }
+
+    pub fn insert(&mut self, record: InstanceRecord) -> Result<(), RegistryError> {
+        if self.instances.contains_key(&record.id) {
+            return Err(RegistryError::Exists(record.id));
+        }
+        if self.instances.len() >= self.instances_max {
+            return Err(RegistryError::Full(self.instances_max));
+        }
+        self.instances.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<&InstanceRecord> {
+        self.instances.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut InstanceRecord> {
+        self.instances.get_mut(id)
+    }
+
+    pub fn instances(&self) -> impl Iterator<Item = &InstanceRecord> {
+        self.instances.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// Forgets an instance and its sessions.
+    pub fn remove(&mut self, id: &str) -> Option<InstanceRecord> {
+        self.sessions.retain(|_, s| s.instance_id != id);
+        self.instances.remove(id)
+    }
+
+    /// Reserves a seat; returns the seats now taken.
+    pub fn reserve_seat(&mut self, id: &str) -> Result<u32, RegistryError> {
+        let r = self
+            .instances
+            .get_mut(id)
+            .ok_or_else(|| RegistryError::Unknown(id.to_string()))?;
+        if r.lifecycle == Lifecycle::Draining {
+            return Err(RegistryError::Draining(id.to_string()));
+        }
+        if r.seats >= r.max_users {
+            return Err(RegistryError::InstanceFull(id.to_string()));
+        }
+        r.seats += 1;
+        Ok(r.seats)
+    }
+
+    pub fn release_seat(&mut self, id: &str) {
+        if let Some(r) = self.instances.get_mut(id) {
+            r.seats = r.seats.saturating_sub(1);
+        }
+    }
+
+    /// A new session id (never reused by this node).
+    pub fn open_session(&mut self, instance_id: &str, user_id: &str) -> SessionId {
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            SessionRecord {
+                instance_id: instance_id.to_string(),
+                user_id: user_id.to_string(),
+                joined: false,
+            },
+        );
+        id
+    }
+
+    pub fn session(&self, id: SessionId) -> Option<&SessionRecord> {
+        self.sessions.get(&id)
+    }
+
+    pub fn session_joined(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&id)
+            && !s.joined
+        {
+            s.joined = true;
+            if let Some(r) = self.instances.get_mut(&s.instance_id) {
+                r.users += 1;
+            }
+        }
+    }
+
+    /// Ends a session: releases its seat (and its user count when joined).
+    pub fn close_session(&mut self, id: SessionId) -> Option<SessionRecord> {
+        let s = self.sessions.remove(&id)?;
+        if let Some(r) = self.instances.get_mut(&s.instance_id) {
+            r.seats = r.seats.saturating_sub(1);
+            if s.joined {
+                r.users = r.users.saturating_sub(1);
+            }
+        }
+        Some(s)
+    }
+
+    /// Sessions of `user_id` in `instance_id`.
+    pub fn sessions_of(&self, instance_id: &str, user_id: &str) -> u32 {
+        self.sessions
+            .values()
+            .filter(|s| s.instance_id == instance_id && s.user_id == user_id)
+            .count() as u32
+    }
+
+    pub fn sessions_len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Bans `user_id` from `instance_id` until `until`.
+    pub fn ban(&mut self, instance_id: &str, user_id: &str, until: Instant, now: Instant) {
+        if self.bans.len() >= BANS_MAX {
+            self.bans.retain(|_, t| *t > now);
+        }
+        if self.bans.len() < BANS_MAX {
+            self.bans
+                .insert((instance_id.to_string(), user_id.to_string()), until);
+        }
+    }
+
+    pub fn is_banned(&self, instance_id: &str, user_id: &str, now: Instant) -> bool {
+        self.bans
+            .get(&(instance_id.to_string(), user_id.to_string()))
+            .is_some_and(|t| *t > now)
+    }
+
+    /// Every instance is draining from now on.
+    pub fn drain_all(&mut self) {
+        for r in self.instances.values_mut() {
+            r.lifecycle = Lifecycle::Draining;
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Shared by the end-to-end tests: a node on loopback with free ports, and
+//! clients driven side by side.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use instanceserver::client::{Client, ClientEvent};
+use instanceserver::config::Config;
+use instanceserver::control::{CreateRequest, SceneSource, lock};
+use instanceserver::node::Node;
+
+/// A dev-mode node on loopback with free ports.
+pub fn config(shards: usize) -> Config {
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    c.webrtc.udp_port_base = 0;
+    c.node.shards = shards;
+    c
+}
+
+pub fn start(config: Config) -> Node {
+    // RUST_LOG=debug shows what the node and clients do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    Node::start(config).expect("node starts")
+}
+
+/// Creates an instance of the demo scene and waits until it runs.
+pub async fn create(node: &Node, id: &str, max_users: Option<u32>) -> usize {
+    let (_, shard, started) = lock(node.control())
+        .create(CreateRequest {
+            instance_id: Some(id.into()),
+            location_id: format!("loc-{id}"),
+            scene: SceneSource::Demo,
+            max_users,
+            labels: BTreeMap::new(),
+        })
+        .expect("create accepted");
+    tokio::time::timeout(Duration::from_secs(20), started)
+        .await
+        .expect("instance starts in time")
+        .expect("reply")
+        .expect("scene loads");
+    shard
+}
+
+/// Waits until the dev instance `demo` runs.
+pub async fn wait_running(node: &Node, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running = lock(node.control())
+            .registry
+            .get(id)
+            .is_some_and(|r| r.lifecycle == state::registry::Lifecycle::Running);
+        if running {
+            return;
+        }
+        assert!(Instant::now() < deadline, "instance {id} never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Drives every client for `d`, collecting their events.
+pub async fn drive(clients: &mut [Client], d: Duration) -> Vec<Vec<ClientEvent>> {
+    let futures = clients.iter_mut().map(|c| async move {
+        let mut events = Vec::new();
+        c.run_until(d, |_, e| {
+            events.push(e.clone());
+            false
+        })
+        .await
+        .expect("client runs");
+        events
+    });
+    futures::future::join_all(futures).await
+}
+
+/// Drives every client until each has seen a welcome and a snapshot.
+pub async fn until_welcomed(clients: &mut [Client], limit: Duration) {
+    let futures = clients.iter_mut().map(|c| async move {
+        let ok = c
+            .run_until(limit, |s, e| {
+                matches!(e, ClientEvent::Snapshot { .. }) && s.welcome().is_some()
+            })
+            .await
+            .expect("client runs");
+        assert!(ok, "no welcome and snapshot within {limit:?}");
+    });
+    futures::future::join_all(futures).await;
+}

@@ -20,6 +20,9 @@ use state::auth::AuthConfig;
 /// The prefix of every environment variable the node reads.
 pub const ENV_PREFIX: &str = "INSTANCESERVER_";
 
+/// Variables of the binary's own flags (after the prefix); not settings.
+pub const BINARY_VARIABLES: [&str; 3] = ["CONFIG", "STATUS_INTERVAL_MS", "EXIT_AFTER_S"];
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -73,7 +76,9 @@ pub struct HttpConfig {
     pub offer_bytes_max: usize,
     /// Joins accepted per client IP address per minute (429 beyond).
     pub joins_per_ip_per_minute: u32,
-    /// Client addresses whose join rate is tracked; the oldest are forgotten.
+    /// Client addresses whose join rate is tracked. When full, addresses
+    /// idle long enough to have a full bucket are forgotten; if none are,
+    /// joins from new addresses get 429.
     pub join_rate_ips_max: usize,
     /// How long a join waits for its shard to answer (503 beyond).
     pub join_timeout_ms: u64,
@@ -298,12 +303,16 @@ pub fn load(
             .to_ascii_lowercase()
             .replace("__", ".");
         if !known.contains_key(&key) {
-            // Variables of the old single-instance binary and of other tools
-            // share the prefix; only dotted keys are settings.
-            if key.contains('.') {
-                return Err(ConfigError::UnknownKey { origin: name, key });
+            // The binary's own variables (not settings) share the prefix.
+            if BINARY_VARIABLES.contains(&&name[ENV_PREFIX.len()..]) {
+                continue;
             }
-            continue;
+            return Err(ConfigError::UnknownKey {
+                origin: format!(
+                    "environment {name} (settings are INSTANCESERVER_<SECTION>__<KEY>, two underscores)"
+                ),
+                key,
+            });
         }
         set(
             &mut tree,
@@ -337,16 +346,16 @@ pub fn keys() -> BTreeMap<String, toml::Value> {
             }
         }
     }
-    // Optional settings are absent from the serialized defaults.
-    for key in [
-        "webrtc.public_ip",
-        "webrtc.public_port_base",
-        "auth.hs256_secret",
-        "auth.issuer",
-        "auth.audience",
+    // Optional settings are absent from the serialized defaults; these
+    // placeholders give them their type (an empty string unsets a string).
+    for (key, placeholder) in [
+        ("webrtc.public_ip", toml::Value::String(String::new())),
+        ("webrtc.public_port_base", toml::Value::Integer(0)),
+        ("auth.hs256_secret", toml::Value::String(String::new())),
+        ("auth.issuer", toml::Value::String(String::new())),
+        ("auth.audience", toml::Value::String(String::new())),
     ] {
-        out.entry(key.to_string())
-            .or_insert(toml::Value::String(String::new()));
+        out.entry(key.to_string()).or_insert(placeholder);
     }
     out
 }
@@ -458,8 +467,59 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
             }
         }
-        if self.webrtc.connect_timeout_ms == 0 || self.webrtc.idle_timeout_ms == 0 {
-            return bad("webrtc.connect_timeout_ms and webrtc.idle_timeout_ms must be positive");
+        if self.node.dev && self.grpc.enabled && !self.grpc.listen.ip().is_loopback() {
+            return bad(
+                "node.dev must stay on loopback: the gRPC control API has no authentication; \
+                 set node.dev = false and keep grpc.listen on a private network",
+            );
+        }
+        if self.webrtc.udp_bind_ip.is_unspecified() && self.webrtc.public_ip.is_none() {
+            return bad(
+                "webrtc.udp_bind_ip is a wildcard address: set webrtc.public_ip to the address \
+                 clients reach this node at (it goes into SDP answers)",
+            );
+        }
+        for (key, v) in [
+            ("webrtc.connect_timeout_ms", self.webrtc.connect_timeout_ms),
+            ("webrtc.idle_timeout_ms", self.webrtc.idle_timeout_ms),
+            ("http.join_timeout_ms", self.http.join_timeout_ms),
+            ("instance.empty_timeout_ms", self.instance.empty_timeout_ms),
+            (
+                "http.joins_per_ip_per_minute",
+                u64::from(self.http.joins_per_ip_per_minute),
+            ),
+            (
+                "instance.actions_per_second_max",
+                u64::from(self.instance.actions_per_second_max),
+            ),
+            (
+                "instance.entities_max",
+                u64::from(self.instance.entities_max),
+            ),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        for (key, v) in [
+            (
+                "instance.avatar_speed_max_mps",
+                self.instance.avatar_speed_max_mps,
+            ),
+            (
+                "instance.owned_speed_max_mps",
+                self.instance.owned_speed_max_mps,
+            ),
+            (
+                "instance.interest_radius_m",
+                self.instance.interest_radius_m,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be a positive number"
+                )));
+            }
         }
         Ok(())
     }

@@ -17,6 +17,9 @@ use crate::config::Config;
 use crate::control::{self, Control, CreateRequest, SceneSource, ShardSlot, Shared, lock};
 use crate::shard::io::{self as shard_io, ShardHandle, ShardStartError};
 
+/// How long the HTTP and gRPC servers wait for open connections at stop.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// The id (and location) of the instance dev mode creates at start.
 pub const DEV_INSTANCE_ID: &str = "demo";
 
@@ -118,6 +121,7 @@ impl Node {
                 },
                 max_users: None,
                 labels: BTreeMap::new(),
+                persistent: true,
             };
             lock(&node.shared)
                 .create(request)
@@ -208,6 +212,7 @@ fn control_thread(config: Config, shared: Shared, stop: watch::Receiver<bool>, r
         let app = control::http::router(shared.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         let mut http_stop = stop.clone();
+        let stop_for_deadline = stop.clone();
         let http_server = axum::serve(http, app).with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|s| *s).await;
         });
@@ -225,9 +230,20 @@ fn control_thread(config: Config, shared: Shared, stop: watch::Receiver<bool>, r
                 tracing::error!("gRPC server: {e}");
             }
         };
-        let (http_result, ()) = tokio::join!(http_server, grpc_server);
-        if let Err(e) = http_result {
-            tracing::error!("HTTP server: {e}");
+        let mut deadline_stop = stop_for_deadline;
+        let shutdown_deadline = async move {
+            let _ = deadline_stop.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            (http_result, ()) = async { tokio::join!(http_server, grpc_server) } => {
+                if let Err(e) = http_result {
+                    tracing::error!("HTTP server: {e}");
+                }
+            }
+            () = shutdown_deadline => {
+                tracing::warn!("connections still open {SHUTDOWN_GRACE:?} after stop; closing them");
+            }
         }
     });
 }

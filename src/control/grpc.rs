@@ -83,6 +83,7 @@ impl pb::control_server::Control for ControlService {
             scene,
             max_users: Some(r.max_users).filter(|&m| m > 0),
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            persistent: false,
         };
         let (id, _shard, started) = lock(&self.shared).create(create).map_err(status)?;
         match tokio::time::timeout(CREATE_TIMEOUT, started).await {

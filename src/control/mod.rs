@@ -113,6 +113,8 @@ pub struct CreateRequest {
     pub scene: SceneSource,
     pub max_users: Option<u32>,
     pub labels: BTreeMap<String, String>,
+    /// Runs until ended, even with nobody in it (the dev instance).
+    pub persistent: bool,
 }
 
 /// Longest accepted instance, location or user id.
@@ -220,7 +222,8 @@ impl Control {
             scene: Box::new(scene),
             max_users,
             labels: request.labels,
-            empty_timeout: Duration::from_millis(self.config.instance.empty_timeout_ms),
+            empty_timeout: (!request.persistent)
+                .then(|| Duration::from_millis(self.config.instance.empty_timeout_ms)),
         };
         if let Err(e) = self.send(shard, Command::CreateInstance(spec)) {
             self.registry.remove(&id);

@@ -29,7 +29,8 @@ pub struct Instance {
     /// recorded for a user who left can never pass to a newcomer.
     pub next_user_index: u32,
     pub empty_since: Option<Instant>,
-    pub empty_timeout: Duration,
+    /// `None`: the instance runs until ended, even when empty.
+    pub empty_timeout: Option<Duration>,
     pub drain_until: Option<Instant>,
     pub tick_times: TickTimes,
     pub last_tick_p50_us: u32,
@@ -92,10 +93,15 @@ impl Instance {
         self.cached_actions.push_back(action);
     }
 
+    /// When the instance ends if nobody joins.
+    pub fn empty_deadline(&self) -> Option<Instant> {
+        Some(self.empty_since? + self.empty_timeout?)
+    }
+
     /// When this instance next needs the shard's attention.
     pub fn wake_at(&self) -> Option<Instant> {
         let tick = self.sim.next_tick_due();
-        let empty = self.empty_since.map(|t| t + self.empty_timeout);
+        let empty = self.empty_deadline();
         [tick, empty, self.drain_until].into_iter().flatten().min()
     }
 }

@@ -140,7 +140,8 @@ async fn run(
     commands: Receiver<Command>,
     events: Sender<Event>,
 ) {
-    let mut buf = vec![0u8; shard.config.shard.datagram_bytes_max];
+    // One byte more than the limit, so a longer datagram shows as filling it.
+    let mut buf = vec![0u8; shard.config.shard.datagram_bytes_max + 1];
     loop {
         while let Ok(command) = commands.try_recv() {
             if !shard.handle_command(command, Instant::now()) {

@@ -835,10 +835,7 @@ impl Shard {
         if inst.drain_until.is_some_and(|t| now >= t) {
             return self.end_instance(key, EndReason::Drained, now);
         }
-        if inst
-            .empty_since
-            .is_some_and(|t| now >= t + inst.empty_timeout)
-        {
+        if inst.empty_deadline().is_some_and(|t| now >= t) {
             return self.end_instance(key, EndReason::Empty, now);
         }
         if inst.sim.next_tick_due().is_none_or(|due| due <= now) {

@@ -20,8 +20,8 @@ pub struct InstanceSpec {
     pub scene: Box<Scene>,
     pub max_users: u32,
     pub labels: BTreeMap<String, String>,
-    /// Ends after this long with nobody in it.
-    pub empty_timeout: Duration,
+    /// Ends after this long with nobody in it; `None`: runs until ended.
+    pub empty_timeout: Option<Duration>,
 }
 
 /// A user's request to join, already authenticated by the control thread.

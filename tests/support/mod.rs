@@ -39,6 +39,7 @@ pub async fn create(node: &Node, id: &str, max_users: Option<u32>) -> usize {
             scene: SceneSource::Demo,
             max_users,
             labels: BTreeMap::new(),
+            persistent: false,
         })
         .expect("create accepted");
     tokio::time::timeout(Duration::from_secs(20), started)

@@ -1,0 +1,57 @@
+//! docs/configuration.md lists every setting the node has.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[test]
+fn every_setting_is_documented() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    let missing: Vec<String> = instanceserver::config::keys()
+        .into_keys()
+        .filter(|k| !doc.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md lacks {missing:?}"
+    );
+}
+
+#[test]
+fn optional_settings_take_their_type_from_the_environment() {
+    let env = [
+        (
+            "INSTANCESERVER_WEBRTC__PUBLIC_IP".to_string(),
+            "203.0.113.7".to_string(),
+        ),
+        (
+            "INSTANCESERVER_WEBRTC__PUBLIC_PORT_BASE".to_string(),
+            "31000".to_string(),
+        ),
+        (
+            "INSTANCESERVER_AUTH__AUDIENCE".to_string(),
+            "instanceserver".to_string(),
+        ),
+    ];
+    let c = instanceserver::config::load(None, env, &[]).unwrap();
+    assert_eq!(c.webrtc.public_ip, Some("203.0.113.7".parse().unwrap()));
+    assert_eq!(c.webrtc.public_port_base, Some(31000));
+    assert_eq!(c.auth.audience.as_deref(), Some("instanceserver"));
+}
+
+#[test]
+fn a_variable_with_one_underscore_is_an_error_not_ignored() {
+    let env = [(
+        "INSTANCESERVER_HTTP_LISTEN".to_string(),
+        "0.0.0.0:80".to_string(),
+    )];
+    let e = instanceserver::config::load(None, env, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("INSTANCESERVER_HTTP_LISTEN") && e.contains("two underscores"),
+        "{e}"
+    );
+}

@@ -1,0 +1,195 @@
+//! The gRPC control API end to end: a tonic client against a running node,
+//! with a real WebRTC client in the instance it manages.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use instanceserver::client::{Client, ClientEvent, dev_token};
+use instanceserver::control::grpc::pb;
+use instanceserver::control::grpc::pb::control_client::ControlClient;
+use net::messages::KickReason;
+use tonic::Code;
+
+#[tokio::test(flavor = "current_thread")]
+async fn create_list_kick_ban_end_and_drain_through_grpc() {
+    let node = support::start(support::config(2));
+    let http = node.http_addr;
+    let mut api = ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+
+    let created = api
+        .create_instance(pb::CreateInstanceRequest {
+            instance_id: "arena".into(),
+            location_id: "loc-arena".into(),
+            scene: "demo".into(),
+            max_users: 4,
+            labels: [("mode".to_string(), "ffa".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            created.instance_id.as_str(),
+            created.lifecycle.as_str(),
+            created.max_users
+        ),
+        ("arena", "running", 4)
+    );
+    assert_eq!(created.labels["mode"], "ffa");
+    assert!(created.entities > 200, "{created:?}");
+
+    // Errors: a duplicate id, a scene with a bad field (named by its JSON path), an unknown instance.
+    let dup = api
+        .create_instance(pb::CreateInstanceRequest {
+            instance_id: "arena".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists, "{dup:?}");
+    let bad = api
+        .create_instance(pb::CreateInstanceRequest {
+            scene_json: r#"{"version": 1, "bounds": {"min": [0, 0, 0], "max": [1, 1]}}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("bounds.max"), "{}", bad.message());
+    let missing = api
+        .get_instance(pb::GetInstanceRequest {
+            instance_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // A user joins; the list shows them once the shard reports the join.
+    let token = dev_token(http, "eve", "arena").await.unwrap();
+    let mut eve = vec![Client::join(http, "arena", &token).await.unwrap()];
+    support::until_welcomed(&mut eve, Duration::from_secs(10)).await;
+    let listed = api
+        .list_instances(pb::ListInstancesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let arena = listed
+        .instances
+        .iter()
+        .find(|i| i.instance_id == "arena")
+        .unwrap();
+    assert_eq!(arena.users, 1);
+    assert!(listed.instances.iter().any(|i| i.instance_id == "demo"));
+
+    // Kick with a ban: the client is told why, and cannot come back.
+    let kicked = api
+        .kick_user(pb::KickUserRequest {
+            instance_id: "arena".into(),
+            user_id: "eve".into(),
+            ban_seconds: 600,
+            message: "griefing".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kicked.sessions, 1);
+    let mut told = None;
+    eve[0]
+        .run_until(Duration::from_secs(5), |_, e| {
+            if let ClientEvent::Kicked { reason, message } = e {
+                told = Some((*reason, message.clone()));
+                true
+            } else {
+                false
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(told, Some((KickReason::Banned, "griefing".to_string())));
+    let again = Client::join(
+        http,
+        "arena",
+        &dev_token(http, "eve", "arena").await.unwrap(),
+    )
+    .await;
+    assert!(
+        matches!(
+            &again,
+            Err(instanceserver::client::ClientError::Refused { status: 403, .. })
+        ),
+        "{again:?}"
+    );
+
+    // Ending an instance tells its users and removes it.
+    let token = dev_token(http, "fay", "arena").await.unwrap();
+    let mut fay = vec![Client::join(http, "arena", &token).await.unwrap()];
+    support::until_welcomed(&mut fay, Duration::from_secs(10)).await;
+    api.end_instance(pb::EndInstanceRequest {
+        instance_id: "arena".into(),
+    })
+    .await
+    .unwrap();
+    let ended = fay[0]
+        .run_until(Duration::from_secs(5), |_, e| {
+            matches!(
+                e,
+                ClientEvent::Kicked {
+                    reason: KickReason::InstanceEnded,
+                    ..
+                }
+            )
+        })
+        .await
+        .unwrap();
+    assert!(ended, "fay was not told the instance ended");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = api
+            .get_instance(pb::GetInstanceRequest {
+                instance_id: "arena".into(),
+            })
+            .await;
+        if matches!(&r, Err(s) if s.code() == Code::NotFound) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "arena still listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Drain: instances end after the grace, creating is refused meanwhile.
+    let drained = api
+        .drain(pb::DrainRequest { grace_ms: 200 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(drained.instances, 1, "only demo is left");
+    let refused = api
+        .create_instance(pb::CreateInstanceRequest {
+            instance_id: "late".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !api
+        .list_instances(pb::ListInstancesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .instances
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instances outlived the drain grace"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

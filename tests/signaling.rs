@@ -1,0 +1,339 @@
+//! Every signaling error, produced for real against a running node over
+//! HTTP: the status, the JSON body, and the auth-failure metric.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use instanceserver::client::{HttpResponse, Session, http_request};
+use instanceserver::control::lock;
+use state::auth::{AuthConfig, Scope, TokenRequest, Verifier};
+
+const ISSUER: &str = "ir-engine";
+const AUDIENCE: &str = "instanceserver";
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn auth(audience: &str) -> AuthConfig {
+    AuthConfig {
+        issuer: Some(ISSUER.into()),
+        audience: Some(audience.into()),
+        ..AuthConfig::default()
+    }
+}
+
+fn token(secret: &str, audience: &str, sub: &str, instance: &str, issued_at: u64) -> String {
+    let request = TokenRequest {
+        sub: sub.into(),
+        name: None,
+        scope: Scope::Instance(instance.into()),
+        ttl_s: 60,
+    };
+    Verifier::dev(&auth(audience), secret)
+        .issue_hs256(&request, issued_at)
+        .unwrap()
+}
+
+fn offer() -> String {
+    Session::new("127.0.0.1:9".parse().unwrap(), Instant::now())
+        .unwrap()
+        .1
+}
+
+async fn join(
+    http: SocketAddr,
+    instance: &str,
+    bearer: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> HttpResponse {
+    let authorization = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", content_type)];
+    if let Some(a) = &authorization {
+        headers.push(("authorization", a.as_str()));
+    }
+    http_request(
+        http,
+        "POST",
+        &format!("/v1/instances/{instance}/join"),
+        &headers,
+        body,
+    )
+    .await
+    .unwrap()
+}
+
+fn expect(r: &HttpResponse, status: u16, code: &str, message_part: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    let body: serde_json::Value =
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body));
+    assert_eq!(body["error"], code, "{}", r.body);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(message_part),
+        "{message:?} lacks {message_part:?}"
+    );
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_join_error_is_a_json_error_with_its_status() {
+    let mut config = support::config(1);
+    config.auth = auth(AUDIENCE);
+    config.http.offer_bytes_max = 8 * 1024;
+    let node = support::start(config);
+    support::wait_running(&node, "demo").await;
+    support::create(&node, "tiny", Some(1)).await;
+    let http = node.http_addr;
+    let secret = node.dev_secret.clone().unwrap();
+    let good = |sub: &str, instance: &str| token(&secret, AUDIENCE, sub, instance, now_s());
+    let sdp = "application/sdp";
+
+    // 401: no token, a malformed header, expired, wrong audience, `alg: none`, wrong key.
+    let r = join(http, "demo", None, sdp, offer().into_bytes()).await;
+    expect(&r, 401, "unauthorized", "no token");
+    let r = http_request(
+        http,
+        "POST",
+        "/v1/instances/demo/join",
+        &[("content-type", sdp), ("authorization", "Basic abc")],
+        offer().into_bytes(),
+    )
+    .await
+    .unwrap();
+    expect(&r, 401, "unauthorized", "Bearer");
+    let expired = token(&secret, AUDIENCE, "ann", "demo", now_s() - 3600);
+    let r = join(http, "demo", Some(&expired), sdp, offer().into_bytes()).await;
+    expect(&r, 401, "unauthorized", "expired");
+    let elsewhere = token(&secret, "another-service", "ann", "demo", now_s());
+    let r = join(http, "demo", Some(&elsewhere), sdp, offer().into_bytes()).await;
+    expect(&r, 401, "unauthorized", "aud");
+    let claims = format!(
+        r#"{{"sub":"ann","instance":"demo","iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{}}}"#,
+        now_s() + 600
+    );
+    let unsigned = format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64url(claims.as_bytes())
+    );
+    let r = join(http, "demo", Some(&unsigned), sdp, offer().into_bytes()).await;
+    expect(&r, 401, "unauthorized", "algorithm");
+    let forged = token(
+        "0123456789abcdef0123456789abcdef-wrong",
+        AUDIENCE,
+        "ann",
+        "demo",
+        now_s(),
+    );
+    let r = join(http, "demo", Some(&forged), sdp, offer().into_bytes()).await;
+    expect(&r, 401, "unauthorized", "signature");
+
+    // 403: a token for another instance; a banned user.
+    let r = join(
+        http,
+        "demo",
+        Some(&good("ann", "tiny")),
+        sdp,
+        offer().into_bytes(),
+    )
+    .await;
+    expect(&r, 403, "forbidden", "tiny");
+    lock(node.control())
+        .kick(
+            "demo",
+            "eve",
+            Some(Duration::from_secs(60)),
+            "spam".into(),
+            Instant::now(),
+        )
+        .unwrap();
+    let r = join(
+        http,
+        "demo",
+        Some(&good("eve", "demo")),
+        sdp,
+        offer().into_bytes(),
+    )
+    .await;
+    expect(&r, 403, "banned", "eve");
+
+    // 404: no such instance.
+    let r = join(
+        http,
+        "nope",
+        Some(&good("ann", "nope")),
+        sdp,
+        offer().into_bytes(),
+    )
+    .await;
+    expect(&r, 404, "not_found", "nope");
+
+    // 400: not SDP at all, the wrong content type, SDP the shard cannot accept.
+    let r = join(
+        http,
+        "demo",
+        Some(&good("ann", "demo")),
+        sdp,
+        b"hello".to_vec(),
+    )
+    .await;
+    expect(&r, 400, "bad_offer", "SDP offer");
+    let r = join(
+        http,
+        "demo",
+        Some(&good("ann", "demo")),
+        "text/plain",
+        offer().into_bytes(),
+    )
+    .await;
+    expect(&r, 400, "bad_offer", "Content-Type");
+    let r = join(
+        http,
+        "demo",
+        Some(&good("ann", "demo")),
+        sdp,
+        b"v=0\r\no=- x\r\nm=nonsense\r\n".to_vec(),
+    )
+    .await;
+    expect(&r, 400, "bad_offer", "malformed SDP offer");
+
+    // 413: an offer over http.offer_bytes_max.
+    let mut big = offer().into_bytes();
+    big.resize(8 * 1024 + 1, b'a');
+    let r = join(http, "demo", Some(&good("ann", "demo")), sdp, big).await;
+    expect(&r, 413, "offer_too_large", "8192");
+
+    // 409: `tiny` admits one user; the first join holds the seat.
+    let r = join(
+        http,
+        "tiny",
+        Some(&good("ann", "tiny")),
+        sdp,
+        offer().into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        r.body.starts_with("v=0") && r.body.contains("a=ice-lite"),
+        "{}",
+        r.body
+    );
+    let location = r.location.clone().unwrap();
+    assert!(location.starts_with("/v1/sessions/"), "{location}");
+    let r = join(
+        http,
+        "tiny",
+        Some(&good("bob", "tiny")),
+        sdp,
+        offer().into_bytes(),
+    )
+    .await;
+    expect(&r, 409, "instance_full", "tiny");
+    // Leaving frees the seat (the shard confirms the session's end).
+    let r = http_request(http, "DELETE", &location, &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lock(node.control()).registry.get("tiny").unwrap().seats > 0 {
+        assert!(Instant::now() < deadline, "the seat was never freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = http_request(http, "DELETE", &location, &[], Vec::new())
+        .await
+        .unwrap();
+    expect(&r, 404, "not_found", "session");
+
+    // The refusals are counted by reason.
+    let metrics = http_request(http, "GET", "/metrics", &[], Vec::new())
+        .await
+        .unwrap();
+    for line in [
+        "instanceserver_auth_failures_total{reason=\"missing\"} 1",
+        "instanceserver_auth_failures_total{reason=\"expired\"} 1",
+        "instanceserver_auth_failures_total{reason=\"audience\"} 1",
+        "instanceserver_auth_failures_total{reason=\"algorithm\"} 1",
+        "instanceserver_auth_failures_total{reason=\"signature\"} 1",
+        "instanceserver_auth_failures_total{reason=\"scope\"} 1",
+        "instanceserver_auth_failures_total{reason=\"banned\"} 1",
+        "instanceserver_joins_total{status=\"409\"} 1",
+    ] {
+        assert!(
+            metrics.body.contains(line),
+            "/metrics lacks {line}:\n{}",
+            metrics.body
+        );
+    }
+
+    // 503: a draining node admits nobody.
+    node.drain(Duration::from_secs(5));
+    let r = join(
+        http,
+        "demo",
+        Some(&good("ann", "demo")),
+        sdp,
+        offer().into_bytes(),
+    )
+    .await;
+    expect(&r, 503, "draining", "draining");
+    let health = http_request(http, "GET", "/healthz", &[], Vec::new())
+        .await
+        .unwrap();
+    assert!(health.body.contains("\"draining\""), "{}", health.body);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn joins_beyond_the_per_address_rate_get_429() {
+    let mut config = support::config(1);
+    config.http.joins_per_ip_per_minute = 3;
+    let node = support::start(config);
+    support::wait_running(&node, "demo").await;
+    let secret = node.dev_secret.clone().unwrap();
+    let verifier = Verifier::dev(&AuthConfig::default(), &secret);
+    let mut statuses = Vec::new();
+    for n in 0..4 {
+        let request = TokenRequest {
+            sub: format!("user{n}"),
+            name: None,
+            scope: Scope::Instance("demo".into()),
+            ttl_s: 60,
+        };
+        let t = verifier.issue_hs256(&request, now_s()).unwrap();
+        let r = join(
+            node.http_addr,
+            "demo",
+            Some(&t),
+            "application/sdp",
+            offer().into_bytes(),
+        )
+        .await;
+        statuses.push(r.status);
+        if n == 3 {
+            expect(&r, 429, "rate_limited", "3 joins a minute");
+        }
+    }
+    assert_eq!(statuses, [201, 201, 201, 429]);
+}

@@ -8,5 +8,6 @@
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod harness;
 pub mod node;
 pub mod shard;

@@ -52,6 +52,10 @@ use instance::Instance;
 use peer::{PEER_ADDRS_MAX, Peer, PeerEvent};
 use slab::{Key, Slab};
 
+/// Bytes waiting on a peer's `state` channel above which its snapshot for
+/// this tick is skipped (two full snapshots).
+pub const STATE_BACKLOG_BYTES_MAX: usize = 2 * net::SNAPSHOT_DATAGRAM_BYTES_MAX;
+
 /// How often a shard reports [`Event::Stats`].
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -123,6 +127,10 @@ impl Shard {
 
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -879,6 +887,14 @@ impl Shard {
             if !p.joined {
                 continue;
             }
+            // A snapshot queued behind older ones arrives late and is acked
+            // too late to serve as a baseline: when the transport is backed
+            // up (congestion control after loss), skip this tick's snapshot;
+            // the next one carries everything that changed.
+            if p.state_buffered() > STATE_BACKLOG_BYTES_MAX {
+                *self.metrics.dropped.entry("snapshot_backlog").or_default() += 1;
+                continue;
+            }
             let viewer = p
                 .avatar
                 .and_then(|a| inst.sim.world().transform(a).ok())
@@ -958,18 +974,23 @@ impl Shard {
                 self.by_addr.remove(a);
             }
         }
-        // Let the close (SCTP abort, DTLS close_notify) reach the client.
-        let _ = peer.rtc.close();
+        // Send what was written last (a Kick), then let the close (SCTP
+        // shutdown, DTLS close_notify) reach the client.
         let mut scratch = Vec::new();
-        peer.pump(
-            key,
-            |t| {
-                if self.transmits.len() < self.config.shard.send_queue_len {
-                    self.transmits.push_back(t);
-                }
-            },
-            &mut scratch,
-        );
+        for close in [false, true] {
+            if close {
+                let _ = peer.rtc.close();
+            }
+            peer.pump(
+                key,
+                |t| {
+                    if self.transmits.len() < self.config.shard.send_queue_len {
+                        self.transmits.push_back(t);
+                    }
+                },
+                &mut scratch,
+            );
+        }
         let Some(inst) = self.instances.get_mut(peer.instance) else {
             return;
         };

@@ -121,6 +121,14 @@ impl Peer {
         }
     }
 
+    /// Bytes waiting on the unreliable `state` channel.
+    pub fn state_buffered(&mut self) -> usize {
+        match self.state_channel.and_then(|id| self.rtc.channel(id)) {
+            Some(mut ch) => ch.buffered_amount(),
+            None => 0,
+        }
+    }
+
     /// Which of our channels `id` is.
     pub fn channel_of(&self, id: ChannelId) -> Option<Channel> {
         if Some(id) == self.state_channel {

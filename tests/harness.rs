@@ -1,0 +1,260 @@
+//! The shard's behaviour on a virtual clock and an in-memory network with
+//! loss, delay and reordering (see `instanceserver::harness`). A failure
+//! prints the seed that replays it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use instanceserver::client::{ClientEvent, owned_update};
+use instanceserver::config::Config;
+use instanceserver::harness::{Harness, Network};
+use net::Channel;
+use net::messages::KickReason;
+use state::commands::{Command, EndReason, Event, LeaveReason};
+
+fn joined(h: &Harness, client: usize) -> bool {
+    h.client(client).welcome().is_some() && h.client(client).latest_tick().is_some()
+}
+
+fn left(h: &Harness, reason: LeaveReason) -> usize {
+    h.events
+        .iter()
+        .filter(|e| matches!(e, Event::SessionLeft { reason: r, .. } if *r == reason))
+        .count()
+}
+
+#[test]
+fn clients_join_and_play_over_a_lossy_reordering_network() {
+    let mut h = Harness::new(Config::default(), Network::lossy(), 1);
+    h.create_instance("room", 8);
+    let clients: Vec<usize> = (0..4)
+        .map(|i| h.join("room", &format!("user{i}")).unwrap())
+        .collect();
+    // DTLS and SCTP retransmit on timers of a second or more: give loss time.
+    assert!(
+        h.run_until(Duration::from_secs(30), |h| clients
+            .iter()
+            .all(|&c| joined(h, c))),
+        "not everyone joined over the lossy network: joined {:?}, connect failures {}",
+        clients.iter().map(|&c| joined(&h, c)).collect::<Vec<_>>(),
+        left(&h, LeaveReason::ConnectFailed)
+    );
+    // Client 0 walks 4 m; client 1 sees it arrive despite loss and reordering.
+    let avatar = h.client(0).welcome().unwrap().avatar;
+    // The first snapshots fill the view within the byte budget; wait for the avatar.
+    assert!(h.run_until(Duration::from_secs(10), |h| {
+        h.client(1).position_of(avatar).is_some()
+    }));
+    let start = h.client(1).position_of(avatar).unwrap();
+    let target = engine::Vec3::new(start.x + 4.0, start.y, start.z);
+    let arrived = h.run_until(Duration::from_secs(5), |h| {
+        h.client(1)
+            .position_of(avatar)
+            .is_some_and(|p| (p.x - target.x).abs() < 0.05 && (p.z - target.z).abs() < 0.05)
+    });
+    assert!(!arrived, "nothing was sent yet, so nothing should move");
+    for _ in 0..60 {
+        let now = h.now();
+        h.client_mut(0)
+            .send_input(vec![owned_update(avatar, target)], now)
+            .unwrap();
+        h.run_for(Duration::from_millis(17));
+    }
+    let arrived = h.run_until(Duration::from_secs(10), |h| {
+        h.client(1)
+            .position_of(avatar)
+            .is_some_and(|p| (p.x - target.x).abs() < 0.05 && (p.z - target.z).abs() < 0.05)
+    });
+    let seen = h.client(1).position_of(avatar);
+    assert!(
+        arrived,
+        "client 1 sees {seen:?}, expected {target:?}; shard {:?}",
+        h.shard.metrics()
+    );
+    let (delivered, dropped) = h.network_counts();
+    assert!(
+        dropped > 0 && delivered > 1000,
+        "delivered {delivered} dropped {dropped}"
+    );
+    let joins = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::SessionJoined { .. }))
+        .count();
+    assert_eq!(joins, 4);
+}
+
+#[test]
+fn a_client_that_falls_silent_is_removed_after_the_idle_timeout_and_the_others_are_told() {
+    let mut config = Config::default();
+    config.webrtc.idle_timeout_ms = 3_000;
+    let mut h = Harness::new(config, Network::perfect(), 2);
+    h.create_instance("room", 8);
+    let (a, b) = (
+        h.join("room", "ann").unwrap(),
+        h.join("room", "bob").unwrap(),
+    );
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, a) && joined(h, b)));
+    let ann_index = h.client(a).welcome().unwrap().user_index;
+    h.clients[a].stopped = true;
+    let silent_at = h.elapsed();
+    assert!(
+        h.run_until(Duration::from_secs(10), |h| left(h, LeaveReason::TimedOut)
+            == 1)
+    );
+    let after = h.elapsed() - silent_at;
+    assert!(
+        after >= Duration::from_secs(3) && after < Duration::from_secs(4),
+        "removed after {after:?}"
+    );
+    h.run_for(Duration::from_millis(100));
+    assert!(
+        h.clients[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::PeerLeft { user_index } if *user_index == ann_index))
+    );
+    assert_eq!(h.shard.peers_len(), 1);
+}
+
+#[test]
+fn a_peer_that_never_connects_is_removed_after_the_connect_timeout() {
+    let mut config = Config::default();
+    config.webrtc.connect_timeout_ms = 2_000;
+    let mut h = Harness::new(config, Network::perfect(), 3);
+    h.create_instance("room", 8);
+    let c = h.join("room", "ghost").unwrap();
+    h.clients[c].stopped = true;
+    assert!(h.run_until(Duration::from_secs(5), |h| left(
+        h,
+        LeaveReason::ConnectFailed
+    ) == 1));
+    assert_eq!(h.shard.peers_len(), 0);
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, Event::SessionJoined { .. }))
+    );
+}
+
+#[test]
+fn an_empty_instance_ends_after_its_empty_timeout() {
+    let mut config = Config::default();
+    config.instance.empty_timeout_ms = 5_000;
+    let mut h = Harness::new(config, Network::perfect(), 4);
+    h.create_instance("room", 8);
+    let c = h.join("room", "ann").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, c)));
+    let session = h.clients[c].session_id;
+    h.command(Command::Leave { session });
+    let left_at = h.elapsed();
+    let ended = |h: &Harness| {
+        h.events.iter().any(|e| {
+            matches!(
+                e,
+                Event::InstanceEnded {
+                    reason: EndReason::Empty,
+                    ..
+                }
+            )
+        })
+    };
+    assert!(h.run_until(Duration::from_secs(10), ended));
+    let after = h.elapsed() - left_at;
+    assert!(
+        after >= Duration::from_secs(5) && after < Duration::from_millis(5_100),
+        "ended after {after:?}"
+    );
+    assert_eq!(h.shard.instances_len(), 0);
+}
+
+#[test]
+fn a_peer_sending_garbage_is_kicked_after_the_invalid_message_limit() {
+    let mut config = Config::default();
+    config.instance.invalid_messages_max = 5;
+    let mut h = Harness::new(config, Network::perfect(), 5);
+    h.create_instance("room", 8);
+    let c = h.join("room", "mallory").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, c)));
+    for i in 0..6u8 {
+        let now = h.now();
+        h.client_mut(c)
+            .send_raw(Channel::Actions, &[1, 2, 3, i], now)
+            .unwrap();
+        h.run_for(Duration::from_millis(20));
+    }
+    assert!(h.run_until(Duration::from_secs(2), |h| left(
+        h,
+        LeaveReason::ProtocolViolation
+    ) == 1));
+    h.run_for(Duration::from_millis(200));
+    assert!(
+        h.clients[c].events.iter().any(|e| matches!(
+            e,
+            ClientEvent::Kicked {
+                reason: KickReason::ProtocolViolation,
+                ..
+            }
+        )),
+        "{:?}",
+        h.clients[c].events.iter().rev().take(5).collect::<Vec<_>>()
+    );
+    let m = h.shard.metrics();
+    assert_eq!(m.invalid_messages.get("truncated"), Some(&6));
+}
+
+#[test]
+fn draining_tells_clients_then_ends_their_instance_after_the_grace() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 6);
+    h.create_instance("room", 8);
+    let c = h.join("room", "ann").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, c)));
+    h.command(Command::Drain {
+        grace: Duration::from_secs(2),
+    });
+    h.run_for(Duration::from_millis(100));
+    assert!(
+        h.clients[c]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Draining { grace_ms: 2000 }))
+    );
+    assert!(h.shard.instances_len() == 1, "ended before the grace");
+    let ended = |h: &Harness| {
+        h.events.iter().any(|e| {
+            matches!(
+                e,
+                Event::InstanceEnded {
+                    reason: EndReason::Drained,
+                    ..
+                }
+            )
+        })
+    };
+    assert!(h.run_until(Duration::from_secs(3), ended));
+    h.run_for(Duration::from_millis(100));
+    assert!(h.clients[c].events.iter().any(|e| matches!(
+        e,
+        ClientEvent::Kicked {
+            reason: KickReason::InstanceEnded,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_shard_whose_ticks_run_late_for_seconds_reports_a_stall() {
+    let mut config = Config::default();
+    config.shard.stall_report_ms = 1_000;
+    let mut h = Harness::new(config, Network::perfect(), 7);
+    h.create_instance("room", 8);
+    h.run_for(Duration::from_millis(500));
+    let stalled = |h: &Harness| h.events.iter().any(|e| matches!(e, Event::Stalled { .. }));
+    assert!(!stalled(&h));
+    // The shard only gets the CPU every 100 ms: six ticks late each time.
+    h.run_coarsely(Duration::from_millis(1_500), Duration::from_millis(100));
+    assert!(stalled(&h), "no stall reported");
+    assert_eq!(h.shard.metrics().stalls, 1, "one report per episode");
+    assert!(h.shard.metrics().skipped_ticks > 0);
+}

@@ -445,6 +445,12 @@ impl Config {
         if !(1..=240).contains(&self.instance.tick_hz) {
             return bad("instance.tick_hz must be within 1..=240");
         }
+        if self.instance.cached_actions_max > net::messages::WELCOME_CACHED_ACTIONS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "instance.cached_actions_max must be at most {} (what a Welcome carries)",
+                net::messages::WELCOME_CACHED_ACTIONS_MAX
+            )));
+        }
         if self.instance.max_users == 0 {
             return bad("instance.max_users must be at least 1");
         }

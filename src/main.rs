@@ -1,5 +1,5 @@
 //! The `instanceserver` binary: starts a node (shards, control thread,
-//! HTTP signaling and gRPC control API) and runs it until SIGINT/SIGTERM,
+//! HTTP signaling and gRPC control API) and runs it until SIGINT or SIGTERM,
 //! then drains: clients are told, instances end after the grace period.
 
 use std::path::PathBuf;
@@ -130,11 +130,22 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let sets = settings(args)?;
     let config: Config = config::load(args.config.as_deref(), std::env::vars(), &sets)?;
     if args.print_config {
+        let mut shown = config.clone();
+        if shown.auth.hs256_secret.is_some() {
+            shown.auth.hs256_secret = Some("[redacted]".into());
+        }
         print!(
             "{}",
-            toml::to_string(&config).context("cannot print the configuration")?
+            toml::to_string(&shown).context("cannot print the configuration")?
         );
         return Ok(());
+    }
+    if config.node.dev
+        && (config.auth.hs256_secret.is_some() || !config.auth.public_keys.is_empty())
+    {
+        tracing::warn!(
+            "node.dev is on: the configured auth keys are ignored in favour of a random dev secret"
+        );
     }
     let drain_grace = Duration::from_millis(config.node.drain_grace_ms);
     let node = Node::start(config.clone())?;

@@ -77,6 +77,7 @@ impl Node {
             .collect();
         let shard_addrs = shards.iter().map(|s| (s.bound, s.advertised)).collect();
         let dev = config.node.dev;
+        let node_config = config.clone();
         let config_dev_scene = config.node.dev_scene.clone();
         let shared: Shared = Arc::new(Mutex::new(Control::new(config.clone(), slots, verifier)));
         let pump_shared = shared.clone();
@@ -123,9 +124,9 @@ impl Node {
                 labels: BTreeMap::new(),
                 persistent: true,
             };
-            lock(&node.shared)
-                .create(request)
-                .map_err(|e| NodeError::Control(format!("cannot create the demo instance: {e}")))?;
+            let failed = |e| NodeError::Control(format!("cannot create the demo instance: {e}"));
+            let scene = control::load_scene(&node_config, &request.scene).map_err(failed)?;
+            lock(&node.shared).create(request, scene).map_err(failed)?;
         }
         Ok(node)
     }
@@ -133,6 +134,13 @@ impl Node {
     /// The control state (registry, metrics), for tests and the binary.
     pub fn control(&self) -> &Shared {
         &self.shared
+    }
+
+    /// Datagrams shard `index` has received so far (live, not per second).
+    pub fn datagrams_in(&self, index: usize) -> u64 {
+        self.shards.get(index).map_or(0, |s| {
+            s.datagrams_in.load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// Stops admitting users and ends every instance after `grace`.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use state::registry::{InstanceRecord, RegistryError};
 use tonic::{Request, Response, Status};
 
-use super::{ControlError, CreateRequest, SceneSource, Shared, lock};
+use super::{ControlError, CreateRequest, SceneSource, Shared, load_scene, lock};
 
 /// The generated protobuf types and service traits.
 #[allow(clippy::all, missing_debug_implementations)]
@@ -40,7 +40,9 @@ fn status(e: ControlError) -> Status {
     match e {
         ControlError::Registry(RegistryError::Unknown(_)) => Status::not_found(e.to_string()),
         ControlError::Registry(RegistryError::Exists(_)) => Status::already_exists(e.to_string()),
-        ControlError::Registry(RegistryError::Full(_)) => Status::resource_exhausted(e.to_string()),
+        ControlError::Registry(RegistryError::Full(_) | RegistryError::BansFull(_)) => {
+            Status::resource_exhausted(e.to_string())
+        }
         ControlError::Invalid(_) | ControlError::Scene(_) => {
             Status::invalid_argument(e.to_string())
         }
@@ -85,7 +87,13 @@ impl pb::control_server::Control for ControlService {
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
             persistent: false,
         };
-        let (id, _shard, started) = lock(&self.shared).create(create).map_err(status)?;
+        let config = lock(&self.shared).config.clone();
+        let source = create.scene.clone();
+        let scene = tokio::task::spawn_blocking(move || load_scene(&config, &source))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)?;
+        let (id, _shard, started) = lock(&self.shared).create(create, scene).map_err(status)?;
         match tokio::time::timeout(CREATE_TIMEOUT, started).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(message))) => return Err(Status::invalid_argument(message)),

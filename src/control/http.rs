@@ -158,7 +158,11 @@ async fn join_inner(
             return refusal(refused);
         }
         Ok(Err(_)) | Err(_) => {
-            lock(shared).abandon_session(session);
+            let mut c = lock(shared);
+            // The shard may still admit the peer: tell it the session is gone.
+            let _ = c.send(shard, Command::Leave { session });
+            c.abandon_session(session);
+            drop(c);
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",

@@ -117,7 +117,7 @@ pub struct CreateRequest {
     pub persistent: bool,
 }
 
-/// Longest accepted instance, location or user id.
+/// Longest accepted instance or location id.
 pub const ID_BYTES_MAX: usize = 128;
 
 impl Control {
@@ -181,6 +181,7 @@ impl Control {
     pub fn create(
         &mut self,
         request: CreateRequest,
+        scene: Scene,
     ) -> Result<(String, usize, Started), ControlError> {
         if self.draining {
             return Err(ControlError::Draining);
@@ -206,7 +207,6 @@ impl Control {
             .max_users
             .filter(|&m| m > 0)
             .unwrap_or(self.config.instance.max_users);
-        let scene = self.load_scene(&request.scene)?;
         let shard = self.least_loaded_shard();
         let record = InstanceRecord::new(
             id.clone(),
@@ -232,37 +232,6 @@ impl Control {
         let (tx, rx) = oneshot::channel();
         self.pending_creates.insert(id.clone(), tx);
         Ok((id, shard, rx))
-    }
-
-    fn load_scene(&self, source: &SceneSource) -> Result<Scene, ControlError> {
-        let limits = SceneLimits::default();
-        match source {
-            SceneSource::Demo => Ok(Scene::demo()),
-            SceneSource::Path(path) => Scene::load(path, &limits).map_err(|e| {
-                ControlError::Scene(format!(
-                    "cannot load scene {}: {}",
-                    path.display(),
-                    chain(&e)
-                ))
-            }),
-            SceneSource::Json(text) => Scene::from_json(text.as_bytes(), &limits)
-                .map_err(|e| ControlError::Scene(e.to_string())),
-            SceneSource::File(name) => {
-                let valid = !name.is_empty()
-                    && name.len() <= ID_BYTES_MAX
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                    && !name.starts_with('.');
-                if !valid {
-                    return Err(ControlError::Invalid(format!(
-                        "scene `{name}`: a file name inside node.scene_dir (letters, digits, '-', '_', '.')"
-                    )));
-                }
-                let path = self.config.node.scene_dir.join(name);
-                Scene::load(&path, &limits).map_err(|e| ControlError::Scene(chain(&e)))
-            }
-        }
     }
 
     /// Applies one event from a shard.
@@ -373,9 +342,13 @@ impl Control {
     pub fn drain(&mut self, grace: Duration) -> usize {
         self.draining = true;
         self.registry.drain_all();
-        for i in 0..self.shards.len() {
-            if let Err(e) = self.send(i, Command::Drain { grace }) {
-                tracing::error!("drain: {e}");
+        for (i, slot) in self.shards.iter().enumerate() {
+            // A drain must not be lost to a momentarily full queue.
+            if let Err(e) = slot
+                .commands
+                .send_timeout(Command::Drain { grace }, Duration::from_secs(1))
+            {
+                tracing::error!(shard = i, "drain not delivered: {e}");
             }
         }
         self.registry.len()
@@ -411,7 +384,7 @@ impl Control {
             .ok_or_else(|| RegistryError::Unknown(instance_id.to_string()))?
             .shard;
         if let Some(ban) = ban {
-            self.registry.ban(instance_id, user_id, now + ban, now);
+            self.registry.ban(instance_id, user_id, now + ban, now)?;
         }
         let sessions = self.registry.sessions_of(instance_id, user_id);
         self.send(
@@ -424,6 +397,39 @@ impl Control {
             },
         )?;
         Ok(sessions)
+    }
+}
+
+/// Reads and validates a scene. Call it outside the control lock (and off
+/// the control thread for files): parsing a large scene takes a while.
+pub fn load_scene(config: &Config, source: &SceneSource) -> Result<Scene, ControlError> {
+    let limits = SceneLimits::default();
+    match source {
+        SceneSource::Demo => Ok(Scene::demo()),
+        SceneSource::Path(path) => Scene::load(path, &limits).map_err(|e| {
+            ControlError::Scene(format!(
+                "cannot load scene {}: {}",
+                path.display(),
+                chain(&e)
+            ))
+        }),
+        SceneSource::Json(text) => Scene::from_json(text.as_bytes(), &limits)
+            .map_err(|e| ControlError::Scene(e.to_string())),
+        SceneSource::File(name) => {
+            let valid = !name.is_empty()
+                && name.len() <= ID_BYTES_MAX
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && !name.starts_with('.');
+            if !valid {
+                return Err(ControlError::Invalid(format!(
+                    "scene `{name}`: a file name inside node.scene_dir (letters, digits, '-', '_', '.')"
+                )));
+            }
+            let path = config.node.scene_dir.join(name);
+            Scene::load(&path, &limits).map_err(|e| ControlError::Scene(chain(&e)))
+        }
     }
 }
 

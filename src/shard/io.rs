@@ -3,6 +3,8 @@
 //! timestamps; every decision is the shard's.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,9 @@ pub struct ShardHandle {
     pub advertised: SocketAddr,
     pub commands: Sender<Command>,
     pub thread: JoinHandle<()>,
+    /// Datagrams the shard's socket received, updated as they arrive (the
+    /// per-second `Stats` event is too coarse for throughput benchmarks).
+    pub datagrams_in: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,8 @@ pub fn spawn(
         Placement::Unbound
     };
     let shard_config = config.clone();
+    let datagrams_in = Arc::new(AtomicU64::new(0));
+    let counter = datagrams_in.clone();
     let builder = LocalExecutorBuilder::new(placement)
         .name(&format!("shard-{index}"))
         .io_memory(config.shard.io_memory_bytes)
@@ -88,7 +95,7 @@ pub fn spawn(
             let _ = ready_tx.send(Ok((bound, advertised)));
             let seed = rand::random::<u64>();
             let shard = Shard::new(index, shard_config, advertised, seed, Instant::now());
-            run(shard, socket, commands_rx, events).await;
+            run(shard, socket, commands_rx, events, counter).await;
         })
         .map_err(|e| ShardStartError::Executor {
             index,
@@ -112,6 +119,7 @@ pub fn spawn(
             advertised,
             commands: commands_tx,
             thread,
+            datagrams_in,
         }),
         Ok(Err(message)) => Err(ShardStartError::Bind {
             index,
@@ -139,6 +147,7 @@ async fn run(
     socket: glommio::net::UdpSocket,
     commands: Receiver<Command>,
     events: Sender<Event>,
+    datagrams_in: Arc<AtomicU64>,
 ) {
     // One byte more than the limit, so a longer datagram shows as filling it.
     let mut buf = vec![0u8; shard.config.shard.datagram_bytes_max + 1];
@@ -163,7 +172,11 @@ async fn run(
                 // After the first datagram, only take what is already queued.
                 let _ = socket.set_read_timeout(Some(Duration::from_micros(1)));
             }
-            match socket.recv_from(&mut buf).await {
+            let received = socket.recv_from(&mut buf).await;
+            if received.is_ok() {
+                datagrams_in.fetch_add(1, Ordering::Relaxed);
+            }
+            match received {
                 Ok((n, source)) if n < buf.len() => {
                     shard.handle_datagram(source, &buf[..n], Instant::now());
                 }

@@ -720,7 +720,8 @@ impl Shard {
             }
             Outcome::Broadcast(action) => {
                 let target = action.target;
-                if action.cached {
+                // Only actions for everyone are replayed to late joiners.
+                if action.cached && target == Target::Everyone {
                     inst.cache(action.clone());
                 }
                 let peers = inst.peers.clone();

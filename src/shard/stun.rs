@@ -6,7 +6,7 @@
 const HEADER_LEN: usize = 20;
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const ATTR_USERNAME: u16 = 0x0006;
-/// RFC 8489 caps USERNAME at 509 bytes.
+/// RFC 8489 caps USERNAME below 513 bytes.
 const USERNAME_BYTES_MAX: usize = 513;
 
 /// Whether `datagram` looks like STUN: first byte 0..=3 (RFC 7983 demux) and the magic cookie.

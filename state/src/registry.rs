@@ -88,6 +88,8 @@ pub enum RegistryError {
     InstanceFull(String),
     #[error("instance {0} is draining")]
     Draining(String),
+    #[error("{0} bans are in force, the most the node keeps")]
+    BansFull(usize),
 }
 
 /// Instances, sessions and bans of the node.
@@ -228,15 +230,24 @@ impl Registry {
         self.sessions.len()
     }
 
-    /// Bans `user_id` from `instance_id` until `until`.
-    pub fn ban(&mut self, instance_id: &str, user_id: &str, until: Instant, now: Instant) {
-        if self.bans.len() >= BANS_MAX {
+    /// Bans `user_id` from `instance_id` until `until`. Fails when
+    /// [`BANS_MAX`] bans are in force.
+    pub fn ban(
+        &mut self,
+        instance_id: &str,
+        user_id: &str,
+        until: Instant,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        let key = (instance_id.to_string(), user_id.to_string());
+        if self.bans.len() >= BANS_MAX && !self.bans.contains_key(&key) {
             self.bans.retain(|_, t| *t > now);
+            if self.bans.len() >= BANS_MAX {
+                return Err(RegistryError::BansFull(BANS_MAX));
+            }
         }
-        if self.bans.len() < BANS_MAX {
-            self.bans
-                .insert((instance_id.to_string(), user_id.to_string()), until);
-        }
+        self.bans.insert(key, until);
+        Ok(())
     }
 
     pub fn is_banned(&self, instance_id: &str, user_id: &str, now: Instant) -> bool {

@@ -33,14 +33,17 @@ pub fn start(config: Config) -> Node {
 /// Creates an instance of the demo scene and waits until it runs.
 pub async fn create(node: &Node, id: &str, max_users: Option<u32>) -> usize {
     let (_, shard, started) = lock(node.control())
-        .create(CreateRequest {
-            instance_id: Some(id.into()),
-            location_id: format!("loc-{id}"),
-            scene: SceneSource::Demo,
-            max_users,
-            labels: BTreeMap::new(),
-            persistent: false,
-        })
+        .create(
+            CreateRequest {
+                instance_id: Some(id.into()),
+                location_id: format!("loc-{id}"),
+                scene: SceneSource::Demo,
+                max_users,
+                labels: BTreeMap::new(),
+                persistent: false,
+            },
+            engine::Scene::demo(),
+        )
         .expect("create accepted");
     tokio::time::timeout(Duration::from_secs(20), started)
         .await

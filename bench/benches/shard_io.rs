@@ -1,0 +1,147 @@
+//! Datagrams per second through a shard's io_uring UDP socket.
+//!
+//! - `unknown_source`: datagrams from an address no peer has (the demux
+//!   drop path: recv, one hash lookup, a STUN check, counted and dropped).
+//!   This is the ceiling of the socket loop itself.
+//! - `connected_inputs`: `Input` frames from connected WebRTC clients (the
+//!   full path: recv, demux by address, DTLS decrypt, SCTP, frame decode and
+//!   validation, input handling), while the instance ticks at 60 Hz and
+//!   sends every client its snapshots.
+//!
+//! Each iteration sends datagrams and waits until the shard has received
+//! them (its live `datagrams_in` counter, which also counts the clients'
+//! SCTP acknowledgements and ICE consent checks in `connected_inputs`);
+//! criterion reports datagrams per second. One shard, loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use instanceserver::client::{Client, ClientEvent, dev_token};
+use instanceserver::config::Config;
+use instanceserver::node::Node;
+
+const BATCH: u64 = 2_048;
+/// Datagrams in flight at most (well inside the default socket buffer).
+const WINDOW: u64 = 256;
+
+fn node() -> Node {
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.grpc.enabled = false;
+    c.webrtc.udp_port_base = 0;
+    c.node.shards = 1;
+    Node::start(c).unwrap()
+}
+
+/// Waits until shard 0 has received `target` datagrams (or 10 s pass).
+fn wait_for(node: &Node, target: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.datagrams_in(0) < target {
+        assert!(Instant::now() < deadline, "the shard stopped receiving");
+        std::hint::spin_loop();
+    }
+}
+
+fn unknown_source(c: &mut Criterion) {
+    let node = node();
+    let shard = node.shard_addrs[0].0;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let payload = [0x17u8; 100]; // a DTLS application-data record header and noise
+    let mut group = c.benchmark_group("shard_socket");
+    group.throughput(Throughput::Elements(BATCH));
+    group.bench_function("unknown_source", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                // Loopback drops datagrams when the receive buffer is full:
+                // send windows of WINDOW and wait for the shard to take them.
+                let base = node.datagrams_in(0);
+                let mut sent = 0;
+                while sent < BATCH {
+                    let chunk = WINDOW.min(BATCH - sent);
+                    for _ in 0..chunk {
+                        socket.send_to(&payload, shard).unwrap();
+                    }
+                    sent += chunk;
+                    wait_for(&node, base + sent);
+                }
+            }
+            start.elapsed()
+        })
+    });
+    group.finish();
+}
+
+fn connected_inputs(c: &mut Criterion) {
+    let node = node();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = node.http_addr;
+    let clients_len = 8;
+    let mut clients: Vec<Client> = runtime.block_on(async {
+        let mut clients = Vec::new();
+        for i in 0..clients_len {
+            let token = dev_token(http, &format!("bot{i}"), "demo").await.unwrap();
+            clients.push(Client::join(http, "demo", &token).await.unwrap());
+        }
+        for c in clients.iter_mut() {
+            let ok = c
+                .run_until(Duration::from_secs(20), |s, e| {
+                    matches!(e, ClientEvent::Snapshot { .. }) && s.welcome().is_some()
+                })
+                .await
+                .unwrap();
+            assert!(ok);
+        }
+        clients
+    });
+    let avatars: Vec<u32> = clients
+        .iter_mut()
+        .map(|c| c.session().welcome().unwrap().avatar)
+        .collect();
+    let mut group = c.benchmark_group("shard_socket");
+    let per_iter = 256u64;
+    group.throughput(Throughput::Elements(per_iter));
+    group.bench_function("connected_inputs", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let before = node.datagrams_in(0);
+                    for n in 0..per_iter as usize {
+                        let i = n % clients_len;
+                        let pos = engine::Vec3::new(0.0, 1.0, 8.0);
+                        let update = instanceserver::client::owned_update(avatars[i], pos);
+                        let now = Instant::now();
+                        clients[i].session().send_input(vec![update], now).unwrap();
+                        clients[i].flush().await.unwrap();
+                    }
+                    // Keep the clients' own receive side moving (snapshots, SACKs).
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while node.datagrams_in(0) < before + per_iter {
+                        assert!(Instant::now() < deadline, "inputs were lost");
+                        for c in clients.iter_mut() {
+                            c.run_until(Duration::from_micros(50), |_, _| false)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5));
+    targets = unknown_source, connected_inputs
+}
+criterion_main!(benches);

@@ -187,7 +187,35 @@ async fn fifty_clients_on_ten_instances_on_two_shards_receive_snapshots_at_the_t
         "a client got only {:.0}% of the snapshots",
         rates[0] * 100.0
     );
-    let c = lock(node.control());
-    let users: u32 = c.registry.instances().map(|r| r.users).sum();
-    assert_eq!(users, 50);
+    {
+        let c = lock(node.control());
+        let users: u32 = c.registry.instances().map(|r| r.users).sum();
+        assert_eq!(users, 50);
+    }
+    // The shards' figures reach /metrics (within a stats period).
+    let metrics = instanceserver::client::http_request(http, "GET", "/metrics", &[], Vec::new())
+        .await
+        .unwrap()
+        .body;
+    let peers: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("instanceserver_shard_peers{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(peers, 50, "{metrics}");
+    let excerpt: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.starts_with("instanceserver_instances ")
+                    || l.starts_with("instanceserver_shard_")
+                    || l.starts_with("instanceserver_packets_")
+                    || l.starts_with("instanceserver_bytes_")
+                    || l.starts_with("instanceserver_snapshot")
+                    || l.contains("tick_duration_seconds_bucket{shard=\"0\",le=\"0.001\"")
+                    || l.contains("tick_duration_seconds_count")
+                    || l.starts_with("instanceserver_joins_total"))
+        })
+        .collect();
+    eprintln!("/metrics excerpt:\n{}", excerpt.join("\n"));
 }

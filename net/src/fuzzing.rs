@@ -138,3 +138,12 @@ pub fn instance_inputs(data: &[u8]) {
         }
     }
 }
+
+/// The STUN USERNAME extraction of the shard's demux. Whatever it returns
+/// must be a part of the datagram without a colon.
+pub fn stun_username(data: &[u8]) {
+    if let Some(ufrag) = crate::stun::local_ufrag(data) {
+        assert!(!ufrag.contains(':'));
+        assert!(ufrag.len() < data.len());
+    }
+}

@@ -30,6 +30,7 @@ pub mod input;
 pub mod messages;
 pub mod quant;
 pub mod snapshot;
+pub mod stun;
 
 pub use codec::{ClientMessage, Decoder, Encoder, ServerMessage};
 pub use error::ProtocolError;

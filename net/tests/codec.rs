@@ -334,7 +334,8 @@ fn misaligned_input_is_copied_and_decoded() {
 fn fuzz_corpora_replay_without_panics() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     type Target = fn(&[u8]);
-    let targets: [(&str, Target); 3] = [
+    let targets: [(&str, Target); 4] = [
+        ("stun_username", net::fuzzing::stun_username),
         ("frame_header", net::fuzzing::frame_header),
         ("client_message", net::fuzzing::client_message),
         ("server_message", net::fuzzing::server_message),

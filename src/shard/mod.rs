@@ -22,7 +22,6 @@ pub mod instance;
 pub mod io;
 pub mod peer;
 pub mod slab;
-pub mod stun;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -195,7 +194,7 @@ impl Shard {
         self.metrics.bytes_in += datagram.len() as u64;
         let key = match self.by_addr.get(&source) {
             Some(&key) => key,
-            None => match stun::local_ufrag(datagram).and_then(|u| self.by_ufrag.get(u)) {
+            None => match net::stun::local_ufrag(datagram).and_then(|u| self.by_ufrag.get(u)) {
                 Some(&key) => key,
                 None => return self.drop_datagram("unknown_source"),
             },

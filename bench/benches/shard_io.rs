@@ -15,7 +15,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -36,41 +38,53 @@ fn node() -> Node {
     Node::start(c).unwrap()
 }
 
-/// Waits until shard 0 has received `target` datagrams (or 10 s pass).
-fn wait_for(node: &Node, target: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.datagrams_in(0) < target {
-        assert!(Instant::now() < deadline, "the shard stopped receiving");
-        std::hint::spin_loop();
+/// Sends `iters` batches to `to`, in windows the receiver must take before
+/// the next (loopback drops datagrams when the receive buffer is full).
+fn blast(iters: u64, to: SocketAddr, received: impl Fn() -> u64) -> Duration {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let payload = [0x17u8; 100]; // a DTLS application-data record header and noise
+    let start = Instant::now();
+    for _ in 0..iters {
+        let base = received();
+        let mut sent = 0;
+        while sent < BATCH {
+            let chunk = WINDOW.min(BATCH - sent);
+            for _ in 0..chunk {
+                socket.send_to(&payload, to).unwrap();
+            }
+            sent += chunk;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while received() < base + sent {
+                assert!(Instant::now() < deadline, "the receiver stopped receiving");
+                std::hint::spin_loop();
+            }
+        }
     }
+    start.elapsed()
 }
 
 fn unknown_source(c: &mut Criterion) {
     let node = node();
     let shard = node.shard_addrs[0].0;
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let payload = [0x17u8; 100]; // a DTLS application-data record header and noise
+    // Baseline in the same run: a blocking std socket on a plain thread that
+    // only counts what it receives.
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let raw_count = Arc::new(AtomicU64::new(0));
+    let counter = raw_count.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while raw.recv_from(&mut buf).is_ok() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
     let mut group = c.benchmark_group("shard_socket");
     group.throughput(Throughput::Elements(BATCH));
+    group.bench_function("baseline_std_recv_loop", |b| {
+        b.iter_custom(|iters| blast(iters, raw_addr, || raw_count.load(Ordering::Relaxed)))
+    });
     group.bench_function("unknown_source", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                // Loopback drops datagrams when the receive buffer is full:
-                // send windows of WINDOW and wait for the shard to take them.
-                let base = node.datagrams_in(0);
-                let mut sent = 0;
-                while sent < BATCH {
-                    let chunk = WINDOW.min(BATCH - sent);
-                    for _ in 0..chunk {
-                        socket.send_to(&payload, shard).unwrap();
-                    }
-                    sent += chunk;
-                    wait_for(&node, base + sent);
-                }
-            }
-            start.elapsed()
-        })
+        b.iter_custom(|iters| blast(iters, shard, || node.datagrams_in(0)))
     });
     group.finish();
 }

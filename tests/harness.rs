@@ -26,14 +26,17 @@ fn left(h: &Harness, reason: LeaveReason) -> usize {
 
 #[test]
 fn clients_join_and_play_over_a_lossy_reordering_network() {
-    let mut h = Harness::new(Config::default(), Network::lossy(), 1);
+    // DTLS retransmits a lost flight after 1, 2, 4, 8 s...: at 5% loss a
+    // handshake now and then needs longer than the default connect timeout.
+    let mut config = Config::default();
+    config.webrtc.connect_timeout_ms = 40_000;
+    let mut h = Harness::new(config, Network::lossy(), 1);
     h.create_instance("room", 8);
     let clients: Vec<usize> = (0..4)
         .map(|i| h.join("room", &format!("user{i}")).unwrap())
         .collect();
-    // DTLS and SCTP retransmit on timers of a second or more: give loss time.
     assert!(
-        h.run_until(Duration::from_secs(30), |h| clients
+        h.run_until(Duration::from_secs(40), |h| clients
             .iter()
             .all(|&c| joined(h, c))),
         "not everyone joined over the lossy network: joined {:?}, connect failures {}",

@@ -822,14 +822,7 @@ impl Shard {
                     self.config.instance.invalid_messages_max
                 ),
             };
-            let _ = peer.send(
-                &mut self.encoder,
-                Channel::Actions,
-                MessageKind::Kick,
-                0,
-                &kick,
-            );
-            self.remove_peer(key, LeaveReason::ProtocolViolation, now);
+            self.kick(key, &kick, 0, LeaveReason::ProtocolViolation, now);
         }
     }
 
@@ -1076,18 +1069,25 @@ impl Shard {
                 .collect(),
         };
         for k in targets {
-            if let Some(p) = self.peers.get_mut(k) {
-                let _ = p.send(
-                    &mut self.encoder,
-                    Channel::Actions,
-                    MessageKind::Kick,
-                    tick,
-                    &kick,
-                );
-            }
-            self.pump(k, &mut Vec::new(), now);
-            self.remove_peer(k, LeaveReason::Kicked, now);
+            self.kick(k, &kick, tick, LeaveReason::Kicked, now);
         }
+    }
+
+    /// Tells a joined peer why it is being removed, then removes it (the
+    /// removal sends what was written before it closes the connection).
+    fn kick(&mut self, key: Key, kick: &Kick, tick: u32, reason: LeaveReason, now: Instant) {
+        if let Some(p) = self.peers.get_mut(key)
+            && p.joined
+        {
+            let _ = p.send(
+                &mut self.encoder,
+                Channel::Actions,
+                MessageKind::Kick,
+                tick,
+                kick,
+            );
+        }
+        self.remove_peer(key, reason, now);
     }
 
     fn end_instance(&mut self, key: Key, reason: EndReason, now: Instant) {
@@ -1101,19 +1101,7 @@ impl Shard {
             message: "the instance ended".into(),
         };
         for k in peers {
-            if let Some(p) = self.peers.get_mut(k)
-                && p.joined
-            {
-                let _ = p.send(
-                    &mut self.encoder,
-                    Channel::Actions,
-                    MessageKind::Kick,
-                    tick,
-                    &kick,
-                );
-                self.pump(k, &mut Vec::new(), now);
-            }
-            self.remove_peer(k, LeaveReason::InstanceEnded, now);
+            self.kick(k, &kick, tick, LeaveReason::InstanceEnded, now);
         }
         if let Some(inst) = self.instances.remove(key) {
             self.instance_ids.remove(&inst.id);

@@ -261,3 +261,21 @@ fn a_shard_whose_ticks_run_late_for_seconds_reports_a_stall() {
     assert_eq!(h.shard.metrics().stalls, 1, "one report per episode");
     assert!(h.shard.metrics().skipped_ticks > 0);
 }
+
+#[test]
+fn draining_ends_an_empty_instance_at_once() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 8);
+    h.create_instance("room", 8);
+    h.run_for(Duration::from_millis(100));
+    h.command(Command::Drain {
+        grace: Duration::from_secs(10),
+    });
+    assert_eq!(h.shard.instances_len(), 0);
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::InstanceEnded {
+            reason: EndReason::Drained,
+            ..
+        }
+    )));
+}

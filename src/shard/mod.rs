@@ -1120,6 +1120,11 @@ impl Shard {
             let Some(inst) = self.instances.get_mut(key) else {
                 continue;
             };
+            // Nobody to warn: an empty instance ends at once.
+            if inst.peers.is_empty() {
+                self.end_instance(key, EndReason::Drained, now);
+                continue;
+            }
             inst.drain_until = Some(now + grace);
             let tick = inst.sim.world().tick().0;
             let peers = inst.peers.clone();

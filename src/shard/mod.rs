@@ -29,10 +29,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use engine::{NetworkId, UserIndex};
-use net::input::{InputLimits, Outcome, PeerInput};
+use net::input::{InputLimits, Outcome};
 use net::messages::{
-    Draining, Kick, KickReason, OwnershipChanged, PeerJoined, PeerLeft, Target, VersionMismatch,
-    Welcome,
+    Draining, Kick, KickReason, OwnershipChanged, PeerLeft, Target, VersionMismatch, Welcome,
 };
 use net::snapshot::{ClientSnapshots, SnapshotConfig};
 use net::{Channel, ClientMessage, Decoder, Encoder, MessageKind, ProtocolError};
@@ -51,9 +50,7 @@ use instance::Instance;
 use peer::{PEER_ADDRS_MAX, Peer, PeerEvent};
 use slab::{Key, Slab};
 
-/// Bytes waiting on a peer's `state` channel above which its snapshot for
-/// this tick is skipped (two full snapshots).
-pub const STATE_BACKLOG_BYTES_MAX: usize = 2 * net::SNAPSHOT_DATAGRAM_BYTES_MAX;
+pub use peer::STATE_BACKLOG_BYTES_MAX;
 
 /// How often a shard reports [`Event::Stats`].
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -484,38 +481,12 @@ impl Shard {
         let inst = self.instances.get_mut(inst_key).expect("checked above");
         let user = UserIndex(inst.next_user_index);
         inst.next_user_index += 1;
-        let per_second = self.config.instance.actions_per_second_max as f32;
         let limits = InputLimits {
             owned_speed_max_mps: self.config.instance.owned_speed_max_mps,
             ..InputLimits::default()
         };
-        let peer = Peer {
-            rtc,
-            session: request.session,
-            instance: inst_key,
-            user_id: request.user_id.clone(),
-            name: request.name.clone(),
-            user,
-            ufrag: ufrag.clone(),
-            addrs: Vec::with_capacity(PEER_ADDRS_MAX),
-            state_channel: None,
-            actions_channel: None,
-            joined: false,
-            avatar: None,
-            input: PeerInput::new(user, limits),
-            snapshots: None,
-            state_sequence: 0,
-            actions_sequence: 0,
-            invalid_messages: 0,
-            action_tokens: per_second,
-            action_tokens_at: now,
-            created: now,
-            last_heard: now,
-            rtc_wake: now,
-            scheduled: None,
-            leaving: None,
-            dirty: false,
-        };
+        let peer = Peer::new(rtc, request, inst_key, user, ufrag.clone(), limits, now)
+            .with_action_burst(self.config.instance.actions_per_second_max);
         let key = self.peers.insert(peer);
         inst.peers.push(key);
         inst.empty_since = None;
@@ -604,60 +575,10 @@ impl Shard {
         peer.avatar = Some(avatar);
         peer.last_heard = now;
         peer.snapshots = Some(Box::new(ClientSnapshots::new(snapshot_config)));
-        // A long cache may not fit one Welcome frame: keep the newest that fit.
-        while let Err(e) = peer.send(
-            &mut self.encoder,
-            Channel::Actions,
-            MessageKind::Welcome,
-            tick,
-            &welcome,
-        ) {
-            if welcome.cached_actions.is_empty() {
-                tracing::warn!(session = peer.session, "cannot send Welcome: {e}");
-                break;
-            }
-            let half = welcome.cached_actions.len() / 2;
-            welcome
-                .cached_actions
-                .drain(..=half.min(welcome.cached_actions.len() - 1));
-        }
-        let joined_msg = PeerJoined {
-            user_index: user.0,
-            user_id: peer.user_id.clone(),
-            name: peer.name.clone(),
-        };
+        peer.send_welcome(&mut self.encoder, tick, &mut welcome);
         let session = peer.session;
         let user_id = peer.user_id.clone();
-        for other in others {
-            let Some(o) = self.peers.get_mut(other) else {
-                continue;
-            };
-            if !o.joined {
-                continue;
-            }
-            let theirs = PeerJoined {
-                user_index: o.user.0,
-                user_id: o.user_id.clone(),
-                name: o.name.clone(),
-            };
-            let _ = o.send(
-                &mut self.encoder,
-                Channel::Actions,
-                MessageKind::PeerJoined,
-                tick,
-                &joined_msg,
-            );
-            self.mark_dirty(other);
-            if let Some(p) = self.peers.get_mut(key) {
-                let _ = p.send(
-                    &mut self.encoder,
-                    Channel::Actions,
-                    MessageKind::PeerJoined,
-                    tick,
-                    &theirs,
-                );
-            }
-        }
+        self.introduce(key, &others, tick);
         self.mark_dirty(key);
         let instance_id = self
             .instances
@@ -670,6 +591,39 @@ impl Shard {
             session,
             user_id,
         });
+    }
+
+    /// Tells the joined `others` about the newcomer `key`, and it about them.
+    fn introduce(&mut self, key: Key, others: &[Key], tick: u32) {
+        let Some(newcomer) = self.peers.get(key).map(Peer::announcement) else {
+            return;
+        };
+        for &other in others {
+            let Some(o) = self.peers.get_mut(other) else {
+                continue;
+            };
+            if !o.joined {
+                continue;
+            }
+            let theirs = o.announcement();
+            let _ = o.send(
+                &mut self.encoder,
+                Channel::Actions,
+                MessageKind::PeerJoined,
+                tick,
+                &newcomer,
+            );
+            self.mark_dirty(other);
+            if let Some(p) = self.peers.get_mut(key) {
+                let _ = p.send(
+                    &mut self.encoder,
+                    Channel::Actions,
+                    MessageKind::PeerJoined,
+                    tick,
+                    &theirs,
+                );
+            }
+        }
     }
 
     fn handle_message(&mut self, key: Key, channel: Channel, data: &[u8], now: Instant) {
@@ -880,42 +834,12 @@ impl Shard {
             if !p.joined {
                 continue;
             }
-            // A snapshot queued behind older ones arrives late and is acked
-            // too late to serve as a baseline: when the transport is backed
-            // up (congestion control after loss), skip this tick's snapshot;
-            // the next one carries everything that changed.
-            if p.state_buffered() > STATE_BACKLOG_BYTES_MAX {
-                *self.metrics.dropped.entry("snapshot_backlog").or_default() += 1;
-                continue;
-            }
-            let viewer = p
-                .avatar
-                .and_then(|a| inst.sim.world().transform(a).ok())
-                .map(|t| t.position)
-                .unwrap_or_default();
-            let sequence = p.state_sequence.wrapping_add(1);
-            let Some(snapshots) = p.snapshots.as_deref_mut() else {
-                continue;
-            };
-            let bytes = match snapshots.encode(&inst.frame, viewer, sequence) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(session = p.session, "snapshot encode failed: {e}");
-                    continue;
+            match p.send_snapshot(inst) {
+                Ok(len) => {
+                    self.metrics.snapshots_sent += 1;
+                    self.metrics.snapshot_bytes += len as u64;
                 }
-            };
-            let len = bytes.len();
-            // The encoder's buffer lives in `snapshots`; copy-free write.
-            let id = p.state_channel;
-            let written = id
-                .and_then(|id| p.rtc.channel(id))
-                .map(|mut ch| ch.write(true, bytes));
-            p.state_sequence = sequence;
-            if let Some(Ok(true)) = written {
-                self.metrics.snapshots_sent += 1;
-                self.metrics.snapshot_bytes += len as u64;
-            } else {
-                *self.metrics.dropped.entry("snapshot_refused").or_default() += 1;
+                Err(reason) => *self.metrics.dropped.entry(reason).or_default() += 1,
             }
             if !p.dirty {
                 p.dirty = true;

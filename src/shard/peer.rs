@@ -6,16 +6,22 @@ use std::time::Instant;
 
 use engine::{EntityId, UserIndex};
 use net::codec::FrameSerializer;
-use net::input::PeerInput;
+use net::input::{InputLimits, PeerInput};
+use net::messages::{PeerJoined, Welcome};
 use net::snapshot::ClientSnapshots;
 use net::{Channel, Encoder, MessageKind, ProtocolError};
 use rkyv::Serialize;
-use state::commands::{LeaveReason, SessionId};
+use state::commands::{JoinRequest, LeaveReason, SessionId};
 use str0m::channel::ChannelId;
 use str0m::net::Transmit;
 use str0m::{Event, Output, Rtc};
 
+use super::instance::Instance;
 use super::slab::Key;
+
+/// Bytes waiting on a peer's `state` channel above which its snapshot for
+/// a tick is skipped (two full snapshots).
+pub const STATE_BACKLOG_BYTES_MAX: usize = 2 * net::SNAPSHOT_DATAGRAM_BYTES_MAX;
 
 /// Remote addresses remembered per peer (ICE may try several candidates).
 pub const PEER_ADDRS_MAX: usize = 4;
@@ -77,6 +83,51 @@ pub enum SendError {
 }
 
 impl Peer {
+    /// A peer whose offer was just accepted; it joins when both channels open.
+    pub fn new(
+        rtc: Rtc,
+        request: &JoinRequest,
+        instance: Key,
+        user: UserIndex,
+        ufrag: String,
+        limits: InputLimits,
+        now: Instant,
+    ) -> Peer {
+        Peer {
+            rtc,
+            session: request.session,
+            instance,
+            user_id: request.user_id.clone(),
+            name: request.name.clone(),
+            user,
+            ufrag,
+            addrs: Vec::with_capacity(PEER_ADDRS_MAX),
+            state_channel: None,
+            actions_channel: None,
+            joined: false,
+            avatar: None,
+            input: PeerInput::new(user, limits),
+            snapshots: None,
+            state_sequence: 0,
+            actions_sequence: 0,
+            invalid_messages: 0,
+            action_tokens: 0.0,
+            action_tokens_at: now,
+            created: now,
+            last_heard: now,
+            rtc_wake: now,
+            scheduled: None,
+            leaving: None,
+            dirty: false,
+        }
+    }
+
+    /// Starts the action bucket full: `per_second` actions may come at once.
+    pub fn with_action_burst(mut self, per_second: u32) -> Peer {
+        self.action_tokens = per_second as f32;
+        self
+    }
+
     /// Encodes and writes one frame on `channel`.
     pub fn send<T>(
         &mut self,
@@ -118,6 +169,72 @@ impl Peer {
         match self.actions_channel.and_then(|id| self.rtc.channel(id)) {
             Some(mut ch) => ch.buffered_amount(),
             None => 0,
+        }
+    }
+
+    /// Sends the `Welcome`. A long action cache may not fit one frame: the
+    /// oldest half is left out until it fits.
+    pub fn send_welcome(&mut self, encoder: &mut Encoder, tick: u32, welcome: &mut Welcome) {
+        while let Err(e) = self.send(
+            encoder,
+            Channel::Actions,
+            MessageKind::Welcome,
+            tick,
+            &*welcome,
+        ) {
+            if welcome.cached_actions.is_empty() {
+                tracing::warn!(session = self.session, "cannot send Welcome: {e}");
+                return;
+            }
+            let half = welcome.cached_actions.len() / 2;
+            welcome
+                .cached_actions
+                .drain(..=half.min(welcome.cached_actions.len() - 1));
+        }
+    }
+
+    /// Who this peer is, as told to the others.
+    pub fn announcement(&self) -> PeerJoined {
+        PeerJoined {
+            user_index: self.user.0,
+            user_id: self.user_id.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Encodes this tick's snapshot of `inst` for this peer and writes it on
+    /// `state`; returns its bytes, or why nothing was sent (a metrics label).
+    pub fn send_snapshot(&mut self, inst: &Instance) -> Result<usize, &'static str> {
+        // A snapshot queued behind older ones arrives late and is acked too
+        // late to serve as a baseline: while the transport is backed up
+        // (congestion control after loss), skip this tick's snapshot; the
+        // next one carries everything that changed.
+        if self.state_buffered() > STATE_BACKLOG_BYTES_MAX {
+            return Err("snapshot_backlog");
+        }
+        let viewer = self
+            .avatar
+            .and_then(|a| inst.sim.world().transform(a).ok())
+            .map(|t| t.position)
+            .unwrap_or_default();
+        let sequence = self.state_sequence.wrapping_add(1);
+        let snapshots = self.snapshots.as_deref_mut().ok_or("snapshot_not_joined")?;
+        let bytes = snapshots
+            .encode(&inst.frame, viewer, sequence)
+            .map_err(|e| {
+                tracing::warn!(session = self.session, "snapshot encode failed: {e}");
+                "snapshot_encode"
+            })?;
+        let len = bytes.len();
+        // The frame lives in `snapshots`' buffer: written without a copy.
+        let written = self
+            .state_channel
+            .and_then(|id| self.rtc.channel(id))
+            .map(|mut ch| ch.write(true, bytes));
+        self.state_sequence = sequence;
+        match written {
+            Some(Ok(true)) => Ok(len),
+            _ => Err("snapshot_refused"),
         }
     }
 

@@ -20,6 +20,10 @@ use state::auth::AuthConfig;
 /// The prefix of every environment variable the node reads.
 pub const ENV_PREFIX: &str = "INSTANCESERVER_";
 
+/// The longest duration any `*_ms` setting (or a drain's grace) may have:
+/// one week. Durations are added to `Instant`s, which must not overflow.
+pub const DURATION_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
 /// Variables of the binary's own flags (after the prefix); not settings.
 pub const BINARY_VARIABLES: [&str; 3] = ["CONFIG", "STATUS_INTERVAL_MS", "EXIT_AFTER_S"];
 
@@ -484,6 +488,20 @@ impl Config {
                 "webrtc.udp_bind_ip is a wildcard address: set webrtc.public_ip to the address \
                  clients reach this node at (it goes into SDP answers)",
             );
+        }
+        for (key, v) in [
+            ("webrtc.connect_timeout_ms", self.webrtc.connect_timeout_ms),
+            ("webrtc.idle_timeout_ms", self.webrtc.idle_timeout_ms),
+            ("http.join_timeout_ms", self.http.join_timeout_ms),
+            ("instance.empty_timeout_ms", self.instance.empty_timeout_ms),
+            ("node.drain_grace_ms", self.node.drain_grace_ms),
+            ("shard.stall_report_ms", self.shard.stall_report_ms),
+        ] {
+            if v > DURATION_MS_MAX {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be at most {DURATION_MS_MAX} (one week)"
+                )));
+            }
         }
         for (key, v) in [
             ("webrtc.connect_timeout_ms", self.webrtc.connect_timeout_ms),

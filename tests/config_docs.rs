@@ -55,3 +55,18 @@ fn a_variable_with_one_underscore_is_an_error_not_ignored() {
         "{e}"
     );
 }
+
+#[test]
+fn durations_beyond_a_week_are_refused() {
+    let sets = [(
+        "instance.empty_timeout_ms".to_string(),
+        i64::MAX.to_string(),
+    )];
+    let e = instanceserver::config::load(None, Vec::new(), &sets)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("instance.empty_timeout_ms") && e.contains("one week"),
+        "{e}"
+    );
+}

@@ -162,6 +162,13 @@ async fn create_list_kick_ban_end_and_drain_through_grpc() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A grace that would overflow the clock is refused, not a shard panic.
+    let huge = api
+        .drain(pb::DrainRequest { grace_ms: u64::MAX })
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::InvalidArgument);
+
     // Drain: instances end after the grace, creating is refused meanwhile.
     let drained = api
         .drain(pb::DrainRequest { grace_ms: 200 })

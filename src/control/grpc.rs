@@ -171,6 +171,12 @@ impl pb::control_server::Control for ControlService {
         let mut c = lock(&self.shared);
         let grace_ms = match request.into_inner().grace_ms {
             0 => c.config.node.drain_grace_ms,
+            ms if ms > crate::config::DURATION_MS_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "grace_ms over {} (one week)",
+                    crate::config::DURATION_MS_MAX
+                )));
+            }
             ms => ms,
         };
         let instances = c.drain(Duration::from_millis(grace_ms)) as u32;

@@ -391,6 +391,7 @@ impl Session {
                 Ok(Output::Event(e)) => self.rtc_event(e),
                 Err(_) => {
                     self.close_now();
+                    self.wake = now + Duration::from_secs(3600);
                     return;
                 }
             }
@@ -663,7 +664,9 @@ impl Client {
         limit: Duration,
         mut done: impl FnMut(&mut Session, &ClientEvent) -> bool,
     ) -> Result<bool, ClientError> {
-        let deadline = Instant::now() + limit;
+        let deadline = Instant::now()
+            .checked_add(limit)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
         loop {
             self.flush().await?;
             while let Some(e) = self.session.poll_event() {

@@ -145,7 +145,8 @@ impl Node {
 
     /// Stops admitting users and ends every instance after `grace`.
     pub fn drain(&self, grace: Duration) {
-        lock(&self.shared).drain(grace);
+        let (queues, _) = lock(&self.shared).begin_drain();
+        control::deliver_drain(&queues, grace);
     }
 
     /// Stops everything and waits for the threads.

@@ -62,6 +62,19 @@ async fn create_list_kick_ban_end_and_drain_through_grpc() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("bounds.max"), "{}", bad.message());
+    let greedy = api
+        .create_instance(pb::CreateInstanceRequest {
+            max_users: 4_000_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(greedy.code(), Code::InvalidArgument);
+    assert!(
+        greedy.message().contains("shard.peers_max"),
+        "{}",
+        greedy.message()
+    );
     let missing = api
         .get_instance(pb::GetInstanceRequest {
             instance_id: "nope".into(),

@@ -219,6 +219,12 @@ async fn every_join_error_is_a_json_error_with_its_status() {
     )
     .await;
     expect(&r, 400, "bad_offer", "malformed SDP offer");
+    // A refused join gives its seat back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lock(node.control()).registry.get("demo").unwrap().seats > 0 {
+        assert!(Instant::now() < deadline, "a refused join kept its seat");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // 413: an offer over http.offer_bytes_max.
     let mut big = offer().into_bytes();

@@ -168,9 +168,9 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
-        let mut c = lock(&self.shared);
+        let default_grace_ms = lock(&self.shared).config.node.drain_grace_ms;
         let grace_ms = match request.into_inner().grace_ms {
-            0 => c.config.node.drain_grace_ms,
+            0 => default_grace_ms,
             ms if ms > crate::config::DURATION_MS_MAX => {
                 return Err(Status::invalid_argument(format!(
                     "grace_ms over {} (one week)",
@@ -179,7 +179,13 @@ impl pb::control_server::Control for ControlService {
             }
             ms => ms,
         };
-        let instances = c.drain(Duration::from_millis(grace_ms)) as u32;
-        Ok(Response::new(pb::DrainResponse { instances }))
+        let (queues, instances) = lock(&self.shared).begin_drain();
+        let grace = Duration::from_millis(grace_ms);
+        tokio::task::spawn_blocking(move || super::deliver_drain(&queues, grace))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::DrainResponse {
+            instances: instances as u32,
+        }))
     }
 }

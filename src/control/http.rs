@@ -151,18 +151,19 @@ async fn join_inner(
             Err(r) => return *r,
         }
     };
+    // From here on the session holds a seat: every way out but success
+    // (refusal, timeout, the client hanging up and the handler being
+    // dropped) gives it back.
+    let mut pending = PendingJoin {
+        shared: shared.clone(),
+        session,
+        shard,
+        armed: true,
+    };
     let answer = match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(Ok(answer))) => answer,
-        Ok(Ok(Err(refused))) => {
-            lock(shared).abandon_session(session);
-            return refusal(refused);
-        }
+        Ok(Ok(Err(refused))) => return refusal(refused),
         Ok(Err(_)) | Err(_) => {
-            let mut c = lock(shared);
-            // The shard may still admit the peer: tell it the session is gone.
-            let _ = c.send(shard, Command::Leave { session });
-            c.abandon_session(session);
-            drop(c);
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
@@ -170,6 +171,7 @@ async fn join_inner(
             );
         }
     };
+    pending.armed = false;
     let mut response = (StatusCode::CREATED, answer).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -180,6 +182,31 @@ async fn join_inner(
         h.insert(header::LOCATION, v);
     }
     response
+}
+
+/// A join between admission and the shard's answer. Dropped armed, it
+/// releases the session's seat and tells the shard (which may have created
+/// the peer after all) that the session is gone.
+struct PendingJoin {
+    shared: Shared,
+    session: u64,
+    shard: usize,
+    armed: bool,
+}
+
+impl Drop for PendingJoin {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut c = lock(&self.shared);
+            let _ = c.send(
+                self.shard,
+                Command::Leave {
+                    session: self.session,
+                },
+            );
+            c.abandon_session(self.session);
+        }
+    }
 }
 
 type Admitted = (

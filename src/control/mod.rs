@@ -207,6 +207,12 @@ impl Control {
             .max_users
             .filter(|&m| m > 0)
             .unwrap_or(self.config.instance.max_users);
+        if max_users as usize > self.config.shard.peers_max {
+            return Err(ControlError::Invalid(format!(
+                "max_users {max_users} is over shard.peers_max ({})",
+                self.config.shard.peers_max
+            )));
+        }
         let shard = self.least_loaded_shard();
         let record = InstanceRecord::new(
             id.clone(),
@@ -339,19 +345,14 @@ impl Control {
     }
 
     /// Stops admitting, tells every shard to drain.
-    pub fn drain(&mut self, grace: Duration) -> usize {
+    /// Marks the node and its instances draining. Returns the shards'
+    /// command queues, for [`deliver_drain`] to use after the lock is
+    /// released, and how many instances there are.
+    pub fn begin_drain(&mut self) -> (Vec<Sender<Command>>, usize) {
         self.draining = true;
         self.registry.drain_all();
-        for (i, slot) in self.shards.iter().enumerate() {
-            // A drain must not be lost to a momentarily full queue.
-            if let Err(e) = slot
-                .commands
-                .send_timeout(Command::Drain { grace }, Duration::from_secs(1))
-            {
-                tracing::error!(shard = i, "drain not delivered: {e}");
-            }
-        }
-        self.registry.len()
+        let queues = self.shards.iter().map(|s| s.commands.clone()).collect();
+        (queues, self.registry.len())
     }
 
     /// Ends an instance now.
@@ -429,6 +430,17 @@ pub fn load_scene(config: &Config, source: &SceneSource) -> Result<Scene, Contro
             }
             let path = config.node.scene_dir.join(name);
             Scene::load(&path, &limits).map_err(|e| ControlError::Scene(chain(&e)))
+        }
+    }
+}
+
+/// Sends `Drain` to every shard, waiting up to a second per shard for room
+/// in its queue (a drain must not be lost to a momentarily full queue).
+/// Blocks: call it without the control lock, off the tokio thread.
+pub fn deliver_drain(queues: &[Sender<Command>], grace: Duration) {
+    for (i, q) in queues.iter().enumerate() {
+        if let Err(e) = q.send_timeout(Command::Drain { grace }, Duration::from_secs(1)) {
+            tracing::error!(shard = i, "drain not delivered: {e}");
         }
     }
 }

@@ -12,6 +12,9 @@ use net::snapshot::WorldFrame;
 use super::slab::Key;
 use crate::config::InstanceConfig;
 
+/// Peer slots allocated when an instance starts; more grow on demand.
+pub const PEERS_PREALLOCATED_MAX: usize = 64;
+
 #[derive(Debug)]
 pub struct Instance {
     pub id: String,
@@ -68,7 +71,7 @@ impl Instance {
             frame: WorldFrame::with_capacity(sim.world().len()),
             sim,
             quantizer,
-            peers: Vec::with_capacity(spec.max_users as usize),
+            peers: Vec::with_capacity((spec.max_users as usize).min(PEERS_PREALLOCATED_MAX)),
             cached_actions: VecDeque::new(),
             cached_actions_max: config.cached_actions_max,
             next_user_index: 0,

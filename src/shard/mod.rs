@@ -207,7 +207,15 @@ impl Shard {
             return self.drop_datagram("rejected");
         }
         peer.last_heard = now;
-        if !peer.addrs.contains(&source) && peer.addrs.len() < PEER_ADDRS_MAX {
+        if !peer.addrs.contains(&source) {
+            // A peer whose path changed more than PEER_ADDRS_MAX times keeps
+            // its newest addresses.
+            if peer.addrs.len() >= PEER_ADDRS_MAX {
+                let oldest = peer.addrs.remove(0);
+                if self.by_addr.get(&oldest) == Some(&key) {
+                    self.by_addr.remove(&oldest);
+                }
+            }
             peer.addrs.push(source);
             self.by_addr.insert(source, key);
         }

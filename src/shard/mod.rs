@@ -296,28 +296,22 @@ impl Shard {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
-        let transmits = &mut self.transmits;
-        let metrics = &mut self.metrics;
+        let (transmits, metrics) = (&mut self.transmits, &mut self.metrics);
         let queue_max = self.config.shard.send_queue_len;
         peer.pump(
             key,
-            |t| {
-                if transmits.len() >= queue_max {
-                    *metrics.dropped.entry("send_queue_full").or_default() += 1;
-                } else {
-                    metrics.packets_out += 1;
-                    metrics.bytes_out += t.contents.len() as u64;
-                    transmits.push_back(t);
-                }
-            },
+            |t| queue_transmit(transmits, metrics, queue_max, t),
             events,
         );
-        let wake = self
-            .peer_deadline(key)
-            .map(|d| d.min(peer_wake(&self.peers, key)));
-        if let Some(at) = wake {
+        if let Some(at) = self.peer_wake_at(key) {
             self.schedule_peer(key, at.max(now));
         }
+    }
+
+    /// When a peer next needs attention: str0m's timeout or its deadline.
+    fn peer_wake_at(&self, key: Key) -> Option<Instant> {
+        let deadline = self.peer_deadline(key)?;
+        self.peers.get(key).map(|p| deadline.min(p.rtc_wake))
     }
 
     /// The connect or idle deadline of a peer.
@@ -387,10 +381,7 @@ impl Shard {
             if let Some(p) = self.peers.get_mut(key) {
                 p.scheduled = None;
             }
-            let at = self
-                .peer_deadline(key)
-                .map(|d| d.min(peer_wake(&self.peers, key)));
-            if let Some(at) = at {
+            if let Some(at) = self.peer_wake_at(key) {
                 self.schedule_peer(key, at);
             }
         }
@@ -742,7 +733,8 @@ impl Shard {
             if let Err(e) = p.send(&mut self.encoder, Channel::Actions, kind, tick, msg) {
                 tracing::debug!(session = p.session, "broadcast dropped: {e}");
             }
-            let congested = p.actions_buffered() > self.config.instance.reliable_buffer_bytes_max;
+            let congested =
+                p.buffered(Channel::Actions) > self.config.instance.reliable_buffer_bytes_max;
             if !p.dirty {
                 p.dirty = true;
                 self.dirty.push(k);
@@ -906,13 +898,11 @@ impl Shard {
             if close {
                 let _ = peer.rtc.close();
             }
+            let (transmits, metrics) = (&mut self.transmits, &mut self.metrics);
+            let queue_max = self.config.shard.send_queue_len;
             peer.pump(
                 key,
-                |t| {
-                    if self.transmits.len() < self.config.shard.send_queue_len {
-                        self.transmits.push_back(t);
-                    }
-                },
+                |t| queue_transmit(transmits, metrics, queue_max, t),
                 &mut scratch,
             );
         }
@@ -1106,11 +1096,20 @@ impl Shard {
     }
 }
 
-fn peer_wake(peers: &Slab<Peer>, key: Key) -> Instant {
-    peers
-        .get(key)
-        .map(|p| p.rtc_wake)
-        .expect("called for live peers only")
+/// Queues a datagram for the socket, or drops and counts it at the limit.
+fn queue_transmit(
+    transmits: &mut VecDeque<Transmit>,
+    metrics: &mut ShardMetrics,
+    queue_max: usize,
+    t: Transmit,
+) {
+    if transmits.len() >= queue_max {
+        *metrics.dropped.entry("send_queue_full").or_default() += 1;
+    } else {
+        metrics.packets_out += 1;
+        metrics.bytes_out += t.contents.len() as u64;
+        transmits.push_back(t);
+    }
 }
 
 /// Clears the owner of every non-avatar entity `user` owned; returns their network ids.

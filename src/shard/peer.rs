@@ -151,11 +151,9 @@ impl Peer {
 
     /// Writes an already encoded frame on `channel`.
     pub fn write(&mut self, channel: Channel, bytes: &[u8]) -> Result<usize, SendError> {
-        let id = match channel {
-            Channel::State => self.state_channel,
-            Channel::Actions => self.actions_channel,
-        }
-        .ok_or(SendError::NotOpen(channel))?;
+        let id = self
+            .channel_id(channel)
+            .ok_or(SendError::NotOpen(channel))?;
         let mut ch = self.rtc.channel(id).ok_or(SendError::NotOpen(channel))?;
         if ch.write(true, bytes)? {
             Ok(bytes.len())
@@ -164,11 +162,18 @@ impl Peer {
         }
     }
 
-    /// Bytes waiting on the reliable channel.
-    pub fn actions_buffered(&mut self) -> usize {
-        match self.actions_channel.and_then(|id| self.rtc.channel(id)) {
+    /// Bytes waiting to be sent on `channel`.
+    pub fn buffered(&mut self, channel: Channel) -> usize {
+        match self.channel_id(channel).and_then(|id| self.rtc.channel(id)) {
             Some(mut ch) => ch.buffered_amount(),
             None => 0,
+        }
+    }
+
+    fn channel_id(&self, channel: Channel) -> Option<ChannelId> {
+        match channel {
+            Channel::State => self.state_channel,
+            Channel::Actions => self.actions_channel,
         }
     }
 
@@ -209,7 +214,7 @@ impl Peer {
         // late to serve as a baseline: while the transport is backed up
         // (congestion control after loss), skip this tick's snapshot; the
         // next one carries everything that changed.
-        if self.state_buffered() > STATE_BACKLOG_BYTES_MAX {
+        if self.buffered(Channel::State) > STATE_BACKLOG_BYTES_MAX {
             return Err("snapshot_backlog");
         }
         let viewer = self
@@ -235,14 +240,6 @@ impl Peer {
         match written {
             Some(Ok(true)) => Ok(len),
             _ => Err("snapshot_refused"),
-        }
-    }
-
-    /// Bytes waiting on the unreliable `state` channel.
-    pub fn state_buffered(&mut self) -> usize {
-        match self.state_channel.and_then(|id| self.rtc.channel(id)) {
-            Some(mut ch) => ch.buffered_amount(),
-            None => 0,
         }
     }
 

@@ -1,0 +1,2 @@
+//! The webrtc-rs baseline server (built in a later step).
+fn main() {}

@@ -1,0 +1,2 @@
+//! The density load generator (built in a later step).
+fn main() {}

@@ -36,6 +36,12 @@ pub const CLIENT_HISTORY_LEN: usize = 32;
 pub const CLIENT_ENTITIES_MAX: usize = 4096;
 /// Events queued before the oldest are dropped (a client that never polls).
 pub const CLIENT_EVENTS_MAX: usize = 4096;
+/// How long an applied snapshot waits for an input to carry its
+/// acknowledgement before an empty input is sent for it alone: longer than
+/// one input period at 30 Hz, so a client that sends inputs sends one
+/// datagram per tick, and short enough that the server's delta baselines stay
+/// fresh for a client that sends none.
+pub const ACK_DELAY_DEFAULT: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -133,8 +139,23 @@ pub struct Session {
     actions_sequence: u32,
     wake: Instant,
     closed: bool,
-    /// A snapshot was applied and no input has acknowledged it yet.
-    ack_due: bool,
+    /// A snapshot was applied and no input has acknowledged it yet: an empty
+    /// input goes out at this time unless one carries the ack before.
+    ack_due: Option<Instant>,
+    ack_delay: Duration,
+    stats: SessionStats,
+}
+
+/// What a session has sent and applied so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// `Input` frames sent by the application (each also carries an ack).
+    pub inputs_sent: u64,
+    /// Empty `Input` frames sent only to acknowledge snapshots.
+    pub acks_sent: u64,
+    pub snapshots_applied: u64,
+    /// Snapshots against a baseline this client no longer holds (skipped).
+    pub snapshots_skipped: u64,
 }
 
 impl Session {
@@ -173,7 +194,9 @@ impl Session {
             actions_sequence: 0,
             wake: now,
             closed: false,
-            ack_due: false,
+            ack_due: None,
+            ack_delay: ACK_DELAY_DEFAULT,
+            stats: SessionStats::default(),
         };
         Ok((session, offer.to_sdp_string()))
     }
@@ -195,6 +218,7 @@ impl Session {
     }
 
     pub fn handle_datagram(&mut self, source: SocketAddr, datagram: &[u8], now: Instant) {
+        let acked_before = self.stats.snapshots_applied;
         let Ok(receive) = Receive::new(Protocol::Udp, source, self.local, datagram) else {
             return;
         };
@@ -206,16 +230,16 @@ impl Session {
             self.close_now();
         }
         self.pump(now);
-        self.acknowledge(now);
+        if self.ack_due.is_none() && self.stats.snapshots_applied > acked_before {
+            self.ack_due = Some(now + self.ack_delay);
+        }
     }
 
     /// The server deltas snapshots against what a client acknowledged, and
-    /// acknowledgements ride on inputs: when the application sent no input
-    /// since the last snapshot, an empty one carries the ack.
-    fn acknowledge(&mut self, now: Instant) {
-        if self.ack_due && self.is_open() {
-            let _ = self.send_input(Vec::new(), now);
-        }
+    /// acknowledgements ride on inputs. When the application sends no input
+    /// within the ack delay after a snapshot, an empty one carries the ack.
+    pub fn set_ack_delay(&mut self, delay: Duration) {
+        self.ack_delay = delay;
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -223,10 +247,22 @@ impl Session {
             self.close_now();
         }
         self.pump(now);
+        if self.ack_due.is_some_and(|due| now >= due) && self.is_open() {
+            if self.send_input_frame(Vec::new(), now).is_ok() {
+                self.stats.acks_sent += 1;
+            }
+        }
     }
 
     pub fn poll_timeout(&self) -> Instant {
-        self.wake
+        match self.ack_due {
+            Some(due) => self.wake.min(due),
+            None => self.wake,
+        }
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -269,7 +305,13 @@ impl Session {
 
     /// Sends owned-entity updates (acknowledging the newest snapshot).
     pub fn send_input(&mut self, owned: Vec<OwnedUpdate>, now: Instant) -> Result<(), ClientError> {
-        self.ack_due = false;
+        self.send_input_frame(owned, now)?;
+        self.stats.inputs_sent += 1;
+        Ok(())
+    }
+
+    fn send_input_frame(&mut self, owned: Vec<OwnedUpdate>, now: Instant) -> Result<(), ClientError> {
+        self.ack_due = None;
         let ack = self.receiver.latest().unwrap_or(0);
         self.send(
             Channel::State,
@@ -434,11 +476,14 @@ impl Session {
                 match self.receiver.apply(tick, payload) {
                     Ok(entities) => {
                         let entities = entities.len();
-                        self.ack_due = true;
+                        self.stats.snapshots_applied += 1;
                         ClientEvent::Snapshot { tick, entities }
                     }
                     // A snapshot against a baseline this client dropped: skip it.
-                    Err(e) => ClientEvent::Invalid(e.to_string()),
+                    Err(e) => {
+                        self.stats.snapshots_skipped += 1;
+                        ClientEvent::Invalid(e.to_string())
+                    }
                 }
             }
             Ok(ServerMessage::Welcome(_, w)) => {
@@ -598,6 +643,16 @@ pub struct Client {
     http: SocketAddr,
     location: Option<String>,
     buf: Vec<u8>,
+    io: ClientIo,
+}
+
+/// Datagrams and bytes a [`Client`] moved through its socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientIo {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
 }
 
 impl Client {
@@ -637,6 +692,7 @@ impl Client {
             http,
             location: r.location,
             buf: vec![0; 2048],
+            io: ClientIo::default(),
         })
     }
 
@@ -649,10 +705,17 @@ impl Client {
         self.location.as_deref()
     }
 
+    /// What went through the socket so far.
+    pub fn io(&self) -> ClientIo {
+        self.io
+    }
+
     /// Sends what the session queued.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         while let Some(t) = self.session.poll_transmit() {
             self.socket.send_to(&t.contents, t.destination).await?;
+            self.io.datagrams_out += 1;
+            self.io.bytes_out += t.contents.len() as u64;
         }
         Ok(())
     }
@@ -668,6 +731,10 @@ impl Client {
             .checked_add(limit)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
         loop {
+            if self.session.poll_timeout() <= Instant::now() {
+                // Timers are due even while datagrams keep arriving.
+                self.session.handle_timeout(Instant::now());
+            }
             self.flush().await?;
             while let Some(e) = self.session.poll_event() {
                 if done(&mut self.session, &e) {
@@ -691,6 +758,8 @@ impl Client {
             .await
             {
                 Ok(Ok((n, source))) => {
+                    self.io.datagrams_in += 1;
+                    self.io.bytes_in += n as u64;
                     self.session
                         .handle_datagram(source, &self.buf[..n], Instant::now())
                 }

@@ -117,7 +117,7 @@ impl Node {
                 instance_id: Some(DEV_INSTANCE_ID.into()),
                 location_id: DEV_INSTANCE_ID.into(),
                 scene: match config_dev_scene.as_str() {
-                    "" => SceneSource::Demo,
+                    "" => SceneSource::Builtin("demo"),
                     path => SceneSource::Path(path.into()),
                 },
                 max_users: None,

@@ -1,7 +1,9 @@
-//! Criterion benchmarks (`cargo bench -p bench`) and, later, the load
-//! generator. The benchmarks live in `benches/`; this library holds what they
-//! share: the ECS workloads, written once for each ECS compared, and the wire
-//! formats snapshots are compared with.
+//! Criterion benchmarks (`cargo bench -p bench`), the density load generator
+//! (`loadgen`) and the webrtc-rs baseline server (`baseline`). The benchmarks
+//! live in `benches/`; this library holds what they share (the ECS
+//! workloads, written once for each ECS compared, and the wire formats
+//! snapshots are compared with) and the load generator's parts.
 
 pub mod wire;
 pub mod workloads;
+pub mod loadgen;

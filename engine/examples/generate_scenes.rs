@@ -11,5 +11,6 @@ fn main() -> std::io::Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenes");
     std::fs::write(dir.join("demo.json"), scenegen::demo())?;
     std::fs::write(dir.join("stress.json"), scenegen::stress())?;
+    std::fs::write(dir.join("social.json"), scenegen::social())?;
     Ok(())
 }

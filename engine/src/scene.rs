@@ -25,6 +25,14 @@ pub const SCENE_VERSION: u32 = 1;
 /// bodies, a ramp and spawn points.
 pub const DEMO_SCENE_JSON: &str = include_str!("../scenes/demo.json");
 
+/// The social scene shipped in the binary, what most worlds are: a walled
+/// plaza with static geometry (a trimesh stage, benches, a fountain,
+/// pillars), 20 dynamic props and ten spawn points.
+pub const SOCIAL_SCENE_JSON: &str = include_str!("../scenes/social.json");
+
+/// The names of the scenes shipped in the binary ([`Scene::builtin`]).
+pub const BUILTIN_SCENES: [&str; 2] = ["demo", "social"];
+
 /// Limits on what a scene may contain; a scene beyond any of them is refused.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SceneLimits {
@@ -168,11 +176,16 @@ impl Scene {
 
     /// The embedded demo scene.
     pub fn demo() -> Scene {
-        // The embedded file is checked by the `demo_scene_loads` test, so a
-        // failure here is a build defect, not outside input.
-        #[allow(clippy::expect_used)]
-        Scene::from_json(DEMO_SCENE_JSON.as_bytes(), &SceneLimits::default())
-            .expect("the embedded demo scene is valid")
+        embedded(DEMO_SCENE_JSON)
+    }
+
+    /// A scene shipped in the binary, by name (see [`BUILTIN_SCENES`]).
+    pub fn builtin(name: &str) -> Option<Scene> {
+        match name {
+            "demo" => Some(embedded(DEMO_SCENE_JSON)),
+            "social" => Some(embedded(SOCIAL_SCENE_JSON)),
+            _ => None,
+        }
     }
 
     /// Dynamic bodies in the scene.
@@ -186,6 +199,15 @@ impl Scene {
             })
             .count()
     }
+}
+
+/// Parses a scene embedded in the binary. The embedded files are checked by
+/// the `builtin_scenes_load` test, so a failure here is a build defect, not
+/// outside input.
+fn embedded(json: &str) -> Scene {
+    #[allow(clippy::expect_used)]
+    Scene::from_json(json.as_bytes(), &SceneLimits::default())
+        .expect("the embedded scenes are valid")
 }
 
 fn from_json_error(path: String, inner: serde_json::Error) -> SceneError {

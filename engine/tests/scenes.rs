@@ -15,6 +15,38 @@ fn committed_scenes_match_the_generator() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenes/stress.json"))
             .unwrap();
     assert_eq!(stress, support::scenegen::stress());
+    assert_eq!(
+        engine::scene::SOCIAL_SCENE_JSON,
+        support::scenegen::social()
+    );
+}
+
+#[test]
+fn builtin_scenes_load() {
+    for name in engine::scene::BUILTIN_SCENES {
+        let scene = Scene::builtin(name).unwrap();
+        assert_eq!(scene.name, name);
+    }
+    assert!(Scene::builtin("nope").is_none());
+}
+
+#[test]
+fn social_scene_is_static_geometry_and_twenty_props() {
+    let scene = Scene::builtin("social").unwrap();
+    assert_eq!(scene.dynamic_bodies(), 20);
+    assert_eq!(scene.spawn_points.len(), 10);
+    let shapes: Vec<_> = scene
+        .entities
+        .iter()
+        .filter_map(|e| e.body.as_ref().map(|b| b.collider.shape))
+        .collect();
+    assert!(
+        shapes
+            .iter()
+            .any(|s| matches!(s, Shape::TriMesh { triangles: 12, .. }))
+    );
+    // Only the props are replicated.
+    assert_eq!(scene.entities.iter().filter(|e| e.networked).count(), 20);
 }
 
 #[test]

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use state::registry::{InstanceRecord, RegistryError};
 use tonic::{Request, Response, Status};
 
+use engine::scene::BUILTIN_SCENES;
+
 use super::{ControlError, CreateRequest, SceneSource, Shared, load_scene, lock};
 
 /// The generated protobuf types and service traits.
@@ -74,8 +76,10 @@ impl pb::control_server::Control for ControlService {
         let r = request.into_inner();
         let scene = if !r.scene_json.is_empty() {
             SceneSource::Json(r.scene_json)
-        } else if r.scene.is_empty() || r.scene == "demo" {
-            SceneSource::Demo
+        } else if r.scene.is_empty() {
+            SceneSource::Builtin("demo")
+        } else if let Some(name) = BUILTIN_SCENES.iter().find(|&&n| n == r.scene) {
+            SceneSource::Builtin(name)
         } else {
             SceneSource::File(r.scene)
         };

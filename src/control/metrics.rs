@@ -74,7 +74,25 @@ pub fn render(c: &Control) -> String {
             s.metrics.peers
         );
     }
-    let counters: [(&str, &str, Counter); 8] = [
+    header(
+        &mut out,
+        "instanceserver_shard_timers",
+        "gauge",
+        "Entries in each shard's timer heap.",
+    );
+    for (i, s) in c.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "instanceserver_shard_timers{{shard=\"{i}\"}} {}",
+            s.metrics.timers
+        );
+    }
+    let counters: [(&str, &str, Counter); 9] = [
+        (
+            "instanceserver_inputs_total",
+            "Input frames accepted (acknowledgements and owned-entity updates).",
+            |m| m.inputs,
+        ),
         (
             "instanceserver_packets_in_total",
             "Datagrams received.",

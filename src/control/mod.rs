@@ -97,7 +97,8 @@ pub fn lock(shared: &Shared) -> MutexGuard<'_, Control> {
 /// How a create request names its scene.
 #[derive(Debug, Clone)]
 pub enum SceneSource {
-    Demo,
+    /// A scene shipped in the binary (`demo`, `social`: [`engine::scene::BUILTIN_SCENES`]).
+    Builtin(&'static str),
     /// A file name inside `node.scene_dir` (from an API request).
     File(String),
     /// A path from the operator's own configuration.
@@ -406,7 +407,8 @@ impl Control {
 pub fn load_scene(config: &Config, source: &SceneSource) -> Result<Scene, ControlError> {
     let limits = SceneLimits::default();
     match source {
-        SceneSource::Demo => Ok(Scene::demo()),
+        SceneSource::Builtin(name) => Scene::builtin(name)
+            .ok_or_else(|| ControlError::Invalid(format!("no built-in scene `{name}`"))),
         SceneSource::Path(path) => Scene::load(path, &limits).map_err(|e| {
             ControlError::Scene(format!(
                 "cannot load scene {}: {}",

@@ -654,9 +654,15 @@ impl Shard {
         let tick = inst.sim.world().tick().0;
         let refused = &mut self.metrics.refused_messages;
         match outcome {
-            Outcome::Input { refused: 0, .. } => {}
             Outcome::Input { refused: n, .. } => {
-                *refused.entry("owned_update").or_default() += u64::from(n)
+                self.metrics.inputs += 1;
+                if n > 0 {
+                    *self
+                        .metrics
+                        .refused_messages
+                        .entry("owned_update")
+                        .or_default() += u64::from(n);
+                }
             }
             Outcome::StaleInput => *refused.entry("stale_input").or_default() += 1,
             Outcome::Refused(_) => *refused.entry("ownership").or_default() += 1,
@@ -1088,6 +1094,7 @@ impl Shard {
         }
         self.metrics.instances = self.instances.len() as u32;
         self.metrics.peers = self.peers.len() as u32;
+        self.metrics.timers = self.timers.len() as u32;
         self.events.push_back(Event::Stats {
             shard: self.index,
             metrics: Box::new(self.metrics.clone()),

@@ -145,6 +145,9 @@ pub const TICK_BUCKETS_US: [u64; 10] = [
 pub struct ShardMetrics {
     pub instances: u32,
     pub peers: u32,
+    /// Entries in the shard's timer heap (stale ones included until they
+    /// fall due or the heap is compacted).
+    pub timers: u32,
     pub packets_in: u64,
     pub bytes_in: u64,
     pub packets_out: u64,
@@ -155,6 +158,8 @@ pub struct ShardMetrics {
     pub invalid_messages: BTreeMap<&'static str, u64>,
     /// Refused owned-entity updates, stale inputs, rate-limited actions.
     pub refused_messages: BTreeMap<&'static str, u64>,
+    /// `Input` frames accepted (acks and owned-entity updates), stale ones excluded.
+    pub inputs: u64,
     pub snapshots_sent: u64,
     pub snapshot_bytes: u64,
     /// Tick-duration histogram: counts per bucket of [`TICK_BUCKETS_US`], then +Inf.

@@ -37,7 +37,7 @@ pub async fn create(node: &Node, id: &str, max_users: Option<u32>) -> usize {
             CreateRequest {
                 instance_id: Some(id.into()),
                 location_id: format!("loc-{id}"),
-                scene: SceneSource::Demo,
+                scene: SceneSource::Builtin("demo"),
                 max_users,
                 labels: BTreeMap::new(),
                 persistent: false,

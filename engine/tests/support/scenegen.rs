@@ -190,3 +190,60 @@ pub fn stress() -> String {
         &out,
     )
 }
+
+/// The social scene, what most worlds are: a walled 40 m plaza, a stepped
+/// stage as a triangle mesh, benches, a fountain and a few pillars (all
+/// static), 20 dynamic props (crates, balls and chairs resting on the floor)
+/// and ten spawn points around the centre.
+pub fn social() -> String {
+    let mut out = Out {
+        entities: Vec::new(),
+    };
+    out.walls(20.0, 1.5);
+    // A two-step stage 8 m wide at the north side, as one triangle mesh.
+    out.entities.push(
+        r#"{"name": "stage", "transform": {"position": [0, 0, -14]}, "collider": {"shape": "trimesh", "vertices": [[-4, 0, -3], [4, 0, -3], [4, 0, 3], [-4, 0, 3], [-4, 0.4, 3], [4, 0.4, 3], [-4, 0.4, -3], [4, 0.4, -3]], "indices": [[0, 2, 1], [0, 3, 2], [3, 4, 5], [3, 5, 2], [4, 6, 7], [4, 7, 5], [0, 1, 7], [0, 7, 6], [0, 6, 4], [0, 4, 3], [1, 2, 5], [1, 5, 7]], "friction": 0.9}}"#.to_string(),
+    );
+    out.entities.push(
+        r#"{"name": "fountain", "transform": {"position": [0, 0.4, 0]}, "collider": {"shape": "cylinder", "half_height": 0.4, "radius": 1.5}}"#.to_string(),
+    );
+    for (i, (x, z)) in [(-6.0f32, 6.0f32), (6.0, 6.0), (-6.0, -6.0), (6.0, -6.0)]
+        .iter()
+        .enumerate()
+    {
+        out.fixed_cuboid(&format!("bench_{i}"), [*x, 0.25, *z], [1.0, 0.25, 0.3]);
+        out.entities.push(format!(
+            r#"{{"name": "pillar_{i}", "transform": {{"position": {}}}, "collider": {{"shape": "capsule", "half_height": 1.5, "radius": 0.3}}}}"#,
+            v3([x * 2.5, 1.8, z * 2.5])
+        ));
+    }
+    let crate_collider =
+        r#"{"shape": "cuboid", "half_extents": [0.3, 0.3, 0.3], "friction": 0.7}"#;
+    let ball = r#"{"shape": "ball", "radius": 0.25, "restitution": 0.3}"#;
+    let chair = r#"{"shape": "cuboid", "half_extents": [0.25, 0.45, 0.25], "friction": 0.8}"#;
+    for i in 0..20 {
+        let a = i as f32 * std::f32::consts::TAU / 20.0;
+        let radius = 12.0 + (i % 3) as f32;
+        let (x, z) = (radius * a.sin(), radius * a.cos());
+        match i % 3 {
+            0 => out.dynamic(&format!("crate_{i}"), [x, 0.3, z], a, crate_collider, 4.0),
+            1 => out.dynamic(&format!("ball_{i}"), [x, 0.25, z], 0.0, ball, 0.5),
+            _ => out.dynamic(&format!("chair_{i}"), [x, 0.45, z], a, chair, 6.0),
+        }
+    }
+    let spawns: Vec<([f32; 3], f32)> = (0..10)
+        .map(|i| {
+            let a = i as f32 * std::f32::consts::TAU / 10.0;
+            (
+                [5.0 * a.sin(), 0.0, 5.0 * a.cos()],
+                (a.to_degrees() + 180.0) % 360.0,
+            )
+        })
+        .collect();
+    document(
+        "social",
+        ([-30.0, -10.0, -30.0], [30.0, 30.0, 30.0]),
+        &spawns,
+        &out,
+    )
+}

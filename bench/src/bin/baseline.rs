@@ -1,2 +1,0 @@
-//! The webrtc-rs baseline server (built in a later step).
-fn main() {}

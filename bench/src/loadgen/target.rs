@@ -1,0 +1,246 @@
+//! The server under load: ours (the `instanceserver` binary) or the
+//! webrtc-rs baseline, started as a child process pinned to a core, or an
+//! already running node at any address; its control API and its metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use instanceserver::client::http_request;
+use instanceserver::control::grpc::pb;
+use tokio::process::{Child, Command};
+
+/// Longest a started server may take to answer `/healthz`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Control API calls in flight at once while creating instances.
+pub const CREATES_IN_FLIGHT: usize = 16;
+
+/// Which server a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerKind {
+    Ours,
+    Baseline,
+}
+
+impl ServerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Ours => "instanceserver",
+            ServerKind::Baseline => "webrtc-rs baseline",
+        }
+    }
+}
+
+/// How to start a server for a run.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub kind: ServerKind,
+    pub binary: PathBuf,
+    /// Pinned here with `taskset` (None: not pinned).
+    pub core: Option<usize>,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub udp_port_base: u16,
+    pub secret: String,
+    pub tick_hz: u32,
+    /// The scene the baseline serves (ours takes it per instance).
+    pub scene: String,
+    /// More `--set key=value` settings for our server.
+    pub settings: Vec<String>,
+}
+
+/// A running server process.
+#[derive(Debug)]
+pub struct Server {
+    pub kind: ServerKind,
+    pub pid: u32,
+    pub http: SocketAddr,
+    pub grpc: Option<SocketAddr>,
+    /// UDP ports its peers use (ours: one per shard; the baseline: none
+    /// known, its peers get ephemeral ports).
+    pub udp_ports: Vec<u16>,
+    child: Child,
+}
+
+impl Server {
+    pub async fn start(spec: &ServerSpec) -> anyhow::Result<Server> {
+        anyhow::ensure!(
+            spec.binary.exists(),
+            "{} not found: build it first with `cargo build --release --workspace --bins`",
+            spec.binary.display()
+        );
+        let mut command = match spec.core {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(core.to_string()).arg(&spec.binary);
+                c
+            }
+            None => Command::new(&spec.binary),
+        };
+        match spec.kind {
+            ServerKind::Ours => {
+                let mut sets = vec![
+                    "node.dev=false".to_string(),
+                    "node.shards=1".into(),
+                    format!("auth.hs256_secret={}", spec.secret),
+                    format!("http.listen={}", spec.http),
+                    format!("grpc.listen={}", spec.grpc),
+                    format!("webrtc.udp_bind_ip={}", spec.http.ip()),
+                    format!("webrtc.udp_port_base={}", spec.udp_port_base),
+                    format!("instance.tick_hz={}", spec.tick_hz),
+                    // Every bot joins from one address.
+                    "http.joins_per_ip_per_minute=1000000".into(),
+                ];
+                if spec.core.is_some() {
+                    // taskset already holds the whole process to its core.
+                    sets.push("node.pin_cores=false".into());
+                }
+                sets.extend(spec.settings.iter().cloned());
+                for s in sets {
+                    command.arg("--set").arg(s);
+                }
+                command.arg("--status-interval-ms").arg("0");
+                command.env("RUST_LOG", "warn");
+            }
+            ServerKind::Baseline => {
+                command
+                    .arg("--http-listen")
+                    .arg(spec.http.to_string())
+                    .arg("--secret")
+                    .arg(&spec.secret)
+                    .arg("--tick-hz")
+                    .arg(spec.tick_hz.to_string())
+                    .arg("--scene")
+                    .arg(&spec.scene)
+                    .arg("--udp-ip")
+                    .arg(spec.http.ip().to_string());
+                command.env("RUST_LOG", "warn");
+            }
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let child = command.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("the server exited at once"))?;
+        let server = Server {
+            kind: spec.kind,
+            pid,
+            http: spec.http,
+            grpc: (spec.kind == ServerKind::Ours).then_some(spec.grpc),
+            udp_ports: match spec.kind {
+                ServerKind::Ours => vec![spec.udp_port_base],
+                ServerKind::Baseline => Vec::new(),
+            },
+            child,
+        };
+        wait_healthy(spec.http, START_TIMEOUT).await?;
+        Ok(server)
+    }
+
+    /// What a step measures of it.
+    pub fn observed(&self) -> super::step::Observed {
+        super::step::Observed {
+            name: self.kind.name().to_string(),
+            http: self.http,
+            pid: Some(self.pid),
+            udp_ports: self.udp_ports.clone(),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// Polls `/healthz` until it answers 200.
+pub async fn wait_healthy(http: SocketAddr, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(r) = http_request(http, "GET", "/healthz", &[], Vec::new()).await
+            && r.status == 200
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server at {http} did not answer /healthz within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node's `/metrics`, summed by metric name (labels folded).
+pub async fn scrape(http: SocketAddr) -> anyhow::Result<Metrics> {
+    let r = http_request(http, "GET", "/metrics", &[], Vec::new()).await?;
+    anyhow::ensure!(r.status == 200, "/metrics answered {}", r.status);
+    Ok(Metrics::parse(&r.body))
+}
+
+/// Prometheus text, each metric summed over its labels.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(std::collections::HashMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut sums = std::collections::HashMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let name = series.split('{').next().unwrap_or(series);
+            if let Ok(v) = value.parse::<f64>() {
+                *sums.entry(name.to_string()).or_insert(0.0) += v;
+            }
+        }
+        Metrics(sums)
+    }
+
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.get(name).copied().unwrap_or(0.0)
+    }
+}
+
+type ControlClient = pb::control_client::ControlClient<tonic::transport::Channel>;
+
+/// Connects to the node's gRPC control API.
+pub async fn control(grpc: SocketAddr) -> anyhow::Result<ControlClient> {
+    Ok(ControlClient::connect(format!("http://{grpc}")).await?)
+}
+
+/// Creates `ids` on the node with `scene`, a few at a time; returns how long
+/// it took.
+pub async fn create_instances(
+    grpc: SocketAddr,
+    ids: &[String],
+    scene: &str,
+    max_users: u32,
+) -> anyhow::Result<Duration> {
+    let client = control(grpc).await?;
+    let started = Instant::now();
+    for chunk in ids.chunks(CREATES_IN_FLIGHT) {
+        let mut calls = Vec::with_capacity(chunk.len());
+        for id in chunk {
+            let mut c = client.clone();
+            let request = pb::CreateInstanceRequest {
+                instance_id: id.clone(),
+                location_id: id.clone(),
+                scene: scene.to_string(),
+                max_users,
+                ..Default::default()
+            };
+            calls.push(tokio::spawn(async move { c.create_instance(request).await }));
+        }
+        for (id, call) in chunk.iter().zip(calls) {
+            call.await?
+                .map_err(|s| anyhow::anyhow!("creating instance {id}: {}", s.message()))?;
+        }
+    }
+    Ok(started.elapsed())
+}

@@ -404,6 +404,8 @@ impl Session {
     }
 
     fn close_now(&mut self) {
+        // Nothing can carry an ack any more; keep the wake time in the future.
+        self.ack_due = None;
         if !self.closed {
             self.closed = true;
             self.push_event(ClientEvent::Closed);

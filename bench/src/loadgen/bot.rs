@@ -88,7 +88,8 @@ pub struct BotResult {
     pub user: String,
     pub joined: bool,
     pub join_error: Option<String>,
-    /// From the HTTP request to the Welcome, ms.
+    /// From asking for a token to the first snapshot that shows the bot's
+    /// own avatar (HTTP join, ICE, DTLS, SCTP, Welcome), ms.
     pub join_ms: Option<f64>,
     /// The snapshot rate the Welcome announced.
     pub tick_hz: u32,
@@ -378,9 +379,12 @@ async fn play(
                             interarrival.record(at - prev);
                         }
                         last_snapshot = Some(at);
-                        observe_probe(session, &spec.instance, probes, &mut watch, &mut latency);
-                    } else {
-                        observe_probe(session, &spec.instance, probes, &mut watch, &mut Recorder::default());
+                    }
+                    // Latency is another user's move: the probe does not time itself.
+                    if !spec.probe {
+                        let mut discard = Recorder::default();
+                        let into = if measuring { &mut latency } else { &mut discard };
+                        observe_probe(session, &spec.instance, probes, &mut watch, into);
                     }
                     false
                 }

@@ -1,7 +1,8 @@
 //! The churn soak: bots join and leave continuously for a bounded time,
-//! some vanishing without a leave (a closed laptop); afterwards the server's
-//! sessions, peers, seats, timers and memory must come back to where they
-//! were before.
+//! some vanishing without a leave (a closed laptop). Afterwards the soak
+//! waits (up to `settle_max`) for the server's sessions, peers, seats and
+//! instances to come back to where they were before, then reads its timers
+//! and memory too; the report shows both readings side by side.
 
 use std::cell::Cell;
 use std::rc::Rc;

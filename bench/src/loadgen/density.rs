@@ -107,12 +107,12 @@ pub async fn run(options: &DensityOptions, on_step: impl Fn(&DensityReport)) -> 
     for (scene_index, scene) in options.scenes.iter().enumerate() {
         for &kind in &options.servers {
             for &clients in &options.steps {
-                bar.println(format!("{} / {scene} / {clients} clients", kind.name()));
+                say(&bar, format!("{} / {scene} / {clients} clients", kind.name()));
                 let perf = (kind == ServerKind::Ours && scene_index == 0 && options.perf_at == Some(clients))
                     .then(|| options.perf_dir.join(format!("perf-{scene}-{clients}.data")));
                 let r = step_on_fresh_server(options, kind, scene, clients, perf, &bar).await?;
                 let healthy = r.healthy();
-                bar.println(step::summary_line(&r));
+                say(&bar, step::summary_line(&r));
                 report.steps.push(r);
                 on_step(&report);
                 if !healthy {
@@ -123,7 +123,7 @@ pub async fn run(options: &DensityOptions, on_step: impl Fn(&DensityReport)) -> 
         report.ratios = ratios(&report.steps);
     }
     for (scene, count) in &options.empty {
-        bar.println(format!("{count} empty {scene} instances"));
+        say(&bar, format!("{count} empty {scene} instances"));
         let r = empty_instances(options, scene, *count, &bar).await?;
         report.empty.push(r);
         on_step(&report);
@@ -148,6 +148,10 @@ async fn step_on_fresh_server(
     }
     let server = Server::start(&spec).await?;
     let (instances, bots) = bots(&format!("load-{scene}"), clients, options.users_per_instance);
+    // Memory per client counts the instances (the baseline makes its rooms
+    // as the bots join): read it before ours are created.
+    let mut observed = server.observed();
+    observed.rss_before = host::rss_bytes(server.pid);
     if let Some(grpc) = server.grpc {
         let max_users = u32::try_from(options.users_per_instance).unwrap_or(u32::MAX);
         target::create_instances(grpc, &instances, scene, max_users).await?;
@@ -157,7 +161,7 @@ async fn step_on_fresh_server(
     let mut workload = options.workload.clone();
     workload.http = server.http;
     let result = step::run(
-        &server.observed(),
+        &observed,
         scene,
         bots,
         &workload,
@@ -219,6 +223,16 @@ pub async fn empty_instances(
     result
 }
 
+/// A line above the progress bar, or on stderr when there is no terminal
+/// to draw the bar on (an unattended run still shows its steps).
+pub fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// Ours over the baseline wherever both measured the same step.
 pub fn ratios(steps: &[StepReport]) -> Vec<Ratio> {
     let ours = ServerKind::Ours.name();
@@ -232,8 +246,8 @@ pub fn ratios(steps: &[StepReport]) -> Vec<Ratio> {
             out.push(Ratio {
                 scene: a.scene.clone(),
                 clients: a.clients,
-                cpu_ours_over_baseline: a.server_cpu_us_per_client_s / b.server_cpu_us_per_client_s.max(f64::MIN_POSITIVE),
-                memory_ours_over_baseline: a.server_kib_per_client / b.server_kib_per_client.max(f64::MIN_POSITIVE),
+                cpu_ours_over_baseline: a.server_cpu_us_per_client_s / b.server_cpu_us_per_client_s,
+                memory_ours_over_baseline: a.server_kib_per_client / b.server_kib_per_client,
                 both_healthy: a.healthy() && b.healthy(),
             });
         }

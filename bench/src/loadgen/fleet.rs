@@ -64,7 +64,20 @@ pub async fn run(
         );
         let progress = progress.clone();
         tasks.push(tokio::task::spawn_local(async move {
-            tokio::time::sleep(gap * i as u32).await;
+            let mut stopped = phase.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(gap * i as u32) => {}
+                // Stopped while waiting for its turn to join: it never joins.
+                _ = stopped.wait_for(|p| *p == Phase::Stop) => {
+                    progress.failed.set(progress.failed.get() + 1);
+                    return BotResult {
+                        instance: spec.instance,
+                        user: spec.user,
+                        join_error: Some("stopped before its turn to join".into()),
+                        ..BotResult::default()
+                    };
+                }
+            }
             bot::run(spec, workload, tokens, probes, phase, &progress).await
         }));
     }
@@ -129,8 +142,20 @@ pub async fn worker() -> anyhow::Result<()> {
     let result = local
         .run_until(async move {
             tokio::task::spawn_local(commands);
-            report.await?;
-            anyhow::Ok(fleet.await?)
+            let mut fleet = fleet;
+            // Progress until every bot joined or failed, or until the fleet
+            // ends anyway (a bot task that panicked never reports).
+            let early = tokio::select! {
+                r = &mut fleet => Some(r),
+                r = report => {
+                    r?;
+                    None
+                }
+            };
+            anyhow::Ok(match early {
+                Some(r) => r?,
+                None => fleet.await?,
+            })
         })
         .await?;
     let mut stdout = tokio::io::stdout();

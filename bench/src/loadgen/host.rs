@@ -44,35 +44,74 @@ pub fn parse_rss_kib(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Drops of the UDP sockets bound to `ports` (IPv4 and IPv6), and of every
-/// other UDP socket on the host (the bots'), as two sums.
-pub fn udp_drops(ports: &[u16]) -> (u64, u64) {
-    let mut ours = 0;
-    let mut others = 0;
-    for table in ["/proc/net/udp", "/proc/net/udp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for (port, drops) in parse_udp_table(&text) {
-            if ports.contains(&port) {
-                ours += drops;
-            } else {
-                others += drops;
-            }
-        }
-    }
-    (ours, others)
+/// One row of `/proc/net/udp{,6}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSocketRow {
+    pub port: u16,
+    pub inode: u64,
+    pub drops: u64,
 }
 
-/// (local port, drops) of each socket in a `/proc/net/udp` table.
-pub fn parse_udp_table(text: &str) -> Vec<(u16, u64)> {
+/// Every UDP socket on the host (IPv4 and IPv6) with its drop counter.
+pub fn udp_sockets() -> Vec<UdpSocketRow> {
+    let mut rows = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            rows.extend(parse_udp_table(&text));
+        }
+    }
+    rows
+}
+
+/// The socket inodes a process holds open (`/proc/<pid>/fd` links of the
+/// form `socket:[N]`): how a server with a socket per peer (the baseline)
+/// is told apart from the bots on the same host.
+pub fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
+}
+
+/// Drops between two readings of [`udp_sockets`], per socket (a socket
+/// that closed in between is left out, one that opened counts from zero),
+/// summed as (the server's, everyone else's). The server's sockets are
+/// those in `server_inodes` or bound to one of `server_ports`.
+pub fn udp_drops_between(
+    before: &[UdpSocketRow],
+    after: &[UdpSocketRow],
+    server_inodes: &std::collections::HashSet<u64>,
+    server_ports: &[u16],
+) -> (u64, u64) {
+    let earlier: std::collections::HashMap<u64, u64> =
+        before.iter().map(|r| (r.inode, r.drops)).collect();
+    let (mut server, mut others) = (0, 0);
+    for r in after {
+        let delta = r.drops.saturating_sub(earlier.get(&r.inode).copied().unwrap_or(0));
+        if server_inodes.contains(&r.inode) || server_ports.contains(&r.port) {
+            server += delta;
+        } else {
+            others += delta;
+        }
+    }
+    (server, others)
+}
+
+/// The rows of a `/proc/net/udp` table.
+pub fn parse_udp_table(text: &str) -> Vec<UdpSocketRow> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let inode = fields.get(9)?.parse().ok()?;
             let drops = fields.last()?.parse().ok()?;
-            Some((port, drops))
+            Some(UdpSocketRow { port, inode, drops })
         })
         .collect()
 }
@@ -132,7 +171,27 @@ mod tests {
         assert_eq!(parse_rss_kib("Name:\tx\nVmRSS:\t  2048 kB\n"), Some(2048));
         let udp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
                    12: 0100007F:A028 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 17\n";
-        assert_eq!(parse_udp_table(udp), vec![(0xA028, 17)]);
+        let rows = parse_udp_table(udp);
+        assert_eq!(
+            rows,
+            vec![UdpSocketRow {
+                port: 0xA028,
+                inode: 1,
+                drops: 17
+            }]
+        );
+        let later = [
+            UdpSocketRow { drops: 20, ..rows[0] },
+            UdpSocketRow {
+                port: 9,
+                inode: 5,
+                drops: 4,
+            },
+        ];
+        let server: std::collections::HashSet<u64> = [5].into();
+        // Socket 1 (port 0xA028) dropped 3 more; socket 5 is new with 4.
+        assert_eq!(udp_drops_between(&rows, &later, &server, &[]), (4, 3));
+        assert_eq!(udp_drops_between(&rows, &later, &server, &[0xA028]), (7, 0));
     }
 
     #[test]

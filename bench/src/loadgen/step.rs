@@ -21,6 +21,10 @@ use super::target;
 
 /// Snapshot delivery a step must hold to count as healthy.
 pub const DELIVERY_HEALTHY: f64 = 0.95;
+/// The server's socket counts as the limit once it drops more than this
+/// share of the datagrams the bots sent in the window (a stray drop does not
+/// end a series; a full receive buffer does).
+pub const SOCKET_DROPS_LIMIT_RATIO: f64 = 0.001;
 /// Lines a worker may write before the orchestrator reads them.
 pub const WORKER_LINES_QUEUED: usize = 1024;
 /// Longest a worker may take to report after `stop`.
@@ -120,8 +124,12 @@ pub struct Observed {
     pub http: std::net::SocketAddr,
     /// Its process, for CPU and memory (None: a remote node, not measured).
     pub pid: Option<u32>,
-    /// Its UDP ports, for socket drops.
+    /// Its UDP ports, for socket drops (besides the sockets its process
+    /// holds, found through `pid`).
     pub udp_ports: Vec<u16>,
+    /// Its resident memory before the step's instances were created (else
+    /// it is read when the step starts).
+    pub rss_before: Option<u64>,
 }
 
 struct Worker {
@@ -150,7 +158,7 @@ pub async fn run(
     let before = target::scrape(server.http).await?;
     let pids: Vec<u32> = server.pid.into_iter().collect();
     let rss = || server.pid.and_then(host::rss_bytes).unwrap_or(0);
-    let rss_before = rss();
+    let rss_before = server.rss_before.unwrap_or_else(rss);
     let (lines_tx, mut lines_rx) = mpsc::channel(WORKER_LINES_QUEUED);
     let mut workers = Vec::new();
     for (i, plan_bots) in split_by_instance(bots, options.processes).into_iter().enumerate() {
@@ -192,10 +200,12 @@ pub async fn run(
     let worker_pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
     let server_cpu = CpuMeter::start(&pids);
     let bot_cpu = CpuMeter::start(&worker_pids);
-    let drops_before = host::udp_drops(&server.udp_ports);
+    let sockets_before = host::udp_sockets();
+    let mut server_sockets = server.pid.map(host::socket_inodes).unwrap_or_default();
     for w in &mut workers {
-        w.stdin.write_all(b"measure\n").await?;
-        w.stdin.flush().await?;
+        // A worker that died is missing from the results; the others go on.
+        let _ = w.stdin.write_all(b"measure\n").await;
+        let _ = w.stdin.flush().await;
     }
     bar.set_message(format!("{clients} clients measured"));
     let perf = match (&options.perf, server.pid) {
@@ -205,17 +215,24 @@ pub async fn run(
     drain_for(options.window, &mut lines_rx, &mut progress, &mut results).await;
     let (server_cpu_s, window_s) = server_cpu.read();
     let bot_cores_used = bot_cpu.cores_used();
-    let drops_after = host::udp_drops(&server.udp_ports);
+    let sockets_after = host::udp_sockets();
+    server_sockets.extend(server.pid.map(host::socket_inodes).unwrap_or_default());
+    let drops = host::udp_drops_between(
+        &sockets_before,
+        &sockets_after,
+        &server_sockets,
+        &server.udp_ports,
+    );
     let rss = rss();
-    if let Some(mut p) = perf {
-        let _ = tokio::time::timeout(Duration::from_secs(60), p.wait()).await;
-    }
 
-    // Stop and collect.
+    // Stop and collect (perf finishes its window meanwhile).
     bar.set_message(format!("{clients} clients leaving"));
     for w in &mut workers {
         let _ = w.stdin.write_all(b"stop\n").await;
         let _ = w.stdin.flush().await;
+    }
+    if let Some(mut p) = perf {
+        let _ = tokio::time::timeout(Duration::from_secs(60), p.wait()).await;
     }
     let stop_deadline = Instant::now() + WORKER_STOP_TIMEOUT;
     while results.iter().any(Option::is_none) {
@@ -230,6 +247,10 @@ pub async fn run(
     }
     tokio::time::sleep(COUNTERS_SETTLE).await;
     let after = target::scrape(server.http).await?;
+    let missing_workers = results.iter().filter(|r| r.is_none()).count();
+    if missing_workers > 0 {
+        bar.println(format!("{missing_workers} worker(s) sent no result: their bots count as failed"));
+    }
     let bots: Vec<BotResult> = results.into_iter().flatten().flat_map(|r| r.bots).collect();
     anyhow::ensure!(!bots.is_empty(), "no worker reported a result");
     let measured = Measured {
@@ -238,8 +259,18 @@ pub async fn run(
         rss_before,
         rss,
         bot_cores_used,
-        bot_cores: options.bot_cores.len().max(1),
-        drops: (drops_after.0 - drops_before.0, drops_after.1 - drops_before.1),
+        // The cores the workers can use: those they are pinned to (no more
+        // than one per process), or every core when unpinned.
+        bot_cores: if options.bot_cores.is_empty() {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        } else {
+            let mut cores = options.bot_cores.clone();
+            cores.truncate(options.processes.max(1));
+            cores.sort_unstable();
+            cores.dedup();
+            cores.len()
+        },
+        drops,
         inputs_received: (after.get("instanceserver_inputs_total")
             - before.get("instanceserver_inputs_total")) as u64,
         server_dropped: after.get("instanceserver_dropped_datagrams_total")
@@ -410,7 +441,8 @@ fn summarise(
         clients,
         instances,
         joined: joined.len(),
-        join_failed: bots.len() - joined.len(),
+        // Bots of a worker that never reported count as failed too.
+        join_failed: clients.saturating_sub(joined.len()),
         ended_early: bots.iter().filter(|b| b.ended_early.is_some()).count(),
         join_ms_p50: quantile(&join_ms, 0.5),
         join_ms_p99: quantile(&join_ms, 0.99),
@@ -470,6 +502,9 @@ pub fn limit(r: &StepReport) -> Option<String> {
     if r.join_failed > 0 {
         reasons.push(format!("{} joins failed", r.join_failed));
     }
+    if r.ended_early > 0 {
+        reasons.push(format!("{} clients dropped", r.ended_early));
+    }
     if r.delivery_mean < DELIVERY_HEALTHY {
         reasons.push(format!("delivery {:.1}%", r.delivery_mean * 100.0));
     }
@@ -479,7 +514,8 @@ pub fn limit(r: &StepReport) -> Option<String> {
     if r.bot_cores_share >= 0.90 {
         reasons.push(format!("bot cores {:.0}% busy", r.bot_cores_share * 100.0));
     }
-    if r.server_socket_drops > 0 {
+    let datagrams_up = r.datagrams_up_per_client_s * r.clients as f64 * r.window_s;
+    if r.server_socket_drops as f64 > SOCKET_DROPS_LIMIT_RATIO * datagrams_up {
         reasons.push(format!("{} server socket drops", r.server_socket_drops));
     }
     (!reasons.is_empty()).then(|| reasons.join(", "))

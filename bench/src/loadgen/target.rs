@@ -13,6 +13,10 @@ use tokio::process::{Child, Command};
 
 /// Longest a started server may take to answer `/healthz`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest one HTTP call to the server (health, metrics) may take.
+pub const HTTP_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one control API call may take.
+pub const GRPC_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Control API calls in flight at once while creating instances.
 pub const CREATES_IN_FLIGHT: usize = 16;
 
@@ -45,6 +49,9 @@ pub struct ServerSpec {
     pub udp_port_base: u16,
     pub secret: String,
     pub tick_hz: u32,
+    /// Most users of one instance (the baseline's `--members-max`; ours
+    /// takes it per instance when they are created).
+    pub members_max: usize,
     /// The scene the baseline serves (ours takes it per instance).
     pub scene: String,
     /// More `--set key=value` settings for our server.
@@ -92,6 +99,8 @@ impl Server {
                     format!("instance.tick_hz={}", spec.tick_hz),
                     // Every bot joins from one address.
                     "http.joins_per_ip_per_minute=1000000".into(),
+                    // Instances wait for their bots however slow the ramp.
+                    "instance.empty_timeout_ms=3600000".into(),
                 ];
                 if spec.core.is_some() {
                     // taskset already holds the whole process to its core.
@@ -115,8 +124,11 @@ impl Server {
                     .arg("--scene")
                     .arg(&spec.scene)
                     .arg("--udp-ip")
-                    .arg(spec.http.ip().to_string());
-                command.env("RUST_LOG", "warn");
+                    .arg(spec.http.ip().to_string())
+                    .arg("--members-max")
+                    .arg(spec.members_max.to_string());
+                // webrtc-rs warns about every answerer-side ICE start.
+                command.env("RUST_LOG", "error");
             }
         }
         command
@@ -128,7 +140,7 @@ impl Server {
         let pid = child
             .id()
             .ok_or_else(|| anyhow::anyhow!("the server exited at once"))?;
-        let server = Server {
+        let mut server = Server {
             kind: spec.kind,
             pid,
             http: spec.http,
@@ -139,8 +151,22 @@ impl Server {
             },
             child,
         };
-        wait_healthy(spec.http, START_TIMEOUT).await?;
-        Ok(server)
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            // Not a server left over on the port: this one must still run.
+            if let Some(status) = server.child.try_wait()? {
+                anyhow::bail!("{} exited at start: {status}", spec.binary.display());
+            }
+            if healthy(spec.http).await {
+                return Ok(server);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the server at {} did not answer /healthz within {START_TIMEOUT:?}",
+                spec.http
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// What a step measures of it.
@@ -150,6 +176,7 @@ impl Server {
             http: self.http,
             pid: Some(self.pid),
             udp_ports: self.udp_ports.clone(),
+            rss_before: None,
         }
     }
 
@@ -159,26 +186,23 @@ impl Server {
     }
 }
 
-/// Polls `/healthz` until it answers 200.
-pub async fn wait_healthy(http: SocketAddr, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(r) = http_request(http, "GET", "/healthz", &[], Vec::new()).await
-            && r.status == 200
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the server at {http} did not answer /healthz within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Whether `/healthz` answers 200 (within [`HTTP_CALL_TIMEOUT`]).
+pub async fn healthy(http: SocketAddr) -> bool {
+    let call = http_request(http, "GET", "/healthz", &[], Vec::new());
+    matches!(
+        tokio::time::timeout(HTTP_CALL_TIMEOUT, call).await,
+        Ok(Ok(r)) if r.status == 200
+    )
 }
 
 /// The node's `/metrics`, summed by metric name (labels folded).
 pub async fn scrape(http: SocketAddr) -> anyhow::Result<Metrics> {
-    let r = http_request(http, "GET", "/metrics", &[], Vec::new()).await?;
+    let r = tokio::time::timeout(
+        HTTP_CALL_TIMEOUT,
+        http_request(http, "GET", "/metrics", &[], Vec::new()),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("/metrics did not answer within {HTTP_CALL_TIMEOUT:?}"))??;
     anyhow::ensure!(r.status == 200, "/metrics answered {}", r.status);
     Ok(Metrics::parse(&r.body))
 }
@@ -211,7 +235,11 @@ type ControlClient = pb::control_client::ControlClient<tonic::transport::Channel
 
 /// Connects to the node's gRPC control API.
 pub async fn control(grpc: SocketAddr) -> anyhow::Result<ControlClient> {
-    Ok(ControlClient::connect(format!("http://{grpc}")).await?)
+    let connect = ControlClient::connect(format!("http://{grpc}"));
+    tokio::time::timeout(GRPC_CALL_TIMEOUT, connect)
+        .await
+        .map_err(|_| anyhow::anyhow!("gRPC {grpc}: no connection within {GRPC_CALL_TIMEOUT:?}"))?
+        .map_err(Into::into)
 }
 
 /// Creates `ids` on the node with `scene`, a few at a time; returns how long
@@ -235,10 +263,13 @@ pub async fn create_instances(
                 max_users,
                 ..Default::default()
             };
-            calls.push(tokio::spawn(async move { c.create_instance(request).await }));
+            calls.push(tokio::spawn(async move {
+                tokio::time::timeout(GRPC_CALL_TIMEOUT, c.create_instance(request)).await
+            }));
         }
         for (id, call) in chunk.iter().zip(calls) {
             call.await?
+                .map_err(|_| anyhow::anyhow!("creating instance {id}: no answer within {GRPC_CALL_TIMEOUT:?}"))?
                 .map_err(|s| anyhow::anyhow!("creating instance {id}: {}", s.message()))?;
         }
     }

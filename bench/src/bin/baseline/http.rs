@@ -82,7 +82,19 @@ async fn join_inner(hub: &Arc<Hub>, instance_id: String, headers: &HeaderMap, bo
         return error(StatusCode::BAD_REQUEST, "bad_offer", "the SDP offer is not UTF-8");
     };
     let name = claims.name.clone().unwrap_or_else(|| claims.sub.clone());
-    match hub.join(&instance_id, claims.sub, name, offer.to_string()).await {
+    // On its own task: a client that hangs up mid-join must not cancel the
+    // join half way (the peer connection would never be closed).
+    let joining = {
+        let hub = hub.clone();
+        let offer = offer.to_string();
+        let id = instance_id.clone();
+        tokio::spawn(async move { hub.join(&id, claims.sub, name, offer).await })
+    };
+    let joined = match joining.await {
+        Ok(r) => r,
+        Err(e) => Err(JoinError::Rtc(format!("the join task failed: {e}"))),
+    };
+    match joined {
         Ok((token, answer)) => {
             let mut r = (StatusCode::CREATED, answer).into_response();
             let h = r.headers_mut();
@@ -145,6 +157,13 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     put("instanceserver_actions_relayed_total", "counter", "Action frames sent to members.", get(&m.actions));
     put("instanceserver_send_errors_total", "counter", "Sends webrtc-rs refused.", get(&m.send_errors));
     put("instanceserver_ticks_total", "counter", "Room ticks run.", get(&m.ticks));
+    put("instanceserver_skipped_ticks_total", "counter", "Ticks missed by late rooms.", get(&m.skipped_ticks));
+    put(
+        "instanceserver_snapshots_skipped_total",
+        "counter",
+        "Snapshots not sent while a member's state channel was backed up.",
+        get(&m.snapshots_skipped),
+    );
     let mut r = (StatusCode::OK, text).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

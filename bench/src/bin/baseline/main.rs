@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,baseline=info".into()),
+                .unwrap_or_else(|_| "error,baseline=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use engine::{EntityId, Scene, SimConfig, Simulation, UserIndex, WorldConfig};
 use instanceserver::config::{Config, InstanceConfig};
+use instanceserver::shard::STATE_BACKLOG_BYTES_MAX;
 use net::input::{InputLimits, Outcome, PeerInput};
 use net::messages::{ActionBroadcast, PeerJoined, PeerLeft, Target, Welcome};
 use net::quant::Quantizer;
@@ -46,6 +47,8 @@ pub struct Metrics {
     pub actions: AtomicU64,
     pub send_errors: AtomicU64,
     pub ticks: AtomicU64,
+    pub skipped_ticks: AtomicU64,
+    pub snapshots_skipped: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -310,11 +313,10 @@ impl PeerConnectionEventHandler for PeerHandler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        // `Disconnected` may recover; only the final states end a member.
         if matches!(
             state,
-            RTCPeerConnectionState::Failed
-                | RTCPeerConnectionState::Closed
-                | RTCPeerConnectionState::Disconnected
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
         ) {
             let _ = self.room.send(Command::Gone { session: self.session }).await;
         }
@@ -454,7 +456,15 @@ impl Room {
                     Some(c) => self.handle(c).await,
                     None => break,
                 },
-                _ = ticker.tick() => self.tick().await,
+                due = ticker.tick() => {
+                    // Skip drops the ticks a late room missed; count them.
+                    let late = due.elapsed();
+                    if late >= period {
+                        let missed = (late.as_nanos() / period.as_nanos().max(1)) as u64;
+                        self.hub.metrics.skipped_ticks.fetch_add(missed, Ordering::Relaxed);
+                    }
+                    self.tick().await
+                }
                 _ = sweep.tick() => {
                     self.sweep().await;
                     if self.empty_since.is_some_and(|t| t.elapsed() >= empty_timeout)
@@ -667,6 +677,12 @@ impl Room {
             let (Some(avatar), Some(dc)) = (m.avatar, m.state.clone()) else {
                 continue;
             };
+            // Like ours: a snapshot queued behind older ones arrives too late
+            // to be a baseline, so skip it while the channel is backed up.
+            if dc.outstanding_bytes().await.unwrap_or(0) > STATE_BACKLOG_BYTES_MAX {
+                self.hub.metrics.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let viewer = self
                 .sim
                 .world()

@@ -12,6 +12,7 @@ use bench::loadgen::churn::{self, ChurnOptions};
 use bench::loadgen::density::{self, DensityOptions, DensityReport};
 use bench::loadgen::step::{self, Observed, StepOptions};
 use bench::loadgen::target::{self, Server, ServerKind, ServerSpec};
+use bench::loadgen::host;
 use bench::loadgen::tokens::TokenSource;
 use bench::loadgen::{fleet, report};
 use clap::{Args, Parser, Subcommand};
@@ -54,9 +55,10 @@ struct BotArgs {
     /// Bot processes; bots are split between them by instance.
     #[arg(long, default_value_t = 1)]
     processes: usize,
-    /// Cores the bot processes are pinned to (comma-separated; empty: not pinned).
-    #[arg(long, value_delimiter = ',', default_value = "1")]
-    bot_cores: Vec<usize>,
+    /// Cores the bot processes are pinned to, round-robin (comma-separated;
+    /// `none`: not pinned).
+    #[arg(long, default_value = "1")]
+    bot_cores: String,
     /// Joins started per second.
     #[arg(long, default_value_t = 100)]
     join_rate: u32,
@@ -86,7 +88,7 @@ impl BotArgs {
         Ok(StepOptions {
             worker_binary: std::env::current_exe()?,
             processes: self.processes.max(1),
-            bot_cores: self.bot_cores.clone(),
+            bot_cores: parse_cores(&self.bot_cores)?,
             join_rate_per_s: self.join_rate,
             join_budget: Duration::from_secs(self.join_budget_s),
             settle: Duration::from_secs(self.settle_s),
@@ -264,6 +266,8 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result<()>
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let clients = args.instances * args.users_per_instance;
     let (instances, bots) = density::bots(&args.instance_prefix, clients, args.users_per_instance);
+    // Memory per client counts the instances too: read it before they exist.
+    let rss_before = args.server_pid.and_then(host::rss_bytes);
     if args.create {
         let max_users = u32::try_from(args.users_per_instance).unwrap_or(u32::MAX);
         target::create_instances(args.grpc, &instances, &args.scene, max_users).await?;
@@ -273,6 +277,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         http: args.http,
         pid: args.server_pid,
         udp_ports: args.udp_ports.clone(),
+        rss_before,
     };
     let bar = density::bar();
     let r = step::run(
@@ -304,6 +309,17 @@ fn parse_servers(names: &[String]) -> anyhow::Result<Vec<ServerKind>> {
         .collect()
 }
 
+fn parse_cores(text: &str) -> anyhow::Result<Vec<usize>> {
+    if text.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| c.parse().with_context(|| format!("--bot-cores: {c:?} is not a core number")))
+        .collect()
+}
+
 fn parse_empty(items: &[String]) -> anyhow::Result<Vec<(String, usize)>> {
     items
         .iter()
@@ -332,6 +348,7 @@ async fn density(args: DensityArgs) -> anyhow::Result<()> {
             udp_port_base: args.udp_port_base,
             secret: BENCH_SECRET.into(),
             tick_hz: args.tick_hz,
+            members_max: args.users_per_instance,
             scene: String::new(),
             settings: Vec::new(),
         },
@@ -401,6 +418,9 @@ fn print_density(r: &DensityReport) {
     );
 }
 
+/// Seats of each churn instance (bots spread over them at random).
+const CHURN_USERS_PER_INSTANCE_MAX: u32 = 64;
+
 async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     let spec = ServerSpec {
         kind: ServerKind::Ours,
@@ -414,17 +434,20 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         udp_port_base: args.udp_port_base,
         secret: BENCH_SECRET.into(),
         tick_hz: 30,
+        members_max: CHURN_USERS_PER_INSTANCE_MAX as usize,
         scene: args.scene.clone(),
         settings: vec![
             format!("webrtc.idle_timeout_ms={}", args.idle_timeout_ms),
             "instance.empty_timeout_ms=3600000".into(),
         ],
     };
+    anyhow::ensure!(args.instances >= 1, "--instances must be at least 1");
     let server = Server::start(&spec).await?;
     let result = async {
         let (instances, _) = density::bots("churn", args.instances, 1);
         let grpc = server.grpc.context("our server has a control API")?;
-        target::create_instances(grpc, &instances, &args.scene, 64).await?;
+        target::create_instances(grpc, &instances, &args.scene, CHURN_USERS_PER_INSTANCE_MAX)
+            .await?;
         let options = ChurnOptions {
             http: server.http,
             server_pid: Some(server.pid),

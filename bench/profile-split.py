@@ -13,22 +13,26 @@ leaf functions of the largest categories.
 """
 
 import collections
+import re
 import subprocess
 import sys
 
-# (category, substrings any frame may contain). Order matters: first wins.
+# (category, regular expressions any frame may match). Order matters: the
+# first category wins. Names are matched at word starts so that, say,
+# glommio's `uring::` is not taken for the `ring` crate, nor `skip_` for `ip_`.
 CATEGORIES = [
-    ("avatar controller", ["KinematicCharacterController", "character_controller", "drive_avatar"]),
-    ("snapshot encode + capture", ["net::snapshot", "ClientSnapshots", "WorldFrame", "send_snapshots", "snapshot"]),
-    ("str0m SCTP", ["sctp"]),
-    ("str0m DTLS + crypto", ["dimpl", "dtls", "Dtls", "aws_lc", "aes", "gcm", "Gcm", "ring::", "sha2", "hmac"]),
-    ("str0m other (ICE, STUN, RTC)", ["str0m"]),
-    ("physics (rapier)", ["rapier", "parry", "nalgebra"]),
-    ("protocol decode + inputs", ["net::codec", "net::input", "net::frame", "rkyv", "bytecheck"]),
-    ("kernel I/O", ["io_uring", "udp_", "sendmsg", "recvmsg", "ip_", "__sys_", "sock_", "skb", "net_rx", "do_softirq", "loopback"]),
-    ("shard bookkeeping + glommio", ["glommio", "instanceserver::shard", "BinaryHeap", "hashbrown"]),
-    ("allocator", ["mi_", "malloc", "free", "mimalloc"]),
+    ("avatar controller", [r"KinematicCharacterController", r"character_controller", r"drive_avatar"]),
+    ("snapshot encode + capture", [r"net::snapshot", r"ClientSnapshots", r"WorldFrame", r"send_snapshot"]),
+    ("str0m SCTP", [r"\bsctp"]),
+    ("str0m DTLS + crypto", [r"\bdimpl::", r"[Dd]tls", r"\baws_lc", r"\baes", r"\bgcm", r"_gcm", r"\bring::", r"\bsha2", r"\bhmac"]),
+    ("str0m other (ICE, STUN, RTC)", [r"\bstr0m"]),
+    ("physics (rapier)", [r"\brapier", r"\bparry", r"\bnalgebra"]),
+    ("protocol decode + inputs", [r"\bnet::codec", r"\bnet::input", r"\bnet::frame", r"\brkyv", r"\bbytecheck"]),
+    ("kernel I/O", [r"io_uring", r"\bio_", r"\b_*udp", r"sendmsg", r"recvmsg", r"\b_*ip_", r"\b_*sys_", r"\bsock_", r"skb", r"net_rx", r"softirq", r"loopback", r"\bnf_"]),
+    ("shard bookkeeping + glommio", [r"\bglommio", r"instanceserver::shard", r"BinaryHeap", r"hashbrown"]),
+    ("allocator", [r"\bmi_", r"_mi_", r"\bmalloc", r"\bfree\b", r"_int_free", r"mimalloc"]),
 ]
+COMPILED = [(name, re.compile("|".join(needles))) for name, needles in CATEGORIES]
 
 
 def samples(lines):
@@ -52,9 +56,9 @@ def samples(lines):
 
 
 def category(frames):
-    for name, needles in CATEGORIES:
+    for name, pattern in COMPILED:
         for f in frames:
-            if any(n in f for n in needles):
+            if pattern.search(f):
                 return name
     if frames and "kernel" in frames[0]:
         return "kernel (other)"

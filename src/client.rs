@@ -310,7 +310,11 @@ impl Session {
         Ok(())
     }
 
-    fn send_input_frame(&mut self, owned: Vec<OwnedUpdate>, now: Instant) -> Result<(), ClientError> {
+    fn send_input_frame(
+        &mut self,
+        owned: Vec<OwnedUpdate>,
+        now: Instant,
+    ) -> Result<(), ClientError> {
         self.ack_due = None;
         let ack = self.receiver.latest().unwrap_or(0);
         self.send(

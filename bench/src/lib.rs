@@ -4,6 +4,6 @@
 //! workloads, written once for each ECS compared, and the wire formats
 //! snapshots are compared with) and the load generator's parts.
 
+pub mod loadgen;
 pub mod wire;
 pub mod workloads;
-pub mod loadgen;

@@ -54,7 +54,10 @@ async fn bots_join_move_and_send_one_input_per_tick() {
         .run_until(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             while progress.joined.get() + progress.failed.get() < USERS {
-                assert!(tokio::time::Instant::now() < deadline, "bots did not join in time");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "bots did not join in time"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             assert_eq!(progress.failed.get(), 0, "every bot joins");
@@ -75,7 +78,12 @@ async fn bots_join_move_and_send_one_input_per_tick() {
         assert_eq!(b.ended_early, None);
         assert_eq!(b.tick_hz, HZ);
         let delivery = b.delivery().unwrap();
-        assert!(delivery >= 0.9, "{} received {:.0}% of its snapshots", b.user, delivery * 100.0);
+        assert!(
+            delivery >= 0.9,
+            "{} received {:.0}% of its snapshots",
+            b.user,
+            delivery * 100.0
+        );
         // One Input frame per input tick, and the acks ride on them: no
         // ack-only frames while the bot moves.
         let per_s = (b.window_inputs + b.window_acks) as f64 / b.window_s;
@@ -111,8 +119,22 @@ async fn the_loadgen_binary_runs_a_step_in_worker_processes_and_writes_json() {
     let json = dir.path().join("step.json");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["run", "--create", "--scene", "social", "--instances", "2"])
-        .args(["--users-per-instance", "3", "--processes", "2", "--bot-cores", "none"])
-        .args(["--settle-s", "1", "--window-s", "3", "--join-budget-s", "30"])
+        .args([
+            "--users-per-instance",
+            "3",
+            "--processes",
+            "2",
+            "--bot-cores",
+            "none",
+        ])
+        .args([
+            "--settle-s",
+            "1",
+            "--window-s",
+            "3",
+            "--join-budget-s",
+            "30",
+        ])
         .arg("--http")
         .arg(node.http_addr.to_string())
         .arg("--grpc")
@@ -136,7 +158,10 @@ async fn the_loadgen_binary_runs_a_step_in_worker_processes_and_writes_json() {
     );
     assert!(stdout.contains("| node | social | 6 | 6 |"), "{stdout}");
     let r: StepReport = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!((r.clients, r.instances, r.joined, r.join_failed), (6, 2, 6, 0));
+    assert_eq!(
+        (r.clients, r.instances, r.joined, r.join_failed),
+        (6, 2, 6, 0)
+    );
     assert!(r.delivery_mean >= 0.9, "{r:?}");
     assert!(r.join_ms_p99.unwrap() < 10_000.0, "{r:?}");
     // The node counted the bots' inputs (the whole run's, with acks).
@@ -153,8 +178,22 @@ async fn the_loadgen_binary_runs_a_step_in_worker_processes_and_writes_json() {
 async fn the_baseline_serves_the_same_bots() {
     const SECRET: &str = "baseline-test-secret";
     let mut baseline = tokio::process::Command::new(env!("CARGO_BIN_EXE_baseline"))
-        .args(["--http-listen", "127.0.0.1:0", "--secret", SECRET, "--scene", "social"])
-        .args(["--tick-hz", "30", "--members-max", "3", "--exit-after-s", "120"])
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--secret",
+            SECRET,
+            "--scene",
+            "social",
+        ])
+        .args([
+            "--tick-hz",
+            "30",
+            "--members-max",
+            "3",
+            "--exit-after-s",
+            "120",
+        ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -177,9 +216,24 @@ async fn the_baseline_serves_the_same_bots() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("step.json");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["run", "--scene", "social", "--instances", "2", "--users-per-instance", "3"])
+        .args([
+            "run",
+            "--scene",
+            "social",
+            "--instances",
+            "2",
+            "--users-per-instance",
+            "3",
+        ])
         .args(["--bot-cores", "none", "--chat-interval-s", "1"])
-        .args(["--settle-s", "1", "--window-s", "3", "--join-budget-s", "30"])
+        .args([
+            "--settle-s",
+            "1",
+            "--window-s",
+            "3",
+            "--join-budget-s",
+            "30",
+        ])
         .arg("--http")
         .arg(http.to_string())
         .arg("--server-pid")
@@ -200,7 +254,11 @@ async fn the_baseline_serves_the_same_bots() {
         String::from_utf8_lossy(&output.stderr)
     );
     let r: StepReport = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!((r.clients, r.instances, r.joined, r.join_failed), (6, 2, 6, 0), "{r:?}");
+    assert_eq!(
+        (r.clients, r.instances, r.joined, r.join_failed),
+        (6, 2, 6, 0),
+        "{r:?}"
+    );
     assert!(r.delivery_mean >= 0.9, "{r:?}");
     assert!(r.inputs_received > 0 && r.inputs_lost_ratio < 0.05, "{r:?}");
     assert!(r.chats_received > 0, "{r:?}");

@@ -195,7 +195,11 @@ impl Walk {
         }
         let span = 4.0 * WALK_AMPLITUDE_M / self.speed_mps;
         let u = (t % span) / span;
-        let tri = if u < 0.5 { 4.0 * u - 1.0 } else { 3.0 - 4.0 * u };
+        let tri = if u < 0.5 {
+            4.0 * u - 1.0
+        } else {
+            3.0 - 4.0 * u
+        };
         p.x += WALK_AMPLITUDE_M * tri;
         (p, true)
     }
@@ -247,9 +251,23 @@ pub async fn run(
         .welcome()
         .map_or(0, |w| u32::from(w.tick_hz));
     if spec.probe {
-        probes.borrow_mut().entry(spec.instance.clone()).or_default().avatar = Some(avatar);
+        probes
+            .borrow_mut()
+            .entry(spec.instance.clone())
+            .or_default()
+            .avatar = Some(avatar);
     }
-    play(&mut client, &spec, &workload, avatar, origin, &probes, &mut phase, &mut result).await;
+    play(
+        &mut client,
+        &spec,
+        &workload,
+        avatar,
+        origin,
+        &probes,
+        &mut phase,
+        &mut result,
+    )
+    .await;
     let stats = client.session().stats();
     result.inputs_sent = stats.inputs_sent;
     result.acks_sent = stats.acks_sent;
@@ -319,8 +337,8 @@ async fn play(
         speed_mps: workload.speed_mps,
         probe: spec.probe,
     };
-    let chat_every = (workload.chat_interval_ms > 0)
-        .then(|| Duration::from_millis(workload.chat_interval_ms));
+    let chat_every =
+        (workload.chat_interval_ms > 0).then(|| Duration::from_millis(workload.chat_interval_ms));
     // Spread the chats of different bots over the interval.
     let mut next_chat = chat_every.map(|d| Instant::now() + d.mul_f64(jitter(&spec.user)));
     let mut next_input = Instant::now();
@@ -383,7 +401,11 @@ async fn play(
                     // Latency is another user's move: the probe does not time itself.
                     if !spec.probe {
                         let mut discard = Recorder::default();
-                        let into = if measuring { &mut latency } else { &mut discard };
+                        let into = if measuring {
+                            &mut latency
+                        } else {
+                            &mut discard
+                        };
                         observe_probe(session, &spec.instance, probes, &mut watch, into);
                     }
                     false
@@ -459,8 +481,8 @@ fn observe_probe(
 
 /// A stable fraction in [0, 1) from a name, to spread bots over an interval.
 fn jitter(name: &str) -> f64 {
-    let h = name
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     (h % 10_000) as f64 / 10_000.0
 }

@@ -97,6 +97,9 @@ struct Counts {
 
 /// Runs the soak against a running node. Call inside a tokio `LocalSet`.
 pub async fn run(options: &ChurnOptions, tokens: TokenSource) -> anyhow::Result<ChurnReport> {
+    // The node's gauges come from its shards' once-a-second reports: let
+    // them include the instances just created before reading the baseline.
+    tokio::time::sleep(super::step::COUNTERS_SETTLE).await;
     let before = Gauges::read(&target::scrape(options.http).await?, options.server_pid);
     let counts = Rc::new(Counts::default());
     let started = Instant::now();
@@ -172,10 +175,16 @@ async fn session(
             .await
             .map_err(|e| e.to_string())?;
         let welcomed = c
-            .run_until(Duration::from_secs(10), |_, e| matches!(e, ClientEvent::Welcome(_)))
+            .run_until(Duration::from_secs(10), |_, e| {
+                matches!(e, ClientEvent::Welcome(_))
+            })
             .await
             .map_err(|e| e.to_string())?;
-        if welcomed { Ok(c) } else { Err("no welcome".to_string()) }
+        if welcomed {
+            Ok(c)
+        } else {
+            Err("no welcome".to_string())
+        }
     };
     let mut c = match tokio::time::timeout(Duration::from_secs(15), joined).await {
         Ok(Ok(c)) => c,
@@ -196,9 +205,16 @@ async fn session(
         if let Some(a) = avatar
             && let Some(p) = c.session().position_of(a)
         {
-            let _ = c.session().send_input(vec![client::owned_update(a, p)], Instant::now());
+            let _ = c
+                .session()
+                .send_input(vec![client::owned_update(a, p)], Instant::now());
         }
-        match c.run_until(period, |_, e| matches!(e, ClientEvent::Closed | ClientEvent::Kicked { .. })).await {
+        match c
+            .run_until(period, |_, e| {
+                matches!(e, ClientEvent::Closed | ClientEvent::Kicked { .. })
+            })
+            .await
+        {
             Ok(false) => {}
             Ok(true) | Err(_) => break,
         }

@@ -74,7 +74,9 @@ pub struct DensityReport {
 
 pub fn bar() -> ProgressBar {
     let bar = ProgressBar::new(0);
-    if let Ok(style) = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.enable_steady_tick(Duration::from_millis(200));
@@ -85,7 +87,9 @@ pub fn bar() -> ProgressBar {
 /// first of each instance its latency probe.
 pub fn bots(prefix: &str, clients: usize, per_instance: usize) -> (Vec<String>, Vec<BotSpec>) {
     let per = per_instance.max(1);
-    let instances: Vec<String> = (0..clients.div_ceil(per)).map(|i| format!("{prefix}-{i}")).collect();
+    let instances: Vec<String> = (0..clients.div_ceil(per))
+        .map(|i| format!("{prefix}-{i}"))
+        .collect();
     let bots = (0..clients)
         .map(|c| BotSpec {
             instance: instances[c / per].clone(),
@@ -96,7 +100,10 @@ pub fn bots(prefix: &str, clients: usize, per_instance: usize) -> (Vec<String>, 
     (instances, bots)
 }
 
-pub async fn run(options: &DensityOptions, on_step: impl Fn(&DensityReport)) -> anyhow::Result<DensityReport> {
+pub async fn run(
+    options: &DensityOptions,
+    on_step: impl Fn(&DensityReport),
+) -> anyhow::Result<DensityReport> {
     let (rmem_max, wmem_max) = host::socket_buffer_max();
     let mut report = DensityReport {
         rmem_max,
@@ -107,9 +114,18 @@ pub async fn run(options: &DensityOptions, on_step: impl Fn(&DensityReport)) -> 
     for (scene_index, scene) in options.scenes.iter().enumerate() {
         for &kind in &options.servers {
             for &clients in &options.steps {
-                say(&bar, format!("{} / {scene} / {clients} clients", kind.name()));
-                let perf = (kind == ServerKind::Ours && scene_index == 0 && options.perf_at == Some(clients))
-                    .then(|| options.perf_dir.join(format!("perf-{scene}-{clients}.data")));
+                say(
+                    &bar,
+                    format!("{} / {scene} / {clients} clients", kind.name()),
+                );
+                let perf = (kind == ServerKind::Ours
+                    && scene_index == 0
+                    && options.perf_at == Some(clients))
+                .then(|| {
+                    options
+                        .perf_dir
+                        .join(format!("perf-{scene}-{clients}.data"))
+                });
                 let r = step_on_fresh_server(options, kind, scene, clients, perf, &bar).await?;
                 let healthy = r.healthy();
                 say(&bar, step::summary_line(&r));
@@ -147,7 +163,11 @@ async fn step_on_fresh_server(
         spec.binary = options.baseline_binary.clone();
     }
     let server = Server::start(&spec).await?;
-    let (instances, bots) = bots(&format!("load-{scene}"), clients, options.users_per_instance);
+    let (instances, bots) = bots(
+        &format!("load-{scene}"),
+        clients,
+        options.users_per_instance,
+    );
     // Memory per client counts the instances (the baseline makes its rooms
     // as the bots join): read it before ours are created.
     let mut observed = server.observed();
@@ -184,8 +204,10 @@ pub async fn empty_instances(
 ) -> anyhow::Result<EmptyReport> {
     let mut spec = options.server.clone();
     spec.kind = ServerKind::Ours;
-    spec.settings.push(format!("shard.instances_max={}", count + 16));
-    spec.settings.push("instance.empty_timeout_ms=3600000".into());
+    spec.settings
+        .push(format!("shard.instances_max={}", count + 16));
+    spec.settings
+        .push("instance.empty_timeout_ms=3600000".into());
     let server = Server::start(&spec).await?;
     let grpc = server
         .grpc

@@ -102,7 +102,10 @@ pub async fn worker() -> anyhow::Result<()> {
         .next_line()
         .await?
         .ok_or_else(|| anyhow::anyhow!("no plan on stdin"))?;
-    anyhow::ensure!(first.len() <= PLAN_BYTES_MAX, "plan over {PLAN_BYTES_MAX} bytes");
+    anyhow::ensure!(
+        first.len() <= PLAN_BYTES_MAX,
+        "plan over {PLAN_BYTES_MAX} bytes"
+    );
     let plan: FleetPlan = serde_json::from_str(&first)?;
     let total = plan.bots.len();
     let (phase_tx, phase_rx) = watch::channel(Phase::Warmup);

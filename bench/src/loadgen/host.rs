@@ -92,7 +92,9 @@ pub fn udp_drops_between(
         before.iter().map(|r| (r.inode, r.drops)).collect();
     let (mut server, mut others) = (0, 0);
     for r in after {
-        let delta = r.drops.saturating_sub(earlier.get(&r.inode).copied().unwrap_or(0));
+        let delta = r
+            .drops
+            .saturating_sub(earlier.get(&r.inode).copied().unwrap_or(0));
         if server_inodes.contains(&r.inode) || server_ports.contains(&r.port) {
             server += delta;
         } else {
@@ -181,7 +183,10 @@ mod tests {
             }]
         );
         let later = [
-            UdpSocketRow { drops: 20, ..rows[0] },
+            UdpSocketRow {
+                drops: 20,
+                ..rows[0]
+            },
             UdpSocketRow {
                 port: 9,
                 inode: 5,

@@ -6,12 +6,12 @@
 //! command line (`loadgen --help`); docs/benchmarks.md shows the commands.
 
 pub mod bot;
-pub mod fleet;
-pub mod stats;
-pub mod tokens;
-pub mod host;
-pub mod step;
-pub mod target;
 pub mod churn;
 pub mod density;
+pub mod fleet;
+pub mod host;
 pub mod report;
+pub mod stats;
+pub mod step;
+pub mod target;
+pub mod tokens;

@@ -25,6 +25,8 @@ pub const DELIVERY_HEALTHY: f64 = 0.95;
 /// share of the datagrams the bots sent in the window (a stray drop does not
 /// end a series; a full receive buffer does).
 pub const SOCKET_DROPS_LIMIT_RATIO: f64 = 0.001;
+/// Longest `perf record` may take to write its profile after the window.
+pub const PERF_WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lines a worker may write before the orchestrator reads them.
 pub const WORKER_LINES_QUEUED: usize = 1024;
 /// Longest a worker may take to report after `stop`.
@@ -161,15 +163,18 @@ pub async fn run(
     let rss_before = server.rss_before.unwrap_or_else(rss);
     let (lines_tx, mut lines_rx) = mpsc::channel(WORKER_LINES_QUEUED);
     let mut workers = Vec::new();
-    for (i, plan_bots) in split_by_instance(bots, options.processes).into_iter().enumerate() {
+    for (i, plan_bots) in split_by_instance(bots, options.processes)
+        .into_iter()
+        .enumerate()
+    {
         let plan = FleetPlan {
             workload: workload.clone(),
             bots: plan_bots,
             join_rate_per_s: (options.join_rate_per_s / options.processes.max(1) as u32).max(1),
             secret: secret.map(str::to_string),
         };
-        let core = (!options.bot_cores.is_empty())
-            .then(|| options.bot_cores[i % options.bot_cores.len()]);
+        let core =
+            (!options.bot_cores.is_empty()).then(|| options.bot_cores[i % options.bot_cores.len()]);
         workers.push(spawn_worker(&options.worker_binary, core, &plan, i, lines_tx.clone()).await?);
     }
     drop(lines_tx);
@@ -232,7 +237,14 @@ pub async fn run(
         let _ = w.stdin.flush().await;
     }
     if let Some(mut p) = perf {
-        let _ = tokio::time::timeout(Duration::from_secs(60), p.wait()).await;
+        match tokio::time::timeout(PERF_WRITE_TIMEOUT, p.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => bar.println(format!("perf record failed: {status}")),
+            Ok(Err(e)) => bar.println(format!("perf record failed: {e}")),
+            Err(_) => bar.println(format!(
+                "perf record did not finish within {PERF_WRITE_TIMEOUT:?}"
+            )),
+        }
     }
     let stop_deadline = Instant::now() + WORKER_STOP_TIMEOUT;
     while results.iter().any(Option::is_none) {
@@ -249,7 +261,9 @@ pub async fn run(
     let after = target::scrape(server.http).await?;
     let missing_workers = results.iter().filter(|r| r.is_none()).count();
     if missing_workers > 0 {
-        bar.println(format!("{missing_workers} worker(s) sent no result: their bots count as failed"));
+        bar.println(format!(
+            "{missing_workers} worker(s) sent no result: their bots count as failed"
+        ));
     }
     let bots: Vec<BotResult> = results.into_iter().flatten().flat_map(|r| r.bots).collect();
     anyhow::ensure!(!bots.is_empty(), "no worker reported a result");
@@ -278,7 +292,14 @@ pub async fn run(
         skipped_ticks: after.get("instanceserver_skipped_ticks_total")
             - before.get("instanceserver_skipped_ticks_total"),
     };
-    Ok(summarise(&server.name, scene, clients, instances, &bots, &measured))
+    Ok(summarise(
+        &server.name,
+        scene,
+        clients,
+        instances,
+        &bots,
+        &measured,
+    ))
 }
 
 /// Keeps the bots of one instance in one process (they share the latency
@@ -322,9 +343,17 @@ async fn spawn_worker(
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
     let mut child = command.spawn()?;
-    let pid = child.id().ok_or_else(|| anyhow::anyhow!("worker exited at once"))?;
-    let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no worker stdin"))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no worker stdout"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("worker exited at once"))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no worker stdin"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no worker stdout"))?;
     let mut line = serde_json::to_string(plan)?;
     line.push('\n');
     stdin.write_all(line.as_bytes()).await?;
@@ -383,9 +412,10 @@ fn start_perf(pid: u32, path: &PathBuf, window: Duration) -> anyhow::Result<Chil
         .arg("sleep")
         .arg(window.as_secs_f64().to_string())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
-        .spawn()?)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start perf (linux-perf installed?): {e}"))?)
 }
 
 /// What the orchestrator measured around the bots.
@@ -448,7 +478,11 @@ fn summarise(
         join_ms_p99: quantile(&join_ms, 0.99),
         join_ms_max: quantile(&join_ms, 1.0),
         delivery_mean,
-        delivery_min: if delivery_min.is_finite() { delivery_min } else { 0.0 },
+        delivery_min: if delivery_min.is_finite() {
+            delivery_min
+        } else {
+            0.0
+        },
         bots_below_healthy: deliveries.iter().filter(|&&d| d < DELIVERY_HEALTHY).count(),
         interarrival_ms_p50: interarrival.quantile_ms(0.5),
         interarrival_ms_p99: interarrival.quantile_ms(0.99),

@@ -269,7 +269,11 @@ pub async fn create_instances(
         }
         for (id, call) in chunk.iter().zip(calls) {
             call.await?
-                .map_err(|_| anyhow::anyhow!("creating instance {id}: no answer within {GRPC_CALL_TIMEOUT:?}"))?
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "creating instance {id}: no answer within {GRPC_CALL_TIMEOUT:?}"
+                    )
+                })?
                 .map_err(|s| anyhow::anyhow!("creating instance {id}: {}", s.message()))?;
         }
     }

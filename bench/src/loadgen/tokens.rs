@@ -38,7 +38,12 @@ impl TokenSource {
     }
 
     /// A token for `user` scoped to `instance`.
-    pub async fn token(&self, http: SocketAddr, user: &str, instance: &str) -> Result<String, String> {
+    pub async fn token(
+        &self,
+        http: SocketAddr,
+        user: &str,
+        instance: &str,
+    ) -> Result<String, String> {
         match self {
             TokenSource::Secret(verifier) => {
                 let now = SystemTime::now()
@@ -51,7 +56,9 @@ impl TokenSource {
                     scope: Scope::Instance(instance.to_string()),
                     ttl_s: TOKEN_TTL_S,
                 };
-                verifier.issue_hs256(&request, now).map_err(|e| e.to_string())
+                verifier
+                    .issue_hs256(&request, now)
+                    .map_err(|e| e.to_string())
             }
             TokenSource::Dev => instanceserver::client::dev_token(http, user, instance)
                 .await

@@ -217,8 +217,7 @@ pub fn social() -> String {
             v3([x * 2.5, 1.8, z * 2.5])
         ));
     }
-    let crate_collider =
-        r#"{"shape": "cuboid", "half_extents": [0.3, 0.3, 0.3], "friction": 0.7}"#;
+    let crate_collider = r#"{"shape": "cuboid", "half_extents": [0.3, 0.3, 0.3], "friction": 0.7}"#;
     let ball = r#"{"shape": "ball", "radius": 0.25, "restitution": 0.3}"#;
     let chair = r#"{"shape": "cuboid", "half_extents": [0.25, 0.45, 0.25], "friction": 0.8}"#;
     for i in 0..20 {

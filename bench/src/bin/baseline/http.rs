@@ -51,7 +51,12 @@ async fn join(
     response
 }
 
-async fn join_inner(hub: &Arc<Hub>, instance_id: String, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn join_inner(
+    hub: &Arc<Hub>,
+    instance_id: String,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -79,7 +84,11 @@ async fn join_inner(hub: &Arc<Hub>, instance_id: String, headers: &HeaderMap, bo
         );
     }
     let Ok(offer) = std::str::from_utf8(body) else {
-        return error(StatusCode::BAD_REQUEST, "bad_offer", "the SDP offer is not UTF-8");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_offer",
+            "the SDP offer is not UTF-8",
+        );
     };
     let name = claims.name.clone().unwrap_or_else(|| claims.sub.clone());
     // On its own task: a client that hangs up mid-join must not cancel the
@@ -138,26 +147,83 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     let m = &hub.metrics;
     let mut text = String::new();
     let mut put = |name: &str, kind: &str, help: &str, value: u64| {
-        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
     };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    put("instanceserver_sessions", "gauge", "Members with both channels open.", get(&m.sessions));
-    put("instanceserver_instances", "gauge", "Open rooms.", hub.rooms_open() as u64);
-    put("instanceserver_joins_total", "counter", "Joins answered 201.", get(&m.joins_ok));
-    put("instanceserver_joins_refused_total", "counter", "Joins refused.", get(&m.joins_refused));
-    put("instanceserver_inputs_total", "counter", "Input frames applied.", get(&m.inputs));
+    put(
+        "instanceserver_sessions",
+        "gauge",
+        "Members with both channels open.",
+        get(&m.sessions),
+    );
+    put(
+        "instanceserver_instances",
+        "gauge",
+        "Open rooms.",
+        hub.rooms_open() as u64,
+    );
+    put(
+        "instanceserver_joins_total",
+        "counter",
+        "Joins answered 201.",
+        get(&m.joins_ok),
+    );
+    put(
+        "instanceserver_joins_refused_total",
+        "counter",
+        "Joins refused.",
+        get(&m.joins_refused),
+    );
+    put(
+        "instanceserver_inputs_total",
+        "counter",
+        "Input frames applied.",
+        get(&m.inputs),
+    );
     put(
         "instanceserver_invalid_messages_total",
         "counter",
         "Client frames that failed validation.",
         get(&m.invalid),
     );
-    put("instanceserver_snapshots_sent_total", "counter", "Snapshots handed to webrtc-rs.", get(&m.snapshots));
-    put("instanceserver_snapshot_bytes_total", "counter", "Bytes of those snapshots.", get(&m.snapshot_bytes));
-    put("instanceserver_actions_relayed_total", "counter", "Action frames sent to members.", get(&m.actions));
-    put("instanceserver_send_errors_total", "counter", "Sends webrtc-rs refused.", get(&m.send_errors));
-    put("instanceserver_ticks_total", "counter", "Room ticks run.", get(&m.ticks));
-    put("instanceserver_skipped_ticks_total", "counter", "Ticks missed by late rooms.", get(&m.skipped_ticks));
+    put(
+        "instanceserver_snapshots_sent_total",
+        "counter",
+        "Snapshots handed to webrtc-rs.",
+        get(&m.snapshots),
+    );
+    put(
+        "instanceserver_snapshot_bytes_total",
+        "counter",
+        "Bytes of those snapshots.",
+        get(&m.snapshot_bytes),
+    );
+    put(
+        "instanceserver_actions_relayed_total",
+        "counter",
+        "Action frames sent to members.",
+        get(&m.actions),
+    );
+    put(
+        "instanceserver_send_errors_total",
+        "counter",
+        "Sends webrtc-rs refused.",
+        get(&m.send_errors),
+    );
+    put(
+        "instanceserver_ticks_total",
+        "counter",
+        "Room ticks run.",
+        get(&m.ticks),
+    );
+    put(
+        "instanceserver_skipped_ticks_total",
+        "counter",
+        "Ticks missed by late rooms.",
+        get(&m.skipped_ticks),
+    );
     put(
         "instanceserver_snapshots_skipped_total",
         "counter",

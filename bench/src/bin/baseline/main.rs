@@ -27,7 +27,10 @@ use engine::{Scene, SceneLimits};
 
 /// Command-line settings; every limit is named here.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "baseline", about = "webrtc-rs baseline server for the density benchmark")]
+#[command(
+    name = "baseline",
+    about = "webrtc-rs baseline server for the density benchmark"
+)]
 pub struct Args {
     /// Where the HTTP API listens (join, leave, /healthz, /metrics).
     #[arg(long, default_value = "127.0.0.1:8090")]

@@ -76,7 +76,9 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("args", &self.args).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("args", &self.args)
+            .finish_non_exhaustive()
     }
 }
 
@@ -165,7 +167,8 @@ impl Hub {
         name: String,
         offer: String,
     ) -> Result<(String, String), JoinError> {
-        let offer = RTCSessionDescription::offer(offer).map_err(|e| JoinError::Offer(e.to_string()))?;
+        let offer =
+            RTCSessionDescription::offer(offer).map_err(|e| JoinError::Offer(e.to_string()))?;
         let tx = self.reserve(room_id)?;
         let mut seat = Seat {
             hub: self.clone(),
@@ -318,7 +321,12 @@ impl PeerConnectionEventHandler for PeerHandler {
             state,
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
         ) {
-            let _ = self.room.send(Command::Gone { session: self.session }).await;
+            let _ = self
+                .room
+                .send(Command::Gone {
+                    session: self.session,
+                })
+                .await;
         }
     }
 
@@ -399,7 +407,11 @@ struct Room {
 }
 
 impl Room {
-    fn new(hub: Arc<Hub>, id: String, rx: mpsc::Receiver<Command>) -> Result<Room, engine::SimError> {
+    fn new(
+        hub: Arc<Hub>,
+        id: String,
+        rx: mpsc::Receiver<Command>,
+    ) -> Result<Room, engine::SimError> {
         let c = &hub.instance;
         let sim = Simulation::new(
             &hub.scene,
@@ -572,8 +584,14 @@ impl Room {
             if j == i || !self.members[j].welcomed() {
                 continue;
             }
-            self.send(j, Channel::Actions, MessageKind::PeerJoined, tick, &newcomer)
-                .await;
+            self.send(
+                j,
+                Channel::Actions,
+                MessageKind::PeerJoined,
+                tick,
+                &newcomer,
+            )
+            .await;
             let theirs = PeerJoined {
                 user_index: self.members[j].user.0,
                 user_id: self.members[j].user_id.clone(),
@@ -624,8 +642,14 @@ impl Room {
                         Target::Server => false,
                     };
                     if wanted && self.members[j].welcomed() {
-                        self.send(j, Channel::Actions, MessageKind::ActionBroadcast, tick, &action)
-                            .await;
+                        self.send(
+                            j,
+                            Channel::Actions,
+                            MessageKind::ActionBroadcast,
+                            tick,
+                            &action,
+                        )
+                        .await;
                         self.hub.metrics.actions.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -633,8 +657,14 @@ impl Room {
             Outcome::Ownership(changed) => {
                 for j in 0..self.members.len() {
                     if self.members[j].welcomed() {
-                        self.send(j, Channel::Actions, MessageKind::OwnershipChanged, tick, &changed)
-                            .await;
+                        self.send(
+                            j,
+                            Channel::Actions,
+                            MessageKind::OwnershipChanged,
+                            tick,
+                            &changed,
+                        )
+                        .await;
                     }
                 }
             }
@@ -680,7 +710,10 @@ impl Room {
             // Like ours: a snapshot queued behind older ones arrives too late
             // to be a baseline, so skip it while the channel is backed up.
             if dc.outstanding_bytes().await.unwrap_or(0) > STATE_BACKLOG_BYTES_MAX {
-                self.hub.metrics.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
+                self.hub
+                    .metrics
+                    .snapshots_skipped
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let viewer = self
@@ -700,7 +733,10 @@ impl Room {
             let len = bytes.len() as u64;
             if dc.send(bytes).await.is_ok() {
                 self.hub.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
-                self.hub.metrics.snapshot_bytes.fetch_add(len, Ordering::Relaxed);
+                self.hub
+                    .metrics
+                    .snapshot_bytes
+                    .fetch_add(len, Ordering::Relaxed);
             } else {
                 self.hub.metrics.send_errors.fetch_add(1, Ordering::Relaxed);
             }

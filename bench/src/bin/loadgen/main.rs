@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use bench::loadgen::bot::Workload;
 use bench::loadgen::churn::{self, ChurnOptions};
 use bench::loadgen::density::{self, DensityOptions, DensityReport};
+use bench::loadgen::host;
 use bench::loadgen::step::{self, Observed, StepOptions};
 use bench::loadgen::target::{self, Server, ServerKind, ServerSpec};
-use bench::loadgen::host;
 use bench::loadgen::tokens::TokenSource;
 use bench::loadgen::{fleet, report};
 use clap::{Args, Parser, Subcommand};
@@ -140,7 +140,11 @@ struct RunArgs {
 #[derive(Debug, Args)]
 struct DensityArgs {
     /// Client counts to step through, in order, until one is unhealthy.
-    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,800,1600,3200")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50,100,200,400,800,1600,3200"
+    )]
     steps: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "social,demo")]
     scenes: Vec<String>,
@@ -156,7 +160,11 @@ struct DensityArgs {
     #[arg(long, default_value_t = 0)]
     server_core: usize,
     /// Empty-instance measurements, `scene:count` (comma-separated; `none` for none).
-    #[arg(long, value_delimiter = ',', default_value = "social:1000,social:10000,demo:1000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "social:1000,social:10000,demo:1000"
+    )]
     empty: Vec<String>,
     /// Seconds the idle CPU of empty instances is measured.
     #[arg(long, default_value_t = 10)]
@@ -316,7 +324,10 @@ fn parse_cores(text: &str) -> anyhow::Result<Vec<usize>> {
     text.split(',')
         .map(str::trim)
         .filter(|c| !c.is_empty())
-        .map(|c| c.parse().with_context(|| format!("--bot-cores: {c:?} is not a core number")))
+        .map(|c| {
+            c.parse()
+                .with_context(|| format!("--bot-cores: {c:?} is not a core number"))
+        })
         .collect()
 }
 
@@ -328,12 +339,18 @@ fn parse_empty(items: &[String]) -> anyhow::Result<Vec<(String, usize)>> {
             let (scene, count) = i
                 .split_once(':')
                 .with_context(|| format!("--empty: {i:?} is not scene:count"))?;
-            Ok((scene.to_string(), count.parse().with_context(|| format!("--empty: {i:?}"))?))
+            Ok((
+                scene.to_string(),
+                count.parse().with_context(|| format!("--empty: {i:?}"))?,
+            ))
         })
         .collect()
 }
 
 async fn density(args: DensityArgs) -> anyhow::Result<()> {
+    // The report and any profile go here, from the first step on.
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let server_binary = match &args.server_binary {
         Some(p) => p.clone(),
         None => sibling("instanceserver")?,
@@ -383,18 +400,26 @@ async fn density(args: DensityArgs) -> anyhow::Result<()> {
 fn print_density(r: &DensityReport) {
     println!("{}", report::steps_table(&r.steps));
     if !r.ratios.is_empty() {
-        println!("| scene | clients | CPU per client-s, ours / baseline | memory per client, ours / baseline | both healthy |");
+        println!(
+            "| scene | clients | CPU per client-s, ours / baseline | memory per client, ours / baseline | both healthy |"
+        );
         println!("|---|---|---|---|---|");
         for x in &r.ratios {
             println!(
                 "| {} | {} | {:.2} | {:.2} | {} |",
-                x.scene, x.clients, x.cpu_ours_over_baseline, x.memory_ours_over_baseline, x.both_healthy
+                x.scene,
+                x.clients,
+                x.cpu_ours_over_baseline,
+                x.memory_ours_over_baseline,
+                x.both_healthy
             );
         }
         println!();
     }
     if !r.empty.is_empty() {
-        println!("| scene | empty instances | create (s) | create CPU per instance | KiB per instance | idle CPU (cores) | idle µs per instance-s |");
+        println!(
+            "| scene | empty instances | create (s) | create CPU per instance | KiB per instance | idle CPU (cores) | idle µs per instance-s |"
+        );
         println!("|---|---|---|---|---|---|---|");
         for e in &r.empty {
             println!(

@@ -247,10 +247,11 @@ impl Session {
             self.close_now();
         }
         self.pump(now);
-        if self.ack_due.is_some_and(|due| now >= due) && self.is_open() {
-            if self.send_input_frame(Vec::new(), now).is_ok() {
-                self.stats.acks_sent += 1;
-            }
+        if self.ack_due.is_some_and(|due| now >= due)
+            && self.is_open()
+            && self.send_input_frame(Vec::new(), now).is_ok()
+        {
+            self.stats.acks_sent += 1;
         }
     }
 

@@ -9,24 +9,13 @@ pub const HISTOGRAM_BUCKETS: usize = 2_001;
 
 /// Millisecond-resolution histogram of durations from 0 to 2 s (longer ones
 /// share the last bucket, and `max_us` keeps the true maximum).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Histogram {
     /// Non-zero buckets as (milliseconds, count), sorted by milliseconds.
     buckets: Vec<(u32, u64)>,
     count: u64,
     sum_us: u64,
     max_us: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: Vec::new(),
-            count: 0,
-            sum_us: 0,
-            max_us: 0,
-        }
-    }
 }
 
 /// The recording side of a histogram: a dense array, turned into the sparse

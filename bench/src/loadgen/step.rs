@@ -403,7 +403,7 @@ async fn drain_for(
 }
 
 fn start_perf(pid: u32, path: &PathBuf, window: Duration) -> anyhow::Result<Child> {
-    Ok(Command::new("perf")
+    Command::new("perf")
         .args(["record", "--call-graph", "dwarf,16384", "-F", "499", "-o"])
         .arg(path)
         .arg("-p")
@@ -415,7 +415,7 @@ fn start_perf(pid: u32, path: &PathBuf, window: Duration) -> anyhow::Result<Chil
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start perf (linux-perf installed?): {e}"))?)
+        .map_err(|e| anyhow::anyhow!("cannot start perf (linux-perf installed?): {e}"))
 }
 
 /// What the orchestrator measured around the bots.

@@ -46,6 +46,10 @@ pub struct Workload {
     pub chat_interval_ms: u64,
     /// Longest a join (HTTP, ICE, DTLS, SCTP, Welcome) may take.
     pub join_timeout_ms: u64,
+    /// How long an applied snapshot waits for an input to carry its ack
+    /// (the client's `set_ack_delay`); 0 acks every snapshot at once with an
+    /// empty input, as the client did before inputs carried acks.
+    pub ack_delay_ms: u64,
 }
 
 impl Default for Workload {
@@ -56,6 +60,7 @@ impl Default for Workload {
             speed_mps: 2.0,
             chat_interval_ms: 10_000,
             join_timeout_ms: 15_000,
+            ack_delay_ms: client::ACK_DELAY_DEFAULT.as_millis() as u64,
         }
     }
 }
@@ -243,6 +248,9 @@ pub async fn run(
             return result;
         }
     };
+    client
+        .session()
+        .set_ack_delay(Duration::from_millis(workload.ack_delay_ms));
     progress.joined.set(progress.joined.get() + 1);
     result.joined = true;
     result.join_ms = Some(started.elapsed().as_secs_f64() * 1e3);

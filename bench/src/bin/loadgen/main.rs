@@ -52,6 +52,10 @@ struct BotArgs {
     /// Seconds between a bot's chat actions (0: none).
     #[arg(long, default_value_t = 10)]
     chat_interval_s: u64,
+    /// Milliseconds an applied snapshot waits for an input to carry its ack
+    /// (0: ack every snapshot at once with an empty input, the old client).
+    #[arg(long, default_value_t = 50)]
+    ack_delay_ms: u64,
     /// Bot processes; bots are split between them by instance.
     #[arg(long, default_value_t = 1)]
     processes: usize,
@@ -80,6 +84,7 @@ impl BotArgs {
             input_hz: self.input_hz,
             speed_mps: self.speed_mps,
             chat_interval_ms: self.chat_interval_s * 1_000,
+            ack_delay_ms: self.ack_delay_ms,
             ..Workload::default()
         }
     }

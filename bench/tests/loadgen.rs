@@ -115,49 +115,15 @@ async fn bots_join_move_and_send_one_input_per_tick() {
 async fn the_loadgen_binary_runs_a_step_in_worker_processes_and_writes_json() {
     let node = node();
     let secret = node.dev_secret.clone().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("step.json");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["run", "--create", "--scene", "social", "--instances", "2"])
-        .args([
-            "--users-per-instance",
-            "3",
-            "--processes",
-            "2",
-            "--bot-cores",
-            "none",
-        ])
-        .args([
-            "--settle-s",
-            "1",
-            "--window-s",
-            "3",
-            "--join-budget-s",
-            "30",
-        ])
-        .arg("--http")
-        .arg(node.http_addr.to_string())
-        .arg("--grpc")
-        .arg(node.grpc_addr.unwrap().to_string())
-        .arg("--server-pid")
-        .arg(std::process::id().to_string())
-        .arg("--json")
-        .arg(&json)
-        .env("LOADGEN_SECRET", secret)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(90), output)
-        .await
-        .expect("loadgen finishes in time")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let grpc = node.grpc_addr.unwrap().to_string();
+    let (stdout, r) = run_loadgen(
+        &["--create", "--grpc", &grpc, "--processes", "2"],
+        node.http_addr,
+        std::process::id(),
+        &secret,
+    )
+    .await;
     assert!(stdout.contains("| node | social | 6 | 6 |"), "{stdout}");
-    let r: StepReport = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(
         (r.clients, r.instances, r.joined, r.join_failed),
         (6, 2, 6, 0)
@@ -213,47 +179,7 @@ async fn the_baseline_serves_the_same_bots() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("step.json");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "run",
-            "--scene",
-            "social",
-            "--instances",
-            "2",
-            "--users-per-instance",
-            "3",
-        ])
-        .args(["--bot-cores", "none", "--chat-interval-s", "1"])
-        .args([
-            "--settle-s",
-            "1",
-            "--window-s",
-            "3",
-            "--join-budget-s",
-            "30",
-        ])
-        .arg("--http")
-        .arg(http.to_string())
-        .arg("--server-pid")
-        .arg(pid.to_string())
-        .arg("--json")
-        .arg(&json)
-        .env("LOADGEN_SECRET", SECRET)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(90), output)
-        .await
-        .expect("loadgen finishes in time")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let r: StepReport = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, r) = run_loadgen(&["--chat-interval-s", "1"], http, pid, SECRET).await;
     assert_eq!(
         (r.clients, r.instances, r.joined, r.join_failed),
         (6, 2, 6, 0),
@@ -280,4 +206,50 @@ async fn the_baseline_serves_the_same_bots() {
         members[3]
     );
     let _ = baseline.start_kill();
+}
+
+/// Runs `loadgen run` for one short step of 2 `social` instances of 3 users
+/// (bots unpinned) against the server at `http` whose process is `pid`, with
+/// `extra` arguments; asserts it succeeded and returns its stdout and report.
+async fn run_loadgen(
+    extra: &[&str],
+    http: std::net::SocketAddr,
+    pid: u32,
+    secret: &str,
+) -> (String, StepReport) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("step.json");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["run", "--scene", "social", "--instances", "2"])
+        .args(["--users-per-instance", "3", "--bot-cores", "none"])
+        .args([
+            "--settle-s",
+            "1",
+            "--window-s",
+            "3",
+            "--join-budget-s",
+            "30",
+        ])
+        .args(extra)
+        .arg("--http")
+        .arg(http.to_string())
+        .arg("--server-pid")
+        .arg(pid.to_string())
+        .arg("--json")
+        .arg(&json)
+        .env("LOADGEN_SECRET", secret)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), output)
+        .await
+        .expect("loadgen finishes in time")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (stdout, r)
 }

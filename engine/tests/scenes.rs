@@ -30,16 +30,21 @@ fn builtin_scenes_load() {
     assert!(Scene::builtin("nope").is_none());
 }
 
+/// The collider shape of every entity with a body.
+fn body_shapes(scene: &Scene) -> Vec<Shape> {
+    scene
+        .entities
+        .iter()
+        .filter_map(|e| e.body.as_ref().map(|b| b.collider.shape))
+        .collect()
+}
+
 #[test]
 fn social_scene_is_static_geometry_and_twenty_props() {
     let scene = Scene::builtin("social").unwrap();
     assert_eq!(scene.dynamic_bodies(), 20);
     assert_eq!(scene.spawn_points.len(), 10);
-    let shapes: Vec<_> = scene
-        .entities
-        .iter()
-        .filter_map(|e| e.body.as_ref().map(|b| b.collider.shape))
-        .collect();
+    let shapes = body_shapes(&scene);
     assert!(
         shapes
             .iter()
@@ -55,11 +60,7 @@ fn demo_scene_loads() {
     assert_eq!(scene.name, "demo");
     assert_eq!(scene.spawn_points.len(), 8);
     assert_eq!(scene.dynamic_bodies(), 220);
-    let shapes: Vec<_> = scene
-        .entities
-        .iter()
-        .filter_map(|e| e.body.as_ref().map(|b| b.collider.shape))
-        .collect();
+    let shapes = body_shapes(&scene);
     assert!(
         shapes
             .iter()

@@ -238,6 +238,43 @@ impl Default for InstanceConfig {
     }
 }
 
+impl Config {
+    /// The router's share of the configuration, for a shard whose peers
+    /// reach it at `local`.
+    pub fn router(&self, local: SocketAddr) -> crate::router::RouterConfig {
+        let i = &self.instance;
+        crate::router::RouterConfig {
+            instances_max: self.shard.instances_max,
+            stall_report: Duration::from_millis(self.shard.stall_report_ms),
+            conn: net::conn::ConnConfig {
+                local,
+                connect_timeout: self.webrtc.connect_timeout(),
+                idle_timeout: self.webrtc.idle_timeout(),
+                send_queue_len: self.shard.send_queue_len,
+                conns_max: self.shard.peers_max,
+            },
+            instance: state::instance::RuntimeConfig {
+                tick_hz: i.tick_hz,
+                entities_max: i.entities_max,
+                avatar_speed_max_mps: i.avatar_speed_max_mps,
+                cached_actions_max: i.cached_actions_max,
+                invalid_messages_max: i.invalid_messages_max,
+                actions_per_second_max: i.actions_per_second_max,
+                reliable_buffer_bytes_max: i.reliable_buffer_bytes_max,
+                snapshot: net::snapshot::SnapshotConfig {
+                    interest_radius_m: i.interest_radius_m,
+                    view_entities_max: i.view_entities_max,
+                    ..net::snapshot::SnapshotConfig::default()
+                },
+                input: net::input::InputLimits {
+                    owned_speed_max_mps: i.owned_speed_max_mps,
+                    ..net::input::InputLimits::default()
+                },
+            },
+        }
+    }
+}
+
 impl WebRtcConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)

@@ -24,9 +24,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use state::commands::{Command, Event, InstanceSpec, JoinRefused, JoinRequest, SessionId};
 
-use crate::client::{ClientEvent, Session};
+use net::client::{ClientEvent, Session};
+
 use crate::config::Config;
-use crate::shard::Shard;
+use crate::router::Shard;
 
 /// How the in-memory network treats each datagram.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,6 +85,7 @@ struct InFlight {
 pub struct Harness {
     pub seed: u64,
     pub shard: Shard,
+    config: Config,
     pub clients: Vec<HarnessClient>,
     by_addr: HashMap<SocketAddr, usize>,
     /// Every event the shard reported, in order.
@@ -114,7 +116,8 @@ impl Harness {
         let server: SocketAddr = "10.0.0.1:40000".parse().expect("a literal address");
         Harness {
             seed,
-            shard: Shard::new(0, config, server, seed, start),
+            shard: Shard::new(0, config.router(server), seed, Instant::now, start),
+            config,
             clients: Vec::new(),
             by_addr: HashMap::new(),
             events: Vec::new(),
@@ -168,7 +171,7 @@ impl Harness {
     }
 
     fn shard_config(&self) -> &Config {
-        self.shard.config()
+        &self.config
     }
 
     pub fn command(&mut self, command: Command) {

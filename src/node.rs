@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::control::{self, Control, CreateRequest, SceneSource, ShardSlot, Shared, lock};
-use crate::shard::io::{self as shard_io, ShardHandle, ShardStartError};
+use crate::io::{self as shard_io, ShardHandle, ShardStartError};
 
 /// How long the HTTP and gRPC servers wait for open connections at stop.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);

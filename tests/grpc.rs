@@ -7,9 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use instanceserver::client::{Client, ClientEvent, dev_token};
 use instanceserver::control::grpc::pb;
 use instanceserver::control::grpc::pb::control_client::ControlClient;
+use net::client::{Client, ClientEvent, dev_token};
 use net::messages::KickReason;
 use tonic::Code;
 
@@ -134,7 +134,7 @@ async fn create_list_kick_ban_end_and_drain_through_grpc() {
     assert!(
         matches!(
             &again,
-            Err(instanceserver::client::ClientError::Refused { status: 403, .. })
+            Err(net::client::ClientError::Refused { status: 403, .. })
         ),
         "{again:?}"
     );

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use instanceserver::client::{ClientEvent, owned_update};
 use instanceserver::config::Config;
 use instanceserver::harness::{Harness, Network};
 use net::Channel;
+use net::client::{ClientEvent, owned_update};
 use net::messages::KickReason;
 use state::commands::{Command, EndReason, Event, LeaveReason};
 

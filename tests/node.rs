@@ -8,8 +8,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use engine::Vec3;
-use instanceserver::client::{Client, ClientEvent, action, dev_token, owned_update};
 use instanceserver::control::lock;
+use net::client::{Client, ClientEvent, action, dev_token, owned_update};
 
 #[tokio::test(flavor = "current_thread")]
 async fn two_clients_join_and_see_each_other_move() {
@@ -193,7 +193,7 @@ async fn fifty_clients_on_ten_instances_on_two_shards_receive_snapshots_at_the_t
         assert_eq!(users, 50);
     }
     // The shards' figures reach /metrics (within a stats period).
-    let metrics = instanceserver::client::http_request(http, "GET", "/metrics", &[], Vec::new())
+    let metrics = net::client::http_request(http, "GET", "/metrics", &[], Vec::new())
         .await
         .unwrap()
         .body;

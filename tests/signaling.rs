@@ -8,8 +8,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use instanceserver::client::{HttpResponse, Session, http_request};
 use instanceserver::control::lock;
+use net::client::{HttpResponse, Session, http_request};
 use state::auth::{AuthConfig, Scope, TokenRequest, Verifier};
 
 const ISSUER: &str = "ir-engine";

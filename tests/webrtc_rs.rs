@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use instanceserver::client::{dev_token, http_request};
+use net::client::{dev_token, http_request};
 use net::messages::Input;
 use net::snapshot::{ArchivedSnapshotBody, SnapshotReceiver};
 use net::{Channel, Decoder, Encoder, MessageKind, ServerMessage};
@@ -35,7 +35,7 @@ const JOIN_BUDGET: Duration = Duration::from_secs(18);
 const SNAPSHOTS_MIN: usize = 10;
 /// Data channel events queued between the forwarding tasks and the test.
 const EVENTS_QUEUED_MAX: usize = 1024;
-/// Views the client keeps and entities per view (as `instanceserver::client`).
+/// Views the client keeps and entities per view (as `net::client`).
 const HISTORY_LEN: usize = 32;
 const ENTITIES_MAX: usize = 4096;
 

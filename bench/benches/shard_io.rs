@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use instanceserver::client::{Client, ClientEvent, dev_token};
 use instanceserver::config::Config;
 use instanceserver::node::Node;
+use net::client::{Client, ClientEvent, dev_token};
 
 const BATCH: u64 = 2_048;
 /// Datagrams in flight at most (well inside the default socket buffer).
@@ -130,7 +130,7 @@ fn connected_inputs(c: &mut Criterion) {
                     for n in 0..per_iter as usize {
                         let i = n % clients_len;
                         let pos = engine::Vec3::new(0.0, 1.0, 8.0);
-                        let update = instanceserver::client::owned_update(avatars[i], pos);
+                        let update = net::client::owned_update(avatars[i], pos);
                         let now = Instant::now();
                         clients[i].session().send_input(vec![update], now).unwrap();
                         clients[i].flush().await.unwrap();

@@ -194,13 +194,13 @@ async fn the_baseline_serves_the_same_bots() {
     let mut members = Vec::new();
     for user in ["a", "b", "c", "d"] {
         let token = tokens.token(http, user, "full").await.unwrap();
-        members.push(instanceserver::client::Client::join(http, "full", &token).await);
+        members.push(net::client::Client::join(http, "full", &token).await);
     }
     assert!(members[..3].iter().all(Result::is_ok), "{members:?}");
     assert!(
         matches!(
             members[3],
-            Err(instanceserver::client::ClientError::Refused { status: 409, .. })
+            Err(net::client::ClientError::Refused { status: 409, .. })
         ),
         "{:?}",
         members[3]

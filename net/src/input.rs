@@ -47,7 +47,6 @@ pub enum InputError {
 
 /// What handling a message produced for the caller to send or record.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Outcome {
     /// An input: updates applied, and updates refused (see [`InputError`]).
     Input {
@@ -150,6 +149,31 @@ impl PeerInput {
                 }
             }
         }
+    }
+
+    /// Clears the owner of every entity this user owned except its avatar
+    /// (the user is leaving); returns what everyone must be told. Ownership
+    /// is granted by [`PeerInput::handle`] and released here, nowhere else.
+    pub fn release_all(&self, sim: &mut Simulation) -> Vec<OwnershipChanged> {
+        let world = sim.world_mut();
+        let owned: Vec<_> = world
+            .optional
+            .owners
+            .iter()
+            .filter(|(id, o)| o.user == self.user && !world.optional.avatars.contains(*id))
+            .map(|(id, _)| id)
+            .collect();
+        let mut released = Vec::with_capacity(owned.len());
+        for id in owned {
+            let _ = world.remove(id, |c| &mut c.owners);
+            if let Ok(NetworkId(network_id)) = world.network_id(id) {
+                released.push(OwnershipChanged {
+                    network_id,
+                    owner: None,
+                });
+            }
+        }
+        released
     }
 
     fn apply_owned(

@@ -4,6 +4,11 @@
 //! after validation. No I/O here: the node, the bots and the tests all call
 //! these functions with byte slices.
 //!
+//! With the `rtc` feature (default) it also holds the connection layer
+//! ([`conn`]: WebRTC peers over str0m, demux, timers, transmit queue) and
+//! the sans-IO client session ([`client`]); with `client` (default), the
+//! client's tokio driver. The fuzz targets build it without features.
+//!
 //! ```
 //! use net::{Channel, Decoder, Encoder, MessageKind, ClientMessage};
 //! use net::messages::{Input, OwnedUpdate};
@@ -22,13 +27,18 @@
 //! }
 //! ```
 
+#[cfg(feature = "rtc")]
+pub mod client;
 pub mod codec;
+#[cfg(feature = "rtc")]
+pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod fuzzing;
 pub mod input;
 pub mod messages;
 pub mod quant;
+pub mod slab;
 pub mod snapshot;
 pub mod stun;
 

@@ -154,6 +154,8 @@ pub enum KickReason {
     ProtocolViolation,
     /// The instance ended.
     InstanceEnded,
+    /// The instance failed (a server bug) and ended; the node goes on.
+    ServerError,
 }
 
 /// Server -> client on `actions`, sent before the server closes the peer.

@@ -268,14 +268,11 @@ impl Control {
                 reason,
                 ..
             } => {
-                let label = match &reason {
-                    EndReason::Empty => "empty",
-                    EndReason::Ended => "ended",
-                    EndReason::Drained => "drained",
-                    EndReason::LoadFailed(_) => "load_failed",
-                    _ => "other",
-                };
-                *self.metrics.instances_ended.entry(label).or_default() += 1;
+                *self
+                    .metrics
+                    .instances_ended
+                    .entry(reason.label())
+                    .or_default() += 1;
                 if let Some(tx) = self.pending_creates.remove(&instance_id) {
                     let message = match reason {
                         EndReason::LoadFailed(m) => m,
@@ -315,7 +312,6 @@ impl Control {
                 self.metrics.stalls += 1;
                 tracing::warn!(shard, behind_ms, "shard reported a stall");
             }
-            _ => {}
         }
     }
 

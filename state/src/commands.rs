@@ -37,7 +37,6 @@ pub struct JoinRequest {
 
 /// Why a shard refused a join (the HTTP status follows from it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum JoinRefused {
     #[error("malformed SDP offer: {0}")]
     BadOffer(String),
@@ -53,7 +52,6 @@ pub enum JoinRefused {
 
 /// Control thread → shard.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Command {
     CreateInstance(InstanceSpec),
     Join(JoinRequest),
@@ -81,7 +79,6 @@ pub enum Command {
 
 /// Why an instance ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum EndReason {
     /// Nobody in it for its empty timeout.
     Empty,
@@ -91,11 +88,26 @@ pub enum EndReason {
     Drained,
     /// Its scene could not be loaded.
     LoadFailed(String),
+    /// A bug: its tick or message handling panicked (the message says
+    /// where); the shard and its other instances went on.
+    Failed(String),
+}
+
+impl EndReason {
+    /// The metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EndReason::Empty => "empty",
+            EndReason::Ended => "ended",
+            EndReason::Drained => "drained",
+            EndReason::LoadFailed(_) => "load_failed",
+            EndReason::Failed(_) => "failed",
+        }
+    }
 }
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum LeaveReason {
     /// The client said so (`DELETE`, or it closed the peer connection).
     Left,
@@ -184,7 +196,6 @@ impl ShardMetrics {
 
 /// Shard → control thread.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Event {
     InstanceStarted {
         shard: usize,

@@ -1,7 +1,8 @@
-//! Node and instance state shared by the control thread and the shards:
-//! JWT auth ([`auth`]), the commands the control thread sends a shard and
-//! the events a shard sends back ([`commands`]), and the instance registry
-//! the control thread keeps ([`registry`]).
+//! The instance runtime ([`instance`]: an instance as a state machine over
+//! its members) and the node state shared by the control thread and the
+//! shards: JWT auth ([`auth`]), the commands the control thread sends a
+//! shard and the events a shard sends back ([`commands`]), and the
+//! instance registry the control thread keeps ([`registry`]).
 //!
 //! Nothing here touches a socket or reads the clock: callers pass `now`.
 //!
@@ -16,4 +17,5 @@
 
 pub mod auth;
 pub mod commands;
+pub mod instance;
 pub mod registry;

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use instanceserver::client::{Client, ClientEvent};
 use instanceserver::config::Config;
 use instanceserver::control::{CreateRequest, SceneSource, lock};
 use instanceserver::node::Node;
+use net::client::{Client, ClientEvent};
 
 /// A dev-mode node on loopback with free ports.
 pub fn config(shards: usize) -> Config {

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use engine::Vec3;
-use instanceserver::client::{self, Client, ClientEvent, ClientIo, Session, SessionStats};
+use net::client::{self, Client, ClientEvent, ClientIo, Session, SessionStats};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 

@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use instanceserver::client::{self, Client, ClientEvent};
+use net::client::{self, Client, ClientEvent};
 use serde::{Deserialize, Serialize};
 
 use super::host;

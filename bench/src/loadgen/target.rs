@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use instanceserver::client::http_request;
 use instanceserver::control::grpc::pb;
+use net::client::http_request;
 use tokio::process::{Child, Command};
 
 /// Longest a started server may take to answer `/healthz`.

@@ -60,7 +60,7 @@ impl TokenSource {
                     .issue_hs256(&request, now)
                     .map_err(|e| e.to_string())
             }
-            TokenSource::Dev => instanceserver::client::dev_token(http, user, instance)
+            TokenSource::Dev => net::client::dev_token(http, user, instance)
                 .await
                 .map_err(|e| e.to_string()),
         }

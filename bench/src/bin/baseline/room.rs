@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use engine::{EntityId, Scene, SimConfig, Simulation, UserIndex, WorldConfig};
 use instanceserver::config::{Config, InstanceConfig};
-use instanceserver::shard::STATE_BACKLOG_BYTES_MAX;
 use net::input::{InputLimits, Outcome, PeerInput};
 use net::messages::{ActionBroadcast, PeerJoined, PeerLeft, Target, Welcome};
 use net::quant::Quantizer;
 use net::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
 use net::{Channel, Decoder, Encoder, MessageKind};
 use state::auth::{AuthConfig, Verifier};
+use state::instance::STATE_BACKLOG_BYTES_MAX;
 use tokio::sync::{mpsc, oneshot, watch};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{

@@ -1,4 +1,4 @@
-//! The thin shell that runs a [`Shard`] on a pinned glommio executor with an
+//! The thin shell that runs a [`Shard`] (the router) on a pinned glommio executor with an
 //! io_uring UDP socket. It only moves bytes, commands, events and
 //! timestamps; every decision is the shard's.
 
@@ -12,8 +12,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use glommio::{GlommioError, LocalExecutorBuilder, Placement};
 use state::commands::{Command, Event};
 
-use super::Shard;
 use crate::config::Config;
+use crate::router::Shard;
 
 /// Longest the shell sleeps in the socket before it looks at its command
 /// queue again (commands have no wakeup of their own across threads).
@@ -94,8 +94,18 @@ pub fn spawn(
             let advertised = advertised_addr(&shard_config, index, bound);
             let _ = ready_tx.send(Ok((bound, advertised)));
             let seed = rand::random::<u64>();
-            let shard = Shard::new(index, shard_config, advertised, seed, Instant::now());
-            run(shard, socket, commands_rx, events, counter).await;
+            let router = shard_config.router(advertised);
+            let shard = Shard::new(index, router, seed, Instant::now, Instant::now());
+            let datagram_bytes_max = shard_config.shard.datagram_bytes_max;
+            run(
+                shard,
+                socket,
+                commands_rx,
+                events,
+                counter,
+                datagram_bytes_max,
+            )
+            .await;
         })
         .map_err(|e| ShardStartError::Executor {
             index,
@@ -148,9 +158,10 @@ async fn run(
     commands: Receiver<Command>,
     events: Sender<Event>,
     datagrams_in: Arc<AtomicU64>,
+    datagram_bytes_max: usize,
 ) {
     // One byte more than the limit, so a longer datagram shows as filling it.
-    let mut buf = vec![0u8; shard.config.shard.datagram_bytes_max + 1];
+    let mut buf = vec![0u8; datagram_bytes_max + 1];
     loop {
         while let Ok(command) = commands.try_recv() {
             if !shard.handle_command(command, Instant::now()) {

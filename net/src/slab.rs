@@ -1,6 +1,7 @@
 //! A generational slab: O(1) insert, lookup and remove, keys that go stale
 //! when their slot is reused (so a timer or map entry for a removed peer can
-//! never reach the peer that took its slot).
+//! never reach the peer that took its slot). Connections and instances are
+//! kept in slabs.
 
 /// A key into a [`Slab`]: slot index and the generation it was issued for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,6 +97,21 @@ impl<T> Slab<T> {
                     Key {
                         index: i as u32,
                         generation: s.generation,
+                    },
+                    v,
+                )
+            })
+        })
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut T)> {
+        self.slots.iter_mut().enumerate().filter_map(|(i, s)| {
+            let generation = s.generation;
+            s.value.as_mut().map(|v| {
+                (
+                    Key {
+                        index: i as u32,
+                        generation,
                     },
                     v,
                 )

@@ -4,8 +4,8 @@
 //! drives one over a tokio UDP socket after joining over HTTP.
 //!
 //! ```no_run
-//! # async fn demo(http: std::net::SocketAddr) -> Result<(), instanceserver::client::ClientError> {
-//! use instanceserver::client::{Client, ClientEvent, dev_token};
+//! # async fn demo(http: std::net::SocketAddr) -> Result<(), net::client::ClientError> {
+//! use net::client::{Client, ClientEvent, dev_token};
 //! let token = dev_token(http, "ann", "demo").await?;
 //! let mut client = Client::join(http, "demo", &token).await?;
 //! client.run_until(std::time::Duration::from_secs(5), |_, e| matches!(e, ClientEvent::Snapshot { .. })).await?;
@@ -16,19 +16,26 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use engine::Vec3;
-use http_body_util::{BodyExt, Full};
-use net::messages::{
-    Action, ActionBroadcast, Input, KickReason, OwnedUpdate, OwnershipRequest, Ping, Target,
-};
-use net::quant::Quantizer;
-use net::snapshot::{EntityState, SnapshotReceiver};
-use net::{Channel, Decoder, Encoder, MessageKind, ServerMessage};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, Input as RtcInput, Output, Rtc};
+
+use crate::messages::{
+    Action, ActionBroadcast, Input, KickReason, OwnedUpdate, OwnershipRequest, Ping,
+};
+use crate::quant::Quantizer;
+use crate::snapshot::{EntityState, SnapshotReceiver};
+use crate::{Channel, Decoder, Encoder, MessageKind, ServerMessage};
+
+#[cfg(feature = "client")]
+mod driver;
+#[cfg(feature = "client")]
+pub use driver::{
+    Client, ClientIo, HTTP_BODY_BYTES_MAX, HttpResponse, action, dev_token, http_request,
+    owned_update,
+};
 
 /// Snapshot views a client keeps (must match the server's history).
 pub const CLIENT_HISTORY_LEN: usize = 32;
@@ -56,7 +63,7 @@ pub enum ClientError {
     #[error("webrtc: {0}")]
     Rtc(String),
     #[error("protocol: {0}")]
-    Protocol(#[from] net::ProtocolError),
+    Protocol(#[from] crate::ProtocolError),
     #[error("the channels are not open yet")]
     NotOpen,
     #[error("the message was refused by the channel (buffer full)")]
@@ -391,7 +398,7 @@ impl Session {
         now: Instant,
     ) -> Result<(), ClientError>
     where
-        T: for<'a, 'b> rkyv::Serialize<net::codec::FrameSerializer<'a, 'b>>,
+        T: for<'a, 'b> rkyv::Serialize<crate::codec::FrameSerializer<'a, 'b>>,
     {
         let sequence = match channel {
             Channel::State => &mut self.state_sequence,
@@ -552,255 +559,7 @@ impl Session {
             Ok(ServerMessage::VersionMismatch(_, v)) => ClientEvent::VersionMismatch {
                 server_version: v.server_version,
             },
-            Ok(_) => return,
         };
         self.push_event(event);
-    }
-}
-
-/// A response from the node's HTTP server.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub location: Option<String>,
-    pub body: String,
-}
-
-/// Longest HTTP response body the client reads.
-pub const HTTP_BODY_BYTES_MAX: usize = 1024 * 1024;
-
-/// One HTTP/1.1 request to the node (a fresh connection each time).
-pub async fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> Result<HttpResponse, ClientError> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-    let status = response.status().as_u16();
-    let location = response
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = http_body_util::Limited::new(response.into_body(), HTTP_BODY_BYTES_MAX)
-        .collect()
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?
-        .to_bytes();
-    Ok(HttpResponse {
-        status,
-        location,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-/// Asks a dev-mode node for a token for `sub` scoped to `instance`.
-pub async fn dev_token(http: SocketAddr, sub: &str, instance: &str) -> Result<String, ClientError> {
-    let body = serde_json::json!({ "sub": sub, "name": sub, "instance": instance }).to_string();
-    let r = http_request(
-        http,
-        "POST",
-        "/v1/dev/token",
-        &[("content-type", "application/json")],
-        body.into_bytes(),
-    )
-    .await?;
-    if r.status != 200 {
-        return Err(ClientError::Refused {
-            status: r.status,
-            body: r.body,
-        });
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(&r.body).map_err(|e| ClientError::Http(e.to_string()))?;
-    v["token"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| ClientError::Http("no token in the response".into()))
-}
-
-/// A [`Session`] on a tokio UDP socket.
-#[derive(Debug)]
-pub struct Client {
-    session: Session,
-    socket: tokio::net::UdpSocket,
-    http: SocketAddr,
-    location: Option<String>,
-    buf: Vec<u8>,
-    io: ClientIo,
-}
-
-/// Datagrams and bytes a [`Client`] moved through its socket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClientIo {
-    pub datagrams_in: u64,
-    pub bytes_in: u64,
-    pub datagrams_out: u64,
-    pub bytes_out: u64,
-}
-
-impl Client {
-    /// Joins `instance_id` on the node at `http` (signaling over HTTP, then
-    /// ICE and DTLS over a new loopback UDP socket). Returns once the answer
-    /// is applied; drive it with [`Client::run_until`].
-    pub async fn join(
-        http: SocketAddr,
-        instance_id: &str,
-        token: &str,
-    ) -> Result<Client, ClientError> {
-        let bind_ip = if http.ip().is_loopback() {
-            http.ip()
-        } else {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        };
-        let socket = tokio::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
-        let local = socket.local_addr()?;
-        let (mut session, offer) = Session::new(local, Instant::now())?;
-        let auth = format!("Bearer {token}");
-        let path = format!("/v1/instances/{instance_id}/join");
-        let headers = [
-            ("content-type", "application/sdp"),
-            ("authorization", auth.as_str()),
-        ];
-        let r = http_request(http, "POST", &path, &headers, offer.into_bytes()).await?;
-        if r.status != 201 {
-            return Err(ClientError::Refused {
-                status: r.status,
-                body: r.body,
-            });
-        }
-        session.accept_answer(&r.body, Instant::now())?;
-        Ok(Client {
-            session,
-            socket,
-            http,
-            location: r.location,
-            buf: vec![0; 2048],
-            io: ClientIo::default(),
-        })
-    }
-
-    pub fn session(&mut self) -> &mut Session {
-        &mut self.session
-    }
-
-    /// The session's resource path (`Location` of the join).
-    pub fn location(&self) -> Option<&str> {
-        self.location.as_deref()
-    }
-
-    /// What went through the socket so far.
-    pub fn io(&self) -> ClientIo {
-        self.io
-    }
-
-    /// Sends what the session queued.
-    pub async fn flush(&mut self) -> Result<(), ClientError> {
-        while let Some(t) = self.session.poll_transmit() {
-            self.socket.send_to(&t.contents, t.destination).await?;
-            self.io.datagrams_out += 1;
-            self.io.bytes_out += t.contents.len() as u64;
-        }
-        Ok(())
-    }
-
-    /// Drives the session until `done` returns true for an event (true) or
-    /// `limit` passes (false).
-    pub async fn run_until(
-        &mut self,
-        limit: Duration,
-        mut done: impl FnMut(&mut Session, &ClientEvent) -> bool,
-    ) -> Result<bool, ClientError> {
-        let deadline = Instant::now()
-            .checked_add(limit)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
-        loop {
-            if self.session.poll_timeout() <= Instant::now() {
-                // Timers are due even while datagrams keep arriving.
-                self.session.handle_timeout(Instant::now());
-            }
-            self.flush().await?;
-            while let Some(e) = self.session.poll_event() {
-                if done(&mut self.session, &e) {
-                    self.flush().await?;
-                    return Ok(true);
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            let wait = self
-                .session
-                .poll_timeout()
-                .min(deadline)
-                .saturating_duration_since(now);
-            match tokio::time::timeout(
-                wait.max(Duration::from_micros(200)),
-                self.socket.recv_from(&mut self.buf),
-            )
-            .await
-            {
-                Ok(Ok((n, source))) => {
-                    self.io.datagrams_in += 1;
-                    self.io.bytes_in += n as u64;
-                    self.session
-                        .handle_datagram(source, &self.buf[..n], Instant::now())
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => self.session.handle_timeout(Instant::now()),
-            }
-        }
-    }
-
-    /// Leaves with `DELETE` on the session's location.
-    pub async fn leave(&mut self) -> Result<u16, ClientError> {
-        let Some(location) = self.location.clone() else {
-            return Err(ClientError::Http("no session location".into()));
-        };
-        let r = http_request(self.http, "DELETE", &location, &[], Vec::new()).await?;
-        Ok(r.status)
-    }
-}
-
-/// An owned update moving `network_id` to `position`.
-pub fn owned_update(network_id: u32, position: Vec3) -> OwnedUpdate {
-    OwnedUpdate {
-        network_id,
-        position: [position.x, position.y, position.z],
-        rotation: [0.0, 0.0, 0.0, 1.0],
-    }
-}
-
-/// A chat-like action for everyone.
-pub fn action(action_type: &str, payload: &[u8], cached: bool) -> Action {
-    Action {
-        action_type: action_type.to_string(),
-        target: Target::Everyone,
-        cached,
-        payload: payload.to_vec(),
     }
 }

@@ -1,0 +1,483 @@
+//! The connection layer: the WebRTC peers of one UDP socket, as plain
+//! state driven by calls with an explicit `now` (no socket, no clock).
+//! It routes datagrams to connections (quinn-proto's `Endpoint`), runs
+//! their timers and queues what they transmit; it knows nothing of
+//! instances or users.
+//!
+//! ```text
+//! let (key, answer) = conns.accept(&offer, now)?;      // signaling
+//! conns.handle_datagram(source, &bytes, now);          // from the socket
+//! conns.handle_timeout(now);                           // str0m, connect and idle timers
+//! while let Some(e) = conns.poll_event() { … }         // Opened, Message, Closed
+//! conns.send(key, Channel::Actions, &frame)?; conns.flush(now);
+//! while let Some(t) = conns.poll_transmit() { socket.send_to(&t.contents, t.destination) }
+//! ```
+//!
+//! Demux is O(1): remote address → connection, and for a new address the
+//! ICE username fragment in its STUN request → connection.
+
+mod peer;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use str0m::change::SdpOffer;
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::{Candidate, IceCreds, Input, Rtc};
+
+use crate::Channel;
+use crate::slab::{Key, Slab};
+use peer::Conn;
+
+pub use peer::CONN_ADDRS_MAX;
+
+/// A connection's key: it goes stale when the connection is removed.
+pub type ConnKey = Key;
+
+/// Characters of the ICE username fragment we issue (RFC 8445 asks ≥ 4).
+pub const ICE_UFRAG_LEN: usize = 16;
+/// Characters of the ICE password we issue (RFC 8445 asks ≥ 22).
+pub const ICE_PASSWORD_LEN: usize = 24;
+/// Rounds of polling dirty connections in one [`Connections::flush`].
+const FLUSH_ROUNDS_MAX: usize = 64;
+/// Stale heap entries tolerated per live connection before the heap is rebuilt.
+const TIMERS_PER_CONN_MAX: usize = 4;
+/// Stale heap entries always tolerated.
+const TIMERS_SLACK: usize = 1024;
+
+/// What the connection layer needs to know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnConfig {
+    /// The address in our ICE candidate (and every `Receive::destination`).
+    pub local: SocketAddr,
+    /// ICE, DTLS, SCTP and both channels must be up this soon after the answer.
+    pub connect_timeout: Duration,
+    /// An open connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Datagrams waiting for the socket at most; more are dropped and counted.
+    pub send_queue_len: usize,
+    /// Connections at most.
+    pub conns_max: usize,
+}
+
+/// What the layer tells its user.
+#[derive(Debug, PartialEq)]
+pub enum ConnEvent {
+    /// Both channels are open.
+    Opened(ConnKey),
+    /// A message arrived on an open channel (str0m's buffer, not a copy).
+    Message(ConnKey, Channel, Vec<u8>),
+    /// The connection is gone, and its key with it.
+    Closed(ConnKey, CloseReason),
+}
+
+/// Why the layer closed a connection by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The remote closed the peer connection or one of our channels, ICE
+    /// lost it, or str0m failed.
+    Remote,
+    /// Not open within the connect timeout.
+    ConnectTimedOut,
+    /// Open, but nothing heard for the idle timeout.
+    IdleTimedOut,
+}
+
+/// Why an offer was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    #[error("{0}")]
+    BadOffer(String),
+    #[error("the offer has no data channel (m=application) section")]
+    NoDataChannel,
+    #[error("the layer holds its maximum of {0} connections")]
+    Full(usize),
+}
+
+/// Why a frame was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no such connection")]
+    Gone,
+    #[error("the {0:?} channel is not open")]
+    NotOpen(Channel),
+    #[error("the channel refused the message (buffer full)")]
+    Refused,
+    #[error("{0}")]
+    Rtc(#[from] str0m::RtcError),
+}
+
+/// Datagrams and events dropped, by reason (a metrics label).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Drops(pub BTreeMap<&'static str, u64>);
+
+impl Drops {
+    pub fn count(&mut self, reason: &'static str) {
+        *self.0.entry(reason).or_default() += 1;
+    }
+}
+
+/// The layer's counters since it started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Datagrams not queued because the send queue was full.
+    pub send_queue_full: u64,
+}
+
+/// The connections of one socket. See the module documentation.
+#[derive(Debug)]
+pub struct Connections {
+    config: ConnConfig,
+    rng: StdRng,
+    conns: Slab<Conn>,
+    by_addr: HashMap<SocketAddr, ConnKey>,
+    by_ufrag: HashMap<String, ConnKey>,
+    timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ConnEvent>,
+    dirty: Vec<ConnKey>,
+    /// The buffer `dirty` is swapped into while it is polled (no allocation per flush).
+    flushing: Vec<ConnKey>,
+    stats: ConnStats,
+    drops: Drops,
+}
+
+impl Connections {
+    /// `seed` feeds the generator of ICE credentials (the I/O shell passes
+    /// OS entropy, tests a constant).
+    pub fn new(config: ConnConfig, seed: u64) -> Connections {
+        str0m::crypto::from_feature_flags().install_process_default();
+        Connections {
+            config,
+            rng: StdRng::seed_from_u64(seed),
+            conns: Slab::default(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            timers: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            dirty: Vec::new(),
+            flushing: Vec::new(),
+            stats: ConnStats::default(),
+            drops: Drops::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ConnConfig {
+        &self.config
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn stats(&self) -> &ConnStats {
+        &self.stats
+    }
+
+    /// Datagrams and events dropped, by reason (`send_queue_full` included).
+    pub fn drops(&self) -> Drops {
+        let mut drops = self.drops.clone();
+        if self.stats.send_queue_full > 0 {
+            drops
+                .0
+                .insert("send_queue_full", self.stats.send_queue_full);
+        }
+        drops
+    }
+
+    /// Entries in the timer heap, stale ones included.
+    pub fn timers_len(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn is_open(&self, key: ConnKey) -> bool {
+        self.conns.get(key).is_some_and(Conn::is_open)
+    }
+
+    /// Counts a datagram dropped outside the layer (too large, send failed).
+    pub fn drop_datagram(&mut self, reason: &'static str) {
+        self.drops.count(reason);
+    }
+
+    /// Answers an SDP offer with a new ICE-lite connection.
+    pub fn accept(
+        &mut self,
+        offer_sdp: &str,
+        now: Instant,
+    ) -> Result<(ConnKey, String), AcceptError> {
+        if self.conns.len() >= self.config.conns_max {
+            return Err(AcceptError::Full(self.config.conns_max));
+        }
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| AcceptError::BadOffer(e.to_string()))?;
+        let ufrag = self.random_token(ICE_UFRAG_LEN);
+        let creds = IceCreds {
+            ufrag: ufrag.clone(),
+            pass: self.random_token(ICE_PASSWORD_LEN),
+        };
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_local_ice_credentials(creds)
+            .build(now);
+        let candidate = Candidate::host(self.config.local, "udp")
+            .map_err(|e| AcceptError::BadOffer(format!("server candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| AcceptError::BadOffer(e.to_string()))?
+            .to_sdp_string();
+        if !answer.contains("m=application") {
+            return Err(AcceptError::NoDataChannel);
+        }
+        let key = self.conns.insert(Conn::new(rtc, ufrag.clone(), now));
+        self.by_ufrag.insert(ufrag, key);
+        self.mark_dirty(key);
+        self.flush(now);
+        Ok((key, answer))
+    }
+
+    fn random_token(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        (0..len)
+            .map(|_| ALPHABET[self.rng.random_range(0..ALPHABET.len())] as char)
+            .collect()
+    }
+
+    /// Routes one datagram from `source` to its connection and polls it.
+    pub fn handle_datagram(&mut self, source: SocketAddr, datagram: &[u8], now: Instant) {
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let key = match self.by_addr.get(&source) {
+            Some(&key) => key,
+            None => match crate::stun::local_ufrag(datagram).and_then(|u| self.by_ufrag.get(u)) {
+                Some(&key) => key,
+                None => return self.drops.count("unknown_source"),
+            },
+        };
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.config.local, datagram) else {
+            return self.drops.count("unparsable");
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            debug_assert!(false, "the demux maps only name live connections");
+            return self.drops.count("unknown_source");
+        };
+        if let Err(e) = conn.rtc.handle_input(Input::Receive(now, receive)) {
+            tracing::debug!("input refused: {e}");
+            return self.drops.count("rejected");
+        }
+        conn.last_heard = now;
+        if !conn.addrs.contains(&source) {
+            if conn.addrs.len() >= CONN_ADDRS_MAX {
+                let oldest = conn.addrs.remove(0);
+                if self.by_addr.get(&oldest) == Some(&key) {
+                    self.by_addr.remove(&oldest);
+                }
+            }
+            conn.addrs.push(source);
+            self.by_addr.insert(source, key);
+        }
+        self.mark_dirty(key);
+        self.flush(now);
+    }
+
+    /// Runs every connection timer due at `now`: str0m's timeouts, connect
+    /// and idle deadlines (a connection past its deadline is closed).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue; // A timer of a connection already gone.
+            };
+            if conn.scheduled == Some(at) {
+                conn.scheduled = None;
+            }
+            if now >= conn.deadline(&self.config) {
+                let reason = if conn.is_open() {
+                    CloseReason::IdleTimedOut
+                } else {
+                    CloseReason::ConnectTimedOut
+                };
+                self.remove(key, Some(reason));
+                continue;
+            }
+            if conn.rtc_wake <= now
+                && let Err(e) = conn.rtc.handle_input(Input::Timeout(now))
+            {
+                tracing::debug!("timeout failed: {e}");
+            }
+            // Polling reschedules at the earlier of str0m's wake and the deadline.
+            self.mark_dirty(key);
+        }
+        self.flush(now);
+        self.compact_timers();
+    }
+
+    /// When [`Connections::handle_timeout`] should next run.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ConnEvent> {
+        self.events.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Writes one frame on an open channel of `key`. It leaves with the
+    /// next [`Connections::flush`].
+    pub fn send(
+        &mut self,
+        key: ConnKey,
+        channel: Channel,
+        frame: &[u8],
+    ) -> Result<usize, SendError> {
+        let conn = self.conns.get_mut(key).ok_or(SendError::Gone)?;
+        let was_dirty = conn.dirty;
+        let written = conn.write(channel, frame);
+        if !was_dirty && conn.dirty {
+            self.dirty.push(key);
+        }
+        written
+    }
+
+    /// Bytes waiting on a channel of `key` (0 when it is not open or gone).
+    pub fn buffered(&mut self, key: ConnKey, channel: Channel) -> usize {
+        self.conns.get_mut(key).map_or(0, |c| c.buffered(channel))
+    }
+
+    /// Closes `key` at its user's request: what was written to it leaves
+    /// first (a `Kick`), then the close (SCTP shutdown, DTLS close_notify).
+    /// No [`ConnEvent::Closed`] follows.
+    pub fn close(&mut self, key: ConnKey) {
+        self.remove(key, None);
+    }
+
+    /// Polls every connection written to or fed since the last flush.
+    pub fn flush(&mut self, now: Instant) {
+        let mut batch = std::mem::take(&mut self.flushing);
+        for _round in 0..FLUSH_ROUNDS_MAX {
+            if self.dirty.is_empty() {
+                self.flushing = batch;
+                return;
+            }
+            std::mem::swap(&mut batch, &mut self.dirty);
+            for &key in &batch {
+                self.poll(key, now);
+            }
+            batch.clear();
+        }
+        self.flushing = batch;
+        tracing::warn!("connection flush cut at {FLUSH_ROUNDS_MAX} rounds");
+    }
+
+    fn mark_dirty(&mut self, key: ConnKey) {
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn poll(&mut self, key: ConnKey, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // Removed after it was marked.
+        };
+        let (transmits, stats, events) = (&mut self.transmits, &mut self.stats, &mut self.events);
+        let queue_max = self.config.send_queue_len;
+        let alive = conn.pump(
+            |t| queue_transmit(transmits, stats, queue_max, t),
+            |said| events.push_back(peer::event(key, said)),
+            &mut self.drops,
+        );
+        if !alive {
+            return self.remove(key, Some(CloseReason::Remote));
+        }
+        let at = conn.wake_at(&self.config).max(now);
+        if conn.scheduled.is_none_or(|s| at < s) {
+            conn.scheduled = Some(at);
+            self.timers.push(Reverse((at, key)));
+        }
+    }
+
+    /// Removes `key`, sending what it still has; tells the user when the
+    /// layer closed it by itself (`reason`).
+    fn remove(&mut self, key: ConnKey, reason: Option<CloseReason>) {
+        let Some(mut conn) = self.conns.remove(key) else {
+            return;
+        };
+        self.by_ufrag.remove(&conn.ufrag);
+        for a in &conn.addrs {
+            if self.by_addr.get(a) == Some(&key) {
+                self.by_addr.remove(a);
+            }
+        }
+        let (transmits, stats) = (&mut self.transmits, &mut self.stats);
+        let queue_max = self.config.send_queue_len;
+        for close in [false, true] {
+            if close {
+                let _ = conn.rtc.close();
+            }
+            // What it says now is moot: its user is told it closed, or asked for it.
+            conn.pump(
+                |t| queue_transmit(transmits, stats, queue_max, t),
+                |_| {},
+                &mut self.drops,
+            );
+        }
+        if let Some(reason) = reason {
+            self.events.push_back(ConnEvent::Closed(key, reason));
+        }
+    }
+
+    /// Rebuilds the heap when stale entries pile up, keeping it bounded.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= TIMERS_PER_CONN_MAX * self.conns.len() + TIMERS_SLACK {
+            return;
+        }
+        self.timers.clear();
+        for (key, conn) in self.conns.iter_mut() {
+            let at = conn.wake_at(&self.config);
+            conn.scheduled = Some(at);
+            self.timers.push(Reverse((at, key)));
+        }
+    }
+}
+
+/// Queues a datagram for the socket, or drops and counts it at the limit.
+fn queue_transmit(
+    transmits: &mut VecDeque<Transmit>,
+    stats: &mut ConnStats,
+    queue_max: usize,
+    t: Transmit,
+) {
+    if transmits.len() < queue_max {
+        stats.packets_out += 1;
+        stats.bytes_out += t.contents.len() as u64;
+        transmits.push_back(t);
+    } else {
+        stats.send_queue_full += 1;
+    }
+}

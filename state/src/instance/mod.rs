@@ -1,0 +1,572 @@
+//! The instance runtime: one location's simulation, the snapshot frame its
+//! members share, the actions cached for late joiners, and its members,
+//! as a state machine over them (no str0m, no socket, no clock). What it
+//! says goes through an [`Outbox`] to a member's connection; members it
+//! wants gone are listed in [`Io::removals`] for the router to disconnect
+//! and then [`Instance::leave`].
+//!
+//! ```text
+//! inst.join(session, user_id, name, link, now)?;   // the SDP answer went out
+//! inst.open(user, &mut io);                        // both channels are open
+//! inst.handle_message(user, channel, &bytes, &mut io);
+//! inst.tick(&mut io);                              // due ticks, then snapshots
+//! inst.leave(user, &mut io);                       // disconnected
+//! ```
+
+mod member;
+mod messages;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use engine::{Scene, SimConfig, SimError, Simulation, TickTimes, UserIndex, WorldConfig};
+use net::conn::{ConnKey, SendError};
+use net::input::InputLimits;
+use net::messages::{ActionBroadcast, Draining, Kick, KickReason, PeerLeft, Target, Welcome};
+use net::quant::Quantizer;
+use net::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
+use net::{Channel, Decoder, Encoder, MessageKind};
+
+use crate::commands::{
+    InstanceSpec, InstanceStats, JoinRefused, LeaveReason, SessionId, ShardMetrics,
+};
+pub use member::{Joined, Member, MemberState, STATE_BACKLOG_BYTES_MAX, SendFailed, TokenBucket};
+
+/// Member slots allocated when an instance starts; more grow on demand.
+pub const MEMBERS_PREALLOCATED_MAX: usize = 64;
+/// Tick durations kept for the per-second p50/p99, in seconds of ticks.
+const TICK_TIMES_SECONDS: usize = 4;
+
+/// A clock read for metrics only (tick durations); no decision depends on it.
+pub type Clock = fn() -> Instant;
+
+/// What an instance needs to know besides its spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    pub tick_hz: u32,
+    pub entities_max: u32,
+    pub avatar_speed_max_mps: f32,
+    /// Cached actions kept for late joiners; the oldest are dropped.
+    pub cached_actions_max: usize,
+    /// Invalid messages a member may send before it is disconnected.
+    pub invalid_messages_max: u32,
+    /// Actions one member may send per second; more are dropped and counted.
+    pub actions_per_second_max: u32,
+    /// Bytes queued on a member's reliable channel before it counts as
+    /// congested and is disconnected.
+    pub reliable_buffer_bytes_max: usize,
+    pub snapshot: SnapshotConfig,
+    pub input: InputLimits,
+}
+
+/// Where the instance's frames go: the router writes them to a member's
+/// connection; tests record them.
+pub trait Outbox {
+    fn write(&mut self, to: ConnKey, channel: Channel, frame: &[u8]) -> Result<usize, SendError>;
+    /// Bytes waiting on a channel of `to`.
+    fn buffered(&mut self, to: ConnKey, channel: Channel) -> usize;
+}
+
+/// A member the instance wants disconnected (it was told why, if joined).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    pub user: UserIndex,
+    pub link: ConnKey,
+    pub reason: LeaveReason,
+}
+
+/// What a call on an instance may use: shared by a shard's instances.
+#[derive(Debug)]
+pub struct Io<'a> {
+    pub out: &'a mut dyn Outbox,
+    pub encoder: &'a mut Encoder,
+    pub decoder: &'a mut Decoder,
+    pub metrics: &'a mut ShardMetrics,
+    pub removals: &'a mut Vec<Removal>,
+    pub now: Instant,
+    pub clock: Clock,
+}
+
+/// The connection layer is the outbox of the node's instances.
+impl Outbox for net::conn::Connections {
+    fn write(&mut self, to: ConnKey, channel: Channel, frame: &[u8]) -> Result<usize, SendError> {
+        self.send(to, channel, frame)
+    }
+
+    fn buffered(&mut self, to: ConnKey, channel: Channel) -> usize {
+        net::conn::Connections::buffered(self, to, channel)
+    }
+}
+
+impl std::fmt::Debug for dyn Outbox + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbox")
+    }
+}
+
+/// What a tick did, for the shard's stall detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TickReport {
+    pub steps: u32,
+    /// Ran later than one tick period behind its schedule.
+    pub late: bool,
+}
+
+/// Who left, as the control thread is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    pub session: SessionId,
+    pub user_id: String,
+    pub joined: bool,
+}
+
+#[derive(Debug)]
+pub struct Instance {
+    id: String,
+    max_users: u32,
+    config: RuntimeConfig,
+    sim: Simulation,
+    frame: WorldFrame,
+    quantizer: Quantizer,
+    /// Every member, joined or still connecting, in the order of their user
+    /// index (which only grows): looked up by binary search.
+    members: Vec<Member>,
+    cached_actions: VecDeque<ActionBroadcast>,
+    /// User indices are never reused within an instance, so ownership
+    /// recorded for a user who left can never pass to a newcomer.
+    next_user_index: u32,
+    empty_since: Option<Instant>,
+    /// `None`: the instance runs until ended, even when empty.
+    empty_timeout: Option<Duration>,
+    drain_until: Option<Instant>,
+    tick_times: TickTimes,
+    last_tick_p50_us: u32,
+    last_tick_p99_us: u32,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Fault>,
+}
+
+/// Where [`Instance::inject_fault`] makes an instance panic.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Tick,
+    Message,
+}
+
+impl Instance {
+    /// Makes the next tick or message handling panic, as a bug would.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&mut self, fault: Fault) {
+        self.fault = Some(fault);
+    }
+
+    pub fn new(
+        spec: InstanceSpec,
+        config: RuntimeConfig,
+        now: Instant,
+    ) -> Result<Instance, SimError> {
+        let sim_config = SimConfig {
+            tick_hz: config.tick_hz,
+            world: WorldConfig {
+                entities_max: config.entities_max,
+                ..WorldConfig::default()
+            },
+            avatar: engine::AvatarConfig {
+                speed_max_mps: config.avatar_speed_max_mps,
+                ..SimConfig::default().avatar
+            },
+            ..SimConfig::default()
+        };
+        let scene: &Scene = &spec.scene;
+        let sim = Simulation::new(scene, sim_config)?;
+        let quantizer = Quantizer::new(sim.bounds());
+        Ok(Instance {
+            id: spec.id,
+            max_users: spec.max_users,
+            frame: WorldFrame::with_capacity(sim.world().len()),
+            sim,
+            quantizer,
+            members: Vec::with_capacity((spec.max_users as usize).min(MEMBERS_PREALLOCATED_MAX)),
+            cached_actions: VecDeque::new(),
+            next_user_index: 0,
+            empty_since: Some(now),
+            empty_timeout: spec.empty_timeout,
+            drain_until: None,
+            tick_times: TickTimes::new(TICK_TIMES_SECONDS * config.tick_hz as usize),
+            last_tick_p50_us: 0,
+            last_tick_p99_us: 0,
+            #[cfg(feature = "fault-injection")]
+            fault: None,
+            config,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn sim(&self) -> &Simulation {
+        &self.sim
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn member(&self, user: UserIndex) -> Option<&Member> {
+        let i = self.members.binary_search_by_key(&user, |m| m.user).ok()?;
+        self.members.get(i)
+    }
+
+    fn tick_now(&self) -> u32 {
+        self.sim.world().tick().0
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drain_until.is_some()
+    }
+
+    /// Whether a new member would be admitted now.
+    pub fn can_join(&self) -> Result<(), JoinRefused> {
+        if self.drain_until.is_some() {
+            return Err(JoinRefused::Draining);
+        }
+        if self.members.len() >= self.max_users as usize {
+            return Err(JoinRefused::InstanceFull(self.id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Takes a seat for a session whose connection `link` is coming up.
+    pub fn join(
+        &mut self,
+        session: SessionId,
+        user_id: String,
+        name: String,
+        link: ConnKey,
+        now: Instant,
+    ) -> Result<UserIndex, JoinRefused> {
+        self.can_join()?;
+        let user = UserIndex(self.next_user_index);
+        self.next_user_index += 1;
+        self.members
+            .push(Member::new(link, session, user, user_id, name, now));
+        self.empty_since = None;
+        Ok(user)
+    }
+
+    /// The member's channels are open: spawn its avatar, welcome it, tell
+    /// the others. Returns false when it cannot join (it is in
+    /// [`Io::removals`] then).
+    pub fn open(&mut self, user: UserIndex, io: &mut Io<'_>) -> bool {
+        let tick = self.tick_now();
+        let Some(i) = self.members.binary_search_by_key(&user, |m| m.user).ok() else {
+            debug_assert!(false, "open: {user:?} is not a member");
+            return false;
+        };
+        debug_assert!(
+            !self.members[i].is_joined(),
+            "open: {user:?} already joined"
+        );
+        let avatar = match self.sim.spawn_avatar(user) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(instance = %self.id, "cannot spawn an avatar: {e}");
+                self.remove_later(i, LeaveReason::ConnectFailed, io);
+                return false;
+            }
+        };
+        let bounds = *self.sim.bounds();
+        let member = &mut self.members[i];
+        let mut welcome = Welcome {
+            user_id: member.user_id.clone(),
+            user_index: user.0,
+            avatar: self.sim.world().network_id(avatar).map_or(0, |n| n.0),
+            tick_hz: self.config.tick_hz as u16,
+            bounds_min: [bounds.min.x, bounds.min.y, bounds.min.z],
+            bounds_max: [bounds.max.x, bounds.max.y, bounds.max.z],
+            position_bits: self.quantizer.position_bits(),
+            cached_actions: self.cached_actions.iter().cloned().collect(),
+        };
+        member.state = MemberState::Joined(Box::new(Joined {
+            avatar,
+            snapshots: ClientSnapshots::new(self.config.snapshot),
+            input: net::input::PeerInput::new(user, self.config.input),
+            actions: TokenBucket::full(self.config.actions_per_second_max, io.now),
+        }));
+        member.send_welcome(io, tick, &mut welcome);
+        // Introduce the newcomer and the members already joined to each other.
+        let newcomer = self.members[i].announcement();
+        for j in 0..self.members.len() {
+            if j == i || !self.members[j].is_listening() {
+                continue;
+            }
+            let theirs = self.members[j].announcement();
+            let _ = self.members[j].send(
+                io,
+                Channel::Actions,
+                MessageKind::PeerJoined,
+                tick,
+                &newcomer,
+            );
+            let _ =
+                self.members[i].send(io, Channel::Actions, MessageKind::PeerJoined, tick, &theirs);
+        }
+        true
+    }
+
+    /// Removes a member (its connection is gone or going): despawns its
+    /// avatar, releases what it owned, tells the others. `None` when it is
+    /// not a member (already left).
+    pub fn leave(&mut self, user: UserIndex, io: &mut Io<'_>) -> Option<Departure> {
+        let i = self.members.binary_search_by_key(&user, |m| m.user).ok()?;
+        let member = self.members.remove(i);
+        if self.members.is_empty() {
+            self.empty_since = Some(io.now);
+        }
+        let departure = Departure {
+            session: member.session,
+            user_id: member.user_id,
+            joined: matches!(member.state, MemberState::Joined(_)),
+        };
+        let MemberState::Joined(joined) = member.state else {
+            return Some(departure);
+        };
+        let _ = self.sim.despawn(joined.avatar);
+        let tick = self.tick_now();
+        let released = joined.input.release_all(&mut self.sim);
+        self.broadcast(
+            io,
+            None,
+            Target::Everyone,
+            MessageKind::PeerLeft,
+            tick,
+            &PeerLeft { user_index: user.0 },
+        );
+        for changed in released {
+            self.broadcast(
+                io,
+                None,
+                Target::Everyone,
+                MessageKind::OwnershipChanged,
+                tick,
+                &changed,
+            );
+        }
+        Some(departure)
+    }
+
+    /// Tells a member why it is being removed (when it can hear it), and
+    /// asks the router to remove it.
+    pub fn kick(&mut self, user: UserIndex, kick: &Kick, reason: LeaveReason, io: &mut Io<'_>) {
+        let tick = self.tick_now();
+        let Some(i) = self.members.binary_search_by_key(&user, |m| m.user).ok() else {
+            return;
+        };
+        let member = &mut self.members[i];
+        if member.is_listening() {
+            let _ = member.send(io, Channel::Actions, MessageKind::Kick, tick, kick);
+        }
+        self.remove_later(i, reason, io);
+    }
+
+    /// Kicks every session of `user_id` (the control API).
+    pub fn kick_user(&mut self, user_id: &str, banned: bool, message: &str, io: &mut Io<'_>) {
+        let kick = Kick {
+            reason: if banned {
+                KickReason::Banned
+            } else {
+                KickReason::Operator
+            },
+            message: message
+                .chars()
+                .take(net::messages::TEXT_BYTES_MAX / 4)
+                .collect(),
+        };
+        let users: Vec<UserIndex> = self
+            .members
+            .iter()
+            .filter(|m| m.user_id == user_id)
+            .map(|m| m.user)
+            .collect();
+        for user in users {
+            self.kick(user, &kick, LeaveReason::Kicked, io);
+        }
+    }
+
+    /// Kicks everyone: the instance is ending.
+    pub fn kick_all(&mut self, reason: KickReason, message: &str, io: &mut Io<'_>) {
+        let kick = Kick {
+            reason,
+            message: message.into(),
+        };
+        for i in 0..self.members.len() {
+            let user = self.members[i].user;
+            self.kick(user, &kick, LeaveReason::InstanceEnded, io);
+        }
+    }
+
+    /// Warns everyone that the instance ends in `grace`; admits nobody more.
+    pub fn drain(&mut self, grace: Duration, io: &mut Io<'_>) {
+        self.drain_until = Some(io.now + grace);
+        let grace_ms = grace.as_millis().min(u128::from(u32::MAX)) as u32;
+        let tick = self.tick_now();
+        self.broadcast(
+            io,
+            None,
+            Target::Everyone,
+            MessageKind::Draining,
+            tick,
+            &Draining { grace_ms },
+        );
+    }
+
+    /// Asks the router to remove member `i`, once.
+    fn remove_later(&mut self, i: usize, reason: LeaveReason, io: &mut Io<'_>) {
+        let member = &mut self.members[i];
+        if member.leaving.is_none() {
+            member.leaving = Some(reason);
+            io.removals.push(Removal {
+                user: member.user,
+                link: member.link,
+                reason,
+            });
+        }
+    }
+
+    /// Sends `msg` on `actions` to the listening members `target` names,
+    /// but `except`; a member whose reliable channel backs up beyond its
+    /// limit is removed as congested.
+    fn broadcast<T>(
+        &mut self,
+        io: &mut Io<'_>,
+        except: Option<UserIndex>,
+        target: Target,
+        kind: MessageKind,
+        tick: u32,
+        msg: &T,
+    ) where
+        T: for<'a, 'b> rkyv::Serialize<net::codec::FrameSerializer<'a, 'b>>,
+    {
+        for i in 0..self.members.len() {
+            let member = &mut self.members[i];
+            let wanted = match target {
+                Target::Everyone => true,
+                Target::User(u) => member.user.0 == u,
+                Target::Server => false,
+            };
+            if Some(member.user) == except || !wanted || !member.is_listening() {
+                continue;
+            }
+            if let Err(e) = member.send(io, Channel::Actions, kind, tick, msg) {
+                tracing::debug!(session = member.session, "broadcast dropped: {e}");
+            }
+            if io.out.buffered(member.link, Channel::Actions)
+                > self.config.reliable_buffer_bytes_max
+            {
+                self.remove_later(i, LeaveReason::Congested, io);
+            }
+        }
+    }
+
+    /// When the instance ends by itself at `now`, if it does.
+    pub fn expired(&self, now: Instant) -> Option<crate::commands::EndReason> {
+        use crate::commands::EndReason;
+        if self.drain_until.is_some_and(|t| now >= t) {
+            return Some(EndReason::Drained);
+        }
+        if self.empty_deadline().is_some_and(|t| now >= t) {
+            return Some(EndReason::Empty);
+        }
+        None
+    }
+
+    /// When the instance ends if nobody joins.
+    pub fn empty_deadline(&self) -> Option<Instant> {
+        Some(self.empty_since? + self.empty_timeout?)
+    }
+
+    /// When this instance next needs the shard's attention.
+    pub fn wake_at(&self) -> Option<Instant> {
+        let tick = self.sim.next_tick_due();
+        let empty = self.empty_deadline();
+        [tick, empty, self.drain_until].into_iter().flatten().min()
+    }
+
+    /// Runs the ticks due at `io.now`, then sends every joined member its
+    /// snapshot.
+    pub fn tick(&mut self, io: &mut Io<'_>) -> TickReport {
+        #[cfg(feature = "fault-injection")]
+        if self.fault == Some(Fault::Tick) {
+            panic!("fault injected into {}'s tick", self.id);
+        }
+        let period = self.sim.config().tick_duration();
+        let lateness = self
+            .sim
+            .next_tick_due()
+            .map_or(Duration::ZERO, |due| io.now.saturating_duration_since(due));
+        let due = self.sim.due_ticks(io.now);
+        for _ in 0..due.steps {
+            let started = (io.clock)();
+            self.sim.step();
+            let took = (io.clock)().saturating_duration_since(started);
+            self.tick_times.record(took);
+            io.metrics.observe_tick(took.as_micros() as u64);
+        }
+        io.metrics.skipped_ticks += due.skipped;
+        let report = TickReport {
+            steps: due.steps,
+            late: lateness > period,
+        };
+        if due.steps == 0 {
+            return report;
+        }
+        self.frame.capture(self.sim.world(), &self.quantizer);
+        for member in &mut self.members {
+            if !member.is_listening() {
+                continue;
+            }
+            let viewer = member
+                .avatar()
+                .and_then(|a| self.sim.world().transform(a).ok())
+                .map(|t| t.position)
+                .unwrap_or_default();
+            match member.send_snapshot(io, &self.frame, viewer) {
+                Ok(len) => {
+                    io.metrics.snapshots_sent += 1;
+                    io.metrics.snapshot_bytes += len as u64;
+                }
+                Err(reason) => *io.metrics.dropped.entry(reason).or_default() += 1,
+            }
+        }
+        report
+    }
+
+    /// This instance's figures for the last second.
+    pub fn stats(&mut self) -> InstanceStats {
+        let summary = self.tick_times.take();
+        if summary.ticks > 0 {
+            self.last_tick_p50_us = summary.p50.as_micros() as u32;
+            self.last_tick_p99_us = summary.p99.as_micros() as u32;
+        }
+        InstanceStats {
+            instance_id: self.id.clone(),
+            users: self.members.iter().filter(|m| m.is_joined()).count() as u32,
+            entities: self.sim.world().len() as u32,
+            tick_p50_us: self.last_tick_p50_us,
+            tick_p99_us: self.last_tick_p99_us,
+        }
+    }
+
+    /// Keeps a cached action for late joiners, dropping the oldest at the limit.
+    fn cache(&mut self, action: ActionBroadcast) {
+        if self.config.cached_actions_max == 0 {
+            return;
+        }
+        if self.cached_actions.len() >= self.config.cached_actions_max {
+            self.cached_actions.pop_front();
+        }
+        self.cached_actions.push_back(action);
+    }
+}

@@ -242,7 +242,6 @@ impl Config {
     /// The router's share of the configuration, for a shard whose peers
     /// reach it at `local`.
     pub fn router(&self, local: SocketAddr) -> crate::router::RouterConfig {
-        let i = &self.instance;
         crate::router::RouterConfig {
             instances_max: self.shard.instances_max,
             stall_report: Duration::from_millis(self.shard.stall_report_ms),
@@ -253,23 +252,30 @@ impl Config {
                 send_queue_len: self.shard.send_queue_len,
                 conns_max: self.shard.peers_max,
             },
-            instance: state::instance::RuntimeConfig {
-                tick_hz: i.tick_hz,
-                entities_max: i.entities_max,
-                avatar_speed_max_mps: i.avatar_speed_max_mps,
-                cached_actions_max: i.cached_actions_max,
-                invalid_messages_max: i.invalid_messages_max,
-                actions_per_second_max: i.actions_per_second_max,
-                reliable_buffer_bytes_max: i.reliable_buffer_bytes_max,
-                snapshot: net::snapshot::SnapshotConfig {
-                    interest_radius_m: i.interest_radius_m,
-                    view_entities_max: i.view_entities_max,
-                    ..net::snapshot::SnapshotConfig::default()
-                },
-                input: net::input::InputLimits {
-                    owned_speed_max_mps: i.owned_speed_max_mps,
-                    ..net::input::InputLimits::default()
-                },
+            instance: self.instance.runtime(),
+        }
+    }
+}
+
+impl InstanceConfig {
+    /// The instance runtime's share of the configuration.
+    pub fn runtime(&self) -> state::instance::RuntimeConfig {
+        state::instance::RuntimeConfig {
+            tick_hz: self.tick_hz,
+            entities_max: self.entities_max,
+            avatar_speed_max_mps: self.avatar_speed_max_mps,
+            cached_actions_max: self.cached_actions_max,
+            invalid_messages_max: self.invalid_messages_max,
+            actions_per_second_max: self.actions_per_second_max,
+            reliable_buffer_bytes_max: self.reliable_buffer_bytes_max,
+            snapshot: net::snapshot::SnapshotConfig {
+                interest_radius_m: self.interest_radius_m,
+                view_entities_max: self.view_entities_max,
+                ..net::snapshot::SnapshotConfig::default()
+            },
+            input: net::input::InputLimits {
+                owned_speed_max_mps: self.owned_speed_max_mps,
+                ..net::input::InputLimits::default()
             },
         }
     }

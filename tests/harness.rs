@@ -279,3 +279,67 @@ fn draining_ends_an_empty_instance_at_once() {
         }
     )));
 }
+
+#[test]
+fn a_faulty_instance_ends_alone() {
+    use state::instance::Fault;
+    let mut h = Harness::new(Config::default(), Network::perfect(), 9);
+    h.create_instance("a", 8);
+    h.create_instance("b", 8);
+    h.create_instance("c", 8);
+    let ann = h.join("a", "ann").unwrap();
+    let bob = h.join("b", "bob").unwrap();
+    let cy = h.join("c", "cy").unwrap();
+    assert!(h.run_until(Duration::from_secs(10), |h| {
+        [ann, bob, cy].iter().all(|&c| joined(h, c))
+    }));
+    let failed = |h: &Harness, id: &str| {
+        h.events.iter().any(|e| {
+            matches!(e, Event::InstanceEnded { instance_id, reason: EndReason::Failed(_), .. }
+                if instance_id == id)
+        })
+    };
+    let kicked = |h: &Harness, c: usize| {
+        h.clients[c].events.iter().any(|e| {
+            matches!(
+                e,
+                ClientEvent::Kicked {
+                    reason: KickReason::ServerError,
+                    ..
+                }
+            )
+        })
+    };
+
+    // A bug in a's tick.
+    h.shard.instance_mut("a").unwrap().inject_fault(Fault::Tick);
+    assert!(h.run_until(Duration::from_secs(1), |h| failed(h, "a")));
+    h.run_for(Duration::from_millis(200));
+    assert!(kicked(&h, ann), "{:?}", h.clients[ann].events.last());
+    assert_eq!(
+        left(&h, LeaveReason::InstanceEnded),
+        1,
+        "ann's seat is given back"
+    );
+
+    // A bug in b's message handling.
+    h.shard
+        .instance_mut("b")
+        .unwrap()
+        .inject_fault(Fault::Message);
+    let now = h.now();
+    h.client_mut(bob).send_input(Vec::new(), now).unwrap();
+    assert!(h.run_until(Duration::from_secs(1), |h| failed(h, "b")));
+    h.run_for(Duration::from_millis(200));
+    assert!(kicked(&h, bob));
+    assert_eq!(left(&h, LeaveReason::InstanceEnded), 2);
+
+    // c and the shard go on.
+    assert_eq!(h.shard.instances_len(), 1);
+    assert_eq!(h.shard.peers_len(), 1);
+    let before = h.client(cy).latest_tick().unwrap();
+    h.run_for(Duration::from_millis(500));
+    assert!(h.client(cy).latest_tick().unwrap() >= before + 20);
+    assert!(!kicked(&h, cy));
+    assert!(h.join("c", "dee").is_ok());
+}

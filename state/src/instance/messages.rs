@@ -84,14 +84,7 @@ impl Instance {
                 );
             }
             Outcome::Ownership(changed) => {
-                self.broadcast(
-                    io,
-                    None,
-                    Target::Everyone,
-                    MessageKind::OwnershipChanged,
-                    tick,
-                    &changed,
-                );
+                self.tell_everyone(io, MessageKind::OwnershipChanged, tick, &changed);
             }
         }
     }

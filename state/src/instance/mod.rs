@@ -13,8 +13,10 @@
 //! inst.leave(user, &mut io);                       // disconnected
 //! ```
 
+mod ending;
 mod member;
 mod messages;
+mod tick;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -22,14 +24,12 @@ use std::time::{Duration, Instant};
 use engine::{Scene, SimConfig, SimError, Simulation, TickTimes, UserIndex, WorldConfig};
 use net::conn::{ConnKey, SendError};
 use net::input::InputLimits;
-use net::messages::{ActionBroadcast, Draining, Kick, KickReason, PeerLeft, Target, Welcome};
+use net::messages::{ActionBroadcast, PeerLeft, Target, Welcome};
 use net::quant::Quantizer;
 use net::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
 use net::{Channel, Decoder, Encoder, MessageKind};
 
-use crate::commands::{
-    InstanceSpec, InstanceStats, JoinRefused, LeaveReason, SessionId, ShardMetrics,
-};
+use crate::commands::{InstanceSpec, JoinRefused, LeaveReason, SessionId, ShardMetrics};
 pub use member::{Joined, Member, MemberState, STATE_BACKLOG_BYTES_MAX, SendFailed, TokenBucket};
 
 /// Member slots allocated when an instance starts; more grow on demand.
@@ -57,6 +57,24 @@ pub struct RuntimeConfig {
     pub reliable_buffer_bytes_max: usize,
     pub snapshot: SnapshotConfig,
     pub input: InputLimits,
+}
+
+impl RuntimeConfig {
+    /// The simulation's share of the configuration.
+    pub fn sim_config(&self) -> SimConfig {
+        SimConfig {
+            tick_hz: self.tick_hz,
+            world: WorldConfig {
+                entities_max: self.entities_max,
+                ..WorldConfig::default()
+            },
+            avatar: engine::AvatarConfig {
+                speed_max_mps: self.avatar_speed_max_mps,
+                ..SimConfig::default().avatar
+            },
+            ..SimConfig::default()
+        }
+    }
 }
 
 /// Where the instance's frames go: the router writes them to a member's
@@ -166,20 +184,8 @@ impl Instance {
         config: RuntimeConfig,
         now: Instant,
     ) -> Result<Instance, SimError> {
-        let sim_config = SimConfig {
-            tick_hz: config.tick_hz,
-            world: WorldConfig {
-                entities_max: config.entities_max,
-                ..WorldConfig::default()
-            },
-            avatar: engine::AvatarConfig {
-                speed_max_mps: config.avatar_speed_max_mps,
-                ..SimConfig::default().avatar
-            },
-            ..SimConfig::default()
-        };
         let scene: &Scene = &spec.scene;
-        let sim = Simulation::new(scene, sim_config)?;
+        let sim = Simulation::new(scene, config.sim_config())?;
         let quantizer = Quantizer::new(sim.bounds());
         Ok(Instance {
             id: spec.id,
@@ -336,90 +342,16 @@ impl Instance {
         let _ = self.sim.despawn(joined.avatar);
         let tick = self.tick_now();
         let released = joined.input.release_all(&mut self.sim);
-        self.broadcast(
+        self.tell_everyone(
             io,
-            None,
-            Target::Everyone,
             MessageKind::PeerLeft,
             tick,
             &PeerLeft { user_index: user.0 },
         );
         for changed in released {
-            self.broadcast(
-                io,
-                None,
-                Target::Everyone,
-                MessageKind::OwnershipChanged,
-                tick,
-                &changed,
-            );
+            self.tell_everyone(io, MessageKind::OwnershipChanged, tick, &changed);
         }
         Some(departure)
-    }
-
-    /// Tells a member why it is being removed (when it can hear it), and
-    /// asks the router to remove it.
-    pub fn kick(&mut self, user: UserIndex, kick: &Kick, reason: LeaveReason, io: &mut Io<'_>) {
-        let tick = self.tick_now();
-        let Some(i) = self.members.binary_search_by_key(&user, |m| m.user).ok() else {
-            return;
-        };
-        let member = &mut self.members[i];
-        if member.is_listening() {
-            let _ = member.send(io, Channel::Actions, MessageKind::Kick, tick, kick);
-        }
-        self.remove_later(i, reason, io);
-    }
-
-    /// Kicks every session of `user_id` (the control API).
-    pub fn kick_user(&mut self, user_id: &str, banned: bool, message: &str, io: &mut Io<'_>) {
-        let kick = Kick {
-            reason: if banned {
-                KickReason::Banned
-            } else {
-                KickReason::Operator
-            },
-            message: message
-                .chars()
-                .take(net::messages::TEXT_BYTES_MAX / 4)
-                .collect(),
-        };
-        let users: Vec<UserIndex> = self
-            .members
-            .iter()
-            .filter(|m| m.user_id == user_id)
-            .map(|m| m.user)
-            .collect();
-        for user in users {
-            self.kick(user, &kick, LeaveReason::Kicked, io);
-        }
-    }
-
-    /// Kicks everyone: the instance is ending.
-    pub fn kick_all(&mut self, reason: KickReason, message: &str, io: &mut Io<'_>) {
-        let kick = Kick {
-            reason,
-            message: message.into(),
-        };
-        for i in 0..self.members.len() {
-            let user = self.members[i].user;
-            self.kick(user, &kick, LeaveReason::InstanceEnded, io);
-        }
-    }
-
-    /// Warns everyone that the instance ends in `grace`; admits nobody more.
-    pub fn drain(&mut self, grace: Duration, io: &mut Io<'_>) {
-        self.drain_until = Some(io.now + grace);
-        let grace_ms = grace.as_millis().min(u128::from(u32::MAX)) as u32;
-        let tick = self.tick_now();
-        self.broadcast(
-            io,
-            None,
-            Target::Everyone,
-            MessageKind::Draining,
-            tick,
-            &Draining { grace_ms },
-        );
     }
 
     /// Asks the router to remove member `i`, once.
@@ -433,6 +365,14 @@ impl Instance {
                 reason,
             });
         }
+    }
+
+    /// Sends `msg` on `actions` to every listening member.
+    fn tell_everyone<T>(&mut self, io: &mut Io<'_>, kind: MessageKind, tick: u32, msg: &T)
+    where
+        T: for<'a, 'b> rkyv::Serialize<net::codec::FrameSerializer<'a, 'b>>,
+    {
+        self.broadcast(io, None, Target::Everyone, kind, tick, msg);
     }
 
     /// Sends `msg` on `actions` to the listening members `target` names,
@@ -470,95 +410,6 @@ impl Instance {
         }
     }
 
-    /// When the instance ends by itself at `now`, if it does.
-    pub fn expired(&self, now: Instant) -> Option<crate::commands::EndReason> {
-        use crate::commands::EndReason;
-        if self.drain_until.is_some_and(|t| now >= t) {
-            return Some(EndReason::Drained);
-        }
-        if self.empty_deadline().is_some_and(|t| now >= t) {
-            return Some(EndReason::Empty);
-        }
-        None
-    }
-
-    /// When the instance ends if nobody joins.
-    pub fn empty_deadline(&self) -> Option<Instant> {
-        Some(self.empty_since? + self.empty_timeout?)
-    }
-
-    /// When this instance next needs the shard's attention.
-    pub fn wake_at(&self) -> Option<Instant> {
-        let tick = self.sim.next_tick_due();
-        let empty = self.empty_deadline();
-        [tick, empty, self.drain_until].into_iter().flatten().min()
-    }
-
-    /// Runs the ticks due at `io.now`, then sends every joined member its
-    /// snapshot.
-    pub fn tick(&mut self, io: &mut Io<'_>) -> TickReport {
-        #[cfg(feature = "fault-injection")]
-        if self.fault == Some(Fault::Tick) {
-            panic!("fault injected into {}'s tick", self.id);
-        }
-        let period = self.sim.config().tick_duration();
-        let lateness = self
-            .sim
-            .next_tick_due()
-            .map_or(Duration::ZERO, |due| io.now.saturating_duration_since(due));
-        let due = self.sim.due_ticks(io.now);
-        for _ in 0..due.steps {
-            let started = (io.clock)();
-            self.sim.step();
-            let took = (io.clock)().saturating_duration_since(started);
-            self.tick_times.record(took);
-            io.metrics.observe_tick(took.as_micros() as u64);
-        }
-        io.metrics.skipped_ticks += due.skipped;
-        let report = TickReport {
-            steps: due.steps,
-            late: lateness > period,
-        };
-        if due.steps == 0 {
-            return report;
-        }
-        self.frame.capture(self.sim.world(), &self.quantizer);
-        for member in &mut self.members {
-            if !member.is_listening() {
-                continue;
-            }
-            let viewer = member
-                .avatar()
-                .and_then(|a| self.sim.world().transform(a).ok())
-                .map(|t| t.position)
-                .unwrap_or_default();
-            match member.send_snapshot(io, &self.frame, viewer) {
-                Ok(len) => {
-                    io.metrics.snapshots_sent += 1;
-                    io.metrics.snapshot_bytes += len as u64;
-                }
-                Err(reason) => *io.metrics.dropped.entry(reason).or_default() += 1,
-            }
-        }
-        report
-    }
-
-    /// This instance's figures for the last second.
-    pub fn stats(&mut self) -> InstanceStats {
-        let summary = self.tick_times.take();
-        if summary.ticks > 0 {
-            self.last_tick_p50_us = summary.p50.as_micros() as u32;
-            self.last_tick_p99_us = summary.p99.as_micros() as u32;
-        }
-        InstanceStats {
-            instance_id: self.id.clone(),
-            users: self.members.iter().filter(|m| m.is_joined()).count() as u32,
-            entities: self.sim.world().len() as u32,
-            tick_p50_us: self.last_tick_p50_us,
-            tick_p99_us: self.last_tick_p99_us,
-        }
-    }
-
     /// Keeps a cached action for late joiners, dropping the oldest at the limit.
     fn cache(&mut self, action: ActionBroadcast) {
         if self.config.cached_actions_max == 0 {
@@ -570,3 +421,6 @@ impl Instance {
         self.cached_actions.push_back(action);
     }
 }
+
+#[cfg(test)]
+mod tests;

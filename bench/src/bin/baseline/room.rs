@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use engine::{EntityId, Scene, SimConfig, Simulation, UserIndex, WorldConfig};
+use engine::{EntityId, Scene, Simulation, UserIndex};
 use instanceserver::config::{Config, InstanceConfig};
 use net::input::{InputLimits, Outcome, PeerInput};
 use net::messages::{ActionBroadcast, PeerJoined, PeerLeft, Target, Welcome};
@@ -413,21 +413,7 @@ impl Room {
         rx: mpsc::Receiver<Command>,
     ) -> Result<Room, engine::SimError> {
         let c = &hub.instance;
-        let sim = Simulation::new(
-            &hub.scene,
-            SimConfig {
-                tick_hz: c.tick_hz,
-                world: WorldConfig {
-                    entities_max: c.entities_max,
-                    ..WorldConfig::default()
-                },
-                avatar: engine::AvatarConfig {
-                    speed_max_mps: c.avatar_speed_max_mps,
-                    ..SimConfig::default().avatar
-                },
-                ..SimConfig::default()
-            },
-        )?;
+        let sim = Simulation::new(&hub.scene, c.runtime().sim_config())?;
         let quantizer = Quantizer::new(sim.bounds());
         let snapshot_config = SnapshotConfig {
             interest_radius_m: c.interest_radius_m,

@@ -1,0 +1,405 @@
+//! An instance alone: members joining, messages, ticks, leaving, with a
+//! recording outbox in place of connections (no str0m, no socket).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use engine::{Scene, UserIndex, Vec3};
+use net::conn::{ConnKey, SendError};
+use net::messages::{Action, Input, KickReason, OwnedUpdate, OwnershipRequest, Target};
+use net::slab::Slab;
+use net::{Channel, Decoder, Encoder, MessageKind, split_frame};
+
+use super::*;
+use crate::commands::{EndReason, InstanceSpec, JoinRefused, LeaveReason, ShardMetrics};
+
+/// Frames written, by connection, and what each connection has buffered.
+#[derive(Default)]
+struct Recorder {
+    frames: Vec<(ConnKey, Channel, MessageKind, Vec<u8>)>,
+    buffered: HashMap<ConnKey, usize>,
+}
+
+impl Outbox for Recorder {
+    fn write(&mut self, to: ConnKey, channel: Channel, frame: &[u8]) -> Result<usize, SendError> {
+        let (_, kind, _) = split_frame(frame).expect("the instance writes whole frames");
+        self.frames.push((to, channel, kind, frame.to_vec()));
+        Ok(frame.len())
+    }
+
+    fn buffered(&mut self, to: ConnKey, _channel: Channel) -> usize {
+        self.buffered.get(&to).copied().unwrap_or(0)
+    }
+}
+
+impl Recorder {
+    /// Kinds written to `to`, in order, and forgets them.
+    fn take(&mut self, to: ConnKey) -> Vec<MessageKind> {
+        let kinds = self
+            .frames
+            .iter()
+            .filter(|f| f.0 == to)
+            .map(|f| f.2)
+            .collect();
+        self.frames.retain(|f| f.0 != to);
+        kinds
+    }
+}
+
+/// An instance, its outbox and the shard's shared parts, on a clock of its own.
+struct Bench {
+    inst: Instance,
+    out: Recorder,
+    encoder: Encoder,
+    decoder: Decoder,
+    metrics: ShardMetrics,
+    removals: Vec<Removal>,
+    now: Instant,
+    links: Slab<()>,
+}
+
+fn config() -> RuntimeConfig {
+    RuntimeConfig {
+        tick_hz: 60,
+        entities_max: 1024,
+        avatar_speed_max_mps: 10.0,
+        cached_actions_max: 4,
+        invalid_messages_max: 2,
+        actions_per_second_max: 5,
+        reliable_buffer_bytes_max: 64 * 1024,
+        snapshot: net::snapshot::SnapshotConfig::default(),
+        input: net::input::InputLimits::default(),
+    }
+}
+
+/// The demo scene and one networked prop that clients may take.
+fn scene() -> Scene {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../../engine/scenes/demo.json")).unwrap();
+    doc["entities"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "lamp",
+            "transform": { "position": [3, 0.5, 3] },
+            "networked": true
+        }));
+    Scene::from_json(doc.to_string().as_bytes(), &engine::SceneLimits::default()).unwrap()
+}
+
+impl Bench {
+    fn new(max_users: u32) -> Bench {
+        let now = Instant::now();
+        let spec = InstanceSpec {
+            id: "room".into(),
+            location_id: "room".into(),
+            scene: Box::new(scene()),
+            max_users,
+            labels: BTreeMap::new(),
+            empty_timeout: Some(Duration::from_secs(5)),
+        };
+        let mut b = Bench {
+            inst: Instance::new(spec, config(), now).unwrap(),
+            out: Recorder::default(),
+            encoder: Encoder::default(),
+            decoder: Decoder::default(),
+            metrics: ShardMetrics::default(),
+            removals: Vec::new(),
+            now,
+            links: Slab::default(),
+        };
+        // The first tick starts the instance's clock, as the router does.
+        b.with(|i, io| i.tick(io));
+        b
+    }
+
+    fn with<R>(&mut self, f: impl FnOnce(&mut Instance, &mut Io<'_>) -> R) -> R {
+        let mut io = Io {
+            out: &mut self.out,
+            encoder: &mut self.encoder,
+            decoder: &mut self.decoder,
+            metrics: &mut self.metrics,
+            removals: &mut self.removals,
+            now: self.now,
+            clock: Instant::now,
+        };
+        f(&mut self.inst, &mut io)
+    }
+
+    /// Joins and opens a member; returns its index and link.
+    fn member(&mut self, name: &str) -> (UserIndex, ConnKey) {
+        let link = self.links.insert(());
+        let session = self.links.len() as u64;
+        let user = self
+            .inst
+            .join(session, name.into(), name.into(), link, self.now)
+            .unwrap();
+        assert!(self.with(|i, io| i.open(user, io)));
+        (user, link)
+    }
+
+    fn message<T>(
+        &mut self,
+        user: UserIndex,
+        channel: Channel,
+        kind: MessageKind,
+        tick: u32,
+        msg: &T,
+    ) where
+        T: for<'a, 'b> rkyv::Serialize<net::codec::FrameSerializer<'a, 'b>>,
+    {
+        let bytes = Encoder::default()
+            .encode(kind, 1, tick, msg)
+            .unwrap()
+            .to_vec();
+        self.with(|i, io| i.handle_message(user, channel, &bytes, io));
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+}
+
+#[test]
+fn a_member_is_welcomed_and_introduced_both_ways() {
+    let mut b = Bench::new(4);
+    let (ann, ann_link) = b.member("ann");
+    assert_eq!(b.out.take(ann_link), [MessageKind::Welcome]);
+    let (bob, bob_link) = b.member("bob");
+    assert_eq!(b.out.take(ann_link), [MessageKind::PeerJoined]);
+    assert_eq!(
+        b.out.take(bob_link),
+        [MessageKind::Welcome, MessageKind::PeerJoined]
+    );
+    assert!(b.inst.member(ann).unwrap().is_joined());
+    assert!(b.inst.member(bob).unwrap().avatar().is_some());
+    assert_eq!(b.inst.stats().users, 2);
+}
+
+#[test]
+fn a_connecting_member_holds_a_seat_but_hears_nothing() {
+    let mut b = Bench::new(2);
+    let (_, ann_link) = b.member("ann");
+    let link = b.links.insert(());
+    let bob = b
+        .inst
+        .join(9, "bob".into(), "bob".into(), link, b.now)
+        .unwrap();
+    let full = b
+        .inst
+        .join(10, "cy".into(), "cy".into(), b.links.insert(()), b.now);
+    assert_eq!(full, Err(JoinRefused::InstanceFull("room".into())));
+    b.out.take(ann_link);
+    b.advance(Duration::from_millis(50));
+    b.with(|i, io| i.tick(io));
+    assert_eq!(b.out.take(ann_link), [MessageKind::Snapshot]);
+    assert!(b.out.take(link).is_empty(), "no snapshot before it joins");
+    // It leaves before joining: nobody is told, its seat is free again.
+    let gone = b.with(|i, io| i.leave(bob, io)).unwrap();
+    assert!(!gone.joined);
+    assert!(b.out.take(ann_link).is_empty());
+    assert!(b.inst.can_join().is_ok());
+}
+
+#[test]
+fn every_tick_sends_each_joined_member_a_snapshot_unless_backed_up() {
+    let mut b = Bench::new(4);
+    let (_, ann_link) = b.member("ann");
+    let (_, bob_link) = b.member("bob");
+    b.out.take(ann_link);
+    b.out.take(bob_link);
+    b.out.buffered.insert(bob_link, STATE_BACKLOG_BYTES_MAX + 1);
+    b.advance(Duration::from_millis(100));
+    let report = b.with(|i, io| i.tick(io));
+    assert!(report.steps >= 2, "{report:?}");
+    assert_eq!(b.out.take(ann_link), [MessageKind::Snapshot]);
+    assert!(b.out.take(bob_link).is_empty());
+    assert_eq!(b.metrics.dropped.get("snapshot_backlog"), Some(&1));
+    assert_eq!(b.metrics.snapshots_sent, 1);
+}
+
+#[test]
+fn inputs_move_the_avatar_and_acks_are_counted() {
+    let mut b = Bench::new(4);
+    let (ann, _) = b.member("ann");
+    let avatar = b.inst.member(ann).unwrap().avatar().unwrap();
+    let net_id = b.inst.sim().world().network_id(avatar).unwrap().0;
+    let start = b.inst.sim().world().transform(avatar).unwrap().position;
+    let target = Vec3::new(start.x + 1.0, start.y, start.z);
+    for seq in 0..30u32 {
+        let input = Input {
+            owned: vec![OwnedUpdate {
+                network_id: net_id,
+                position: [target.x, target.y, target.z],
+                rotation: [0.0, 0.0, 0.0, 1.0],
+            }],
+        };
+        let bytes = Encoder::default()
+            .encode(MessageKind::Input, seq + 1, 0, &input)
+            .unwrap()
+            .to_vec();
+        b.with(|i, io| i.handle_message(ann, Channel::State, &bytes, io));
+        b.advance(Duration::from_millis(17));
+        b.with(|i, io| i.tick(io));
+    }
+    let moved = b.inst.sim().world().transform(avatar).unwrap().position;
+    assert!((moved.x - target.x).abs() < 0.05, "{moved:?} → {target:?}");
+    assert_eq!(b.metrics.inputs, 30);
+}
+
+#[test]
+fn actions_are_relayed_cached_for_late_joiners_and_rate_limited() {
+    let mut b = Bench::new(4);
+    let (ann, ann_link) = b.member("ann");
+    let (_, bob_link) = b.member("bob");
+    b.out.take(ann_link);
+    b.out.take(bob_link);
+    let chat = Action {
+        action_type: "chat".into(),
+        target: Target::Everyone,
+        cached: true,
+        payload: b"hi".to_vec(),
+    };
+    for _ in 0..7 {
+        b.message(ann, Channel::Actions, MessageKind::Action, 0, &chat);
+    }
+    // A burst of five (actions_per_second_max), the rest refused.
+    assert_eq!(b.out.take(bob_link), [MessageKind::ActionBroadcast; 5]);
+    assert!(b.out.take(ann_link).is_empty(), "not echoed to the sender");
+    assert_eq!(b.metrics.refused_messages.get("action_rate"), Some(&2));
+    let (_, cy_link) = b.member("cy");
+    let welcome = b
+        .out
+        .frames
+        .iter()
+        .find(|f| f.0 == cy_link)
+        .unwrap()
+        .3
+        .clone();
+    match b.decoder.decode_server(&welcome, Channel::Actions).unwrap() {
+        net::ServerMessage::Welcome(_, w) => assert_eq!(w.cached_actions.len(), 4),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn leaving_releases_ownership_and_tells_the_others() {
+    let mut b = Bench::new(4);
+    let (ann, ann_link) = b.member("ann");
+    let (bob, bob_link) = b.member("bob");
+    // Take a scene entity that physics does not move and nobody owns.
+    let world = b.inst.sim().world();
+    let (entity, id) = (0..world.len() as u32 * 4)
+        .filter_map(|n| world.by_network_id(engine::NetworkId(n)).map(|e| (n, e)))
+        .find(|(_, e)| {
+            world.motion(*e) != Ok(engine::Motion::Physics)
+                && !world.optional.avatars.contains(*e)
+                && world.optional.owners.get(*e).is_none()
+        })
+        .expect("the scene has an entity a client may own");
+    let take = OwnershipRequest {
+        network_id: entity,
+        take: true,
+    };
+    b.message(
+        ann,
+        Channel::Actions,
+        MessageKind::OwnershipRequest,
+        0,
+        &take,
+    );
+    let owner = |b: &Bench| b.inst.sim().world().optional.owners.get(id).map(|o| o.user);
+    assert_eq!(owner(&b), Some(ann));
+    b.out.take(ann_link);
+    b.out.take(bob_link);
+    let gone = b.with(|i, io| i.leave(ann, io)).unwrap();
+    assert!(gone.joined);
+    assert_eq!(
+        b.out.take(bob_link),
+        [MessageKind::PeerLeft, MessageKind::OwnershipChanged]
+    );
+    assert_eq!(owner(&b), None);
+    assert!(b.inst.member(ann).is_none() && b.inst.member(bob).is_some());
+}
+
+#[test]
+fn invalid_messages_past_the_limit_get_a_kick_and_a_removal() {
+    let mut b = Bench::new(4);
+    let (ann, ann_link) = b.member("ann");
+    b.out.take(ann_link);
+    for _ in 0..3 {
+        b.with(|i, io| i.handle_message(ann, Channel::State, &[1, 2, 3], io));
+    }
+    assert_eq!(b.metrics.invalid_messages.get("truncated"), Some(&3));
+    assert_eq!(b.out.take(ann_link), [MessageKind::Kick]);
+    assert_eq!(
+        b.removals,
+        [Removal {
+            user: ann,
+            link: ann_link,
+            reason: LeaveReason::ProtocolViolation
+        }]
+    );
+    // Asked once: what it sends on its way out changes nothing.
+    b.with(|i, io| i.handle_message(ann, Channel::State, &[1, 2, 3], io));
+    assert_eq!(b.removals.len(), 1);
+}
+
+#[test]
+fn a_backed_up_reliable_channel_is_removed_as_congested() {
+    let mut b = Bench::new(4);
+    let (ann, _) = b.member("ann");
+    let (bob, bob_link) = b.member("bob");
+    b.out.buffered.insert(bob_link, 64 * 1024 + 1);
+    let chat = Action {
+        action_type: "chat".into(),
+        target: Target::Everyone,
+        cached: false,
+        payload: Vec::new(),
+    };
+    b.message(ann, Channel::Actions, MessageKind::Action, 0, &chat);
+    assert_eq!(b.removals.len(), 1);
+    assert_eq!(
+        (b.removals[0].user, b.removals[0].reason),
+        (bob, LeaveReason::Congested)
+    );
+}
+
+#[test]
+fn draining_warns_refuses_joins_then_expires() {
+    let mut b = Bench::new(4);
+    let (_, ann_link) = b.member("ann");
+    b.out.take(ann_link);
+    b.with(|i, io| i.drain(Duration::from_secs(2), io));
+    assert_eq!(b.out.take(ann_link), [MessageKind::Draining]);
+    assert_eq!(b.inst.can_join(), Err(JoinRefused::Draining));
+    assert_eq!(b.inst.expired(b.now + Duration::from_secs(1)), None);
+    assert_eq!(
+        b.inst.expired(b.now + Duration::from_secs(2)),
+        Some(EndReason::Drained)
+    );
+    b.with(|i, io| i.kick_all(KickReason::InstanceEnded, "bye", io));
+    assert_eq!(b.out.take(ann_link), [MessageKind::Kick]);
+    assert_eq!(b.removals[0].reason, LeaveReason::InstanceEnded);
+}
+
+#[test]
+fn an_empty_instance_expires_after_its_empty_timeout() {
+    let mut b = Bench::new(4);
+    let start = b.now;
+    assert_eq!(
+        b.inst.expired(start + Duration::from_secs(5)),
+        Some(EndReason::Empty)
+    );
+    let (ann, _) = b.member("ann");
+    assert_eq!(b.inst.expired(start + Duration::from_secs(60)), None);
+    b.advance(Duration::from_secs(10));
+    b.with(|i, io| i.leave(ann, io));
+    assert_eq!(b.inst.expired(b.now + Duration::from_secs(4)), None);
+    assert_eq!(
+        b.inst.expired(b.now + Duration::from_secs(5)),
+        Some(EndReason::Empty)
+    );
+}

@@ -1,0 +1,96 @@
+//! An instance's clock: ticks, snapshots, timers, figures.
+
+use std::time::{Duration, Instant};
+
+use super::{Instance, Io, TickReport};
+use crate::commands::{EndReason, InstanceStats};
+
+impl Instance {
+    /// When the instance ends by itself at `now`, if it does.
+    pub fn expired(&self, now: Instant) -> Option<EndReason> {
+        if self.drain_until.is_some_and(|t| now >= t) {
+            return Some(EndReason::Drained);
+        }
+        if self.empty_deadline().is_some_and(|t| now >= t) {
+            return Some(EndReason::Empty);
+        }
+        None
+    }
+
+    /// When the instance ends if nobody joins.
+    pub fn empty_deadline(&self) -> Option<Instant> {
+        Some(self.empty_since? + self.empty_timeout?)
+    }
+
+    /// When this instance next needs the shard's attention.
+    pub fn wake_at(&self) -> Option<Instant> {
+        let tick = self.sim.next_tick_due();
+        let empty = self.empty_deadline();
+        [tick, empty, self.drain_until].into_iter().flatten().min()
+    }
+
+    /// Runs the ticks due at `io.now`, then sends every joined member its
+    /// snapshot.
+    pub fn tick(&mut self, io: &mut Io<'_>) -> TickReport {
+        #[cfg(feature = "fault-injection")]
+        if self.fault == Some(super::Fault::Tick) {
+            panic!("fault injected into {}'s tick", self.id);
+        }
+        let period = self.sim.config().tick_duration();
+        let lateness = self
+            .sim
+            .next_tick_due()
+            .map_or(Duration::ZERO, |due| io.now.saturating_duration_since(due));
+        let due = self.sim.due_ticks(io.now);
+        for _ in 0..due.steps {
+            let started = (io.clock)();
+            self.sim.step();
+            let took = (io.clock)().saturating_duration_since(started);
+            self.tick_times.record(took);
+            io.metrics.observe_tick(took.as_micros() as u64);
+        }
+        io.metrics.skipped_ticks += due.skipped;
+        let report = TickReport {
+            steps: due.steps,
+            late: lateness > period,
+        };
+        if due.steps == 0 {
+            return report;
+        }
+        self.frame.capture(self.sim.world(), &self.quantizer);
+        for member in &mut self.members {
+            if !member.is_listening() {
+                continue;
+            }
+            let viewer = member
+                .avatar()
+                .and_then(|a| self.sim.world().transform(a).ok())
+                .map(|t| t.position)
+                .unwrap_or_default();
+            match member.send_snapshot(io, &self.frame, viewer) {
+                Ok(len) => {
+                    io.metrics.snapshots_sent += 1;
+                    io.metrics.snapshot_bytes += len as u64;
+                }
+                Err(reason) => *io.metrics.dropped.entry(reason).or_default() += 1,
+            }
+        }
+        report
+    }
+
+    /// This instance's figures for the last second.
+    pub fn stats(&mut self) -> InstanceStats {
+        let summary = self.tick_times.take();
+        if summary.ticks > 0 {
+            self.last_tick_p50_us = summary.p50.as_micros() as u32;
+            self.last_tick_p99_us = summary.p99.as_micros() as u32;
+        }
+        InstanceStats {
+            instance_id: self.id.clone(),
+            users: self.members.iter().filter(|m| m.is_joined()).count() as u32,
+            entities: self.sim.world().len() as u32,
+            tick_p50_us: self.last_tick_p50_us,
+            tick_p99_us: self.last_tick_p99_us,
+        }
+    }
+}

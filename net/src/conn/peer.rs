@@ -163,10 +163,8 @@ impl Conn {
                 }
             };
             match event {
-                Event::ChannelOpen(id, label) => {
-                    if self.channel_opened(id, &label, drops) {
-                        said(Said::Opened);
-                    }
+                Event::ChannelOpen(id, label) if self.channel_opened(id, &label, drops) => {
+                    said(Said::Opened);
                 }
                 Event::ChannelData(d) => match self.channel_of(d.id) {
                     Some(channel) if self.is_open() => said(Said::Message(channel, d.data)),

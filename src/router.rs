@@ -397,7 +397,15 @@ impl Shard {
         self.by_session.remove(&link.session);
         let Some(hosted) = self.instances.get(link.instance) else {
             debug_assert!(false, "a link to an instance that is gone");
-            return;
+            // Give the seat back all the same.
+            return self.events.push_back(Event::SessionLeft {
+                shard: self.index,
+                instance_id: String::new(),
+                session: link.session,
+                user_id: String::new(),
+                reason,
+                joined: false,
+            });
         };
         let instance_id = hosted.instance.id().to_owned();
         let member = hosted.instance.member(link.user);

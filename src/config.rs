@@ -37,6 +37,71 @@ pub struct Config {
     pub shard: ShardConfig,
     pub instance: InstanceConfig,
     pub auth: AuthConfig,
+    pub agones: AgonesConfig,
+}
+
+/// Whether the node speaks to an Agones SDK sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgonesMode {
+    /// Never: SDK calls are logged.
+    Local,
+    /// When `AGONES_SDK_GRPC_PORT` is set (in an Agones pod); local otherwise.
+    Auto,
+    /// Always: the node refuses to start when no sidecar answers.
+    Required,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgonesConfig {
+    /// `local`, `auto` or `required`.
+    pub mode: AgonesMode,
+    /// The sidecar's gRPC port; unset: `AGONES_SDK_GRPC_PORT`, else 9357.
+    pub port: Option<u16>,
+    /// How often the node pings `Health` (match the Fleet's `health.periodSeconds`).
+    pub health_interval_ms: u64,
+    /// Connection attempts to the sidecar at start, with backoff.
+    pub connect_attempts: u32,
+    /// The Counter of instances (rooms); its capacity is the node's instance capacity.
+    pub rooms_counter: String,
+    /// The Counter of joined users.
+    pub players_counter: String,
+    /// The List of joined user ids, kept while it has room (Agones lists hold 1,000).
+    pub players_list: String,
+}
+
+impl Default for AgonesConfig {
+    fn default() -> Self {
+        AgonesConfig {
+            mode: AgonesMode::Auto,
+            port: None,
+            health_interval_ms: 1_000,
+            connect_attempts: 8,
+            rooms_counter: "rooms".into(),
+            players_counter: "players".into(),
+            players_list: "players".into(),
+        }
+    }
+}
+
+impl AgonesConfig {
+    /// The SDK client's configuration; `port_env` is `AGONES_SDK_GRPC_PORT`.
+    pub fn sdk(&self, port_env: Option<&str>) -> agones::SdkConfig {
+        let mode = match self.mode {
+            AgonesMode::Local => agones::Mode::Local,
+            AgonesMode::Auto => agones::Mode::Auto,
+            AgonesMode::Required => agones::Mode::Required,
+        };
+        let port = self.port.map(|p| p.to_string());
+        let mut c = agones::SdkConfig::new(mode, port.as_deref().or(port_env));
+        c.connect_attempts = self.connect_attempts;
+        c
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -401,6 +466,7 @@ pub fn keys() -> BTreeMap<String, toml::Value> {
         ("auth.hs256_secret", toml::Value::String(String::new())),
         ("auth.issuer", toml::Value::String(String::new())),
         ("auth.audience", toml::Value::String(String::new())),
+        ("agones.port", toml::Value::Integer(0)),
     ] {
         out.entry(key.to_string()).or_insert(placeholder);
     }
@@ -488,6 +554,12 @@ impl Config {
                 "node.dev serves a token endpoint and must stay on loopback: set node.dev = false \
                  and configure auth keys to listen on a public address",
             );
+        }
+        if !(100..=60_000).contains(&self.agones.health_interval_ms) {
+            return bad("agones.health_interval_ms must be within 100..=60000");
+        }
+        if self.agones.connect_attempts == 0 {
+            return bad("agones.connect_attempts must be at least 1");
         }
         if !(1..=240).contains(&self.instance.tick_hz) {
             return bad("instance.tick_hz must be within 1..=240");

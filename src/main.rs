@@ -59,6 +59,11 @@ struct Args {
     #[arg(long, value_name = "IP")]
     public_ip: Option<String>,
 
+    /// Agones: local, auto (use the sidecar when AGONES_SDK_GRPC_PORT is set)
+    /// or required (refuse to start without it). Same as --set agones.mode=MODE.
+    #[arg(long, value_name = "MODE", value_parser = ["local", "auto", "required"])]
+    agones: Option<String>,
+
     /// Print the resulting configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -110,6 +115,7 @@ fn settings(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
             args.udp_port_base.map(|p| p.to_string()),
         ),
         ("webrtc.public_ip", args.public_ip.clone()),
+        ("agones.mode", args.agones.clone()),
     ];
     for (key, value) in shorthand {
         if let Some(v) = value {
@@ -179,6 +185,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let wait = exit_at.map_or(interval, |t| {
             t.saturating_duration_since(Instant::now()).min(interval)
         });
+        if node.agones_shutdown_requested() {
+            // Agones asked (the node is draining already): wait, then stop.
+            break;
+        }
         match signal_rx.recv_timeout(wait) {
             Ok(()) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -192,7 +202,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     println!("draining: instances end within {drain_grace:?} (interrupt again to stop now)");
-    node.drain(drain_grace);
+    if !node.agones_shutdown_requested() {
+        node.drain(drain_grace);
+    }
     let deadline = Instant::now() + drain_grace + Duration::from_secs(1);
     while Instant::now() < deadline && !lock(node.control()).registry.is_empty() {
         if signal_rx.recv_timeout(Duration::from_millis(50)).is_ok() {

@@ -14,6 +14,7 @@ use state::commands::Command;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::control::agones::AgonesSignals;
 use crate::control::{self, Control, CreateRequest, SceneSource, ShardSlot, Shared, lock};
 use crate::io::{self as shard_io, ShardHandle, ShardStartError};
 
@@ -48,6 +49,7 @@ pub struct Node {
     control: Option<JoinHandle<()>>,
     pump: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
+    agones: Arc<AgonesSignals>,
 }
 
 impl Node {
@@ -81,21 +83,30 @@ impl Node {
         let config_dev_scene = config.node.dev_scene.clone();
         let shared: Shared = Arc::new(Mutex::new(Control::new(config.clone(), slots, verifier)));
         let pump_shared = shared.clone();
+        let agones = Arc::new(AgonesSignals::default());
+        let pump_agones = agones.clone();
         let pump = std::thread::Builder::new()
             .name("event-pump".into())
             .spawn(move || {
                 // Ends when every shard has dropped its sender.
                 while let Ok(event) = events_rx.recv() {
+                    let counted = !matches!(event, state::commands::Event::Stats { .. });
                     lock(&pump_shared).apply(event);
+                    if counted {
+                        pump_agones.changed.notify_one();
+                    }
                 }
             })
             .map_err(|e| NodeError::Control(e.to_string()))?;
         let (stop, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let control_shared = shared.clone();
+        let control_agones = agones.clone();
         let control = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || control_thread(config, control_shared, stop_rx, ready_tx))
+            .spawn(move || {
+                control_thread(config, control_shared, control_agones, stop_rx, ready_tx)
+            })
             .map_err(|e| NodeError::Control(e.to_string()))?;
         let (http_addr, grpc_addr) = ready_rx
             .recv()
@@ -111,6 +122,7 @@ impl Node {
             control: Some(control),
             pump: Some(pump),
             stop,
+            agones,
         };
         if dev {
             let request = CreateRequest {
@@ -141,6 +153,13 @@ impl Node {
         self.shards.get(index).map_or(0, |s| {
             s.datagrams_in.load(std::sync::atomic::Ordering::Relaxed)
         })
+    }
+
+    /// Whether Agones asked the node to shut down (it is draining then).
+    pub fn agones_shutdown_requested(&self) -> bool {
+        self.agones
+            .shutdown_requested
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops admitting users and ends every instance after `grace`.
@@ -184,7 +203,13 @@ impl Drop for Node {
 
 type Ready = std::sync::mpsc::SyncSender<Result<(SocketAddr, Option<SocketAddr>), String>>;
 
-fn control_thread(config: Config, shared: Shared, stop: watch::Receiver<bool>, ready: Ready) {
+fn control_thread(
+    config: Config,
+    shared: Shared,
+    agones: Arc<AgonesSignals>,
+    stop: watch::Receiver<bool>,
+    ready: Ready,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -196,6 +221,14 @@ fn control_thread(config: Config, shared: Shared, stop: watch::Receiver<bool>, r
         }
     };
     runtime.block_on(async move {
+        let port_env = std::env::var(agones::GRPC_PORT_ENV).ok();
+        let sdk = match agones::Sdk::connect(&config.agones.sdk(port_env.as_deref())).await {
+            Ok(sdk) => sdk,
+            Err(e) => {
+                let _ = ready.send(Err(format!("agones: {e}")));
+                return;
+            }
+        };
         let http = match tokio::net::TcpListener::bind(config.http.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -218,6 +251,8 @@ fn control_thread(config: Config, shared: Shared, stop: watch::Receiver<bool>, r
         let http_addr = http.local_addr().unwrap_or(config.http.listen);
         let grpc_addr = grpc.as_ref().and_then(|l| l.local_addr().ok());
         let _ = ready.send(Ok((http_addr, grpc_addr)));
+        let agones_task =
+            control::agones::run(sdk, config.clone(), shared.clone(), agones, stop.clone());
         let app = control::http::router(shared.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         let mut http_stop = stop.clone();
@@ -245,7 +280,7 @@ fn control_thread(config: Config, shared: Shared, stop: watch::Receiver<bool>, r
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
         tokio::select! {
-            (http_result, ()) = async { tokio::join!(http_server, grpc_server) } => {
+            (http_result, (), ()) = async { tokio::join!(http_server, grpc_server, agones_task) } => {
                 if let Err(e) = http_result {
                     tracing::error!("HTTP server: {e}");
                 }

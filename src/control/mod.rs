@@ -4,6 +4,7 @@
 //! shards send back (pumped by a small thread that blocks on the event
 //! channel). Nothing here is on the per-datagram or per-tick path.
 
+pub mod agones;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

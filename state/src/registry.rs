@@ -191,6 +191,11 @@ impl Registry {
         id
     }
 
+    /// Every open session.
+    pub fn sessions(&self) -> impl Iterator<Item = &SessionRecord> {
+        self.sessions.values()
+    }
+
     pub fn session(&self, id: SessionId) -> Option<&SessionRecord> {
         self.sessions.get(&id)
     }

@@ -1,0 +1,255 @@
+//! The node as an Agones citizen (the high-density pattern: one
+//! GameServer hosts many rooms). On the control thread's runtime, never on
+//! a shard:
+//!
+//! - at start: the rooms Counter's capacity is set to the node's instance
+//!   capacity, the players Counter's to its peer capacity, then `Ready`;
+//! - every `agones.health_interval_ms`: a `Health` ping, until a shard
+//!   reports a stall (then pings stop for good and Agones replaces the pod);
+//! - after every instance or session event (and at each health tick): the
+//!   rooms and players Counters are set to the registry's counts, and the
+//!   players List follows the joined user ids while it has room;
+//! - `WatchGameServer`: an allocation whose annotations name a location
+//!   creates that instance; the state `Shutdown` drains the node;
+//! - at stop: the Counters go to zero and `Shutdown` is called.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use agones::pb::sdk::GameServer;
+use agones::{Sdk, SdkError};
+use tokio::sync::{Notify, watch};
+
+use super::{CreateRequest, SceneSource, Shared, load_scene, lock};
+use crate::config::Config;
+
+/// The annotation of an allocation that names the location to create.
+pub const LOCATION_ANNOTATION: &str = "instanceserver.dev/location";
+/// Optional: the built-in scene of that location (`demo` when absent).
+pub const SCENE_ANNOTATION: &str = "instanceserver.dev/scene";
+/// Optional: the instance id (the location when absent).
+pub const INSTANCE_ANNOTATION: &str = "instanceserver.dev/instance";
+
+/// What the rest of the node and the Agones task tell each other.
+#[derive(Debug, Default)]
+pub struct AgonesSignals {
+    /// Wakes the task to sync the Counters (instance and session events).
+    pub changed: Notify,
+    /// Set when Agones asked the node to shut down (the binary drains).
+    pub shutdown_requested: AtomicBool,
+}
+
+/// The Agones task: runs until `stop` turns true, then zeroes the Counters
+/// and calls `Shutdown`.
+pub async fn run(
+    sdk: Sdk,
+    config: Config,
+    shared: Shared,
+    signals: Arc<AgonesSignals>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let a = &config.agones;
+    if let Err(e) = start(&sdk, &config).await {
+        tracing::error!("Agones start-up: {e}");
+    }
+    let mut watch = match sdk.watch_game_server().await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!("Agones: cannot watch the GameServer: {e}");
+            None
+        }
+    };
+    let health = sdk.health();
+    let mut ticker = tokio::time::interval(a.health_interval());
+    let mut synced = Synced::default();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if lock(&shared).metrics.stalls == 0 {
+                    if !health.ping() {
+                        tracing::warn!("Agones: health ping not sent (stream ended or backed up)");
+                    }
+                } else if !synced.unhealthy {
+                    synced.unhealthy = true;
+                    tracing::error!("Agones: a shard stalled; health pings stop so the pod is replaced");
+                }
+                synced.sync(&sdk, &config, &shared).await;
+            }
+            () = signals.changed.notified() => synced.sync(&sdk, &config, &shared).await,
+            update = next(&mut watch) => match update {
+                Some(Ok(gs)) => on_game_server(&gs, &config, &shared, &signals),
+                Some(Err(e)) => {
+                    tracing::warn!("Agones: the GameServer watch failed: {e}");
+                    watch = None;
+                }
+                None => watch = None,
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    synced.sync(&sdk, &config, &shared).await;
+    if let Err(e) = sdk.shutdown().await {
+        tracing::warn!("Agones: Shutdown: {e}");
+    }
+}
+
+async fn next(watch: &mut Option<agones::Watch>) -> Option<Result<GameServer, SdkError>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Capacities, then `Ready`.
+async fn start(sdk: &Sdk, config: &Config) -> Result<(), SdkError> {
+    let a = &config.agones;
+    let shards = config.shard_count();
+    let rooms = (shards * config.shard.instances_max) as i64;
+    let players = (shards * config.shard.peers_max) as i64;
+    for (name, capacity) in [(&a.rooms_counter, rooms), (&a.players_counter, players)] {
+        if let Err(e) = sdk.set_counter_capacity(name, capacity).await {
+            tracing::warn!("Agones: counter {name}: {e} (is it in the Fleet's counters?)");
+        }
+    }
+    match sdk.get_game_server().await {
+        Ok(gs) => {
+            let status = gs.status.unwrap_or_default();
+            let ports: Vec<String> = status
+                .ports
+                .iter()
+                .map(|p| format!("{}={}", p.name, p.port))
+                .collect();
+            tracing::info!(address = %status.address, ports = ?ports, "Agones: GameServer");
+        }
+        Err(e) => tracing::warn!("Agones: GetGameServer: {e}"),
+    }
+    sdk.ready().await
+}
+
+/// What the Counters and the List were last set to.
+#[derive(Debug, Default)]
+struct Synced {
+    rooms: Option<i64>,
+    players: Option<i64>,
+    listed: BTreeSet<String>,
+    list_full: bool,
+    unhealthy: bool,
+}
+
+impl Synced {
+    async fn sync(&mut self, sdk: &Sdk, config: &Config, shared: &Shared) {
+        let a = &config.agones;
+        let (rooms, players, users) = {
+            let c = lock(shared);
+            let users: BTreeSet<String> = c
+                .registry
+                .sessions()
+                .filter(|s| s.joined)
+                .map(|s| s.user_id.clone())
+                .collect();
+            let players: u32 = c.registry.instances().map(|r| r.users).sum();
+            (c.registry.len() as i64, i64::from(players), users)
+        };
+        for (name, now, last) in [
+            (&a.rooms_counter, rooms, &mut self.rooms),
+            (&a.players_counter, players, &mut self.players),
+        ] {
+            if *last != Some(now) {
+                match sdk.set_counter(name, now).await {
+                    Ok(_) => *last = Some(now),
+                    Err(e) => tracing::warn!("Agones: counter {name} = {now}: {e}"),
+                }
+            }
+        }
+        let gone: Vec<String> = self.listed.difference(&users).cloned().collect();
+        for user in gone {
+            match sdk.remove_list_value(&a.players_list, &user).await {
+                Ok(_) => {
+                    self.listed.remove(&user);
+                    self.list_full = false;
+                }
+                Err(e) => tracing::warn!("Agones: list {}: remove {user}: {e}", a.players_list),
+            }
+        }
+        if self.list_full {
+            return;
+        }
+        let new: Vec<String> = users.difference(&self.listed).cloned().collect();
+        for user in new {
+            match sdk.add_list_value(&a.players_list, &user).await {
+                Ok(_) => {
+                    self.listed.insert(user);
+                }
+                Err(SdkError::Call { status, .. }) if status.code() == tonic::Code::OutOfRange => {
+                    // Past the list's capacity the players Counter still counts.
+                    self.list_full = true;
+                    return;
+                }
+                Err(e) => tracing::warn!("Agones: list {}: add {user}: {e}", a.players_list),
+            }
+        }
+    }
+}
+
+/// Acts on a GameServer update: an allocation naming a location creates it;
+/// `Shutdown` asks the node to drain.
+fn on_game_server(gs: &GameServer, config: &Config, shared: &Shared, signals: &AgonesSignals) {
+    let state = gs.status.as_ref().map_or("", |s| s.state.as_str());
+    if state == "Shutdown" && !signals.shutdown_requested.swap(true, Ordering::SeqCst) {
+        tracing::info!("Agones: the GameServer is shutting down; draining");
+        let (queues, grace) = {
+            let mut c = lock(shared);
+            let grace = std::time::Duration::from_millis(c.config.node.drain_grace_ms);
+            (c.begin_drain().0, grace)
+        };
+        super::deliver_drain(&queues, grace);
+        return;
+    }
+    if state != "Allocated" {
+        return;
+    }
+    let empty = std::collections::HashMap::new();
+    let annotations = gs.object_meta.as_ref().map_or(&empty, |m| &m.annotations);
+    let Some(location) = annotations
+        .get(LOCATION_ANNOTATION)
+        .filter(|l| !l.is_empty())
+    else {
+        return;
+    };
+    let id = annotations
+        .get(INSTANCE_ANNOTATION)
+        .filter(|i| !i.is_empty())
+        .unwrap_or(location);
+    if lock(shared).registry.get(id).is_some() {
+        return; // Created at an earlier update of the same allocation.
+    }
+    let scene = annotations
+        .get(SCENE_ANNOTATION)
+        .map_or("demo", String::as_str);
+    let Some(builtin) = engine::scene::BUILTIN_SCENES.iter().find(|s| **s == scene) else {
+        tracing::warn!(scene, "Agones: the allocation names an unknown scene");
+        return;
+    };
+    let request = CreateRequest {
+        instance_id: Some(id.clone()),
+        location_id: location.clone(),
+        scene: SceneSource::Builtin(builtin),
+        max_users: None,
+        labels: BTreeMap::from([("allocated".into(), "agones".into())]),
+        persistent: false,
+    };
+    let created = load_scene(config, &request.scene)
+        .map_err(|e| e.to_string())
+        .and_then(|scene| {
+            lock(shared)
+                .create(request, scene)
+                .map_err(|e| e.to_string())
+        });
+    match created {
+        Ok(_) => {
+            tracing::info!(instance = %id, %location, "Agones: allocation created an instance")
+        }
+        Err(e) => tracing::warn!(instance = %id, "Agones: the allocation's instance: {e}"),
+    }
+}

@@ -1,0 +1,187 @@
+//! The node against a fake Agones SDK server over real gRPC on loopback:
+//! start-up (capacities, Ready), health pings at the interval and their end
+//! after a stall, Counters and the List following instances and users, an
+//! allocation creating an instance, Shutdown from the SDK draining the
+//! node, and the SDK's Shutdown at stop.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use agones::fake::{Call, FakeSdk, counters};
+use instanceserver::config::{AgonesMode, Config};
+use instanceserver::control::agones::{LOCATION_ANNOTATION, SCENE_ANNOTATION};
+use instanceserver::control::lock;
+use instanceserver::node::Node;
+use net::client::{Client, dev_token};
+
+/// A fake SDK server on a thread of its own (the node's control thread
+/// connects to it while the test blocks in `Node::start`).
+fn fake(lists: &[(&'static str, i64)]) -> FakeSdk {
+    let lists = lists.to_vec();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let f = FakeSdk::start(&[("rooms", 0), ("players", 0)], &lists)
+                .await
+                .unwrap();
+            tx.send(f).unwrap();
+            std::future::pending::<()>().await
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn config(fake: &FakeSdk) -> Config {
+    let mut c = support::config(1);
+    c.agones.mode = AgonesMode::Required;
+    c.agones.port = Some(fake.addr.port());
+    c.agones.health_interval_ms = 100;
+    c.node.drain_grace_ms = 500;
+    c
+}
+
+/// Waits up to 10 s for `done`.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn count(fake: &FakeSdk, name: &str) -> i64 {
+    counters(&fake.game_server())[name].0
+}
+
+fn list(fake: &FakeSdk) -> Vec<String> {
+    let gs = fake.game_server();
+    gs.status.unwrap().lists["players"].values.clone()
+}
+
+#[tokio::test]
+async fn the_node_reports_to_agones_and_drains_on_its_shutdown() {
+    let fake = fake(&[("players", 10)]);
+    let node = support::start(config(&fake));
+    // Start-up: capacities, the GameServer, Ready.
+    eventually("Ready", || fake.calls().contains(&Call::Ready)).await;
+    assert_eq!(
+        fake.calls()[..4],
+        [
+            Call::UpdateCounter("rooms".into(), None, Some(4096), 0),
+            Call::UpdateCounter("players".into(), None, Some(16384), 0),
+            Call::GetGameServer,
+            Call::Ready,
+        ]
+    );
+    assert_eq!(counters(&fake.game_server())["rooms"].1, 4096);
+    // Health at the interval.
+    let pinged = fake.health_pings().len();
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    let pings = fake.health_pings().len() - pinged;
+    assert!(
+        (3..=7).contains(&pings),
+        "{pings} pings in 550 ms at 100 ms"
+    );
+    // The dev instance is a room.
+    eventually("rooms = 1", || count(&fake, "rooms") == 1).await;
+
+    // A user joins and leaves: the players Counter and List follow.
+    let http = node.http_addr;
+    let token = dev_token(http, "ann", "demo").await.unwrap();
+    let mut clients = vec![Client::join(http, "demo", &token).await.unwrap()];
+    support::until_welcomed(&mut clients, Duration::from_secs(10)).await;
+    eventually("players = 1", || count(&fake, "players") == 1).await;
+    assert_eq!(list(&fake), ["ann"]);
+    clients[0].leave().await.unwrap();
+    drop(clients);
+    eventually("players = 0", || count(&fake, "players") == 0).await;
+    eventually("list empty", || list(&fake).is_empty()).await;
+
+    // An allocation naming a location creates it.
+    fake.update(|gs| {
+        gs.status.as_mut().unwrap().state = "Allocated".into();
+        let annotations = &mut gs.object_meta.as_mut().unwrap().annotations;
+        annotations.insert(LOCATION_ANNOTATION.into(), "lobby".into());
+        annotations.insert(SCENE_ANNOTATION.into(), "social".into());
+    });
+    eventually("lobby created", || {
+        lock(node.control()).registry.get("lobby").is_some()
+    })
+    .await;
+    eventually("rooms = 2", || count(&fake, "rooms") == 2).await;
+
+    // Agones shuts the GameServer down: the node drains, every instance
+    // ends within the grace, the Counters go back to zero.
+    fake.update(|gs| gs.status.as_mut().unwrap().state = "Shutdown".into());
+    eventually("drain requested", || node.agones_shutdown_requested()).await;
+    assert!(lock(node.control()).draining);
+    eventually("instances ended", || {
+        lock(node.control()).registry.is_empty()
+    })
+    .await;
+    eventually("rooms = 0", || count(&fake, "rooms") == 0).await;
+    node.stop();
+    assert_eq!(fake.calls().last(), Some(&Call::Shutdown));
+}
+
+#[tokio::test]
+async fn health_pings_stop_after_a_shard_stall() {
+    let fake = fake(&[("players", 10)]);
+    let node = support::start(config(&fake));
+    eventually("pings", || fake.health_pings().len() >= 2).await;
+    // As the event pump records a shard's Stalled event.
+    lock(node.control()).metrics.stalls += 1;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let after = fake.health_pings().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.health_pings().len(),
+        after,
+        "pings went on after a stall"
+    );
+    node.stop();
+}
+
+#[test]
+fn a_required_sidecar_that_is_absent_stops_the_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = support::config(1);
+    c.agones.mode = AgonesMode::Required;
+    c.agones.port = Some(port);
+    c.agones.connect_attempts = 2;
+    let e = Node::start(c).unwrap_err().to_string();
+    assert!(e.contains("agones") && e.contains(&port.to_string()), "{e}");
+}
+
+#[test]
+fn players_past_the_list_capacity_are_counted_not_listed() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let fake = fake(&[("players", 1)]);
+        let node = support::start(config(&fake));
+        let http = node.http_addr;
+        let mut clients = Vec::new();
+        for user in ["ann", "bob"] {
+            let token = dev_token(http, user, "demo").await.unwrap();
+            clients.push(Client::join(http, "demo", &token).await.unwrap());
+        }
+        support::until_welcomed(&mut clients, Duration::from_secs(10)).await;
+        eventually("players = 2", || count(&fake, "players") == 2).await;
+        assert_eq!(list(&fake).len(), 1);
+        node.stop();
+    });
+}

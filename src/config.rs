@@ -175,6 +175,9 @@ pub struct GrpcConfig {
     pub enabled: bool,
     /// Address of the gRPC control API.
     pub listen: SocketAddr,
+    /// A file holding the bearer token every gRPC call must carry
+    /// (`authorization: Bearer <token>`). Required outside dev mode.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for GrpcConfig {
@@ -182,6 +185,7 @@ impl Default for GrpcConfig {
         GrpcConfig {
             enabled: true,
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7777),
+            token_file: None,
         }
     }
 }
@@ -346,6 +350,39 @@ impl InstanceConfig {
     }
 }
 
+/// The shortest gRPC bearer token accepted.
+pub const GRPC_TOKEN_BYTES_MIN: usize = 32;
+
+impl GrpcConfig {
+    /// The bearer token from `token_file` (surrounding whitespace trimmed),
+    /// or `None` when no file is set, which only dev mode (or a node without
+    /// the gRPC API) may do.
+    pub fn token(&self, dev: bool) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.token_file else {
+            if !dev && self.enabled {
+                return Err(ConfigError::Invalid(
+                    "outside dev mode the gRPC control API needs a bearer token: set \
+                     grpc.token_file (a file of at least 32 bytes) or grpc.enabled = false"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let token = text.trim();
+        if token.len() < GRPC_TOKEN_BYTES_MIN {
+            return Err(ConfigError::Invalid(format!(
+                "grpc.token_file {}: the token must be at least {GRPC_TOKEN_BYTES_MIN} bytes",
+                path.display()
+            )));
+        }
+        Ok(Some(token.to_owned()))
+    }
+}
+
 impl WebRtcConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
@@ -467,6 +504,7 @@ pub fn keys() -> BTreeMap<String, toml::Value> {
         ("auth.issuer", toml::Value::String(String::new())),
         ("auth.audience", toml::Value::String(String::new())),
         ("agones.port", toml::Value::Integer(0)),
+        ("grpc.token_file", toml::Value::String(String::new())),
     ] {
         out.entry(key.to_string()).or_insert(placeholder);
     }

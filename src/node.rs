@@ -33,6 +33,8 @@ pub enum NodeError {
     Shard(#[from] ShardStartError),
     #[error("control thread: {0}")]
     Control(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A running node.
@@ -67,6 +69,7 @@ impl Node {
         } else {
             (Verifier::from_config(&config.auth)?, None)
         };
+        let grpc_token = config.grpc.token(config.node.dev)?;
         let (events_tx, events_rx) = crossbeam_channel::bounded(config.shard.event_queue_len);
         let mut shards = Vec::new();
         for index in 0..config.shard_count() {
@@ -105,7 +108,14 @@ impl Node {
         let control = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                control_thread(config, control_shared, control_agones, stop_rx, ready_tx)
+                control_thread(
+                    config,
+                    grpc_token,
+                    control_shared,
+                    control_agones,
+                    stop_rx,
+                    ready_tx,
+                )
             })
             .map_err(|e| NodeError::Control(e.to_string()))?;
         let (http_addr, grpc_addr) = ready_rx
@@ -205,6 +215,7 @@ type Ready = std::sync::mpsc::SyncSender<Result<(SocketAddr, Option<SocketAddr>)
 
 fn control_thread(
     config: Config,
+    grpc_token: Option<String>,
     shared: Shared,
     agones: Arc<AgonesSignals>,
     stop: watch::Receiver<bool>,
@@ -265,7 +276,7 @@ fn control_thread(
             let mut grpc_stop = stop.clone();
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             let result = tonic::transport::Server::builder()
-                .add_service(control::grpc::ControlService::new(shared).server())
+                .add_service(control::grpc::ControlService::new(shared).server(grpc_token))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_stop.wait_for(|s| *s).await;
                 })

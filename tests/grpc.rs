@@ -213,3 +213,61 @@ async fn create_list_kick_ban_end_and_drain_through_grpc() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A node outside dev mode whose control API takes `token` from a file.
+fn secured(token: &str, dir: &std::path::Path) -> instanceserver::config::Config {
+    let path = dir.join("grpc.token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    let mut c = support::config(1);
+    c.node.dev = false;
+    c.auth.hs256_secret = Some("an-hs256-secret-of-at-least-32-bytes".into());
+    c.grpc.token_file = Some(path);
+    c
+}
+
+#[tokio::test]
+async fn outside_dev_mode_every_call_needs_the_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "a-control-api-token-of-48-bytes-0123456789abcdef";
+    let node = support::start(secured(token, dir.path()));
+    let mut client = ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    let call = |bearer: Option<&str>| {
+        let mut r = tonic::Request::new(pb::ListInstancesRequest::default());
+        if let Some(b) = bearer {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {b}").parse().unwrap());
+        }
+        r
+    };
+    for bearer in [None, Some("wrong"), Some(&token[..47])] {
+        let e = client.list_instances(call(bearer)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{bearer:?}");
+    }
+    let listed = client.list_instances(call(Some(token))).await.unwrap();
+    assert!(listed.into_inner().instances.is_empty());
+    node.stop();
+}
+
+#[test]
+fn outside_dev_mode_the_control_api_needs_a_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = secured("unused", dir.path());
+    c.grpc.token_file = None;
+    let e = instanceserver::node::Node::start(c)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("grpc.token_file"), "{e}");
+
+    let short = secured("too-short", dir.path());
+    let e = instanceserver::node::Node::start(short)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 32 bytes"), "{e}");
+
+    let mut off = secured("unused", dir.path());
+    off.grpc.token_file = None;
+    off.grpc.enabled = false;
+    instanceserver::node::Node::start(off).unwrap().stop();
+}

@@ -32,7 +32,7 @@ async fn bots_join_move_and_send_one_input_per_tick() {
     let node = node();
     let secret = node.dev_secret.clone().expect("dev mode has a secret");
     let (instances, bots) = density::bots("lg", USERS, USERS);
-    target::create_instances(node.grpc_addr.unwrap(), &instances, "social", 16)
+    target::create_instances(node.grpc_addr.unwrap(), None, &instances, "social", 16)
         .await
         .unwrap();
     let plan = FleetPlan {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use state::registry::{InstanceRecord, RegistryError};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use engine::scene::BUILTIN_SCENES;
@@ -33,9 +34,58 @@ impl ControlService {
         ControlService { shared }
     }
 
-    pub fn server(self) -> pb::control_server::ControlServer<ControlService> {
-        pb::control_server::ControlServer::new(self)
+    /// The service, refusing calls without `authorization: Bearer <token>`
+    /// when a token is set (`UNAUTHENTICATED`).
+    pub fn server(
+        self,
+        token: Option<String>,
+    ) -> InterceptedService<pb::control_server::ControlServer<ControlService>, BearerCheck> {
+        pb::control_server::ControlServer::with_interceptor(self, BearerCheck { token })
     }
+}
+
+/// Checks a call's bearer token in constant time.
+#[derive(Clone)]
+pub struct BearerCheck {
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for BearerCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerCheck")
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl tonic::service::Interceptor for BearerCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.token else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "the control API needs `authorization: Bearer <token>` (grpc.token_file)",
+            ))
+        }
+    }
+}
+
+/// Equal bytes, in a time that depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
 }
 
 fn status(e: ControlError) -> Status {

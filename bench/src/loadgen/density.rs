@@ -174,7 +174,8 @@ async fn step_on_fresh_server(
     observed.rss_before = host::rss_bytes(server.pid);
     if let Some(grpc) = server.grpc {
         let max_users = u32::try_from(options.users_per_instance).unwrap_or(u32::MAX);
-        target::create_instances(grpc, &instances, scene, max_users).await?;
+        let token = server.grpc_token.as_deref();
+        target::create_instances(grpc, token, &instances, scene, max_users).await?;
     }
     let mut step_options = options.step.clone();
     step_options.perf = perf;
@@ -219,7 +220,8 @@ pub async fn empty_instances(
         bar.set_length(0);
         bar.set_message(format!("creating {count} {scene} instances"));
         let cpu = CpuMeter::start(&[server.pid]);
-        let took = target::create_instances(grpc, &ids, scene, 10).await?;
+        let token = server.grpc_token.as_deref();
+        let took = target::create_instances(grpc, token, &ids, scene, 10).await?;
         let (create_cpu_s, _) = cpu.read();
         bar.set_message(format!("{count} {scene} instances idling"));
         tokio::time::sleep(EMPTY_SETTLE).await;

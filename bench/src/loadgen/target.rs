@@ -65,6 +65,9 @@ pub struct Server {
     pub pid: u32,
     pub http: SocketAddr,
     pub grpc: Option<SocketAddr>,
+    /// The bearer token of its control API (ours: the secret, written to a
+    /// `grpc.token_file`).
+    pub grpc_token: Option<String>,
     /// UDP ports its peers use (ours: one per shard; the baseline: none
     /// known, its peers get ephemeral ports).
     pub udp_ports: Vec<u16>,
@@ -102,6 +105,10 @@ impl Server {
                     // Instances wait for their bots however slow the ramp.
                     "instance.empty_timeout_ms=3600000".into(),
                 ];
+                let token_file =
+                    std::env::temp_dir().join(format!("loadgen-grpc-{}.token", spec.grpc.port()));
+                std::fs::write(&token_file, &spec.secret)?;
+                sets.push(format!("grpc.token_file={}", token_file.display()));
                 if spec.core.is_some() {
                     // taskset already holds the whole process to its core.
                     sets.push("node.pin_cores=false".into());
@@ -145,6 +152,7 @@ impl Server {
             pid,
             http: spec.http,
             grpc: (spec.kind == ServerKind::Ours).then_some(spec.grpc),
+            grpc_token: (spec.kind == ServerKind::Ours).then(|| spec.secret.clone()),
             udp_ports: match spec.kind {
                 ServerKind::Ours => vec![spec.udp_port_base],
                 ServerKind::Baseline => Vec::new(),
@@ -242,10 +250,11 @@ pub async fn control(grpc: SocketAddr) -> anyhow::Result<ControlClient> {
         .map_err(Into::into)
 }
 
-/// Creates `ids` on the node with `scene`, a few at a time; returns how long
-/// it took.
+/// Creates `ids` on the node with `scene`, a few at a time, with the control
+/// API's bearer `token` when it has one; returns how long it took.
 pub async fn create_instances(
     grpc: SocketAddr,
+    token: Option<&str>,
     ids: &[String],
     scene: &str,
     max_users: u32,
@@ -256,13 +265,19 @@ pub async fn create_instances(
         let mut calls = Vec::with_capacity(chunk.len());
         for id in chunk {
             let mut c = client.clone();
-            let request = pb::CreateInstanceRequest {
+            let mut request = tonic::Request::new(pb::CreateInstanceRequest {
                 instance_id: id.clone(),
                 location_id: id.clone(),
                 scene: scene.to_string(),
                 max_users,
                 ..Default::default()
-            };
+            });
+            if let Some(token) = token {
+                let bearer = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("the gRPC token is not a valid header value"))?;
+                request.metadata_mut().insert("authorization", bearer);
+            }
             calls.push(tokio::spawn(async move {
                 tokio::time::timeout(GRPC_CALL_TIMEOUT, c.create_instance(request)).await
             }));

@@ -114,6 +114,10 @@ struct RunArgs {
     /// Create the instances through the control API before joining.
     #[arg(long)]
     create: bool,
+    /// A file holding the control API's bearer token (the node's
+    /// grpc.token_file), for --create against a node outside dev mode.
+    #[arg(long, value_name = "PATH")]
+    grpc_token_file: Option<PathBuf>,
     /// The node's HS256 secret to mint tokens with (else its dev endpoint).
     #[arg(long, env = "LOADGEN_SECRET")]
     secret: Option<String>,
@@ -283,7 +287,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let rss_before = args.server_pid.and_then(host::rss_bytes);
     if args.create {
         let max_users = u32::try_from(args.users_per_instance).unwrap_or(u32::MAX);
-        target::create_instances(args.grpc, &instances, &args.scene, max_users).await?;
+        let token = match &args.grpc_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--grpc-token-file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        target::create_instances(
+            args.grpc,
+            token.as_deref(),
+            &instances,
+            &args.scene,
+            max_users,
+        )
+        .await?;
     }
     let observed = Observed {
         name: "node".into(),
@@ -476,8 +496,15 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     let result = async {
         let (instances, _) = density::bots("churn", args.instances, 1);
         let grpc = server.grpc.context("our server has a control API")?;
-        target::create_instances(grpc, &instances, &args.scene, CHURN_USERS_PER_INSTANCE_MAX)
-            .await?;
+        let token = server.grpc_token.as_deref();
+        target::create_instances(
+            grpc,
+            token,
+            &instances,
+            &args.scene,
+            CHURN_USERS_PER_INSTANCE_MAX,
+        )
+        .await?;
         let options = ChurnOptions {
             http: server.http,
             server_pid: Some(server.pid),

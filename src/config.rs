@@ -202,6 +202,10 @@ pub struct WebRtcConfig {
     pub public_ip: Option<IpAddr>,
     /// Port advertised for shard 0 (a host port mapping); unset = the bound port.
     pub public_port_base: Option<u16>,
+    /// Ports advertised per shard (shard k: entry k), ahead of
+    /// `public_port_base`: host ports that need not be contiguous, as Agones
+    /// assigns them (filled in from the GameServer when Agones is in use).
+    pub public_ports: Vec<u16>,
     /// A peer that has not completed ICE, DTLS and opened both channels in
     /// this time is removed.
     pub connect_timeout_ms: u64,
@@ -216,6 +220,7 @@ impl Default for WebRtcConfig {
             udp_port_base: 40_000,
             public_ip: None,
             public_port_base: None,
+            public_ports: Vec::new(),
             connect_timeout_ms: 10_000,
             idle_timeout_ms: 10_000,
         }

@@ -145,10 +145,13 @@ pub fn spawn(
 
 fn advertised_addr(config: &Config, index: usize, bound: SocketAddr) -> SocketAddr {
     let ip = config.webrtc.public_ip.unwrap_or(bound.ip());
-    let port = config
-        .webrtc
-        .public_port_base
-        .map_or(bound.port(), |base| base.saturating_add(index as u16));
+    let port = match config.webrtc.public_ports.get(index) {
+        Some(&port) => port,
+        None => config
+            .webrtc
+            .public_port_base
+            .map_or(bound.port(), |base| base.saturating_add(index as u16)),
+    };
     SocketAddr::new(ip, port)
 }
 

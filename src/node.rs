@@ -57,7 +57,8 @@ pub struct Node {
 impl Node {
     /// Starts every shard, the control thread and the event pump; returns
     /// once all sockets are bound.
-    pub fn start(config: Config) -> Result<Node, NodeError> {
+    pub fn start(mut config: Config) -> Result<Node, NodeError> {
+        agones_address(&mut config)?;
         let (verifier, dev_secret) = if config.node.dev {
             let secret: String = {
                 let mut rng = rand::rng();
@@ -209,6 +210,37 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// With an Agones sidecar: the address and host ports the shards advertise,
+/// read from the GameServer before they start (a short-lived runtime; the
+/// control thread keeps its own connection).
+fn agones_address(config: &mut Config) -> Result<(), NodeError> {
+    let port_env = std::env::var(agones::GRPC_PORT_ENV).ok();
+    let sdk_config = config.agones.sdk(port_env.as_deref());
+    if sdk_config.port.is_none() {
+        return Ok(());
+    }
+    // A thread of its own: `Node::start` may be called inside a runtime.
+    let mut scratch = config.clone();
+    let read = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let sdk = agones::Sdk::connect(&sdk_config)
+                .await
+                .map_err(|e| e.to_string())?;
+            control::agones::apply_public_address(&sdk, &mut scratch).await
+        })?;
+        Ok::<_, String>(scratch)
+    });
+    let read = read
+        .join()
+        .map_err(|_| NodeError::Control("agones: the address lookup panicked".into()))?;
+    *config = read.map_err(|e| NodeError::Control(format!("agones: {e}")))?;
+    Ok(())
 }
 
 type Ready = std::sync::mpsc::SyncSender<Result<(SocketAddr, Option<SocketAddr>), String>>;

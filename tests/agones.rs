@@ -72,8 +72,10 @@ async fn the_node_reports_to_agones_and_drains_on_its_shutdown() {
     // Start-up: capacities, the GameServer, Ready.
     eventually("Ready", || fake.calls().contains(&Call::Ready)).await;
     assert_eq!(
-        fake.calls()[..4],
+        fake.calls()[..5],
         [
+            // Before the shards start: the address and host ports.
+            Call::GetGameServer,
             Call::UpdateCounter("rooms".into(), None, Some(4096), 0),
             Call::UpdateCounter("players".into(), None, Some(16384), 0),
             Call::GetGameServer,
@@ -184,4 +186,46 @@ fn players_past_the_list_capacity_are_counted_not_listed() {
         assert_eq!(list(&fake).len(), 1);
         node.stop();
     });
+}
+
+fn with_ports(fake: &FakeSdk, ports: &[(&str, i32)]) {
+    use agones::pb::sdk::game_server::status::Port;
+    fake.update(|gs| {
+        let status = gs.status.as_mut().unwrap();
+        status.address = "127.0.0.1".into();
+        status.ports = ports
+            .iter()
+            .map(|&(name, port)| Port {
+                name: name.into(),
+                port,
+            })
+            .collect();
+    });
+}
+
+#[test]
+fn shards_advertise_the_host_ports_agones_assigned() {
+    let fake = fake(&[("players", 10)]);
+    with_ports(
+        &fake,
+        &[("http", 31000), ("shard-0", 31001), ("shard-1", 31007)],
+    );
+    let mut c = config(&fake);
+    c.node.shards = 2;
+    let node = support::start(c);
+    let advertised: Vec<String> = node
+        .shard_addrs
+        .iter()
+        .map(|(_, a)| a.to_string())
+        .collect();
+    assert_eq!(advertised, ["127.0.0.1:31001", "127.0.0.1:31007"]);
+    node.stop();
+
+    // A Fleet with fewer shard ports than shards is refused at start.
+    let fake = self::fake(&[("players", 10)]);
+    with_ports(&fake, &[("shard-0", 31001)]);
+    let mut c = config(&fake);
+    c.node.shards = 2;
+    let e = Node::start(c).unwrap_err().to_string();
+    assert!(e.contains("shard-1"), "{e}");
 }

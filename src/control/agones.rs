@@ -101,6 +101,51 @@ async fn next(watch: &mut Option<agones::Watch>) -> Option<Result<GameServer, Sd
     }
 }
 
+/// The name of shard `k`'s UDP port in the Fleet (`deploy/`).
+pub fn shard_port_name(k: usize) -> String {
+    format!("shard-{k}")
+}
+
+/// Before the shards start: where Agones says clients reach this pod. The
+/// GameServer's address becomes `webrtc.public_ip` and the host port of each
+/// `shard-{k}` port becomes `webrtc.public_ports[k]`, so SDP candidates
+/// carry what Agones assigned. Nothing changes in local mode.
+pub async fn apply_public_address(sdk: &Sdk, config: &mut Config) -> Result<(), String> {
+    if !sdk.is_remote() {
+        return Ok(());
+    }
+    let gs = sdk.get_game_server().await.map_err(|e| e.to_string())?;
+    let status = gs.status.unwrap_or_default();
+    let shards = config.shard_count();
+    let mut ports = Vec::with_capacity(shards);
+    for k in 0..shards {
+        let name = shard_port_name(k);
+        match status.ports.iter().find(|p| p.name == name) {
+            Some(p) => ports.push(
+                u16::try_from(p.port)
+                    .map_err(|_| format!("port {name}: {} is not a port", p.port))?,
+            ),
+            None if status.ports.is_empty() => return Ok(()), // no ports assigned: keep the config's
+            None => {
+                return Err(format!(
+                    "the GameServer has no port named {name} for shard {k} of {shards} \
+                     (the Fleet needs one UDP port per shard)"
+                ));
+            }
+        }
+    }
+    if !status.address.is_empty() {
+        let ip = status
+            .address
+            .parse()
+            .map_err(|_| format!("the GameServer's address {} is not an IP", status.address))?;
+        config.webrtc.public_ip = Some(ip);
+    }
+    tracing::info!(address = %status.address, ?ports, "Agones: advertising the GameServer's address and host ports");
+    config.webrtc.public_ports = ports;
+    Ok(())
+}
+
 /// Capacities, then `Ready`.
 async fn start(sdk: &Sdk, config: &Config) -> Result<(), SdkError> {
     let a = &config.agones;

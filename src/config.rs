@@ -641,10 +641,14 @@ impl Config {
                  set node.dev = false and keep grpc.listen on a private network",
             );
         }
-        if self.webrtc.udp_bind_ip.is_unspecified() && self.webrtc.public_ip.is_none() {
+        // With Agones required, the address comes from the GameServer at start.
+        if self.webrtc.udp_bind_ip.is_unspecified()
+            && self.webrtc.public_ip.is_none()
+            && self.agones.mode != AgonesMode::Required
+        {
             return bad(
                 "webrtc.udp_bind_ip is a wildcard address: set webrtc.public_ip to the address \
-                 clients reach this node at (it goes into SDP answers)",
+                 clients reach this node at (it goes into SDP answers), or agones.mode = \"required\"",
             );
         }
         for (key, v) in [

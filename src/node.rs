@@ -240,6 +240,11 @@ fn agones_address(config: &mut Config) -> Result<(), NodeError> {
         .join()
         .map_err(|_| NodeError::Control("agones: the address lookup panicked".into()))?;
     *config = read.map_err(|e| NodeError::Control(format!("agones: {e}")))?;
+    if config.webrtc.udp_bind_ip.is_unspecified() && config.webrtc.public_ip.is_none() {
+        return Err(NodeError::Control(
+            "agones: the GameServer has no address yet, and webrtc.public_ip is unset".into(),
+        ));
+    }
     Ok(())
 }
 

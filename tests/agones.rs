@@ -17,25 +17,8 @@ use instanceserver::control::lock;
 use instanceserver::node::Node;
 use net::client::{Client, dev_token};
 
-/// A fake SDK server on a thread of its own (the node's control thread
-/// connects to it while the test blocks in `Node::start`).
 fn fake(lists: &[(&'static str, i64)]) -> FakeSdk {
-    let lists = lists.to_vec();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let f = FakeSdk::start(&[("rooms", 0), ("players", 0)], &lists)
-                .await
-                .unwrap();
-            tx.send(f).unwrap();
-            std::future::pending::<()>().await
-        });
-    });
-    rx.recv().unwrap()
+    support::fake_sdk(lists)
 }
 
 fn config(fake: &FakeSdk) -> Config {

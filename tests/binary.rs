@@ -3,6 +3,8 @@
 // Helpers outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -248,4 +250,112 @@ fn sigterm_drains_then_stops() {
     assert!(child.wait().unwrap().success());
     assert!(rest.iter().any(|l| l.starts_with("draining: ")), "{rest:?}");
     assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
+}
+
+/// The binary with a fake Agones sidecar: returns the child, its stdout
+/// lines and its HTTP address (from the start line).
+fn with_agones(
+    fake: &agones::fake::FakeSdk,
+    grace_ms: u64,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+    std::net::SocketAddr,
+) {
+    let mut child = bin()
+        .args(["--agones", "required", "--status-interval-ms", "100"])
+        .args(["--set", &format!("node.drain_grace_ms={grace_ms}")])
+        .args(["--set", "agones.health_interval_ms=100"])
+        .env(agones::GRPC_PORT_ENV, fake.addr.port().to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let http = first
+        .split("HTTP http://")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no HTTP address in {first:?}"))
+        .parse()
+        .unwrap();
+    (child, lines, http)
+}
+
+fn term(child: &std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[test]
+fn sigterm_under_agones_tells_clients_zeroes_the_counters_and_shuts_down() {
+    use agones::fake::{Call, counters};
+    use net::client::{Client, ClientEvent, dev_token};
+    let fake = support::fake_sdk(&[("players", 10)]);
+    let (mut child, lines, http) = with_agones(&fake, 1_500);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = rt.block_on(async {
+        let token = dev_token(http, "ann", "demo").await.unwrap();
+        let mut clients = vec![Client::join(http, "demo", &token).await.unwrap()];
+        support::until_welcomed(&mut clients, Duration::from_secs(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counters(&fake.game_server())["players"].0 != 1 {
+            assert!(Instant::now() < deadline, "players never reached 1");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        term(&child);
+        let started = Instant::now();
+        let draining = clients[0]
+            .run_until(Duration::from_secs(5), |_, e| {
+                matches!(e, ClientEvent::Draining { grace_ms: 1_500 })
+            })
+            .await
+            .unwrap();
+        assert!(draining, "the client was not told the node is draining");
+        started
+    });
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_millis(1_500 + 3_000));
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
+    let c = counters(&fake.game_server());
+    assert_eq!((c["rooms"].0, c["players"].0), (0, 0), "{c:?}");
+    assert_eq!(fake.calls().last(), Some(&Call::Shutdown));
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once() {
+    let fake = support::fake_sdk(&[("players", 10)]);
+    let (mut child, mut lines, _) = with_agones(&fake, 30_000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if lines.next().unwrap().unwrap().starts_with("t=") {
+            break;
+        }
+    }
+    term(&child);
+    // Wait for the drain to begin, then interrupt it.
+    while Instant::now() < deadline {
+        if lines.next().unwrap().unwrap().starts_with("draining: ") {
+            break;
+        }
+    }
+    let signalled = Instant::now();
+    term(&child);
+    assert!(child.wait().unwrap().success());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "took {:?} with a 30 s grace",
+        signalled.elapsed()
+    );
 }

@@ -97,3 +97,25 @@ pub async fn until_welcomed(clients: &mut [Client], limit: Duration) {
     });
     futures::future::join_all(futures).await;
 }
+
+/// A fake Agones SDK server on a thread of its own (a node's control thread,
+/// or the binary, connects to it while the test blocks), with the `rooms`
+/// and `players` Counters and the given Lists (name, capacity).
+pub fn fake_sdk(lists: &[(&'static str, i64)]) -> agones::fake::FakeSdk {
+    let lists = lists.to_vec();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let f = agones::fake::FakeSdk::start(&[("rooms", 0), ("players", 0)], &lists)
+                .await
+                .unwrap();
+            tx.send(f).unwrap();
+            std::future::pending::<()>().await
+        });
+    });
+    rx.recv().unwrap()
+}

@@ -185,8 +185,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let wait = exit_at.map_or(interval, |t| {
             t.saturating_duration_since(Instant::now()).min(interval)
         });
-        if node.agones_shutdown_requested() {
-            // Agones asked (the node is draining already): wait, then stop.
+        if node.draining().is_some() {
+            // Agones or the gRPC `Drain` started it: wait for it, then stop.
             break;
         }
         match signal_rx.recv_timeout(wait) {
@@ -201,11 +201,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
             print_status(&node, started);
         }
     }
-    println!("draining: instances end within {drain_grace:?} (interrupt again to stop now)");
-    if !node.agones_shutdown_requested() {
-        node.drain(drain_grace);
-    }
-    let deadline = Instant::now() + drain_grace + Duration::from_secs(1);
+    let grace = match node.draining() {
+        Some(grace) => grace,
+        None => {
+            node.drain(drain_grace);
+            drain_grace
+        }
+    };
+    println!("draining: instances end within {grace:?} (interrupt again to stop now)");
+    let deadline = Instant::now() + grace + Duration::from_secs(1);
     while Instant::now() < deadline && !lock(node.control()).registry.is_empty() {
         if signal_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
             break;

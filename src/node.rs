@@ -166,6 +166,13 @@ impl Node {
         })
     }
 
+    /// The grace of the drain under way (SIGTERM, gRPC `Drain` or Agones),
+    /// or `None` while the node is not draining.
+    pub fn draining(&self) -> Option<Duration> {
+        let c = lock(&self.shared);
+        if c.draining { c.drain_grace } else { None }
+    }
+
     /// Whether Agones asked the node to shut down (it is draining then).
     pub fn agones_shutdown_requested(&self) -> bool {
         self.agones
@@ -175,7 +182,7 @@ impl Node {
 
     /// Stops admitting users and ends every instance after `grace`.
     pub fn drain(&self, grace: Duration) {
-        let (queues, _) = lock(&self.shared).begin_drain();
+        let (queues, _) = lock(&self.shared).begin_drain(grace);
         control::deliver_drain(&queues, grace);
     }
 

@@ -359,3 +359,51 @@ fn a_second_sigterm_stops_at_once() {
         signalled.elapsed()
     );
 }
+
+#[test]
+fn a_grpc_drain_ends_the_process_after_its_grace() {
+    use instanceserver::control::grpc::pb;
+    let mut child = bin()
+        .args(["--status-interval-ms", "100"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let grpc = first
+        .split("gRPC ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no gRPC address in {first:?}"))
+        .trim()
+        .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let asked = rt.block_on(async {
+        let mut client = pb::control_client::ControlClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let asked = Instant::now();
+        let r = client
+            .drain(pb::DrainRequest { grace_ms: 700 })
+            .await
+            .unwrap();
+        assert_eq!(r.into_inner().instances, 1, "the demo instance");
+        asked
+    });
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(asked.elapsed() >= Duration::from_millis(700));
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("draining: instances end within 700ms")),
+        "{rest:?}"
+    );
+    assert_eq!(rest.last().map(String::as_str), Some("stopped"), "{rest:?}");
+}

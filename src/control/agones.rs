@@ -246,7 +246,7 @@ fn on_game_server(gs: &GameServer, config: &Config, shared: &Shared, signals: &A
         let (queues, grace) = {
             let mut c = lock(shared);
             let grace = std::time::Duration::from_millis(c.config.node.drain_grace_ms);
-            (c.begin_drain().0, grace)
+            (c.begin_drain(grace).0, grace)
         };
         super::deliver_drain(&queues, grace);
         return;

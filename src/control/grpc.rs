@@ -233,8 +233,8 @@ impl pb::control_server::Control for ControlService {
             }
             ms => ms,
         };
-        let (queues, instances) = lock(&self.shared).begin_drain();
         let grace = Duration::from_millis(grace_ms);
+        let (queues, instances) = lock(&self.shared).begin_drain(grace);
         tokio::task::spawn_blocking(move || super::deliver_drain(&queues, grace))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;

@@ -75,6 +75,8 @@ pub struct Control {
     pub verifier: Verifier,
     pub join_rates: JoinRateLimiter,
     pub draining: bool,
+    /// The grace of the drain under way, if any (the binary waits this long).
+    pub drain_grace: Option<Duration>,
     pub metrics: ControlMetrics,
     /// Session resource tokens (the `Location` of a join) → session.
     pub session_tokens: HashMap<String, SessionId>,
@@ -134,6 +136,7 @@ impl Control {
             shards,
             verifier,
             draining: false,
+            drain_grace: None,
             metrics: ControlMetrics::default(),
             session_tokens: HashMap::new(),
             token_of_session: HashMap::new(),
@@ -346,8 +349,9 @@ impl Control {
     /// Marks the node and its instances draining. Returns the shards'
     /// command queues, for [`deliver_drain`] to use after the lock is
     /// released, and how many instances there are.
-    pub fn begin_drain(&mut self) -> (Vec<Sender<Command>>, usize) {
+    pub fn begin_drain(&mut self, grace: Duration) -> (Vec<Sender<Command>>, usize) {
         self.draining = true;
+        self.drain_grace = Some(grace);
         self.registry.drain_all();
         let queues = self.shards.iter().map(|s| s.commands.clone()).collect();
         (queues, self.registry.len())

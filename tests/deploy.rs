@@ -175,8 +175,7 @@ fn kustomize_names_every_file_and_the_image_runs_the_config() {
     assert!(docker.contains("--config\", \"/etc/instanceserver/config.toml\""));
     let user = docker
         .lines()
-        .filter(|l| l.starts_with("USER "))
-        .last()
+        .rfind(|l| l.starts_with("USER "))
         .expect("the image sets a user");
     assert!(!user.contains("root") && user != "USER 0", "{user}");
 }

@@ -9,6 +9,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// Starts `command` with its stdout piped; returns the child and its lines.
+fn spawn(command: &mut Command) -> (std::process::Child, Lines) {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_instanceserver"));
     // Keep the environment from changing what the flags say.
@@ -90,12 +99,7 @@ fn a_bad_scene_file_exits_non_zero_naming_the_json_path() {
 
 #[test]
 fn the_demo_runs_and_reports_status_until_interrupted() {
-    let mut child = bin()
-        .args(["--status-interval-ms", "200"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn(bin().args(["--status-interval-ms", "200"]));
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("1 shard(s) on UDP 127.0.0.1:"), "{first}");
     let dev = lines.next().unwrap().unwrap();
@@ -225,12 +229,7 @@ fn without_dev_mode_a_node_needs_keys() {
 
 #[test]
 fn sigterm_drains_then_stops() {
-    let mut child = bin()
-        .args(["--status-interval-ms", "100"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn(bin().args(["--status-interval-ms", "100"]));
     // Wait for the first status line: the node is up.
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -257,20 +256,14 @@ fn sigterm_drains_then_stops() {
 fn with_agones(
     fake: &agones::fake::FakeSdk,
     grace_ms: u64,
-) -> (
-    std::process::Child,
-    std::io::Lines<BufReader<std::process::ChildStdout>>,
-    std::net::SocketAddr,
-) {
-    let mut child = bin()
-        .args(["--agones", "required", "--status-interval-ms", "100"])
-        .args(["--set", &format!("node.drain_grace_ms={grace_ms}")])
-        .args(["--set", "agones.health_interval_ms=100"])
-        .env(agones::GRPC_PORT_ENV, fake.addr.port().to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+) -> (std::process::Child, Lines, std::net::SocketAddr) {
+    let (child, mut lines) = spawn(
+        bin()
+            .args(["--agones", "required", "--status-interval-ms", "100"])
+            .args(["--set", &format!("node.drain_grace_ms={grace_ms}")])
+            .args(["--set", "agones.health_interval_ms=100"])
+            .env(agones::GRPC_PORT_ENV, fake.addr.port().to_string()),
+    );
     let first = lines.next().unwrap().unwrap();
     let http = first
         .split("HTTP http://")
@@ -363,12 +356,7 @@ fn a_second_sigterm_stops_at_once() {
 #[test]
 fn a_grpc_drain_ends_the_process_after_its_grace() {
     use instanceserver::control::grpc::pb;
-    let mut child = bin()
-        .args(["--status-interval-ms", "100"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn(bin().args(["--status-interval-ms", "100"]));
     let first = lines.next().unwrap().unwrap();
     let grpc = first
         .split("gRPC ")

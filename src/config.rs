@@ -641,14 +641,15 @@ impl Config {
                  set node.dev = false and keep grpc.listen on a private network",
             );
         }
-        // With Agones required, the address comes from the GameServer at start.
+        // With Agones, the address may come from the GameServer at start
+        // (`Node::start` checks again once it is known).
         if self.webrtc.udp_bind_ip.is_unspecified()
             && self.webrtc.public_ip.is_none()
-            && self.agones.mode != AgonesMode::Required
+            && self.agones.mode == AgonesMode::Local
         {
             return bad(
                 "webrtc.udp_bind_ip is a wildcard address: set webrtc.public_ip to the address \
-                 clients reach this node at (it goes into SDP answers), or agones.mode = \"required\"",
+                 clients reach this node at (it goes into SDP answers), or use Agones",
             );
         }
         for (key, v) in [

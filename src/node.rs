@@ -59,6 +59,13 @@ impl Node {
     /// once all sockets are bound.
     pub fn start(mut config: Config) -> Result<Node, NodeError> {
         agones_address(&mut config)?;
+        if config.webrtc.udp_bind_ip.is_unspecified() && config.webrtc.public_ip.is_none() {
+            return Err(NodeError::Control(
+                "webrtc.udp_bind_ip is a wildcard address and no address to advertise is known: \
+                 set webrtc.public_ip (Agones gave none)"
+                    .into(),
+            ));
+        }
         let (verifier, dev_secret) = if config.node.dev {
             let secret: String = {
                 let mut rng = rand::rng();
@@ -247,11 +254,6 @@ fn agones_address(config: &mut Config) -> Result<(), NodeError> {
         .join()
         .map_err(|_| NodeError::Control("agones: the address lookup panicked".into()))?;
     *config = read.map_err(|e| NodeError::Control(format!("agones: {e}")))?;
-    if config.webrtc.udp_bind_ip.is_unspecified() && config.webrtc.public_ip.is_none() {
-        return Err(NodeError::Control(
-            "agones: the GameServer has no address yet, and webrtc.public_ip is unset".into(),
-        ));
-    }
     Ok(())
 }
 

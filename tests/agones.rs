@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use agones::fake::{Call, FakeSdk, counters};
 use instanceserver::config::{AgonesMode, Config};
-use instanceserver::control::agones::{LOCATION_ANNOTATION, SCENE_ANNOTATION};
+use instanceserver::control::agones::{
+    ALLOCATION_ANNOTATION, LOCATION_ANNOTATION, SCENE_ANNOTATION,
+};
 use instanceserver::control::lock;
 use instanceserver::node::Node;
 use net::client::{Client, dev_token};
@@ -83,7 +85,8 @@ async fn the_node_reports_to_agones_and_drains_on_its_shutdown() {
     let mut clients = vec![Client::join(http, "demo", &token).await.unwrap()];
     support::until_welcomed(&mut clients, Duration::from_secs(10)).await;
     eventually("players = 1", || count(&fake, "players") == 1).await;
-    assert_eq!(list(&fake), ["ann"]);
+    // The List follows the Counter within the same sync.
+    eventually("ann listed", || list(&fake) == ["ann"]).await;
     clients[0].leave().await.unwrap();
     drop(clients);
     eventually("players = 0", || count(&fake, "players") == 0).await;
@@ -101,6 +104,21 @@ async fn the_node_reports_to_agones_and_drains_on_its_shutdown() {
     })
     .await;
     eventually("rooms = 2", || count(&fake, "rooms") == 2).await;
+    // The room ends; the Counter changes the GameServer again (same
+    // allocation): the room is not created twice.
+    lock(node.control()).end("lobby").unwrap();
+    eventually("rooms = 1", || count(&fake, "rooms") == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(lock(node.control()).registry.get("lobby").is_none());
+    // A new allocation of the same location does create it again.
+    fake.update(|gs| {
+        let annotations = &mut gs.object_meta.as_mut().unwrap().annotations;
+        annotations.insert(ALLOCATION_ANNOTATION.into(), "second".into());
+    });
+    eventually("lobby created again", || {
+        lock(node.control()).registry.get("lobby").is_some()
+    })
+    .await;
 
     // Agones shuts the GameServer down: the node drains, every instance
     // ends within the grace, the Counters go back to zero.
@@ -166,7 +184,9 @@ fn players_past_the_list_capacity_are_counted_not_listed() {
         }
         support::until_welcomed(&mut clients, Duration::from_secs(10)).await;
         eventually("players = 2", || count(&fake, "players") == 2).await;
-        assert_eq!(list(&fake).len(), 1);
+        eventually("one listed", || list(&fake).len() == 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(list(&fake).len(), 1, "the List holds its capacity at most");
         node.stop();
     });
 }

@@ -331,7 +331,7 @@ impl Sdk {
 
     async fn update_counter(&self, update: CounterUpdateRequest) -> Result<Counter, SdkError> {
         let Some(r) = &self.remote else {
-            tracing::info!(?update, "Agones (local): UpdateCounter");
+            tracing::debug!(?update, "Agones (local): UpdateCounter");
             return Ok(Counter {
                 name: update.name,
                 count: update.count.unwrap_or(update.count_diff),
@@ -365,7 +365,7 @@ impl Sdk {
     /// full list (`OUT_OF_RANGE`).
     pub async fn add_list_value(&self, name: &str, value: &str) -> Result<List, SdkError> {
         let Some(r) = &self.remote else {
-            tracing::info!(name, value, "Agones (local): AddListValue");
+            tracing::debug!(name, value, "Agones (local): AddListValue");
             return Ok(List {
                 name: name.into(),
                 ..List::default()
@@ -384,7 +384,7 @@ impl Sdk {
     /// Removes a value; the sidecar refuses one that is not there (`NOT_FOUND`).
     pub async fn remove_list_value(&self, name: &str, value: &str) -> Result<List, SdkError> {
         let Some(r) = &self.remote else {
-            tracing::info!(name, value, "Agones (local): RemoveListValue");
+            tracing::debug!(name, value, "Agones (local): RemoveListValue");
             return Ok(List {
                 name: name.into(),
                 ..List::default()

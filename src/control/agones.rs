@@ -13,9 +13,10 @@
 //!   creates that instance; the state `Shutdown` drains the node;
 //! - at stop: the Counters go to zero and `Shutdown` is called.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use agones::pb::sdk::GameServer;
 use agones::{Sdk, SdkError};
@@ -30,6 +31,10 @@ pub const LOCATION_ANNOTATION: &str = "instanceserver.dev/location";
 pub const SCENE_ANNOTATION: &str = "instanceserver.dev/scene";
 /// Optional: the instance id (the location when absent).
 pub const INSTANCE_ANNOTATION: &str = "instanceserver.dev/instance";
+/// Optional: an id of the allocation. A room is created once per instance id
+/// and allocation id, so allocating a room that ended again on the same
+/// GameServer needs a new allocation id.
+pub const ALLOCATION_ANNOTATION: &str = "instanceserver.dev/allocation";
 
 /// What the rest of the node and the Agones task tell each other.
 #[derive(Debug, Default)]
@@ -40,8 +45,17 @@ pub struct AgonesSignals {
     pub shutdown_requested: AtomicBool,
 }
 
-/// The Agones task: runs until `stop` turns true, then zeroes the Counters
-/// and calls `Shutdown`.
+/// How long the final Counter sync may take at stop before `Shutdown`.
+const FINAL_SYNC_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long the node waits at start for Agones to fill in the GameServer's
+/// address and ports (they come when it is scheduled).
+pub const ADDRESS_WAIT: Duration = Duration::from_secs(30);
+/// How often the GameServer is read while waiting for them.
+const ADDRESS_POLL: Duration = Duration::from_millis(250);
+
+/// The Agones task: runs until `stop` turns true, then syncs the Counters
+/// (briefly) and calls `Shutdown`. Health pings run in a task of their own,
+/// so a slow sync never delays them.
 pub async fn run(
     sdk: Sdk,
     config: Config,
@@ -49,36 +63,41 @@ pub async fn run(
     signals: Arc<AgonesSignals>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let a = &config.agones;
-    if let Err(e) = start(&sdk, &config).await {
-        tracing::error!("Agones start-up: {e}");
-    }
-    let mut watch = match sdk.watch_game_server().await {
-        Ok(w) => Some(w),
+    let pinger = tokio::spawn(ping(
+        sdk.clone(),
+        config.agones.health_interval(),
+        shared.clone(),
+    ));
+    let mut ready = match start(&sdk, &config).await {
+        Ok(()) => true,
         Err(e) => {
-            tracing::error!("Agones: cannot watch the GameServer: {e}");
-            None
+            tracing::error!("Agones start-up: {e} (Ready is retried)");
+            false
         }
     };
-    let health = sdk.health();
-    let mut ticker = tokio::time::interval(a.health_interval());
+    let mut watch = None;
+    let mut ticker = tokio::time::interval(config.agones.health_interval());
     let mut synced = Synced::default();
+    let mut created = HashSet::new();
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if lock(&shared).metrics.stalls == 0 {
-                    if !health.ping() {
-                        tracing::warn!("Agones: health ping not sent (stream ended or backed up)");
+                if !ready {
+                    ready = sdk.ready().await.map_err(|e| tracing::warn!("Agones: Ready: {e}")).is_ok();
+                }
+                if watch.is_none() {
+                    // (Re)opens the watch; one attempt per tick.
+                    match tokio::time::timeout(sdk.call_timeout(), sdk.watch_game_server()).await {
+                        Ok(Ok(w)) => watch = Some(w),
+                        Ok(Err(e)) => tracing::warn!("Agones: cannot watch the GameServer: {e}"),
+                        Err(_) => tracing::warn!("Agones: the GameServer watch did not open in time"),
                     }
-                } else if !synced.unhealthy {
-                    synced.unhealthy = true;
-                    tracing::error!("Agones: a shard stalled; health pings stop so the pod is replaced");
                 }
                 synced.sync(&sdk, &config, &shared).await;
             }
             () = signals.changed.notified() => synced.sync(&sdk, &config, &shared).await,
             update = next(&mut watch) => match update {
-                Some(Ok(gs)) => on_game_server(&gs, &config, &shared, &signals),
+                Some(Ok(gs)) => on_game_server(&gs, &config, &shared, &signals, &mut created).await,
                 Some(Err(e)) => {
                     tracing::warn!("Agones: the GameServer watch failed: {e}");
                     watch = None;
@@ -88,9 +107,29 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    synced.sync(&sdk, &config, &shared).await;
+    pinger.abort();
+    let _ = tokio::time::timeout(FINAL_SYNC_TIMEOUT, synced.sync(&sdk, &config, &shared)).await;
     if let Err(e) = sdk.shutdown().await {
         tracing::warn!("Agones: Shutdown: {e}");
+    }
+}
+
+/// One `Health` ping per interval until a shard stalls; a stream that ended
+/// is opened again.
+async fn ping(sdk: Sdk, interval: Duration, shared: Shared) {
+    let mut health = sdk.health();
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        if lock(&shared).metrics.stalls > 0 {
+            tracing::error!("Agones: a shard stalled; health pings stop so the pod is replaced");
+            return;
+        }
+        if !health.ping() {
+            tracing::warn!("Agones: the health stream ended; opening it again");
+            health = sdk.health();
+            let _ = health.ping();
+        }
     }
 }
 
@@ -106,42 +145,76 @@ pub fn shard_port_name(k: usize) -> String {
     format!("shard-{k}")
 }
 
-/// Before the shards start: where Agones says clients reach this pod. The
-/// GameServer's address becomes `webrtc.public_ip` and the host port of each
-/// `shard-{k}` port becomes `webrtc.public_ports[k]`, so SDP candidates
-/// carry what Agones assigned. Nothing changes in local mode.
+/// Before the shards start: where Agones says clients reach this pod. Once
+/// the GameServer is scheduled and has an address (this waits up to
+/// [`ADDRESS_WAIT`]), an IP of its `addresses`
+/// (`ExternalIP`, then `InternalIP`, then `address` when it is an IP)
+/// becomes `webrtc.public_ip` and the host port of each `shard-{k}` port
+/// becomes `webrtc.public_ports[k]`, so SDP candidates carry what Agones
+/// assigned. Nothing changes in local mode, or when no ports come.
 pub async fn apply_public_address(sdk: &Sdk, config: &mut Config) -> Result<(), String> {
     if !sdk.is_remote() {
         return Ok(());
     }
-    let gs = sdk.get_game_server().await.map_err(|e| e.to_string())?;
-    let status = gs.status.unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + ADDRESS_WAIT;
+    let status = loop {
+        let gs = sdk.get_game_server().await.map_err(|e| e.to_string())?;
+        let status = gs.status.unwrap_or_default();
+        // Agones fills in the address and ports when it schedules the pod.
+        let scheduled = !matches!(
+            status.state.as_str(),
+            "" | "PortAllocation" | "Creating" | "Starting"
+        );
+        let has_address = !status.address.is_empty() || !status.addresses.is_empty();
+        if (scheduled && has_address) || tokio::time::Instant::now() >= deadline {
+            break status;
+        }
+        tokio::time::sleep(ADDRESS_POLL).await;
+    };
+    if status.ports.is_empty() {
+        tracing::warn!("Agones: the GameServer has no ports; advertising the configured address");
+        return Ok(());
+    }
     let shards = config.shard_count();
     let mut ports = Vec::with_capacity(shards);
     for k in 0..shards {
         let name = shard_port_name(k);
-        match status.ports.iter().find(|p| p.name == name) {
-            Some(p) => ports.push(
-                u16::try_from(p.port)
-                    .map_err(|_| format!("port {name}: {} is not a port", p.port))?,
-            ),
-            None if status.ports.is_empty() => return Ok(()), // no ports assigned: keep the config's
-            None => {
-                return Err(format!(
+        let p = status
+            .ports
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| {
+                format!(
                     "the GameServer has no port named {name} for shard {k} of {shards} \
-                     (the Fleet needs one UDP port per shard)"
-                ));
-            }
-        }
+                 (the Fleet needs one UDP port per shard)"
+                )
+            })?;
+        ports.push(
+            u16::try_from(p.port).map_err(|_| format!("port {name}: {} is not a port", p.port))?,
+        );
     }
-    if !status.address.is_empty() {
-        let ip = status
-            .address
-            .parse()
-            .map_err(|_| format!("the GameServer's address {} is not an IP", status.address))?;
-        config.webrtc.public_ip = Some(ip);
+    let ip = ["ExternalIP", "InternalIP"]
+        .iter()
+        .find_map(|kind| {
+            status
+                .addresses
+                .iter()
+                .filter(|a| a.r#type == *kind)
+                .find_map(|a| a.address.parse::<std::net::IpAddr>().ok())
+        })
+        .or_else(|| status.address.parse().ok());
+    match ip {
+        Some(ip) => config.webrtc.public_ip = Some(ip),
+        None => tracing::warn!(
+            address = %status.address,
+            "Agones: no IP among the GameServer's addresses; advertising the configured one"
+        ),
     }
-    tracing::info!(address = %status.address, ?ports, "Agones: advertising the GameServer's address and host ports");
+    tracing::info!(
+        ?ip,
+        ?ports,
+        "Agones: advertising the GameServer's address and host ports"
+    );
     config.webrtc.public_ports = ports;
     Ok(())
 }
@@ -179,7 +252,6 @@ struct Synced {
     players: Option<i64>,
     listed: BTreeSet<String>,
     list_full: bool,
-    unhealthy: bool,
 }
 
 impl Synced {
@@ -207,39 +279,55 @@ impl Synced {
                 }
             }
         }
+        // The sidecar's errors carry no reliable codes: after a failed call
+        // the List itself says what happened.
         let gone: Vec<String> = self.listed.difference(&users).cloned().collect();
         for user in gone {
-            match sdk.remove_list_value(&a.players_list, &user).await {
-                Ok(_) => {
-                    self.listed.remove(&user);
-                    self.list_full = false;
+            if let Err(e) = sdk.remove_list_value(&a.players_list, &user).await {
+                tracing::debug!("Agones: list {}: remove {user}: {e}", a.players_list);
+                match sdk.get_list(&a.players_list).await {
+                    Ok(list) if list.values.contains(&user) => continue, // retried next sync
+                    Ok(_) => {}
+                    Err(_) => return,
                 }
-                Err(e) => tracing::warn!("Agones: list {}: remove {user}: {e}", a.players_list),
             }
+            self.listed.remove(&user);
+            self.list_full = false;
         }
         if self.list_full {
             return;
         }
         let new: Vec<String> = users.difference(&self.listed).cloned().collect();
         for user in new {
-            match sdk.add_list_value(&a.players_list, &user).await {
-                Ok(_) => {
-                    self.listed.insert(user);
-                }
-                Err(SdkError::Call { status, .. }) if status.code() == tonic::Code::OutOfRange => {
-                    // Past the list's capacity the players Counter still counts.
-                    self.list_full = true;
-                    return;
-                }
-                Err(e) => tracing::warn!("Agones: list {}: add {user}: {e}", a.players_list),
+            let Err(e) = sdk.add_list_value(&a.players_list, &user).await else {
+                self.listed.insert(user);
+                continue;
+            };
+            tracing::debug!("Agones: list {}: add {user}: {e}", a.players_list);
+            let Ok(list) = sdk.get_list(&a.players_list).await else {
+                return;
+            };
+            if list.values.contains(&user) {
+                self.listed.insert(user); // It was added after all.
+            } else if list.values.len() as i64 >= list.capacity {
+                // Past the list's capacity the players Counter still counts.
+                self.list_full = true;
+                return;
             }
         }
     }
 }
 
-/// Acts on a GameServer update: an allocation naming a location creates it;
-/// `Shutdown` asks the node to drain.
-fn on_game_server(gs: &GameServer, config: &Config, shared: &Shared, signals: &AgonesSignals) {
+/// Acts on a GameServer update. `created` remembers the allocations already
+/// acted on (instance id, allocation annotation): an update of the same
+/// allocation (a Counter change, say) never brings back a room that ended.
+async fn on_game_server(
+    gs: &GameServer,
+    config: &Config,
+    shared: &Shared,
+    signals: &AgonesSignals,
+    created: &mut HashSet<(String, String)>,
+) {
     let state = gs.status.as_ref().map_or("", |s| s.state.as_str());
     if state == "Shutdown" && !signals.shutdown_requested.swap(true, Ordering::SeqCst) {
         tracing::info!("Agones: the GameServer is shutting down; draining");
@@ -248,7 +336,12 @@ fn on_game_server(gs: &GameServer, config: &Config, shared: &Shared, signals: &A
             let grace = std::time::Duration::from_millis(c.config.node.drain_grace_ms);
             (c.begin_drain(grace).0, grace)
         };
-        super::deliver_drain(&queues, grace);
+        // It may block a second per shard on a full queue: not on this runtime.
+        let delivered =
+            tokio::task::spawn_blocking(move || super::deliver_drain(&queues, grace)).await;
+        if let Err(e) = delivered {
+            tracing::error!("Agones: drain not delivered: {e}");
+        }
         return;
     }
     if state != "Allocated" {
@@ -266,8 +359,15 @@ fn on_game_server(gs: &GameServer, config: &Config, shared: &Shared, signals: &A
         .get(INSTANCE_ANNOTATION)
         .filter(|i| !i.is_empty())
         .unwrap_or(location);
+    let allocation = annotations
+        .get(ALLOCATION_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    if !created.insert((id.clone(), allocation)) {
+        return; // Acted on at an earlier update of the same allocation.
+    }
     if lock(shared).registry.get(id).is_some() {
-        return; // Created at an earlier update of the same allocation.
+        return; // Already running (created another way).
     }
     let scene = annotations
         .get(SCENE_ANNOTATION)

@@ -67,7 +67,11 @@ impl tonic::service::Interceptor for BearerCheck {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                // The scheme is case-insensitive (RFC 7235).
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
             .unwrap_or("");
         if constant_time_eq(given.as_bytes(), token.as_bytes()) {
             Ok(request)

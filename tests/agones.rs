@@ -177,11 +177,7 @@ fn players_past_the_list_capacity_are_counted_not_listed() {
         let fake = fake(&[("players", 1)]);
         let node = support::start(config(&fake));
         let http = node.http_addr;
-        let mut clients = Vec::new();
-        for user in ["ann", "bob"] {
-            let token = dev_token(http, user, "demo").await.unwrap();
-            clients.push(Client::join(http, "demo", &token).await.unwrap());
-        }
+        let mut clients = support::join_all(http, "demo", &["ann", "bob"]).await;
         support::until_welcomed(&mut clients, Duration::from_secs(10)).await;
         eventually("players = 2", || count(&fake, "players") == 2).await;
         eventually("one listed", || list(&fake).len() == 1).await;

@@ -122,14 +122,7 @@ fn the_demo_runs_and_reports_status_until_interrupted() {
         status[1]
     );
     // Ctrl-C: the process stops cleanly and says how far it got.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "-INT");
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
@@ -237,14 +230,7 @@ fn sigterm_drains_then_stops() {
             break;
         }
     }
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "-TERM");
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     assert!(child.wait().unwrap().success());
     assert!(rest.iter().any(|l| l.starts_with("draining: ")), "{rest:?}");
@@ -276,10 +262,15 @@ fn with_agones(
 }
 
 fn term(child: &std::process::Child) {
+    signal(child, "-TERM");
+}
+
+/// Sends `child` a signal (`-TERM`, `-INT`) with kill(1).
+fn signal(child: &std::process::Child, which: &str) {
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([which, &pid])
             .status()
             .unwrap()
             .success()

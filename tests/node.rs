@@ -16,11 +16,7 @@ async fn two_clients_join_and_see_each_other_move() {
     let node = support::start(support::config(1));
     support::wait_running(&node, "demo").await;
     let http = node.http_addr;
-    let mut clients = Vec::new();
-    for user in ["ann", "bob"] {
-        let token = dev_token(http, user, "demo").await.unwrap();
-        clients.push(Client::join(http, "demo", &token).await.unwrap());
-    }
+    let mut clients = support::join_all(http, "demo", &["ann", "bob"]).await;
     support::until_welcomed(&mut clients, Duration::from_secs(10)).await;
     let ann_avatar = clients[0].session().welcome().unwrap().avatar;
     let bob_avatar = clients[1].session().welcome().unwrap().avatar;

@@ -119,3 +119,13 @@ pub fn fake_sdk(lists: &[(&'static str, i64)]) -> agones::fake::FakeSdk {
     });
     rx.recv().unwrap()
 }
+
+/// Joins each of `users` to `instance` with a dev token.
+pub async fn join_all(http: std::net::SocketAddr, instance: &str, users: &[&str]) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for user in users {
+        let token = net::client::dev_token(http, user, instance).await.unwrap();
+        clients.push(Client::join(http, instance, &token).await.unwrap());
+    }
+    clients
+}

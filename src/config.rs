@@ -246,6 +246,10 @@ pub struct ShardConfig {
     pub stall_report_ms: u64,
     /// Memory for io_uring registered buffers per shard (must fit RLIMIT_MEMLOCK).
     pub io_memory_bytes: usize,
+    /// Kernel receive and send buffer asked for each shard's UDP socket
+    /// (SO_RCVBUF / SO_SNDBUF); the kernel caps it at net.core.rmem_max /
+    /// wmem_max. 0 keeps the kernel's default.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for ShardConfig {
@@ -259,6 +263,7 @@ impl Default for ShardConfig {
             send_queue_len: 65_536,
             stall_report_ms: 2_000,
             io_memory_bytes: 512 * 1024,
+            socket_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }

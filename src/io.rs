@@ -187,29 +187,6 @@ fn sized_socket(
     Ok((socket, granted))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The kernel's cap on receive buffers.
-    fn rmem_max() -> usize {
-        std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(usize::MAX)
-    }
-
-    #[test]
-    fn a_shard_socket_gets_the_buffer_asked_up_to_the_kernel_cap() {
-        let addr: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-        let asked = 1024 * 1024;
-        let (_socket, granted) = sized_socket(addr, asked, 0).expect("binds");
-        assert_eq!(granted, asked.min(rmem_max()));
-        let (_socket, default) = sized_socket(addr, 0, 0).expect("binds");
-        assert!(default < asked || rmem_max() < asked, "{default}");
-    }
-}
-
 fn advertised_addr(config: &Config, index: usize, bound: SocketAddr) -> SocketAddr {
     let ip = config.webrtc.public_ip.unwrap_or(bound.ip());
     let port = match config.webrtc.public_ports.get(index) {
@@ -293,5 +270,28 @@ async fn flush(shard: &mut Shard, socket: &glommio::net::UdpSocket, events: &Sen
             }
             Err(TrySendError::Disconnected(_)) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's cap on receive buffers.
+    fn rmem_max() -> usize {
+        std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn a_shard_socket_gets_the_buffer_asked_up_to_the_kernel_cap() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        let asked = 1024 * 1024;
+        let (_socket, granted) = sized_socket(addr, asked, 0).expect("binds");
+        assert_eq!(granted, asked.min(rmem_max()));
+        let (_socket, default) = sized_socket(addr, 0, 0).expect("binds");
+        assert!(default < asked || rmem_max() < asked, "{default}");
     }
 }

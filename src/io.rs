@@ -170,20 +170,19 @@ fn sized_socket(
     if buffer_bytes > 0 {
         socket.set_recv_buffer_size(buffer_bytes)?;
         socket.set_send_buffer_size(buffer_bytes)?;
-        // Linux reports twice what it grants (bookkeeping included).
-        let granted = socket.recv_buffer_size()? / 2;
-        if granted < buffer_bytes {
-            tracing::warn!(
-                shard = index,
-                asked = buffer_bytes,
-                granted,
-                "the kernel capped the socket's receive buffer: raise net.core.rmem_max \
+    }
+    // Linux reports twice what it grants (bookkeeping included).
+    let granted = socket.recv_buffer_size()? / 2;
+    if buffer_bytes > 0 && granted < buffer_bytes {
+        tracing::warn!(
+            shard = index,
+            asked = buffer_bytes,
+            granted,
+            "the kernel capped the socket's receive buffer: raise net.core.rmem_max \
                  (and wmem_max) to at least shard.socket_buffer_bytes"
-            );
-        }
+        );
     }
     socket.bind(&addr.into())?;
-    let granted = socket.recv_buffer_size()? / 2;
     Ok((socket, granted))
 }
 

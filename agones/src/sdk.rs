@@ -238,10 +238,8 @@ impl Sdk {
         let Some(r) = &self.remote else {
             return Ok(local_game_server());
         };
-        let gs = self
-            .unary("GetGameServer", r.stable.clone().get_game_server(Empty {}))
-            .await?;
-        Ok(gs)
+        self.unary("GetGameServer", r.stable.clone().get_game_server(Empty {}))
+            .await
     }
 
     /// The GameServer now and after every change. In local mode nothing
@@ -288,10 +286,8 @@ impl Sdk {
             });
         };
         let request = GetCounterRequest { name: name.into() };
-        let c = self
-            .unary("GetCounter", r.beta.clone().get_counter(request))
-            .await?;
-        Ok(c)
+        self.unary("GetCounter", r.beta.clone().get_counter(request))
+            .await
     }
 
     /// Adds `diff` (which may be negative) to a counter.
@@ -341,10 +337,8 @@ impl Sdk {
         let request = UpdateCounterRequest {
             counter_update_request: Some(update),
         };
-        let c = self
-            .unary("UpdateCounter", r.beta.clone().update_counter(request))
-            .await?;
-        Ok(c)
+        self.unary("UpdateCounter", r.beta.clone().update_counter(request))
+            .await
     }
 
     pub async fn get_list(&self, name: &str) -> Result<List, SdkError> {
@@ -355,14 +349,12 @@ impl Sdk {
             });
         };
         let request = GetListRequest { name: name.into() };
-        let l = self
-            .unary("GetList", r.beta.clone().get_list(request))
-            .await?;
-        Ok(l)
+        self.unary("GetList", r.beta.clone().get_list(request))
+            .await
     }
 
-    /// Adds a value; the sidecar refuses a duplicate (`ALREADY_EXISTS`) and a
-    /// full list (`OUT_OF_RANGE`).
+    /// Adds a value; the sidecar refuses a duplicate and a full list (with
+    /// no reliable status code: read the List back to tell which).
     pub async fn add_list_value(&self, name: &str, value: &str) -> Result<List, SdkError> {
         let Some(r) = &self.remote else {
             tracing::debug!(name, value, "Agones (local): AddListValue");
@@ -375,13 +367,11 @@ impl Sdk {
             name: name.into(),
             value: value.into(),
         };
-        let l = self
-            .unary("AddListValue", r.beta.clone().add_list_value(request))
-            .await?;
-        Ok(l)
+        self.unary("AddListValue", r.beta.clone().add_list_value(request))
+            .await
     }
 
-    /// Removes a value; the sidecar refuses one that is not there (`NOT_FOUND`).
+    /// Removes a value; the sidecar refuses one that is not there.
     pub async fn remove_list_value(&self, name: &str, value: &str) -> Result<List, SdkError> {
         let Some(r) = &self.remote else {
             tracing::debug!(name, value, "Agones (local): RemoveListValue");
@@ -394,10 +384,8 @@ impl Sdk {
             name: name.into(),
             value: value.into(),
         };
-        let l = self
-            .unary("RemoveListValue", r.beta.clone().remove_list_value(request))
-            .await?;
-        Ok(l)
+        self.unary("RemoveListValue", r.beta.clone().remove_list_value(request))
+            .await
     }
 
     /// Each call's deadline.

@@ -83,6 +83,7 @@ pub struct Shard {
     removals: Vec<Removal>,
     metrics: ShardMetrics,
     encoder: Encoder,
+    snapshots: net::snapshot::SnapshotEncoder,
     decoder: Decoder,
     draining: bool,
     next_stats: Instant,
@@ -115,6 +116,7 @@ impl Shard {
             removals: Vec::new(),
             metrics: ShardMetrics::default(),
             encoder: Encoder::default(),
+            snapshots: net::snapshot::SnapshotEncoder::default(),
             decoder: Decoder::default(),
             draining: false,
             next_stats: now + STATS_INTERVAL,
@@ -148,6 +150,11 @@ impl Shard {
             *m.dropped.entry(reason).or_default() += n;
         }
         m.instances = self.instances.len() as u32;
+        m.instances_asleep = self
+            .instances
+            .iter()
+            .filter(|(_, h)| h.instance.is_asleep())
+            .count() as u32;
         m.peers = self.conns.len() as u32;
         m.timers = (self.conns.timers_len() + self.timers.len()) as u32;
         m
@@ -350,6 +357,7 @@ impl Shard {
         let mut io = Io {
             out: &mut self.conns,
             encoder: &mut self.encoder,
+            snapshots: &mut self.snapshots,
             decoder: &mut self.decoder,
             metrics: &mut self.metrics,
             removals: &mut self.removals,

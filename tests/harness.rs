@@ -252,6 +252,9 @@ fn a_shard_whose_ticks_run_late_for_seconds_reports_a_stall() {
     config.shard.stall_report_ms = 1_000;
     let mut h = Harness::new(config, Network::perfect(), 7);
     h.create_instance("room", 8);
+    // Someone in it, so it keeps ticking (an empty one at rest sleeps).
+    let c = h.join("room", "alice").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, c)));
     h.run_for(Duration::from_millis(500));
     let stalled = |h: &Harness| h.events.iter().any(|e| matches!(e, Event::Stalled { .. }));
     assert!(!stalled(&h));
@@ -260,6 +263,57 @@ fn a_shard_whose_ticks_run_late_for_seconds_reports_a_stall() {
     assert!(stalled(&h), "no stall reported");
     assert_eq!(h.shard.metrics().stalls, 1, "one report per episode");
     assert!(h.shard.metrics().skipped_ticks > 0);
+}
+
+#[test]
+fn an_empty_instance_at_rest_sleeps_until_someone_joins() {
+    let mut config = Config::default();
+    config.instance.empty_timeout_ms = 600_000;
+    let mut h = Harness::new(config, Network::perfect(), 9);
+    // The demo scene's boxes fall and settle first: it ticks until they sleep.
+    h.create_instance("room", 8);
+    h.run_for(Duration::from_millis(200));
+    let tick = |h: &mut Harness| h.shard.instance_mut("room").unwrap().sim().world().tick().0;
+    assert!(!h.shard.instance_mut("room").unwrap().is_asleep());
+    assert!(
+        h.run_until(Duration::from_secs(30), |h| h
+            .shard
+            .metrics()
+            .instances_asleep
+            == 1),
+        "the demo world never came to rest"
+    );
+    let asleep_at = tick(&mut h);
+    h.run_for(Duration::from_secs(10));
+    assert_eq!(tick(&mut h), asleep_at, "a sleeping instance ticked");
+    assert_eq!(h.shard.metrics().instances, 1);
+
+    // A join wakes it: the client gets its welcome and snapshots.
+    let c = h.join("room", "alice").unwrap();
+    assert_eq!(h.shard.metrics().instances_asleep, 0);
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, c)));
+    let woke_at = tick(&mut h);
+    assert!(woke_at > asleep_at);
+    h.run_for(Duration::from_secs(1));
+    // 60 Hz from the wake-up on, none of the sleep caught up.
+    let ran = tick(&mut h) - woke_at;
+    assert!((55..=65).contains(&ran), "{ran} ticks in a second awake");
+
+    // Alone again (kicked), it goes back to sleep once the world rests.
+    h.command(Command::Kick {
+        instance_id: "room".into(),
+        user_id: "alice".into(),
+        banned: false,
+        message: "bye".into(),
+    });
+    assert!(
+        h.run_until(Duration::from_secs(30), |h| h
+            .shard
+            .metrics()
+            .instances_asleep
+            == 1),
+        "it did not sleep again after its last member left"
+    );
 }
 
 #[test]

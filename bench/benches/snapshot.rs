@@ -19,7 +19,8 @@ use engine::{Aabb, EntityId, Motion, Transform, Vec3, Velocity, World, WorldConf
 use net::FRAME_HEADER_LEN;
 use net::quant::Quantizer;
 use net::snapshot::{
-    ArchivedSnapshotBody, ClientSnapshots, SnapshotConfig, SnapshotReceiver, WorldFrame,
+    ArchivedSnapshotBody, ClientSnapshots, SnapshotConfig, SnapshotEncoder, SnapshotReceiver,
+    WorldFrame,
 };
 
 const SIZES: [usize; 4] = [1, 10, 100, 1000];
@@ -31,6 +32,7 @@ struct Ours {
     frame: WorldFrame,
     quantizer: Quantizer,
     server: ClientSnapshots,
+    encoder: SnapshotEncoder,
     client: SnapshotReceiver,
     tick: u32,
     last: Vec<u8>,
@@ -69,6 +71,7 @@ impl Ours {
             frame: WorldFrame::with_capacity(n),
             quantizer: Quantizer::new(&bounds),
             server: ClientSnapshots::new(config),
+            encoder: SnapshotEncoder::default(),
             client: SnapshotReceiver::new(config.history_len, config.view_entities_max),
             tick: 0,
             last: Vec::with_capacity(64 * 1024),
@@ -119,7 +122,7 @@ impl Ours {
     fn encode(&mut self) -> usize {
         let bytes = self
             .server
-            .encode(&self.frame, Vec3::ZERO, self.tick)
+            .encode(&mut self.encoder, &self.frame, Vec3::ZERO, self.tick)
             .expect("within the raised budget");
         self.last.clear();
         self.last.extend_from_slice(bytes);

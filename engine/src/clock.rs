@@ -44,6 +44,24 @@ impl FixedClock {
         self.next_due
     }
 
+    /// Stops the clock: nothing falls due until [`Self::resume`].
+    pub fn pause(&mut self) {
+        self.next_due = None;
+    }
+
+    /// Whether the clock is stopped (paused, or not started).
+    pub fn is_paused(&self) -> bool {
+        self.next_due.is_none()
+    }
+
+    /// Restarts a stopped clock with a step due at `now` (no catch-up for
+    /// the time it stood still); a running clock is left as it is.
+    pub fn resume(&mut self, now: Instant) {
+        if self.next_due.is_none() {
+            self.next_due = Some(now);
+        }
+    }
+
     pub fn advance(&mut self, now: Instant) -> ClockAdvance {
         let Some(due) = self.next_due else {
             self.next_due = Some(now + self.step);
@@ -91,5 +109,24 @@ mod tests {
         let a = c.advance(t0 + ms(1045));
         assert_eq!((a.steps, a.skipped), (3, 97));
         assert_eq!(c.next_due(), Some(t0 + ms(1050)));
+    }
+
+    #[test]
+    fn a_paused_clock_resumes_without_catching_up() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = FixedClock::new(ms(10), 3);
+        assert_eq!(c.advance(t0).steps, 1);
+        c.pause();
+        assert!(c.is_paused());
+        assert_eq!(c.next_due(), None);
+        c.resume(t0 + ms(5000));
+        assert_eq!(c.next_due(), Some(t0 + ms(5000)));
+        let a = c.advance(t0 + ms(5000));
+        assert_eq!((a.steps, a.skipped), (1, 0));
+        assert_eq!(c.next_due(), Some(t0 + ms(5010)));
+        // Resuming a running clock changes nothing.
+        c.resume(t0 + ms(9000));
+        assert_eq!(c.next_due(), Some(t0 + ms(5010)));
     }
 }

@@ -131,6 +131,8 @@ pub struct Simulation {
     /// Reused every tick: entities to despawn for leaving the bounds.
     out_of_bounds: Vec<EntityId>,
     skipped_ticks: u64,
+    /// Entities the last step moved by integration (see [`Self::at_rest`]).
+    last_integrated: usize,
 }
 
 impl Simulation {
@@ -177,8 +179,9 @@ impl Simulation {
             tick_dt_s,
             spawn_points,
             next_spawn: 0,
-            out_of_bounds: Vec::with_capacity(64),
+            out_of_bounds: Vec::new(),
             skipped_ticks: 0,
+            last_integrated: 0,
         })
     }
 
@@ -214,6 +217,24 @@ impl Simulation {
         self.clock.next_due()
     }
 
+    /// Whether the last step moved nothing and nothing will move by itself:
+    /// every physics body asleep and no entity integrating a velocity. A
+    /// world at rest stays unchanged until something outside touches it.
+    pub fn at_rest(&self) -> bool {
+        self.last_integrated == 0 && self.physics.awake_bodies() == 0
+    }
+
+    /// Stops the clock: no tick falls due until [`Self::resume`].
+    pub fn pause(&mut self) {
+        self.clock.pause();
+    }
+
+    /// Restarts a paused clock with a tick due at `now`; the time it was
+    /// paused is not caught up (nor counted as skipped).
+    pub fn resume(&mut self, now: Instant) {
+        self.clock.resume(now);
+    }
+
     /// Runs the ticks that are due at `now` (capped; see [`FixedClock`]).
     pub fn advance(&mut self, now: Instant) -> ClockAdvance {
         let due = self.due_ticks(now);
@@ -236,6 +257,7 @@ impl Simulation {
         self.world.begin_tick();
         self.physics.drive_avatars(&self.world, self.tick_dt_s);
         let integrated = systems::integrate_velocities(&mut self.world, self.tick_dt_s);
+        self.last_integrated = integrated;
         self.out_of_bounds.clear();
         let physics = self
             .physics

@@ -2,7 +2,7 @@
 //! world, for instruction counting: `valgrind --tool=callgrind`.
 use engine::{Aabb, Motion, Transform, Vec3, Velocity, World, WorldConfig};
 use net::quant::Quantizer;
-use net::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
+use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
 
 fn main() {
     let n = 1000;
@@ -33,6 +33,7 @@ fn main() {
         ..SnapshotConfig::default()
     };
     let mut server = ClientSnapshots::new(config);
+    let mut enc = SnapshotEncoder::default();
     let mut total = 0usize;
     for t in 1..=200u32 {
         world.begin_tick();
@@ -41,12 +42,20 @@ fn main() {
         if t > 3 {
             server.ack(t - 3);
         }
-        total += encode(&mut server, &frame, t);
+        total += encode(&mut server, &mut enc, &frame, t);
     }
     println!("{total}");
 }
 
 #[inline(never)]
-fn encode(server: &mut ClientSnapshots, frame: &WorldFrame, t: u32) -> usize {
-    server.encode(frame, Vec3::ZERO, t).expect("fits").len()
+fn encode(
+    server: &mut ClientSnapshots,
+    enc: &mut SnapshotEncoder,
+    frame: &WorldFrame,
+    t: u32,
+) -> usize {
+    server
+        .encode(enc, frame, Vec3::ZERO, t)
+        .expect("fits")
+        .len()
 }

@@ -143,7 +143,7 @@ fn write(dir: &Path, frames: &[(MessageKind, Vec<u8>)], pick: bool) -> std::io::
 fn write_snapshot_seeds(dir: &Path) -> std::io::Result<()> {
     use engine::{Aabb, Motion, Transform, Vec3, Velocity, World, WorldConfig};
     use net::quant::Quantizer;
-    use net::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
+    use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
     std::fs::create_dir_all(dir)?;
     let mut world = World::new(WorldConfig::default());
     for i in 0..8 {
@@ -167,12 +167,13 @@ fn write_snapshot_seeds(dir: &Path) -> std::io::Result<()> {
         ..SnapshotConfig::default()
     };
     let mut server = ClientSnapshots::new(config);
+    let mut enc = SnapshotEncoder::default();
     for (tick, name) in [(1u32, "full"), (2, "delta")] {
         world.begin_tick();
         engine::systems::integrate_velocities(&mut world, 1.0 / 60.0);
         frame.capture(&world, &q);
         let bytes = server
-            .encode(&frame, Vec3::ZERO, tick)
+            .encode(&mut enc, &frame, Vec3::ZERO, tick)
             .expect("8 entities fit one snapshot");
         std::fs::write(dir.join(name), &bytes[net::FRAME_HEADER_LEN..])?;
         server.ack(tick);

@@ -68,7 +68,7 @@ pub fn snapshot(data: &[u8]) {
 /// inside the world bounds with finite positions.
 pub fn instance_inputs(data: &[u8]) {
     use crate::input::{InputLimits, PeerInput};
-    use crate::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
+    use crate::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
     use engine::{Scene, SceneLimits, SimConfig, Simulation, UserIndex};
 
     const SCENE: &str = r#"{"version": 1, "bounds": {"min": [-20, -5, -20], "max": [20, 20, 20]},
@@ -97,6 +97,7 @@ pub fn instance_inputs(data: &[u8]) {
     let quantizer = crate::quant::Quantizer::new(sim.bounds());
     let mut frame = WorldFrame::default();
     let mut decoder = Decoder::default();
+    let mut encoder = SnapshotEncoder::default();
     let mut rest = data;
     let mut records = 0;
     while let [len, pick, tail @ ..] = rest {
@@ -119,7 +120,7 @@ pub fn instance_inputs(data: &[u8]) {
         sim.step();
         frame.capture(sim.world(), &quantizer);
         for (_, snapshots) in &mut peers {
-            let _ = snapshots.encode(&frame, engine::Vec3::ZERO, records);
+            let _ = snapshots.encode(&mut encoder, &frame, engine::Vec3::ZERO, records);
         }
         let bounds = *sim.bounds();
         for id in sim.world().optional.avatars.ids() {

@@ -19,6 +19,8 @@
 //!
 //! Encoding reuses every buffer: in steady state it does not allocate.
 
+use std::collections::VecDeque;
+
 use engine::{Vec3, World};
 use rkyv::rancor;
 use rkyv::ser::allocator::Arena;
@@ -204,10 +206,19 @@ impl WorldFrame {
     }
 }
 
+/// A view on the client side: the entity states after the snapshot of `tick`.
 #[derive(Debug, Default)]
 struct View {
     tick: u32,
     valid: bool,
+    entities: Vec<EntityState>,
+}
+
+/// A view the server sent: what the client holds if it received the
+/// snapshot of `tick`.
+#[derive(Debug)]
+struct SentView {
+    tick: u32,
     entities: Vec<EntityState>,
 }
 
@@ -240,69 +251,91 @@ pub struct SnapshotStats {
     pub baseline_tick: u32,
 }
 
-/// Snapshot state of one client: its views, acknowledgement and priorities.
+/// Snapshot state of one client: the views it may still acknowledge, its
+/// acknowledgement and the priorities of entities waiting their turn.
+///
+/// Only *live* views are kept: the acknowledged baseline and the ones sent
+/// after it (one per tick in flight, so about the round trip in ticks);
+/// older ones can never serve as a baseline again and their buffers are
+/// reused. At most [`SnapshotConfig::history_len`] views are live: a client
+/// that acknowledges nothing for that long gets a full snapshot. Memory per
+/// client is thus live views × entities in view × 36 bytes, and the
+/// scratch work of encoding lives in the shared [`SnapshotEncoder`].
 #[derive(Debug)]
 pub struct ClientSnapshots {
     stats: SnapshotStats,
     config: SnapshotConfig,
-    views: Vec<View>,
+    /// Live views, oldest first, ticks increasing.
+    views: VecDeque<SentView>,
+    /// Buffers of released views, reused for the next ones.
+    spare: Vec<Vec<EntityState>>,
     acked: Option<u32>,
     /// Accumulated priority of waiting entities, sorted by id.
     priorities: Vec<(u32, f32)>,
-    next_priorities: Vec<(u32, f32)>,
+}
+
+/// Buffers for encoding snapshots, shared by every client of a shard (one
+/// encode runs at a time; the bytes it returns are written out before the
+/// next). Reused: in steady state encoding does not allocate.
+pub struct SnapshotEncoder {
     candidates: Vec<(u32, f32)>,
     pending: Vec<Pending>,
     removed: Vec<u32>,
     selected: Vec<bool>,
+    order: Vec<(u32, f32)>,
     body: SnapshotBody,
     out: AlignedVec<16>,
-    arena: ArenaBox,
+    arena: Arena,
 }
 
-/// `Arena` lacks `Debug`; this wrapper gives it one.
-struct ArenaBox(Arena);
+impl Default for SnapshotEncoder {
+    fn default() -> Self {
+        SnapshotEncoder {
+            candidates: Vec::new(),
+            pending: Vec::new(),
+            removed: Vec::new(),
+            selected: Vec::new(),
+            order: Vec::new(),
+            body: SnapshotBody::with_budget(crate::SNAPSHOT_DATAGRAM_BYTES_MAX),
+            out: AlignedVec::with_capacity(crate::SNAPSHOT_DATAGRAM_BYTES_MAX + 64),
+            arena: Arena::new(),
+        }
+    }
+}
 
-impl std::fmt::Debug for ArenaBox {
+impl std::fmt::Debug for SnapshotEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Arena")
+        f.debug_struct("SnapshotEncoder")
+            .field("candidates", &self.candidates.capacity())
+            .field("pending", &self.pending.capacity())
+            .finish_non_exhaustive()
     }
 }
 
 impl ClientSnapshots {
+    /// A client that holds nothing yet. Allocates nothing until its first
+    /// snapshot; its buffers then grow to what its view needs.
     pub fn new(config: SnapshotConfig) -> Self {
-        let n = config.view_entities_max;
-        let views = (0..config.history_len.max(2))
-            .map(|_| View {
-                tick: 0,
-                valid: false,
-                entities: Vec::with_capacity(n),
-            })
-            .collect();
         ClientSnapshots {
             stats: SnapshotStats::default(),
             config,
-            views,
+            views: VecDeque::new(),
+            spare: Vec::new(),
             acked: None,
-            priorities: Vec::with_capacity(n),
-            next_priorities: Vec::with_capacity(n),
-            candidates: Vec::with_capacity(n),
-            pending: Vec::with_capacity(n),
-            removed: Vec::with_capacity(n),
-            selected: Vec::with_capacity(n),
-            body: SnapshotBody::with_budget(config.budget_bytes),
-            out: AlignedVec::with_capacity(config.budget_bytes + 64),
-            arena: ArenaBox(Arena::new()),
+            priorities: Vec::new(),
         }
     }
 
     /// Records the client's acknowledgement of the snapshot of `tick` (from
-    /// the `tick` field of its input frames). Older or unknown ticks are ignored.
+    /// the `tick` field of its input frames) and releases the views before
+    /// it. Older or unknown ticks are ignored.
     pub fn ack(&mut self, tick: u32) {
-        if self.acked.is_some_and(|a| a >= tick) {
+        if self.acked.is_some_and(|a| a >= tick) || self.view_index(tick).is_none() {
             return;
         }
-        if self.view_index(tick).is_some() {
-            self.acked = Some(tick);
+        self.acked = Some(tick);
+        while self.views.front().is_some_and(|v| v.tick < tick) {
+            self.release_front();
         }
     }
 
@@ -315,10 +348,27 @@ impl ClientSnapshots {
         self.acked
     }
 
+    /// Views kept now: the acknowledged one and those sent after it.
+    pub fn live_views(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Bytes this client's snapshot state holds on the heap (capacity).
+    pub fn heap_bytes(&self) -> usize {
+        let state = std::mem::size_of::<EntityState>();
+        let views: usize = self.views.iter().map(|v| v.entities.capacity()).sum();
+        let spare: usize = self.spare.iter().map(Vec::capacity).sum();
+        (views + spare) * state
+            + self.views.capacity() * std::mem::size_of::<SentView>()
+            + self.spare.capacity() * std::mem::size_of::<Vec<EntityState>>()
+            + self.priorities.capacity() * std::mem::size_of::<(u32, f32)>()
+    }
+
     fn view_index(&self, tick: u32) -> Option<usize> {
-        let i = tick as usize % self.views.len();
-        let v = &self.views[i];
-        (v.valid && v.tick == tick && tick != 0).then_some(i)
+        if tick == 0 {
+            return None;
+        }
+        self.views.binary_search_by_key(&tick, |v| v.tick).ok()
     }
 
     /// The entity states the client holds after the snapshot of `tick`, if
@@ -327,61 +377,84 @@ impl ClientSnapshots {
         self.view_index(tick).map(|i| &self.views[i].entities[..])
     }
 
+    fn release_front(&mut self) {
+        if let Some(v) = self.views.pop_front() {
+            self.spare.push(v.entities);
+        }
+    }
+
+    fn release_back(&mut self) {
+        if let Some(v) = self.views.pop_back() {
+            self.spare.push(v.entities);
+        }
+    }
+
     /// Encodes this tick's snapshot for a client whose avatar is at `viewer`.
-    /// The bytes are a whole frame, valid until the next call.
-    pub fn encode(
+    /// The bytes are a whole frame in `enc`'s buffer, valid until its next use.
+    pub fn encode<'e>(
         &mut self,
+        enc: &'e mut SnapshotEncoder,
         frame: &WorldFrame,
         viewer: Vec3,
         sequence: u32,
-    ) -> Result<&[u8], ProtocolError> {
+    ) -> Result<&'e [u8], ProtocolError> {
         let tick = frame.tick;
-        let slot = tick as usize % self.views.len();
-        let baseline = self
-            .acked
-            .filter(|&a| a < tick && (tick - a) < self.views.len() as u32)
-            .and_then(|a| self.view_index(a));
-        // Both vectors are moved out (no copy) so `self` stays borrowable.
-        let mut target = std::mem::take(&mut self.views[slot].entities);
-        self.views[slot].valid = false;
-        let base_vec = baseline.map(|i| std::mem::take(&mut self.views[i].entities));
-        let base = base_vec.as_deref().unwrap_or(&[]);
-        let baseline_tick = baseline.map_or(0, |i| self.views[i].tick);
-        self.collect_candidates(frame, viewer);
-        self.diff_against(frame, base);
-        self.select_within_budget();
+        let history = self.config.history_len.max(2) as u32;
+        // A tick encoded again replaces what was sent for it and after it.
+        while self.views.back().is_some_and(|v| v.tick >= tick) {
+            self.release_back();
+        }
+        // Views too old to serve as a baseline, and room for this one.
+        while self.views.front().is_some_and(|v| tick - v.tick >= history)
+            || self.views.len() >= history as usize
+        {
+            self.release_front();
+        }
+        let baseline = self.acked.and_then(|a| self.view_index(a));
+        let mut target = self.spare.pop().unwrap_or_default();
+        let (base, baseline_tick) = match baseline {
+            Some(i) => (&self.views[i].entities[..], self.views[i].tick),
+            None => (&[][..], 0),
+        };
+        enc.collect_candidates(&self.config, frame, viewer);
+        enc.diff_against(&self.config, frame, base, &self.priorities);
+        enc.select_within_budget(self.config.budget_bytes);
         let selection = Selection {
             frame,
             base,
-            pending: &self.pending,
-            selected: &self.selected,
-            removed: &self.removed,
+            pending: &enc.pending,
+            selected: &enc.selected,
+            removed: &enc.removed,
             velocities: self.config.velocities,
         };
         selection.build_view(&mut target);
-        selection.fill_body(&mut self.body, baseline_tick);
-        self.carry_priorities(frame);
-        if let (Some(i), Some(v)) = (baseline, base_vec) {
-            self.views[i].entities = v;
-        }
-        self.views[slot] = View {
+        selection.fill_body(&mut enc.body, baseline_tick);
+        // Entities left waiting keep their accumulated priority.
+        self.priorities.clear();
+        self.priorities.extend(
+            enc.pending
+                .iter()
+                .zip(&enc.selected)
+                .filter(|(_, sel)| !**sel)
+                .map(|(p, _)| (p.id, p.priority)),
+        );
+        self.views.push_back(SentView {
             tick,
-            valid: true,
             entities: target,
-        };
-        self.out.clear();
-        self.out.resize(FRAME_HEADER_LEN, 0);
+        });
+        enc.out.clear();
+        enc.out.resize(FRAME_HEADER_LEN, 0);
         rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
-            &self.body,
-            &mut self.out,
-            self.arena.0.acquire(),
+            &enc.body,
+            &mut enc.out,
+            enc.arena.acquire(),
         )
         .map_err(|e| ProtocolError::InvalidArchive {
             kind: MessageKind::Snapshot,
             reason: e.to_string(),
         })?;
-        let len = self.out.len() - FRAME_HEADER_LEN;
-        if self.out.len() > self.config.budget_bytes {
+        let len = enc.out.len() - FRAME_HEADER_LEN;
+        if enc.out.len() > self.config.budget_bytes {
             return Err(ProtocolError::TooLarge {
                 kind: MessageKind::Snapshot,
                 len,
@@ -389,28 +462,30 @@ impl ClientSnapshots {
             });
         }
         write_header(
-            self.out.as_mut_slice(),
+            enc.out.as_mut_slice(),
             MessageKind::Snapshot,
             len,
             sequence,
             tick,
         );
-        let sent = self.selected.iter().filter(|s| **s).count() as u32;
+        let sent = enc.selected.iter().filter(|s| **s).count() as u32;
         self.stats = SnapshotStats {
             entities_sent: sent,
-            removed: self.removed.len() as u32,
-            waiting: self.pending.len() as u32 - sent,
-            bytes: self.out.len() as u32,
+            removed: enc.removed.len() as u32,
+            waiting: enc.pending.len() as u32 - sent,
+            bytes: enc.out.len() as u32,
             baseline_tick,
         };
-        Ok(self.out.as_slice())
+        Ok(enc.out.as_slice())
     }
+}
 
+impl SnapshotEncoder {
     /// Entities of interest, as (frame index, distance), sorted by id; the
     /// nearest `view_entities_max` when there are more.
-    fn collect_candidates(&mut self, frame: &WorldFrame, viewer: Vec3) {
+    fn collect_candidates(&mut self, config: &SnapshotConfig, frame: &WorldFrame, viewer: Vec3) {
         self.candidates.clear();
-        let r2 = self.config.interest_radius_m * self.config.interest_radius_m;
+        let r2 = config.interest_radius_m * config.interest_radius_m;
         for (i, p) in frame.positions.iter().enumerate() {
             let d = p.minus(viewer);
             let dist2 = d.x * d.x + d.y * d.y + d.z * d.z;
@@ -418,7 +493,7 @@ impl ClientSnapshots {
                 self.candidates.push((i as u32, dist2.sqrt()));
             }
         }
-        let max = self.config.view_entities_max;
+        let max = config.view_entities_max;
         if self.candidates.len() > max {
             self.candidates
                 .select_nth_unstable_by(max, |a, b| a.1.total_cmp(&b.1));
@@ -428,11 +503,18 @@ impl ClientSnapshots {
     }
 
     /// Splits candidates against the baseline: removed ids, and pending
-    /// (changed or new) entities with their size and accumulated priority.
-    fn diff_against(&mut self, frame: &WorldFrame, base: &[EntityState]) {
+    /// (changed or new) entities with their size and accumulated priority
+    /// (`priorities`: what waiting entities carried, sorted by id).
+    fn diff_against(
+        &mut self,
+        config: &SnapshotConfig,
+        frame: &WorldFrame,
+        base: &[EntityState],
+        priorities: &[(u32, f32)],
+    ) {
         self.removed.clear();
         self.pending.clear();
-        let velocities = self.config.velocities;
+        let velocities = config.velocities;
         let (mut b, mut p) = (0usize, 0usize);
         for &(fi, dist) in &self.candidates {
             let state = &frame.states[fi as usize];
@@ -449,10 +531,10 @@ impl ClientSnapshots {
             {
                 continue;
             }
-            while p < self.priorities.len() && self.priorities[p].0 < state.id {
+            while p < priorities.len() && priorities[p].0 < state.id {
                 p += 1;
             }
-            let carried = match self.priorities.get(p) {
+            let carried = match priorities.get(p) {
                 Some(&(id, acc)) if id == state.id => acc,
                 _ => 0.0,
             };
@@ -470,7 +552,7 @@ impl ClientSnapshots {
         self.removed.extend(base[b..].iter().map(|s| s.id));
     }
 
-    /// Marks which pending entities fit the budget, highest priority first.
+    /// Marks which pending entities fit `budget_bytes`, highest priority first.
     ///
     /// Removals come first (up to half the budget; the rest wait a tick).
     /// When every changed entity fits, all are taken. Otherwise they are
@@ -478,11 +560,8 @@ impl ClientSnapshots {
     /// costed with the id gap to the previous pending entity; skipping
     /// entities can only widen gaps, so the exact size is computed afterwards
     /// and the lowest-priority entities are dropped until it fits.
-    fn select_within_budget(&mut self) {
-        let budget = self
-            .config
-            .budget_bytes
-            .saturating_sub(SNAPSHOT_FIXED_BYTES);
+    fn select_within_budget(&mut self, budget_bytes: usize) {
+        let budget = budget_bytes.saturating_sub(SNAPSHOT_FIXED_BYTES);
         let mut removed_bytes = 0;
         let mut prev = 0;
         let mut keep = 0;
@@ -508,7 +587,7 @@ impl ClientSnapshots {
         let total: usize = (0..self.pending.len())
             .map(|i| cost(&self.pending, i))
             .sum();
-        let mut order = std::mem::take(&mut self.next_priorities);
+        let mut order = std::mem::take(&mut self.order);
         order.clear();
         if total <= budget {
             // Everything fits: no ordering needed.
@@ -548,7 +627,7 @@ impl ClientSnapshots {
                 None => break,
             }
         }
-        self.next_priorities = order;
+        self.order = order;
     }
 
     /// Bytes of the selected entries with their real id gaps.
@@ -560,18 +639,6 @@ impl ClientSnapshots {
             prev = p.id;
         }
         total
-    }
-
-    /// Keeps the priority of pending entities that were not sent.
-    fn carry_priorities(&mut self, frame: &WorldFrame) {
-        self.next_priorities.clear();
-        for (p, &sel) in self.pending.iter().zip(&self.selected) {
-            if !sel {
-                self.next_priorities
-                    .push((frame.states[p.frame_index as usize].id, p.priority));
-            }
-        }
-        std::mem::swap(&mut self.priorities, &mut self.next_priorities);
     }
 }
 

@@ -8,7 +8,9 @@ use std::alloc::System;
 use engine::{Aabb, Motion, Transform, Vec3, Velocity, World, WorldConfig};
 use net::FRAME_HEADER_LEN;
 use net::quant::Quantizer;
-use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotReceiver, WorldFrame};
+use net::snapshot::{
+    ClientSnapshots, SnapshotConfig, SnapshotEncoder, SnapshotReceiver, WorldFrame,
+};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -33,6 +35,7 @@ fn steady_state_snapshots_do_not_allocate() {
     let mut frame = WorldFrame::with_capacity(1024);
     let config = SnapshotConfig::default();
     let mut server = ClientSnapshots::new(config);
+    let mut enc = SnapshotEncoder::default();
     let mut client = SnapshotReceiver::new(config.history_len, config.view_entities_max);
     let mut datagram = vec![0u8; config.budget_bytes];
     let mut run = |ticks: std::ops::Range<u32>| {
@@ -43,7 +46,9 @@ fn steady_state_snapshots_do_not_allocate() {
             if let Some(latest) = client.latest() {
                 server.ack(latest.saturating_sub(2));
             }
-            let bytes = server.encode(&frame, Vec3::new(15.0, 1.0, 5.0), t).unwrap();
+            let bytes = server
+                .encode(&mut enc, &frame, Vec3::new(15.0, 1.0, 5.0), t)
+                .unwrap();
             let n = bytes.len();
             datagram[..n].copy_from_slice(bytes);
             client.apply(t, &datagram[FRAME_HEADER_LEN..n]).unwrap();

@@ -5,7 +5,7 @@
 use engine::{Scene, SceneLimits, SimConfig, Simulation, UserIndex, Vec3};
 use net::input::{InputError, InputLimits, Outcome, PeerInput};
 use net::messages::*;
-use net::snapshot::{ClientSnapshots, SnapshotConfig};
+use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder};
 use net::{Channel, Decoder, Encoder, MessageKind};
 
 fn sim() -> Simulation {
@@ -248,7 +248,10 @@ fn input_acknowledges_snapshots() {
     let mut frame = net::snapshot::WorldFrame::default();
     sim.step();
     frame.capture(sim.world(), &q);
-    alice.snapshots.encode(&frame, Vec3::ZERO, 1).unwrap();
+    alice
+        .snapshots
+        .encode(&mut SnapshotEncoder::default(), &frame, Vec3::ZERO, 1)
+        .unwrap();
     let bytes = Encoder::default()
         .encode(
             MessageKind::Input,

@@ -5,7 +5,9 @@
 
 use engine::{Aabb, EntityId, Global, Motion, Transform, Vec3, Velocity, World, WorldConfig};
 use net::quant::Quantizer;
-use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotReceiver, WorldFrame};
+use net::snapshot::{
+    ClientSnapshots, SnapshotConfig, SnapshotEncoder, SnapshotReceiver, WorldFrame,
+};
 use net::{Channel, Decoder, FRAME_HEADER_LEN, ServerMessage};
 
 fn bounds() -> Aabb {
@@ -50,6 +52,7 @@ fn run(
     let q = Quantizer::new(&bounds());
     let mut frame = WorldFrame::with_capacity(4096);
     let mut server = ClientSnapshots::new(config);
+    let mut enc = SnapshotEncoder::default();
     let mut client = SnapshotReceiver::new(config.history_len, config.view_entities_max);
     let mut decoder = Decoder::default();
     let mut sizes = Vec::new();
@@ -59,7 +62,7 @@ fn run(
         if t > lag {
             server.ack(t - lag);
         }
-        let bytes = server.encode(&frame, viewer, t).unwrap().to_vec();
+        let bytes = server.encode(&mut enc, &frame, viewer, t).unwrap().to_vec();
         assert!(
             bytes.len() <= config.budget_bytes,
             "{} > budget",
@@ -185,6 +188,7 @@ fn interest_limits_what_is_sent_and_global_entities_always_arrive() {
     let q = Quantizer::new(&bounds());
     let mut frame = WorldFrame::default();
     let mut server = ClientSnapshots::new(config);
+    let mut enc = SnapshotEncoder::default();
     let mut client = SnapshotReceiver::new(32, 1024);
     let mut decoder = Decoder::default();
     let mut mover_seen = Vec::new();
@@ -192,7 +196,10 @@ fn interest_limits_what_is_sent_and_global_entities_always_arrive() {
         tick(&mut w);
         frame.capture(&w, &q);
         server.ack(t.saturating_sub(1));
-        let bytes = server.encode(&frame, Vec3::ZERO, t).unwrap().to_vec();
+        let bytes = server
+            .encode(&mut enc, &frame, Vec3::ZERO, t)
+            .unwrap()
+            .to_vec();
         let ServerMessage::Snapshot(h, payload) =
             decoder.decode_server(&bytes, Channel::State).unwrap()
         else {
@@ -231,6 +238,7 @@ fn the_budget_holds_and_every_entity_still_updates_within_a_bounded_time() {
     let q = Quantizer::new(&bounds());
     let mut frame = WorldFrame::with_capacity(n);
     let mut server = ClientSnapshots::new(config);
+    let mut enc = SnapshotEncoder::default();
     let mut client = SnapshotReceiver::new(32, 4096);
     let mut decoder = Decoder::default();
     let mut last_update = vec![0u32; n];
@@ -241,7 +249,7 @@ fn the_budget_holds_and_every_entity_still_updates_within_a_bounded_time() {
         frame.capture(&w, &q);
         server.ack(t.saturating_sub(1));
         let bytes = server
-            .encode(&frame, Vec3::new(20.0, 1.0, 0.0), t)
+            .encode(&mut enc, &frame, Vec3::new(20.0, 1.0, 0.0), t)
             .unwrap()
             .to_vec();
         assert!(bytes.len() <= config.budget_bytes);
@@ -276,13 +284,20 @@ fn malformed_snapshots_are_refused_without_panics() {
     let q = Quantizer::new(&bounds());
     let mut frame = WorldFrame::default();
     let mut server = ClientSnapshots::new(SnapshotConfig::default());
+    let mut enc = SnapshotEncoder::default();
     tick(&mut w);
     frame.capture(&w, &q);
-    let first = server.encode(&frame, Vec3::ZERO, 1).unwrap().to_vec();
+    let first = server
+        .encode(&mut enc, &frame, Vec3::ZERO, 1)
+        .unwrap()
+        .to_vec();
     server.ack(1);
     tick(&mut w);
     frame.capture(&w, &q);
-    let delta = server.encode(&frame, Vec3::ZERO, 2).unwrap().to_vec();
+    let delta = server
+        .encode(&mut enc, &frame, Vec3::ZERO, 2)
+        .unwrap()
+        .to_vec();
     // A delta whose baseline the client does not have is refused.
     let mut fresh = SnapshotReceiver::new(32, 1024);
     assert!(fresh.apply(2, &delta[FRAME_HEADER_LEN..]).is_err());
@@ -362,6 +377,7 @@ mod property {
             let q = Quantizer::new(&bounds());
             let mut frame = WorldFrame::default();
             let mut server = ClientSnapshots::new(config);
+    let mut enc = SnapshotEncoder::default();
             let mut client = SnapshotReceiver::new(config.history_len, config.view_entities_max);
             // Ticks the client applied; acks arrive `lag` applications late,
             // but always name a tick the client really applied.
@@ -397,7 +413,7 @@ mod property {
                 if applied.len() > late {
                     server.ack(applied[applied.len() - 1 - late]);
                 }
-                let bytes = server.encode(&frame, Vec3::ZERO, t).unwrap().to_vec();
+                let bytes = server.encode(&mut enc, &frame, Vec3::ZERO, t).unwrap().to_vec();
                 prop_assert!(bytes.len() <= config.budget_bytes);
                 if lost {
                     continue;

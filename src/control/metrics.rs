@@ -63,6 +63,19 @@ pub fn render(c: &Control) -> String {
     }
     header(
         &mut out,
+        "instanceserver_shard_instances_asleep",
+        "gauge",
+        "Instances per shard that are asleep: empty, their world at rest, not ticking until someone joins.",
+    );
+    for (i, s) in c.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "instanceserver_shard_instances_asleep{{shard=\"{i}\"}} {}",
+            s.metrics.instances_asleep
+        );
+    }
+    header(
+        &mut out,
         "instanceserver_shard_peers",
         "gauge",
         "WebRTC peers per shard.",

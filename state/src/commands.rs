@@ -156,6 +156,8 @@ pub const TICK_BUCKETS_US: [u64; 10] = [
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ShardMetrics {
     pub instances: u32,
+    /// Instances asleep: empty, their world at rest, not ticking.
+    pub instances_asleep: u32,
     pub peers: u32,
     /// Entries in the shard's timer heap (stale ones included until they
     /// fall due or the heap is compacted).

@@ -13,13 +13,13 @@ pub fn steps_table(rows: &[StepReport]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| server | scene | clients | joined | join p50/p99 ms | delivery mean/min | gap p50/p99 ms | latency p50/p99 ms | server CPU | µs per client-s | KiB per client | down/up B/s per client | up datagrams/s | inputs/s (ack-only) | inputs lost | bot cores | drops srv/other | limit |"
+        "| server | scene | clients | joined | join p50/p99 ms | delivery mean/min | gap p50/p99 ms | latency p50/p99 ms | server CPU | µs per client-s | KiB per client (no instances) | down/up B/s per client | up datagrams/s | inputs/s (ack-only) | inputs lost | bot cores | drops srv/other | limit |"
     );
     let _ = writeln!(s, "|{}", "---|".repeat(18));
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {}/{} | {:.1}%/{:.1}% | {}/{} | {}/{} | {:.0}% | {:.0} | {:.0} | {:.0}/{:.0} | {:.1} | {:.1} ({:.1}) | {:.2}% | {:.0}% | {}/{} | {} |",
+            "| {} | {} | {} | {} | {}/{} | {:.1}%/{:.1}% | {}/{} | {}/{} | {:.0}% | {:.0} | {:.0} ({:.0}) | {:.0}/{:.0} | {:.1} | {:.1} ({:.1}) | {:.2}% | {:.0}% | {}/{} | {} |",
             r.server,
             r.scene,
             r.clients,
@@ -35,6 +35,7 @@ pub fn steps_table(rows: &[StepReport]) -> String {
             r.server_cores * 100.0,
             r.server_cpu_us_per_client_s,
             r.server_kib_per_client,
+            r.server_kib_per_connection,
             r.bytes_down_per_client_s,
             r.bytes_up_per_client_s,
             r.datagrams_up_per_client_s,

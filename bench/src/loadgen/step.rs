@@ -99,6 +99,10 @@ pub struct StepReport {
     pub server_rss_before_mib: f64,
     pub server_rss_mib: f64,
     pub server_kib_per_client: f64,
+    /// The same without the instances' own memory: the growth from the
+    /// step's start (instances created, nobody in them) to the window's end
+    /// (the baseline creates its rooms as bots join, so there it is the same).
+    pub server_kib_per_connection: f64,
     /// Cores the bot processes kept busy, and the share of their cores.
     pub bot_cores_used: f64,
     pub bot_cores_share: f64,
@@ -161,6 +165,7 @@ pub async fn run(
     let pids: Vec<u32> = server.pid.into_iter().collect();
     let rss = || server.pid.and_then(host::rss_bytes).unwrap_or(0);
     let rss_before = server.rss_before.unwrap_or_else(rss);
+    let rss_start = rss();
     let (lines_tx, mut lines_rx) = mpsc::channel(WORKER_LINES_QUEUED);
     let mut workers = Vec::new();
     for (i, plan_bots) in split_by_instance(bots, options.processes)
@@ -271,6 +276,7 @@ pub async fn run(
         window_s,
         server_cpu_s,
         rss_before,
+        rss_start,
         rss,
         bot_cores_used,
         // The cores the workers can use: those they are pinned to (no more
@@ -423,6 +429,7 @@ struct Measured {
     window_s: f64,
     server_cpu_s: f64,
     rss_before: u64,
+    rss_start: u64,
     rss: u64,
     bot_cores_used: f64,
     bot_cores: usize,
@@ -514,6 +521,7 @@ fn summarise(
         server_rss_before_mib: mib(m.rss_before),
         server_rss_mib: mib(m.rss),
         server_kib_per_client: (m.rss.saturating_sub(m.rss_before)) as f64 / 1024.0 / n,
+        server_kib_per_connection: (m.rss.saturating_sub(m.rss_start)) as f64 / 1024.0 / n,
         bot_cores_used: m.bot_cores_used,
         bot_cores_share: m.bot_cores_used / m.bot_cores as f64,
         server_socket_drops: m.drops.0,
@@ -558,12 +566,13 @@ pub fn limit(r: &StepReport) -> Option<String> {
 /// One line for the progress output.
 pub fn summary_line(r: &StepReport) -> String {
     format!(
-        "  {} clients: delivery {:.1}%, server {:.0}% of a core ({:.0} µs per client-s, {:.0} KiB per client), bots {:.0}%: {}",
+        "  {} clients: delivery {:.1}%, server {:.0}% of a core ({:.0} µs per client-s, {:.0} KiB per client, {:.0} without instances), bots {:.0}%: {}",
         r.clients,
         r.delivery_mean * 100.0,
         r.server_cores * 100.0,
         r.server_cpu_us_per_client_s,
         r.server_kib_per_client,
+        r.server_kib_per_connection,
         r.bot_cores_share * 100.0,
         r.limit.as_deref().unwrap_or("healthy"),
     )

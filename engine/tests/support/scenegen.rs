@@ -27,9 +27,35 @@ impl Out {
     }
 
     fn dynamic(&mut self, name: &str, pos: [f32; 3], yaw: f32, collider: &str, mass: f32) {
+        self.dynamic_body(name, pos, yaw, collider, mass, "");
+    }
+
+    /// A ball: rapier has no rolling resistance, so without angular damping
+    /// a ball set rolling on a flat floor rolls (and keeps its instance
+    /// awake) forever.
+    fn ball(&mut self, name: &str, pos: [f32; 3], collider: &str, mass: f32) {
+        self.dynamic_body(
+            name,
+            pos,
+            0.0,
+            collider,
+            mass,
+            r#", "angular_damping": 1.5"#,
+        );
+    }
+
+    fn dynamic_body(
+        &mut self,
+        name: &str,
+        pos: [f32; 3],
+        yaw: f32,
+        collider: &str,
+        mass: f32,
+        body_extra: &str,
+    ) {
         let (s, c) = (yaw * 0.5).sin_cos();
         self.entities.push(format!(
-            r#"{{"name": "{name}", "transform": {{"position": {}, "rotation": [0, {}, 0, {}]}}, "body": {{"kind": "dynamic", "mass": {}}}, "collider": {collider}}}"#,
+            r#"{{"name": "{name}", "transform": {{"position": {}, "rotation": [0, {}, 0, {}]}}, "body": {{"kind": "dynamic", "mass": {}{body_extra}}}, "collider": {collider}}}"#,
             v3(pos),
             r(s),
             r(c),
@@ -130,10 +156,9 @@ pub fn demo() -> String {
         for b in 0..5 {
             let ball = r#"{"shape": "ball", "radius": 0.3, "restitution": 0.4}"#;
             let x = c[0] + (b as f32 - 2.0) * 0.4;
-            out.dynamic(
+            out.ball(
                 &format!("ball_{p}_{b}"),
                 [x, 6.0 + b as f32, c[1]],
-                0.0,
                 ball,
                 1.0,
             );
@@ -226,7 +251,7 @@ pub fn social() -> String {
         let (x, z) = (radius * a.sin(), radius * a.cos());
         match i % 3 {
             0 => out.dynamic(&format!("crate_{i}"), [x, 0.3, z], a, crate_collider, 4.0),
-            1 => out.dynamic(&format!("ball_{i}"), [x, 0.25, z], 0.0, ball, 0.5),
+            1 => out.ball(&format!("ball_{i}"), [x, 0.25, z], ball, 0.5),
             _ => out.dynamic(&format!("chair_{i}"), [x, 0.45, z], a, chair, 6.0),
         }
     }

@@ -181,12 +181,12 @@ impl Member {
         };
         let bytes = joined
             .snapshots
-            .encode(frame, viewer, sequence)
+            .encode(io.snapshots, frame, viewer, sequence)
             .map_err(|e| {
                 tracing::warn!(session = self.session, "snapshot encode failed: {e}");
                 "snapshot_encode"
             })?;
-        // The frame lives in `snapshots`' buffer: written without a copy.
+        // The frame lives in the shard's encoder buffer: written without a copy.
         let written = io.out.write(self.link, Channel::State, bytes);
         self.state_sequence = sequence;
         written.map_err(|_| "snapshot_refused")

@@ -26,7 +26,7 @@ use net::conn::{ConnKey, SendError};
 use net::input::InputLimits;
 use net::messages::{ActionBroadcast, PeerLeft, Target, Welcome};
 use net::quant::Quantizer;
-use net::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
+use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
 use net::{Channel, Decoder, Encoder, MessageKind};
 
 use crate::commands::{InstanceSpec, JoinRefused, LeaveReason, SessionId, ShardMetrics};
@@ -98,6 +98,8 @@ pub struct Removal {
 pub struct Io<'a> {
     pub out: &'a mut dyn Outbox,
     pub encoder: &'a mut Encoder,
+    /// Scratch of snapshot encoding, shared by the shard's clients.
+    pub snapshots: &'a mut SnapshotEncoder,
     pub decoder: &'a mut Decoder,
     pub metrics: &'a mut ShardMetrics,
     pub removals: &'a mut Vec<Removal>,
@@ -157,6 +159,9 @@ pub struct Instance {
     /// `None`: the instance runs until ended, even when empty.
     empty_timeout: Option<Duration>,
     drain_until: Option<Instant>,
+    /// Nobody in it and its world at rest: its clock is stopped and it is
+    /// not ticked until someone joins.
+    asleep: bool,
     tick_times: TickTimes,
     last_tick_p50_us: u32,
     last_tick_p99_us: u32,
@@ -199,6 +204,7 @@ impl Instance {
             empty_since: Some(now),
             empty_timeout: spec.empty_timeout,
             drain_until: None,
+            asleep: false,
             tick_times: TickTimes::new(TICK_TIMES_SECONDS * config.tick_hz as usize),
             last_tick_p50_us: 0,
             last_tick_p99_us: 0,
@@ -233,6 +239,19 @@ impl Instance {
         self.drain_until.is_some()
     }
 
+    /// Whether the instance is asleep: empty, its world at rest, not ticking.
+    pub fn is_asleep(&self) -> bool {
+        self.asleep
+    }
+
+    /// Restarts the clock of a sleeping instance, with a tick due at `now`.
+    fn wake(&mut self, now: Instant) {
+        if self.asleep {
+            self.asleep = false;
+            self.sim.resume(now);
+        }
+    }
+
     /// Whether a new member would be admitted now.
     pub fn can_join(&self) -> Result<(), JoinRefused> {
         if self.drain_until.is_some() {
@@ -259,6 +278,7 @@ impl Instance {
         self.members
             .push(Member::new(link, session, user, user_id, name, now));
         self.empty_since = None;
+        self.wake(now);
         Ok(user)
     }
 

@@ -53,6 +53,7 @@ struct Bench {
     inst: Instance,
     out: Recorder,
     encoder: Encoder,
+    snapshots: net::snapshot::SnapshotEncoder,
     decoder: Decoder,
     metrics: ShardMetrics,
     removals: Vec<Removal>,
@@ -104,6 +105,7 @@ impl Bench {
             inst: Instance::new(spec, config(), now).unwrap(),
             out: Recorder::default(),
             encoder: Encoder::default(),
+            snapshots: net::snapshot::SnapshotEncoder::default(),
             decoder: Decoder::default(),
             metrics: ShardMetrics::default(),
             removals: Vec::new(),
@@ -119,6 +121,7 @@ impl Bench {
         let mut io = Io {
             out: &mut self.out,
             encoder: &mut self.encoder,
+            snapshots: &mut self.snapshots,
             decoder: &mut self.decoder,
             metrics: &mut self.metrics,
             removals: &mut self.removals,

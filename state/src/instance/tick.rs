@@ -22,7 +22,8 @@ impl Instance {
         Some(self.empty_since? + self.empty_timeout?)
     }
 
-    /// When this instance next needs the shard's attention.
+    /// When this instance next needs the shard's attention (a sleeping
+    /// instance has no tick due: only its empty deadline or drain).
     pub fn wake_at(&self) -> Option<Instant> {
         let tick = self.sim.next_tick_due();
         let empty = self.empty_deadline();
@@ -55,6 +56,13 @@ impl Instance {
             late: lateness > period,
         };
         if due.steps == 0 {
+            return report;
+        }
+        if self.members.is_empty() && self.sim.at_rest() {
+            // Nothing would change and nobody would see it: stop ticking
+            // until someone joins.
+            self.sim.pause();
+            self.asleep = true;
             return report;
         }
         self.frame.capture(self.sim.world(), &self.quantizer);

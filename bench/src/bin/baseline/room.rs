@@ -14,7 +14,7 @@ use instanceserver::config::{Config, InstanceConfig};
 use net::input::{InputLimits, Outcome, PeerInput};
 use net::messages::{ActionBroadcast, PeerJoined, PeerLeft, Target, Welcome};
 use net::quant::Quantizer;
-use net::snapshot::{ClientSnapshots, SnapshotConfig, WorldFrame};
+use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
 use net::{Channel, Decoder, Encoder, MessageKind};
 use state::auth::{AuthConfig, Verifier};
 use state::instance::STATE_BACKLOG_BYTES_MAX;
@@ -395,6 +395,7 @@ struct Room {
     rx: mpsc::Receiver<Command>,
     sim: Simulation,
     frame: WorldFrame,
+    snapshot_encoder: SnapshotEncoder,
     quantizer: Quantizer,
     members: Vec<Member>,
     next_user: u32,
@@ -426,6 +427,7 @@ impl Room {
         };
         Ok(Room {
             frame: WorldFrame::with_capacity(sim.world().len()),
+            snapshot_encoder: SnapshotEncoder::default(),
             sim,
             quantizer,
             members: Vec::new(),
@@ -709,7 +711,12 @@ impl Room {
                 .map(|t| t.position)
                 .unwrap_or_default();
             m.state_sequence = m.state_sequence.wrapping_add(1);
-            let bytes = match m.snapshots.encode(&self.frame, viewer, m.state_sequence) {
+            let bytes = match m.snapshots.encode(
+                &mut self.snapshot_encoder,
+                &self.frame,
+                viewer,
+                m.state_sequence,
+            ) {
                 Ok(b) => BytesMut::from(b),
                 Err(e) => {
                     tracing::warn!(room = %self.id, "snapshot encode failed: {e}");

@@ -65,6 +65,9 @@ struct Hosted {
     instance: Instance,
     /// The earliest timer queued for it, if any.
     scheduled: Option<Instant>,
+    /// Its last stats went out while it was asleep (they cannot change
+    /// until it wakes).
+    reported_asleep: bool,
 }
 
 /// The shard core. See the module documentation for its loop.

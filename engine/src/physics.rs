@@ -102,6 +102,15 @@ impl Physics {
         self.world.bodies.len()
     }
 
+    /// Drops the pipelines' scratch buffers (rapier keeps them between
+    /// steps to reuse them; they regrow on the next step). For a world that
+    /// will not step for a while.
+    pub fn release_workspace(&mut self) {
+        self.world.physics_pipeline = rapier3d::pipeline::PhysicsPipeline::new();
+        self.world.collision_pipeline = rapier3d::pipeline::CollisionPipeline::new();
+        self.world.ccd_solver = rapier3d::dynamics::CCDSolver::new();
+    }
+
     /// Dynamic and kinematic bodies currently awake.
     pub fn awake_bodies(&self) -> usize {
         self.world.islands.active_bodies().count()

@@ -224,9 +224,11 @@ impl Simulation {
         self.last_integrated == 0 && self.physics.awake_bodies() == 0
     }
 
-    /// Stops the clock: no tick falls due until [`Self::resume`].
+    /// Stops the clock: no tick falls due until [`Self::resume`]. The
+    /// physics pipelines' scratch buffers are released meanwhile.
     pub fn pause(&mut self) {
         self.clock.pause();
+        self.physics.release_workspace();
     }
 
     /// Restarts a paused clock with a tick due at `now`; the time it was

@@ -435,8 +435,10 @@ struct DespawnLog {
 
 impl DespawnLog {
     fn new(capacity: usize) -> Self {
+        // Grown as despawns happen (most worlds despawn little), up to
+        // `capacity` entries.
         DespawnLog {
-            entries: VecDeque::with_capacity(capacity),
+            entries: VecDeque::new(),
             capacity,
             forgotten_through: None,
         }

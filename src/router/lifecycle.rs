@@ -39,6 +39,7 @@ impl Shard {
         let key = self.instances.insert(Hosted {
             instance,
             scheduled: None,
+            reported_asleep: false,
         });
         self.instance_ids.insert(id.clone(), key);
         self.events.push_back(Event::InstanceStarted {
@@ -256,6 +257,12 @@ impl Shard {
         let mut instances = Vec::with_capacity(self.instances.len());
         for key in self.instances.keys() {
             if let Some(hosted) = self.instances.get_mut(key) {
+                // A sleeping instance's figures do not change: sent once.
+                let asleep = hosted.instance.is_asleep();
+                if asleep && hosted.reported_asleep {
+                    continue;
+                }
+                hosted.reported_asleep = asleep;
                 instances.push(hosted.instance.stats());
             }
         }

@@ -18,6 +18,11 @@ use super::target::{self, Server, ServerKind, ServerSpec};
 pub const USERS_PER_INSTANCE_DEFAULT: usize = 10;
 /// How long empty instances idle before their CPU is measured.
 pub const EMPTY_SETTLE: Duration = Duration::from_secs(3);
+/// Longest the benchmark waits for empty instances to fall asleep (their
+/// worlds come to rest) before measuring anyway.
+pub const EMPTY_ASLEEP_WAIT: Duration = Duration::from_secs(120);
+/// The window over which the server's own idle CPU (no instances) is read.
+pub const EMPTY_FLOOR_WINDOW: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct DensityOptions {
@@ -51,6 +56,12 @@ pub struct EmptyReport {
     /// Server cores kept busy by the idle instances.
     pub idle_cores: f64,
     pub idle_us_per_instance_s: f64,
+    /// Cores the same server kept busy before any instance existed.
+    pub floor_cores: f64,
+    /// Instances asleep (not ticking) when the idle CPU was measured, and
+    /// seconds from the last creation until they were.
+    pub asleep: usize,
+    pub asleep_after_s: f64,
 }
 
 /// Ours over the baseline at one step.
@@ -216,6 +227,9 @@ pub async fn empty_instances(
     let result = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_before = host::rss_bytes(server.pid).unwrap_or(0);
+        let floor = CpuMeter::start(&[server.pid]);
+        tokio::time::sleep(EMPTY_FLOOR_WINDOW).await;
+        let floor_cores = floor.cores_used();
         let (ids, _) = bots(&format!("empty-{scene}"), count, 1);
         bar.set_length(0);
         bar.set_message(format!("creating {count} {scene} instances"));
@@ -223,6 +237,18 @@ pub async fn empty_instances(
         let token = server.grpc_token.as_deref();
         let took = target::create_instances(grpc, token, &ids, scene, 10).await?;
         let (create_cpu_s, _) = cpu.read();
+        bar.set_message(format!("{count} {scene} instances coming to rest"));
+        let created = std::time::Instant::now();
+        let asleep = loop {
+            let asleep = target::scrape(server.http)
+                .await?
+                .get("instanceserver_shard_instances_asleep") as usize;
+            if asleep >= count || created.elapsed() >= EMPTY_ASLEEP_WAIT {
+                break asleep;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let asleep_after_s = created.elapsed().as_secs_f64();
         bar.set_message(format!("{count} {scene} instances idling"));
         tokio::time::sleep(EMPTY_SETTLE).await;
         let idle = CpuMeter::start(&[server.pid]);
@@ -240,6 +266,9 @@ pub async fn empty_instances(
             kib_per_instance: rss.saturating_sub(rss_before) as f64 / 1024.0 / count as f64,
             idle_cores,
             idle_us_per_instance_s: idle_cores * 1e6 / count as f64,
+            floor_cores,
+            asleep,
+            asleep_after_s,
         })
     }
     .await;

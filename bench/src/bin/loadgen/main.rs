@@ -443,18 +443,21 @@ fn print_density(r: &DensityReport) {
     }
     if !r.empty.is_empty() {
         println!(
-            "| scene | empty instances | create (s) | create CPU per instance | KiB per instance | idle CPU (cores) | idle µs per instance-s |"
+            "| scene | empty instances | create (s) | create CPU per instance | KiB per instance | asleep (after s) | idle CPU (cores) | server alone (cores) | idle µs per instance-s |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for e in &r.empty {
             println!(
-                "| {} | {} | {:.1} | {:.0} µs | {:.1} | {:.2} | {:.2} |",
+                "| {} | {} | {:.1} | {:.0} µs | {:.1} | {} ({:.0}) | {:.3} | {:.3} | {:.2} |",
                 e.scene,
                 e.instances,
                 e.create_s,
                 e.create_cpu_us_per_instance,
                 e.kib_per_instance,
+                e.asleep,
+                e.asleep_after_s,
                 e.idle_cores,
+                e.floor_cores,
                 e.idle_us_per_instance_s
             );
         }

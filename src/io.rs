@@ -1,8 +1,15 @@
 //! The thin shell that runs a [`Shard`] (the router) on a pinned glommio executor with an
 //! io_uring UDP socket. It only moves bytes, commands, events and
 //! timestamps; every decision is the shard's.
+//!
+//! Datagrams move in batches ([`batch`]: `recvmmsg`/`sendmmsg` that never
+//! wait); glommio's io_uring receive parks the thread when nothing is
+//! queued, and its send waits when the socket's buffer is full.
+
+mod batch;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -20,6 +27,8 @@ use crate::router::Shard;
 pub const COMMAND_POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// Datagrams read back to back before the shell runs timers and commands.
 pub const RECV_BATCH_MAX: usize = 64;
+/// Receive calls (of up to [`batch::BATCH_MAX`] datagrams each) per round.
+const RECV_CALLS_MAX: usize = RECV_BATCH_MAX / batch::BATCH_MAX;
 
 /// A running shard thread.
 #[derive(Debug)]
@@ -208,53 +217,112 @@ async fn run(
 ) {
     // One byte more than the limit, so a longer datagram shows as filling it.
     let mut buf = vec![0u8; datagram_bytes_max + 1];
+    let mut recv = batch::RecvBatch::new(datagram_bytes_max);
+    let mut send = batch::SendBatch::default();
+    let mut out = Vec::with_capacity(batch::BATCH_MAX);
+    let fd = socket.as_raw_fd();
     loop {
         while let Ok(command) = commands.try_recv() {
             if !shard.handle_command(command, Instant::now()) {
-                flush(&mut shard, &socket, &events).await;
+                flush(&mut shard, &socket, &mut send, &mut out, &events).await;
                 return;
             }
         }
         shard.handle_timeout(Instant::now());
-        flush(&mut shard, &socket, &events).await;
-        let wait = shard
-            .poll_timeout()
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_micros(100), COMMAND_POLL_INTERVAL);
-        if let Err(e) = socket.set_read_timeout(Some(wait)) {
-            tracing::error!(shard = shard.index(), "set_read_timeout: {e}");
+        flush(&mut shard, &socket, &mut send, &mut out, &events).await;
+        // What is already queued, many datagrams per call.
+        let mut received = 0;
+        for _ in 0..RECV_CALLS_MAX {
+            let n = match recv.recv(fd) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(shard = shard.index(), "recvmmsg: {e}");
+                    0
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                match recv.get(i) {
+                    batch::Received::Datagram(source, bytes) => {
+                        shard.handle_datagram(source, bytes, now);
+                    }
+                    batch::Received::TooLarge => shard.drop_datagram("too_large"),
+                    batch::Received::UnknownSource => shard.drop_datagram("unknown_family"),
+                }
+            }
+            received += n;
+            if n < batch::BATCH_MAX {
+                break;
+            }
         }
-        for i in 0..RECV_BATCH_MAX {
-            if i > 0 {
-                // After the first datagram, only take what is already queued.
-                let _ = socket.set_read_timeout(Some(Duration::from_micros(1)));
+        datagrams_in.fetch_add(received as u64, Ordering::Relaxed);
+        if received == 0 {
+            // Nothing queued: park in io_uring until a datagram arrives or
+            // the next timer (or command poll) is due.
+            let wait = shard
+                .poll_timeout()
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_micros(100), COMMAND_POLL_INTERVAL);
+            if let Err(e) = socket.set_read_timeout(Some(wait)) {
+                tracing::error!(shard = shard.index(), "set_read_timeout: {e}");
             }
-            let received = socket.recv_from(&mut buf).await;
-            if received.is_ok() {
-                datagrams_in.fetch_add(1, Ordering::Relaxed);
-            }
-            match received {
+            match socket.recv_from(&mut buf).await {
                 Ok((n, source)) if n < buf.len() => {
+                    datagrams_in.fetch_add(1, Ordering::Relaxed);
                     shard.handle_datagram(source, &buf[..n], Instant::now());
                 }
-                Ok(_) => shard.drop_datagram("too_large"),
-                Err(GlommioError::TimedOut(_)) => break,
-                Err(GlommioError::IoError(e)) if e.kind() == std::io::ErrorKind::TimedOut => break,
-                Err(e) => {
-                    tracing::warn!(shard = shard.index(), "recv_from: {e}");
-                    break;
+                Ok(_) => {
+                    datagrams_in.fetch_add(1, Ordering::Relaxed);
+                    shard.drop_datagram("too_large");
                 }
+                Err(GlommioError::TimedOut(_)) => {}
+                Err(GlommioError::IoError(e)) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => tracing::warn!(shard = shard.index(), "recv_from: {e}"),
             }
         }
-        flush(&mut shard, &socket, &events).await;
+        flush(&mut shard, &socket, &mut send, &mut out, &events).await;
     }
 }
 
-async fn flush(shard: &mut Shard, socket: &glommio::net::UdpSocket, events: &Sender<Event>) {
-    while let Some(t) = shard.poll_transmit() {
-        if let Err(e) = socket.send_to(&t.contents, t.destination).await {
-            tracing::debug!(shard = shard.index(), "send_to {}: {e}", t.destination);
-            shard.drop_datagram("send_failed");
+/// Writes the shard's datagrams, a batch per call, and forwards its events.
+async fn flush(
+    shard: &mut Shard,
+    socket: &glommio::net::UdpSocket,
+    send: &mut batch::SendBatch,
+    out: &mut Vec<str0m::net::Transmit>,
+    events: &Sender<Event>,
+) {
+    let fd = socket.as_raw_fd();
+    loop {
+        out.clear();
+        while out.len() < batch::BATCH_MAX {
+            match shard.poll_transmit() {
+                Some(t) => out.push(t),
+                None => break,
+            }
+        }
+        if out.is_empty() {
+            break;
+        }
+        let mut at = 0;
+        while at < out.len() {
+            let pending = out[at..].iter().map(|t| (t.destination, &t.contents[..]));
+            match send.send(fd, pending) {
+                batch::Sent::Some(n) => at += n,
+                batch::Sent::Full => {
+                    // The send buffer is full: wait for room through io_uring.
+                    let t = &out[at];
+                    if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                        tracing::debug!(shard = shard.index(), "send_to {}: {e}", t.destination);
+                        shard.drop_datagram("send_failed");
+                    }
+                    at += 1;
+                }
+                batch::Sent::Failed => {
+                    shard.drop_datagram("send_failed");
+                    at += 1;
+                }
+            }
         }
     }
     while let Some(event) = shard.poll_event() {

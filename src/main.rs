@@ -1,6 +1,7 @@
 //! The `instanceserver` binary: starts a node (shards, control thread,
 //! HTTP signaling and gRPC control API) and runs it until SIGINT or SIGTERM,
 //! then drains: clients are told, instances end after the grace period.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -18,6 +18,7 @@
 //! health.ping();
 //! # Ok(()) }
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod fake;
 mod sdk;

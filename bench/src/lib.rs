@@ -3,6 +3,7 @@
 //! live in `benches/`; this library holds what they share (the ECS
 //! workloads, written once for each ECS compared, and the wire formats
 //! snapshots are compared with) and the load generator's parts.
+#![forbid(unsafe_code)]
 
 pub mod loadgen;
 pub mod wire;

@@ -29,6 +29,7 @@
 //! assert!(changed > 0);
 //! assert!(sim.world().contains(avatar));
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod clock;
 pub mod column;

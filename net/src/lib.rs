@@ -26,6 +26,7 @@
 //!     other => panic!("{other:?}"),
 //! }
 //! ```
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "rtc")]
 pub mod client;

@@ -14,6 +14,7 @@
 //! reg.insert(InstanceRecord::new("demo".into(), "lobby".into(), 0, 8, BTreeMap::new())).unwrap();
 //! assert_eq!(reg.reserve_seat("demo").unwrap(), 1);
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod commands;

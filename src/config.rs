@@ -250,6 +250,17 @@ pub struct ShardConfig {
     /// (SO_RCVBUF / SO_SNDBUF); the kernel caps it at net.core.rmem_max /
     /// wmem_max. 0 keeps the kernel's default.
     pub socket_buffer_bytes: usize,
+    /// Percent of its core (smoothed) at which a shard refuses new joins
+    /// with 503 `busy` (and `Retry-After: 1`); 100 never refuses.
+    pub overload_join_refuse_percent: u32,
+    /// Percent of its core at which a shard lowers every peer's snapshot
+    /// rate one step (a snapshot every 2, then 3... ticks) per second.
+    pub overload_snapshot_degrade_percent: u32,
+    /// Below this percent the snapshot rate goes back up a step per second.
+    pub overload_snapshot_recover_percent: u32,
+    /// The slowest step: a snapshot every this many ticks (1 disables the
+    /// lowering).
+    pub overload_snapshot_divisor_max: u32,
 }
 
 impl Default for ShardConfig {
@@ -264,6 +275,10 @@ impl Default for ShardConfig {
             stall_report_ms: 2_000,
             io_memory_bytes: 512 * 1024,
             socket_buffer_bytes: 4 * 1024 * 1024,
+            overload_join_refuse_percent: 85,
+            overload_snapshot_degrade_percent: 90,
+            overload_snapshot_recover_percent: 70,
+            overload_snapshot_divisor_max: 4,
         }
     }
 }
@@ -332,6 +347,13 @@ impl Config {
                 conns_max: self.shard.peers_max,
             },
             instance: self.instance.runtime(),
+            overload: crate::router::load::OverloadConfig {
+                join_refuse_share: self.shard.overload_join_refuse_percent as f32 / 100.0,
+                degrade_share: self.shard.overload_snapshot_degrade_percent as f32 / 100.0,
+                recover_share: self.shard.overload_snapshot_recover_percent as f32 / 100.0,
+                snapshot_divisor_max: self.shard.overload_snapshot_divisor_max,
+                ..crate::router::load::OverloadConfig::default()
+            },
         }
     }
 }
@@ -620,6 +642,21 @@ impl Config {
         }
         if self.instance.max_users == 0 {
             return bad("instance.max_users must be at least 1");
+        }
+        let s = &self.shard;
+        if !(1..=100).contains(&s.overload_join_refuse_percent) {
+            return bad("shard.overload_join_refuse_percent must be within 1..=100");
+        }
+        if !(1..=100).contains(&s.overload_snapshot_degrade_percent)
+            || s.overload_snapshot_recover_percent >= s.overload_snapshot_degrade_percent
+        {
+            return bad(
+                "shard.overload_snapshot_degrade_percent must be within 1..=100 and above \
+                 shard.overload_snapshot_recover_percent",
+            );
+        }
+        if !(1..=30).contains(&s.overload_snapshot_divisor_max) {
+            return bad("shard.overload_snapshot_divisor_max must be within 1..=30");
         }
         if self.shard.datagram_bytes_max < 1_500 || self.shard.datagram_bytes_max > 65_535 {
             return bad("shard.datagram_bytes_max must be within 1500..=65535");

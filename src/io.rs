@@ -27,6 +27,8 @@ use crate::router::Shard;
 pub const COMMAND_POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// Datagrams read back to back before the shell runs timers and commands.
 pub const RECV_BATCH_MAX: usize = 64;
+/// How often the shell measures the CPU share its thread uses.
+pub const LOAD_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// Receive calls (of up to [`batch::BATCH_MAX`] datagrams each) per round.
 const RECV_CALLS_MAX: usize = RECV_BATCH_MAX / batch::BATCH_MAX;
 
@@ -221,7 +223,12 @@ async fn run(
     let mut send = batch::SendBatch::default();
     let mut out = Vec::with_capacity(batch::BATCH_MAX);
     let fd = socket.as_raw_fd();
+    let mut meter = LoadMeter::start(Instant::now());
     loop {
+        let now = Instant::now();
+        if let Some(share) = meter.sample(now) {
+            shard.observe_load(share, now);
+        }
         while let Ok(command) = commands.try_recv() {
             if !shard.handle_command(command, Instant::now()) {
                 flush(&mut shard, &socket, &mut send, &mut out, &events).await;
@@ -282,6 +289,48 @@ async fn run(
         }
         flush(&mut shard, &socket, &mut send, &mut out, &events).await;
     }
+}
+
+/// The share of a core the calling thread uses, from the time it spent on
+/// a CPU (`/proc/thread-self/schedstat`, nanoseconds) over wall time.
+#[derive(Debug)]
+struct LoadMeter {
+    last: Option<(Instant, u64)>,
+    next: Instant,
+}
+
+impl LoadMeter {
+    fn start(now: Instant) -> LoadMeter {
+        LoadMeter {
+            last: thread_cpu_ns().map(|ns| (now, ns)),
+            next: now + LOAD_SAMPLE_INTERVAL,
+        }
+    }
+
+    /// The share since the last sample, once per [`LOAD_SAMPLE_INTERVAL`];
+    /// `None` between samples or where the kernel does not say.
+    fn sample(&mut self, now: Instant) -> Option<f32> {
+        if now < self.next {
+            return None;
+        }
+        self.next = now + LOAD_SAMPLE_INTERVAL;
+        let ns = thread_cpu_ns()?;
+        let share = self.last.map(|(at, before)| {
+            let wall = now.saturating_duration_since(at).as_nanos().max(1) as f64;
+            (ns.saturating_sub(before) as f64 / wall) as f32
+        });
+        self.last = Some((now, ns));
+        share
+    }
+}
+
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Writes the shard's datagrams, a batch per call, and forwards its events.
@@ -350,6 +399,24 @@ mod tests {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(usize::MAX)
+    }
+
+    #[test]
+    fn the_load_meter_sees_a_busy_thread() {
+        let t0 = Instant::now();
+        let mut meter = LoadMeter::start(t0);
+        assert_eq!(meter.sample(t0), None, "not before the interval");
+        // Spin for the interval: the thread is on a CPU most of it.
+        let mut x = 0u64;
+        while t0.elapsed() < LOAD_SAMPLE_INTERVAL {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let share = meter.sample(Instant::now()).expect("schedstat is readable");
+        assert!(share > 0.2 && share <= 1.2, "{share}");
+        // Sleeping for the next one: mostly idle.
+        std::thread::sleep(LOAD_SAMPLE_INTERVAL);
+        let share = meter.sample(Instant::now()).expect("schedstat is readable");
+        assert!(share < 0.5, "{share}");
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub struct RouterConfig {
     pub stall_report: Duration,
     pub conn: ConnConfig,
     pub instance: RuntimeConfig,
+    pub overload: load::OverloadConfig,
 }
 
 /// Where a connection leads.
@@ -91,6 +92,7 @@ pub struct Shard {
     draining: bool,
     next_stats: Instant,
     stall: Stall,
+    load: load::Load,
 }
 
 /// Since when ticks have run more than a period behind, and whether that
@@ -105,6 +107,7 @@ impl Shard {
     /// Shard `index`. `seed` feeds the ICE credentials (the shell passes
     /// OS entropy); `clock` times ticks for metrics only.
     pub fn new(index: usize, config: RouterConfig, seed: u64, clock: Clock, now: Instant) -> Shard {
+        let overload = config.overload;
         Shard {
             index,
             conns: Connections::new(config.conn.clone(), seed),
@@ -124,6 +127,7 @@ impl Shard {
             draining: false,
             next_stats: now + STATS_INTERVAL,
             stall: Stall::default(),
+            load: load::Load::new(overload),
         }
     }
 
@@ -153,6 +157,8 @@ impl Shard {
             *m.dropped.entry(reason).or_default() += n;
         }
         m.instances = self.instances.len() as u32;
+        m.load_percent = (self.load.share() * 100.0).round() as u32;
+        m.snapshot_divisor = self.load.snapshot_divisor();
         m.instances_asleep = self
             .instances
             .iter()
@@ -169,6 +175,14 @@ impl Shard {
     pub fn instance_mut(&mut self, id: &str) -> Option<&mut Instance> {
         let key = *self.instance_ids.get(id)?;
         self.instances.get_mut(key).map(|h| &mut h.instance)
+    }
+
+    /// The share of its core the shard's thread used since the last report
+    /// (the shell measures it a few times a second): past
+    /// [`load::OverloadConfig`]'s shares, joins are refused and snapshots
+    /// slow down.
+    pub fn observe_load(&mut self, cpu_share: f32, now: Instant) {
+        self.load.observe(cpu_share, now);
     }
 
     /// Counts a datagram the shell dropped (too large, send failed).
@@ -361,6 +375,7 @@ impl Shard {
             out: &mut self.conns,
             encoder: &mut self.encoder,
             snapshots: &mut self.snapshots,
+            snapshot_divisor: self.load.snapshot_divisor(),
             decoder: &mut self.decoder,
             metrics: &mut self.metrics,
             removals: &mut self.removals,
@@ -439,3 +454,4 @@ impl Shard {
 }
 
 mod lifecycle;
+pub mod load;

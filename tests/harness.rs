@@ -11,7 +11,7 @@ use instanceserver::harness::{Harness, Network};
 use net::Channel;
 use net::client::{ClientEvent, owned_update};
 use net::messages::KickReason;
-use state::commands::{Command, EndReason, Event, LeaveReason};
+use state::commands::{Command, EndReason, Event, JoinRefused, LeaveReason};
 
 fn joined(h: &Harness, client: usize) -> bool {
     h.client(client).welcome().is_some() && h.client(client).latest_tick().is_some()
@@ -314,6 +314,72 @@ fn an_empty_instance_at_rest_sleeps_until_someone_joins() {
             == 1),
         "it did not sleep again after its last member left"
     );
+}
+
+/// Runs `d` of virtual time with the shard reporting `share` of its core
+/// every 250 ms (as its shell does); returns the snapshots client `c` got.
+fn run_loaded(h: &mut Harness, c: usize, share: f32, d: Duration) -> usize {
+    let before = snapshots(h, c);
+    let end = h.elapsed() + d;
+    while h.elapsed() < end {
+        h.run_for(Duration::from_millis(250));
+        let now = h.now();
+        h.shard.observe_load(share, now);
+    }
+    snapshots(h, c) - before
+}
+
+fn snapshots(h: &Harness, c: usize) -> usize {
+    h.clients[c]
+        .events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Snapshot { .. }))
+        .count()
+}
+
+#[test]
+fn an_overloaded_shard_refuses_joins_and_slows_snapshots_until_it_recovers() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 10);
+    h.create_instance("room", 8);
+    let c = h.join("room", "alice").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, c)));
+    let second = Duration::from_secs(1);
+    // 60 Hz ticks, a snapshot each.
+    let calm = run_loaded(&mut h, c, 0.3, second);
+    assert!(
+        (55..=61).contains(&calm),
+        "{calm} snapshots in a calm second"
+    );
+
+    // Over the join limit (85%) and the degrade share (90%) for seconds.
+    run_loaded(&mut h, c, 0.97, Duration::from_secs(4));
+    let m = h.shard.metrics();
+    assert_eq!(m.load_percent, 97);
+    assert_eq!(m.snapshot_divisor, 4, "one step a second up to the maximum");
+    let busy = h.join("room", "bob");
+    assert!(
+        matches!(busy, Err(JoinRefused::Busy { load_percent: 97 })),
+        "{busy:?}"
+    );
+    assert_eq!(h.shard.metrics().joins_refused_busy, 1);
+    let loaded = run_loaded(&mut h, c, 0.97, second);
+    assert!(
+        (14..=16).contains(&loaded),
+        "{loaded} snapshots in a loaded second"
+    );
+    // The joined client still moves and is still served: nothing else broke.
+    assert!(joined(&h, c));
+
+    // Calm again: the rate climbs back a step a second, joins are admitted.
+    run_loaded(&mut h, c, 0.2, Duration::from_secs(5));
+    assert_eq!(h.shard.metrics().snapshot_divisor, 1);
+    let calm = run_loaded(&mut h, c, 0.2, second);
+    assert!(
+        (55..=61).contains(&calm),
+        "{calm} snapshots after recovering"
+    );
+    let bob = h.join("room", "bob").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, bob)));
 }
 
 #[test]

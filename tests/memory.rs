@@ -55,6 +55,7 @@ fn held_by_an_empty_instance(scene: &str) -> (isize, isize) {
             out: &mut conns,
             encoder: &mut encoder,
             snapshots: &mut snapshots,
+            snapshot_divisor: 1,
             decoder: &mut decoder,
             metrics: &mut metrics,
             removals: &mut removals,

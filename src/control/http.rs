@@ -357,6 +357,12 @@ fn refusal(refused: JoinRefused) -> Response {
         JoinRefused::UnknownInstance(_) => error(StatusCode::NOT_FOUND, "not_found", message),
         JoinRefused::InstanceFull(_) => error(StatusCode::CONFLICT, "instance_full", message),
         JoinRefused::Draining => error(StatusCode::SERVICE_UNAVAILABLE, "draining", message),
+        JoinRefused::Busy { .. } => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
     }
 }

@@ -76,6 +76,45 @@ pub fn render(c: &Control) -> String {
     }
     header(
         &mut out,
+        "instanceserver_shard_load_percent",
+        "gauge",
+        "Smoothed share of its core each shard's thread uses (joins are refused from shard.overload_join_refuse_percent).",
+    );
+    for (i, s) in c.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "instanceserver_shard_load_percent{{shard=\"{i}\"}} {}",
+            s.metrics.load_percent
+        );
+    }
+    header(
+        &mut out,
+        "instanceserver_shard_snapshot_divisor",
+        "gauge",
+        "Peers get a snapshot every this many ticks (1 unless the shard sheds load).",
+    );
+    for (i, s) in c.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "instanceserver_shard_snapshot_divisor{{shard=\"{i}\"}} {}",
+            s.metrics.snapshot_divisor.max(1)
+        );
+    }
+    header(
+        &mut out,
+        "instanceserver_shard_joins_refused_busy_total",
+        "counter",
+        "Joins a shard refused (503 busy) because it was over its load limit.",
+    );
+    for (i, s) in c.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "instanceserver_shard_joins_refused_busy_total{{shard=\"{i}\"}} {}",
+            s.metrics.joins_refused_busy
+        );
+    }
+    header(
+        &mut out,
         "instanceserver_shard_peers",
         "gauge",
         "WebRTC peers per shard.",

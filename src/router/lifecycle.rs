@@ -60,6 +60,12 @@ impl Shard {
         if self.draining {
             return Err(JoinRefused::Draining);
         }
+        if self.load.refuses_joins() {
+            self.metrics.joins_refused_busy += 1;
+            return Err(JoinRefused::Busy {
+                load_percent: (self.load.share() * 100.0).round() as u32,
+            });
+        }
         let unknown = || JoinRefused::UnknownInstance(request.instance_id.clone());
         let &key = self
             .instance_ids

@@ -48,6 +48,8 @@ pub enum JoinRefused {
     Draining,
     #[error("the shard hosts its maximum of {0} peers")]
     ShardFull(usize),
+    #[error("the shard is busy ({load_percent}% of its core): try again shortly")]
+    Busy { load_percent: u32 },
 }
 
 /// Control thread → shard.
@@ -158,6 +160,13 @@ pub struct ShardMetrics {
     pub instances: u32,
     /// Instances asleep: empty, their world at rest, not ticking.
     pub instances_asleep: u32,
+    /// Smoothed share of its core the shard's thread uses, in percent.
+    pub load_percent: u32,
+    /// Peers get a snapshot every this many ticks (1: every tick; more
+    /// while the shard sheds load).
+    pub snapshot_divisor: u32,
+    /// Joins refused because the shard was over its load limit.
+    pub joins_refused_busy: u64,
     pub peers: u32,
     /// Entries in the shard's timer heap (stale ones included until they
     /// fall due or the heap is compacted).

@@ -61,7 +61,11 @@ pub struct StepReport {
     pub clients: usize,
     pub instances: usize,
     pub joined: usize,
+    /// Joins that failed, those refused `busy` (the server shedding load
+    /// as designed) excluded.
     pub join_failed: usize,
+    /// Joins the server refused with 503 `busy`: it was over its load limit.
+    pub join_refused_busy: usize,
     /// Bots whose connection ended during the run.
     pub ended_early: usize,
     pub join_ms_p50: Option<f64>,
@@ -472,6 +476,10 @@ fn summarise(
     let inputs_sent: u64 = bots.iter().map(|b| b.inputs_sent + b.acks_sent).sum();
     let server_cores = m.server_cpu_s / m.window_s.max(f64::MIN_POSITIVE);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let refused_busy = bots
+        .iter()
+        .filter(|b| b.join_error.as_deref().is_some_and(refused_busy))
+        .count();
     let report = StepReport {
         server: server.to_string(),
         scene: scene.to_string(),
@@ -479,7 +487,8 @@ fn summarise(
         instances,
         joined: joined.len(),
         // Bots of a worker that never reported count as failed too.
-        join_failed: clients.saturating_sub(joined.len()),
+        join_failed: clients.saturating_sub(joined.len() + refused_busy),
+        join_refused_busy: refused_busy,
         ended_early: bots.iter().filter(|b| b.ended_early.is_some()).count(),
         join_ms_p50: quantile(&join_ms, 0.5),
         join_ms_p99: quantile(&join_ms, 0.99),
@@ -537,6 +546,11 @@ fn summarise(
     }
 }
 
+/// Whether a join error is the server's 503 `busy` (load shedding).
+fn refused_busy(error: &str) -> bool {
+    error.starts_with("join refused with 503") && error.contains(r#""error":"busy""#)
+}
+
 /// Which resource ran out first, if any: delivery fell, the server's core or
 /// the bots' cores were saturated, or sockets dropped.
 pub fn limit(r: &StepReport) -> Option<String> {
@@ -566,8 +580,13 @@ pub fn limit(r: &StepReport) -> Option<String> {
 /// One line for the progress output.
 pub fn summary_line(r: &StepReport) -> String {
     format!(
-        "  {} clients: delivery {:.1}%, server {:.0}% of a core ({:.0} µs per client-s, {:.0} KiB per client, {:.0} without instances), bots {:.0}%: {}",
+        "  {} clients{}: delivery {:.1}%, server {:.0}% of a core ({:.0} µs per client-s, {:.0} KiB per client, {:.0} without instances), bots {:.0}%: {}",
         r.clients,
+        if r.join_refused_busy > 0 {
+            format!(" ({} refused busy)", r.join_refused_busy)
+        } else {
+            String::new()
+        },
         r.delivery_mean * 100.0,
         r.server_cores * 100.0,
         r.server_cpu_us_per_client_s,

@@ -100,6 +100,9 @@ pub struct Io<'a> {
     pub encoder: &'a mut Encoder,
     /// Scratch of snapshot encoding, shared by the shard's clients.
     pub snapshots: &'a mut SnapshotEncoder,
+    /// Members get a snapshot every this many ticks (1: every tick; more
+    /// while the shard sheds load), staggered by user index.
+    pub snapshot_divisor: u32,
     pub decoder: &'a mut Decoder,
     pub metrics: &'a mut ShardMetrics,
     pub removals: &'a mut Vec<Removal>,

@@ -122,6 +122,7 @@ impl Bench {
             out: &mut self.out,
             encoder: &mut self.encoder,
             snapshots: &mut self.snapshots,
+            snapshot_divisor: 1,
             decoder: &mut self.decoder,
             metrics: &mut self.metrics,
             removals: &mut self.removals,

@@ -1,0 +1,153 @@
+//! The shard's load and what it does when it runs short of CPU: it refuses
+//! new joins above one share of its core, and lowers every peer's snapshot
+//! rate a step at a time above another, before anything else gives way.
+//!
+//! The shell measures the share (CPU time of the shard's thread over wall
+//! time) and reports it with [`super::Shard::observe_load`]; nothing here
+//! reads a clock.
+
+use std::time::{Duration, Instant};
+
+/// How the shard sheds load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverloadConfig {
+    /// Share of the core (0..=1, smoothed) at or above which joins are
+    /// refused with `busy`; 1 or more never refuses.
+    pub join_refuse_share: f32,
+    /// At or above it, snapshots go one step slower (one every `n + 1`
+    /// ticks instead of every `n`) each `adjust_interval`.
+    pub degrade_share: f32,
+    /// Below it, one step faster again.
+    pub recover_share: f32,
+    /// The slowest step: one snapshot every this many ticks.
+    pub snapshot_divisor_max: u32,
+    /// Least time between two steps.
+    pub adjust_interval: Duration,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        OverloadConfig {
+            join_refuse_share: 0.85,
+            degrade_share: 0.90,
+            recover_share: 0.70,
+            snapshot_divisor_max: 4,
+            adjust_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The smoothed load and the snapshot step it led to.
+#[derive(Debug, Clone)]
+pub struct Load {
+    config: OverloadConfig,
+    share: Option<f32>,
+    divisor: u32,
+    next_adjust: Option<Instant>,
+}
+
+impl Load {
+    pub fn new(config: OverloadConfig) -> Load {
+        Load {
+            config,
+            share: None,
+            divisor: 1,
+            next_adjust: None,
+        }
+    }
+
+    /// Takes one measurement (share of the core since the last one) and
+    /// moves the snapshot step if it is time to.
+    pub fn observe(&mut self, share: f32, now: Instant) {
+        let share = if share.is_finite() {
+            share.max(0.0)
+        } else {
+            0.0
+        };
+        // Half of each new sample: a burst must last a few samples to count.
+        let smoothed = self.share.map_or(share, |s| 0.5 * s + 0.5 * share);
+        self.share = Some(smoothed);
+        if self.next_adjust.is_some_and(|t| now < t) {
+            return;
+        }
+        let c = &self.config;
+        let before = self.divisor;
+        if smoothed >= c.degrade_share && self.divisor < c.snapshot_divisor_max {
+            self.divisor += 1;
+        } else if smoothed < c.recover_share && self.divisor > 1 {
+            self.divisor -= 1;
+        }
+        if self.divisor != before {
+            tracing::info!(
+                load = smoothed,
+                every = self.divisor,
+                "shard load: one snapshot every {} ticks",
+                self.divisor
+            );
+            self.next_adjust = Some(now + c.adjust_interval);
+        }
+    }
+
+    /// The smoothed share of the core (0 before any measurement).
+    pub fn share(&self) -> f32 {
+        self.share.unwrap_or(0.0)
+    }
+
+    /// Whether a new join should be refused now.
+    pub fn refuses_joins(&self) -> bool {
+        self.share() >= self.config.join_refuse_share
+    }
+
+    /// Peers get a snapshot every this many ticks (1: every tick).
+    pub fn snapshot_divisor(&self) -> u32 {
+        self.divisor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_refuses_joins_and_steps_snapshots_down_then_back_up() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut load = Load::new(OverloadConfig::default());
+        assert!(!load.refuses_joins());
+        load.observe(0.5, t0);
+        assert_eq!((load.refuses_joins(), load.snapshot_divisor()), (false, 1));
+        // One hot sample is smoothed away; a few are not.
+        load.observe(1.0, t0 + s(1));
+        assert_eq!(load.share(), 0.75);
+        assert!(!load.refuses_joins());
+        load.observe(1.0, t0 + s(2));
+        assert!(load.refuses_joins());
+        assert_eq!(
+            load.snapshot_divisor(),
+            1,
+            "0.875 is under the degrade share"
+        );
+        load.observe(1.0, t0 + s(3));
+        assert_eq!(load.snapshot_divisor(), 2);
+        // One step per interval, up to the maximum.
+        load.observe(1.0, t0 + s(3) + Duration::from_millis(500));
+        assert_eq!(load.snapshot_divisor(), 2);
+        for k in 4..10 {
+            load.observe(1.0, t0 + s(k));
+        }
+        assert_eq!(load.snapshot_divisor(), 4);
+        // Between recover and degrade nothing moves; below recover it steps back.
+        for k in 10..20 {
+            load.observe(0.8, t0 + s(k));
+        }
+        assert_eq!(load.snapshot_divisor(), 4);
+        assert!(!load.refuses_joins());
+        for k in 20..30 {
+            load.observe(0.2, t0 + s(k));
+        }
+        assert_eq!(load.snapshot_divisor(), 1);
+        // Garbage measurements count as idle, not as a panic.
+        load.observe(f32::NAN, t0 + s(31));
+        assert!(load.share().is_finite());
+    }
+}

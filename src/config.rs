@@ -276,8 +276,8 @@ impl Default for ShardConfig {
             io_memory_bytes: 512 * 1024,
             socket_buffer_bytes: 4 * 1024 * 1024,
             overload_join_refuse_percent: 85,
-            overload_snapshot_degrade_percent: 90,
-            overload_snapshot_recover_percent: 70,
+            overload_snapshot_degrade_percent: 95,
+            overload_snapshot_recover_percent: 85,
             overload_snapshot_divisor_max: 4,
         }
     }

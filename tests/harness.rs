@@ -351,8 +351,9 @@ fn an_overloaded_shard_refuses_joins_and_slows_snapshots_until_it_recovers() {
         "{calm} snapshots in a calm second"
     );
 
-    // Over the join limit (85%) and the degrade share (90%) for seconds.
-    run_loaded(&mut h, c, 0.97, Duration::from_secs(4));
+    // Over the join limit (85%) and the degrade share (95%) for seconds:
+    // after 2 s there, a step a second.
+    run_loaded(&mut h, c, 0.97, Duration::from_secs(6));
     let m = h.shard.metrics();
     assert_eq!(m.load_percent, 97);
     assert_eq!(m.snapshot_divisor, 4, "one step a second up to the maximum");

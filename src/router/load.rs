@@ -14,11 +14,16 @@ pub struct OverloadConfig {
     /// Share of the core (0..=1, smoothed) at or above which joins are
     /// refused with `busy`; 1 or more never refuses.
     pub join_refuse_share: f32,
-    /// At or above it, snapshots go one step slower (one every `n + 1`
-    /// ticks instead of every `n`) each `adjust_interval`.
+    /// Held at or above it for `degrade_after`, snapshots go one step
+    /// slower (one every `n + 1` ticks instead of every `n`), then again
+    /// each `adjust_interval` while it lasts. Joins are refused below it, so
+    /// only load from the peers already in (not a wave of handshakes) gets
+    /// here.
     pub degrade_share: f32,
-    /// Below it, one step faster again.
+    /// Below it, one step faster again each `adjust_interval`.
     pub recover_share: f32,
+    /// How long the load must stay at the degrade share before the first step.
+    pub degrade_after: Duration,
     /// The slowest step: one snapshot every this many ticks.
     pub snapshot_divisor_max: u32,
     /// Least time between two steps.
@@ -29,8 +34,9 @@ impl Default for OverloadConfig {
     fn default() -> Self {
         OverloadConfig {
             join_refuse_share: 0.85,
-            degrade_share: 0.90,
-            recover_share: 0.70,
+            degrade_share: 0.95,
+            recover_share: 0.85,
+            degrade_after: Duration::from_secs(2),
             snapshot_divisor_max: 4,
             adjust_interval: Duration::from_secs(1),
         }
@@ -44,6 +50,8 @@ pub struct Load {
     share: Option<f32>,
     divisor: u32,
     next_adjust: Option<Instant>,
+    /// Since when the load has been at the degrade share, if it is.
+    over_since: Option<Instant>,
 }
 
 impl Load {
@@ -53,6 +61,7 @@ impl Load {
             share: None,
             divisor: 1,
             next_adjust: None,
+            over_since: None,
         }
     }
 
@@ -67,12 +76,20 @@ impl Load {
         // Half of each new sample: a burst must last a few samples to count.
         let smoothed = self.share.map_or(share, |s| 0.5 * s + 0.5 * share);
         self.share = Some(smoothed);
+        let c = &self.config;
+        if smoothed >= c.degrade_share {
+            self.over_since.get_or_insert(now);
+        } else {
+            self.over_since = None;
+        }
         if self.next_adjust.is_some_and(|t| now < t) {
             return;
         }
-        let c = &self.config;
         let before = self.divisor;
-        if smoothed >= c.degrade_share && self.divisor < c.snapshot_divisor_max {
+        let sustained = self
+            .over_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= c.degrade_after);
+        if sustained && self.divisor < c.snapshot_divisor_max {
             self.divisor += 1;
         } else if smoothed < c.recover_share && self.divisor > 1 {
             self.divisor -= 1;
@@ -111,43 +128,48 @@ mod tests {
     #[test]
     fn load_refuses_joins_and_steps_snapshots_down_then_back_up() {
         let t0 = Instant::now();
-        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
         let mut load = Load::new(OverloadConfig::default());
         assert!(!load.refuses_joins());
         load.observe(0.5, t0);
         assert_eq!((load.refuses_joins(), load.snapshot_divisor()), (false, 1));
         // One hot sample is smoothed away; a few are not.
-        load.observe(1.0, t0 + s(1));
+        load.observe(1.0, t0 + ms(250));
         assert_eq!(load.share(), 0.75);
         assert!(!load.refuses_joins());
-        load.observe(1.0, t0 + s(2));
+        load.observe(1.0, t0 + ms(500));
         assert!(load.refuses_joins());
-        assert_eq!(
-            load.snapshot_divisor(),
-            1,
-            "0.875 is under the degrade share"
-        );
-        load.observe(1.0, t0 + s(3));
-        assert_eq!(load.snapshot_divisor(), 2);
-        // One step per interval, up to the maximum.
-        load.observe(1.0, t0 + s(3) + Duration::from_millis(500));
-        assert_eq!(load.snapshot_divisor(), 2);
-        for k in 4..10 {
-            load.observe(1.0, t0 + s(k));
+        // The smoothed share reaches the degrade share (95%) at 1 s:
+        // snapshots slow down once it has lasted 2 s, then a step a second,
+        // to the maximum.
+        let mut at = ms(750);
+        let mut steps = Vec::new();
+        while at <= ms(6_000) {
+            load.observe(1.0, t0 + at);
+            steps.push((at.as_millis(), load.snapshot_divisor()));
+            at += ms(250);
+        }
+        let first = steps.iter().find(|(_, d)| *d == 2).map(|(t, _)| *t);
+        assert_eq!(first, Some(3_000), "{steps:?}");
+        assert_eq!(load.snapshot_divisor(), 4);
+        // Between recover (85%) and degrade nothing moves; below, it steps back.
+        for k in 0..40 {
+            load.observe(0.9, t0 + ms(6_250 + 250 * k));
         }
         assert_eq!(load.snapshot_divisor(), 4);
-        // Between recover and degrade nothing moves; below recover it steps back.
-        for k in 10..20 {
-            load.observe(0.8, t0 + s(k));
+        assert!(load.refuses_joins());
+        for k in 0..40 {
+            load.observe(0.5, t0 + ms(20_000 + 250 * k));
         }
-        assert_eq!(load.snapshot_divisor(), 4);
+        assert_eq!(load.snapshot_divisor(), 1);
         assert!(!load.refuses_joins());
-        for k in 20..30 {
-            load.observe(0.2, t0 + s(k));
+        // A short burst over the degrade share does not slow anything.
+        for k in 0..6 {
+            load.observe(1.0, t0 + ms(40_000 + 250 * k));
         }
         assert_eq!(load.snapshot_divisor(), 1);
         // Garbage measurements count as idle, not as a panic.
-        load.observe(f32::NAN, t0 + s(31));
+        load.observe(f32::NAN, t0 + ms(50_000));
         assert!(load.share().is_finite());
     }
 }

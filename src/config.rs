@@ -648,15 +648,18 @@ impl Config {
             return bad("shard.overload_join_refuse_percent must be within 1..=100");
         }
         if !(1..=100).contains(&s.overload_snapshot_degrade_percent)
+            || s.overload_snapshot_recover_percent == 0
             || s.overload_snapshot_recover_percent >= s.overload_snapshot_degrade_percent
         {
             return bad(
                 "shard.overload_snapshot_degrade_percent must be within 1..=100 and above \
-                 shard.overload_snapshot_recover_percent",
+                 shard.overload_snapshot_recover_percent (at least 1)",
             );
         }
-        if !(1..=30).contains(&s.overload_snapshot_divisor_max) {
-            return bad("shard.overload_snapshot_divisor_max must be within 1..=30");
+        // Half the views a client's baseline may be behind (32 ticks):
+        // slower, one lost snapshot would force full ones, adding load.
+        if !(1..=16).contains(&s.overload_snapshot_divisor_max) {
+            return bad("shard.overload_snapshot_divisor_max must be within 1..=16");
         }
         if self.shard.datagram_bytes_max < 1_500 || self.shard.datagram_bytes_max > 65_535 {
             return bad("shard.datagram_bytes_max must be within 1500..=65535");

@@ -324,13 +324,23 @@ impl LoadMeter {
     }
 }
 
+/// CPU time of the calling thread: nanoseconds from `schedstat`, or where
+/// the kernel does not keep it, user + system clock ticks (10 ms) from `stat`.
 fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
+    if let Some(ns) = std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+    {
+        return Some(ns);
+    }
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    const NS_PER_CLOCK_TICK: u64 = 10_000_000;
+    Some((utime + stime) * NS_PER_CLOCK_TICK)
 }
 
 /// Writes the shard's datagrams, a batch per call, and forwards its events.

@@ -389,6 +389,8 @@ impl Shard {
         Some(result.map_err(|panic| {
             self.encoder = Encoder::default();
             self.decoder = Decoder::default();
+            // Every buffer of it is cleared before use: reset all the same.
+            self.snapshots = net::snapshot::SnapshotEncoder::default();
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())

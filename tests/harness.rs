@@ -384,6 +384,36 @@ fn an_overloaded_shard_refuses_joins_and_slows_snapshots_until_it_recovers() {
 }
 
 #[test]
+fn a_late_shard_shedding_load_still_serves_every_member() {
+    let mut config = Config::default();
+    config.shard.overload_snapshot_divisor_max = 2;
+    let mut h = Harness::new(config, Network::perfect(), 11);
+    h.create_instance("room", 8);
+    let clients: Vec<usize> = ["alice", "bob"]
+        .iter()
+        .map(|u| h.join("room", u).unwrap())
+        .collect();
+    assert!(h.run_until(Duration::from_secs(5), |h| {
+        clients.iter().all(|&c| joined(h, c))
+    }));
+    run_loaded(&mut h, clients[0], 0.97, Duration::from_secs(4));
+    assert_eq!(h.shard.metrics().snapshot_divisor, 2);
+    // The shard gets the CPU every two ticks: each call runs two ticks, so
+    // pacing by tick number would starve one of the two users.
+    let before: Vec<usize> = clients.iter().map(|&c| snapshots(&h, c)).collect();
+    for _ in 0..60 {
+        h.run_coarsely(Duration::from_micros(33_334), Duration::from_micros(33_334));
+        let now = h.now();
+        h.shard.observe_load(0.97, now);
+    }
+    for (i, &c) in clients.iter().enumerate() {
+        let got = snapshots(&h, c) - before[i];
+        // 60 rounds in 2 s, every other one for each user.
+        assert!((25..=35).contains(&got), "client {c}: {got} snapshots");
+    }
+}
+
+#[test]
 fn draining_ends_an_empty_instance_at_once() {
     let mut h = Harness::new(Config::default(), Network::perfect(), 8);
     h.create_instance("room", 8);

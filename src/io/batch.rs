@@ -159,20 +159,20 @@ impl RecvBatch {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.len = 0;
         let slot = self.slot;
-        for (i, ((iov, addr), header)) in self
-            .iovecs
-            .iter_mut()
-            .zip(self.addrs.iter_mut())
-            .zip(self.headers.iter_mut())
-            .enumerate()
-        {
-            *addr = zeroed_storage();
-            iov.iov_base = self.bufs[i * slot..(i + 1) * slot].as_mut_ptr().cast();
+        // Every pointer handed to the kernel derives from one base pointer
+        // per buffer, taken after the last write through a reference.
+        self.addrs.fill(zeroed_storage());
+        let bufs = self.bufs.as_mut_ptr();
+        for (i, iov) in self.iovecs.iter_mut().enumerate() {
+            iov.iov_base = bufs.wrapping_add(i * slot).cast();
             iov.iov_len = slot;
+        }
+        let (addrs, iovecs) = (self.addrs.as_mut_ptr(), self.iovecs.as_mut_ptr());
+        for (i, header) in self.headers.iter_mut().enumerate() {
             *header = zeroed_header();
-            header.msg_hdr.msg_name = std::ptr::from_mut(addr).cast();
+            header.msg_hdr.msg_name = addrs.wrapping_add(i).cast();
             header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iov = iovecs.wrapping_add(i);
             header.msg_hdr.msg_iovlen = 1;
         }
         debug_assert_eq!(self.bufs.len(), slot * BATCH_MAX);
@@ -267,13 +267,17 @@ impl SendBatch {
             // The kernel only reads through this pointer (sendmmsg).
             self.iovecs[i].iov_base = bytes.as_ptr().cast_mut().cast();
             self.iovecs[i].iov_len = bytes.len();
-            let header = &mut self.headers[i];
-            *header = zeroed_header();
-            header.msg_hdr.msg_name = std::ptr::from_mut(&mut self.addrs[i]).cast();
-            header.msg_hdr.msg_namelen = len;
-            header.msg_hdr.msg_iov = &mut self.iovecs[i];
-            header.msg_hdr.msg_iovlen = 1;
+            self.headers[i] = zeroed_header();
+            self.headers[i].msg_hdr.msg_namelen = len;
+            self.headers[i].msg_hdr.msg_iovlen = 1;
             count += 1;
+        }
+        // The pointers derive from one base per buffer, taken after the
+        // last write through a reference.
+        let (addrs, iovecs) = (self.addrs.as_mut_ptr(), self.iovecs.as_mut_ptr());
+        for (i, header) in self.headers.iter_mut().take(count).enumerate() {
+            header.msg_hdr.msg_name = addrs.wrapping_add(i).cast();
+            header.msg_hdr.msg_iov = iovecs.wrapping_add(i);
         }
         if count == 0 {
             return Sent::Some(0);

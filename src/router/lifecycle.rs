@@ -73,6 +73,8 @@ impl Shard {
             .ok_or_else(unknown)?;
         let hosted = self.instances.get_mut(key).ok_or_else(unknown)?;
         hosted.instance.can_join()?;
+        // It wakes: its next figures go out even if it sleeps again soon.
+        hosted.reported_asleep = false;
         if self.conns.len() >= self.config.conn.conns_max {
             return Err(JoinRefused::ShardFull(self.config.conn.conns_max));
         }

@@ -77,7 +77,7 @@ impl Load {
         let smoothed = self.share.map_or(share, |s| 0.5 * s + 0.5 * share);
         self.share = Some(smoothed);
         let c = &self.config;
-        if smoothed >= c.degrade_share {
+        if c.degrade_share < 1.0 && smoothed >= c.degrade_share {
             self.over_since.get_or_insert(now);
         } else {
             self.over_since = None;
@@ -110,9 +110,10 @@ impl Load {
         self.share.unwrap_or(0.0)
     }
 
-    /// Whether a new join should be refused now.
+    /// Whether a new join should be refused now (never with a refuse
+    /// share of 1 or more: a saturated thread measures about 1).
     pub fn refuses_joins(&self) -> bool {
-        self.share() >= self.config.join_refuse_share
+        self.config.join_refuse_share < 1.0 && self.share() >= self.config.join_refuse_share
     }
 
     /// Peers get a snapshot every this many ticks (1: every tick).

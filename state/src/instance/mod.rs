@@ -165,6 +165,9 @@ pub struct Instance {
     /// Nobody in it and its world at rest: its clock is stopped and it is
     /// not ticked until someone joins.
     asleep: bool,
+    /// Calls of [`Instance::tick`] that ran steps: the clock of snapshot
+    /// pacing (ticks may advance several at a time when the shard is late).
+    snapshot_rounds: u32,
     tick_times: TickTimes,
     last_tick_p50_us: u32,
     last_tick_p99_us: u32,
@@ -208,6 +211,7 @@ impl Instance {
             empty_timeout: spec.empty_timeout,
             drain_until: None,
             asleep: false,
+            snapshot_rounds: 0,
             tick_times: TickTimes::new(TICK_TIMES_SECONDS * config.tick_hz as usize),
             last_tick_p50_us: 0,
             last_tick_p99_us: 0,

@@ -37,6 +37,10 @@ impl Instance {
         if self.fault == Some(super::Fault::Tick) {
             panic!("fault injected into {}'s tick", self.id);
         }
+        if self.asleep {
+            // A timer queued before it fell asleep: nothing to run.
+            return TickReport::default();
+        }
         let period = self.sim.config().tick_duration();
         let lateness = self
             .sim
@@ -66,15 +70,18 @@ impl Instance {
             return report;
         }
         self.frame.capture(self.sim.world(), &self.quantizer);
-        let tick = self.tick_now();
+        // Rounds, not ticks: a late shard runs several ticks per call, and
+        // pacing by tick would then skip the same members every time.
+        let round = self.snapshot_rounds;
+        self.snapshot_rounds = round.wrapping_add(1);
         let divisor = io.snapshot_divisor.max(1);
         for member in &mut self.members {
             if !member.is_listening() {
                 continue;
             }
-            // Shedding load: a snapshot every `divisor` ticks, members
-            // spread over the ticks between.
-            if divisor > 1 && tick.wrapping_add(member.user.0) % divisor != 0 {
+            // Shedding load: a snapshot every `divisor` rounds, members
+            // spread over the rounds between.
+            if divisor > 1 && round.wrapping_add(member.user.0) % divisor != 0 {
                 continue;
             }
             let viewer = member

@@ -32,6 +32,9 @@ pub const PROBE_PHASE: Duration = Duration::from_secs(1);
 pub const PROBE_MOVED_M: f32 = 0.01;
 /// Longest a bot waits between joining and seeing its own avatar.
 pub const FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a bot refused 503 `busy` waits before it asks again (the
+/// server's `Retry-After`), as a real client would.
+pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What every bot of a run does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,9 +299,21 @@ async fn join(
         .token(workload.http, &spec.user, &spec.instance)
         .await
         .map_err(|e| format!("token: {e}"))?;
-    let mut client = Client::join(workload.http, &spec.instance, &token)
-        .await
-        .map_err(|e| e.to_string())?;
+    // Refused `busy` (the shard sheds load), ask again after its
+    // Retry-After while half the join budget lasts; then report the refusal.
+    let retry_until = Instant::now() + Duration::from_millis(workload.join_timeout_ms / 2);
+    let mut client = loop {
+        match Client::join(workload.http, &spec.instance, &token).await {
+            Ok(c) => break c,
+            Err(client::ClientError::Refused { status: 503, body })
+                if body.contains(r#""error":"busy""#)
+                    && Instant::now() + BUSY_RETRY_AFTER < retry_until =>
+            {
+                tokio::time::sleep(BUSY_RETRY_AFTER).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
     let mut found = None;
     let mut ended = None;
     client

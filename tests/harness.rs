@@ -17,6 +17,16 @@ fn joined(h: &Harness, client: usize) -> bool {
     h.client(client).welcome().is_some() && h.client(client).latest_tick().is_some()
 }
 
+/// Joins `users` to "room" and runs until each has its welcome and a snapshot.
+fn join_all(h: &mut Harness, users: &[&str]) -> Vec<usize> {
+    let clients: Vec<usize> = users.iter().map(|u| h.join("room", u).unwrap()).collect();
+    let all_in = h.run_until(Duration::from_secs(5), |h| {
+        clients.iter().all(|&c| joined(h, c))
+    });
+    assert!(all_in, "{users:?} did not all join");
+    clients
+}
+
 fn left(h: &Harness, reason: LeaveReason) -> usize {
     h.events
         .iter()
@@ -253,8 +263,7 @@ fn a_shard_whose_ticks_run_late_for_seconds_reports_a_stall() {
     let mut h = Harness::new(config, Network::perfect(), 7);
     h.create_instance("room", 8);
     // Someone in it, so it keeps ticking (an empty one at rest sleeps).
-    let c = h.join("room", "alice").unwrap();
-    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, c)));
+    join_all(&mut h, &["alice"]);
     h.run_for(Duration::from_millis(500));
     let stalled = |h: &Harness| h.events.iter().any(|e| matches!(e, Event::Stalled { .. }));
     assert!(!stalled(&h));
@@ -289,9 +298,7 @@ fn an_empty_instance_at_rest_sleeps_until_someone_joins() {
     assert_eq!(h.shard.metrics().instances, 1);
 
     // A join wakes it: the client gets its welcome and snapshots.
-    let c = h.join("room", "alice").unwrap();
-    assert_eq!(h.shard.metrics().instances_asleep, 0);
-    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, c)));
+    join_all(&mut h, &["alice"]);
     let woke_at = tick(&mut h);
     assert!(woke_at > asleep_at);
     h.run_for(Duration::from_secs(1));
@@ -341,8 +348,7 @@ fn snapshots(h: &Harness, c: usize) -> usize {
 fn an_overloaded_shard_refuses_joins_and_slows_snapshots_until_it_recovers() {
     let mut h = Harness::new(Config::default(), Network::perfect(), 10);
     h.create_instance("room", 8);
-    let c = h.join("room", "alice").unwrap();
-    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, c)));
+    let c = join_all(&mut h, &["alice"])[0];
     let second = Duration::from_secs(1);
     // 60 Hz ticks, a snapshot each.
     let calm = run_loaded(&mut h, c, 0.3, second);
@@ -379,8 +385,7 @@ fn an_overloaded_shard_refuses_joins_and_slows_snapshots_until_it_recovers() {
         (55..=61).contains(&calm),
         "{calm} snapshots after recovering"
     );
-    let bob = h.join("room", "bob").unwrap();
-    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, bob)));
+    join_all(&mut h, &["bob"]);
 }
 
 #[test]
@@ -389,13 +394,7 @@ fn a_late_shard_shedding_load_still_serves_every_member() {
     config.shard.overload_snapshot_divisor_max = 2;
     let mut h = Harness::new(config, Network::perfect(), 11);
     h.create_instance("room", 8);
-    let clients: Vec<usize> = ["alice", "bob"]
-        .iter()
-        .map(|u| h.join("room", u).unwrap())
-        .collect();
-    assert!(h.run_until(Duration::from_secs(5), |h| {
-        clients.iter().all(|&c| joined(h, c))
-    }));
+    let clients = join_all(&mut h, &["alice", "bob"]);
     run_loaded(&mut h, clients[0], 0.97, Duration::from_secs(4));
     assert_eq!(h.shard.metrics().snapshot_divisor, 2);
     // The shard gets the CPU every two ticks: each call runs two ticks, so

@@ -48,97 +48,62 @@ pub fn render(c: &Control) -> String {
         "1 while the node drains.",
         f64::from(u8::from(c.draining)),
     );
-    header(
+    per_shard(
         &mut out,
+        &c.shards,
         "instanceserver_shard_instances",
         "gauge",
         "Instances per shard.",
+        |m| m.instances,
     );
-    for (i, s) in c.shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "instanceserver_shard_instances{{shard=\"{i}\"}} {}",
-            s.metrics.instances
-        );
-    }
-    header(
+    per_shard(
         &mut out,
+        &c.shards,
         "instanceserver_shard_instances_asleep",
         "gauge",
         "Instances per shard that are asleep: empty, their world at rest, not ticking until someone joins.",
+        |m| m.instances_asleep,
     );
-    for (i, s) in c.shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "instanceserver_shard_instances_asleep{{shard=\"{i}\"}} {}",
-            s.metrics.instances_asleep
-        );
-    }
-    header(
+    per_shard(
         &mut out,
+        &c.shards,
         "instanceserver_shard_load_percent",
         "gauge",
         "Smoothed share of its core each shard's thread uses (joins are refused from shard.overload_join_refuse_percent).",
+        |m| m.load_percent,
     );
-    for (i, s) in c.shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "instanceserver_shard_load_percent{{shard=\"{i}\"}} {}",
-            s.metrics.load_percent
-        );
-    }
-    header(
+    per_shard(
         &mut out,
+        &c.shards,
         "instanceserver_shard_snapshot_divisor",
         "gauge",
         "Peers get a snapshot every this many ticks (1 unless the shard sheds load).",
+        |m| m.snapshot_divisor.max(1),
     );
-    for (i, s) in c.shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "instanceserver_shard_snapshot_divisor{{shard=\"{i}\"}} {}",
-            s.metrics.snapshot_divisor.max(1)
-        );
-    }
-    header(
+    per_shard(
         &mut out,
+        &c.shards,
         "instanceserver_shard_joins_refused_busy_total",
         "counter",
         "Joins a shard refused (503 busy) because it was over its load limit.",
+        |m| m.joins_refused_busy,
     );
-    for (i, s) in c.shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "instanceserver_shard_joins_refused_busy_total{{shard=\"{i}\"}} {}",
-            s.metrics.joins_refused_busy
-        );
-    }
-    header(
+    per_shard(
         &mut out,
+        &c.shards,
         "instanceserver_shard_peers",
         "gauge",
         "WebRTC peers per shard.",
+        |m| m.peers,
     );
-    for (i, s) in c.shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "instanceserver_shard_peers{{shard=\"{i}\"}} {}",
-            s.metrics.peers
-        );
-    }
-    header(
+    per_shard(
         &mut out,
+        &c.shards,
         "instanceserver_shard_timers",
         "gauge",
         "Entries in each shard's timer heap.",
+        |m| m.timers,
     );
-    for (i, s) in c.shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "instanceserver_shard_timers{{shard=\"{i}\"}} {}",
-            s.metrics.timers
-        );
-    }
     let counters: [(&str, &str, Counter); 9] = [
         (
             "instanceserver_inputs_total",
@@ -181,10 +146,7 @@ pub fn render(c: &Control) -> String {
         ),
     ];
     for (name, help, get) in counters {
-        header(&mut out, name, "counter", help);
-        for (i, s) in c.shards.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(&s.metrics));
-        }
+        per_shard(&mut out, &c.shards, name, "counter", help, get);
     }
     labelled(
         &mut out,
@@ -310,6 +272,21 @@ pub fn render(c: &Control) -> String {
         );
     }
     out
+}
+
+/// One series per shard: `name{shard="i"} value`.
+fn per_shard<T: std::fmt::Display>(
+    out: &mut String,
+    shards: &[super::ShardSlot],
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&state::commands::ShardMetrics) -> T,
+) {
+    header(out, name, kind, help);
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", value(&s.metrics));
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use str0m::change::SdpOffer;
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::{Candidate, IceCreds, Input, Rtc};
+use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
 
 use crate::Channel;
 use crate::slab::{Key, Slab};
@@ -136,6 +136,12 @@ pub struct ConnStats {
 #[derive(Debug)]
 pub struct Connections {
     config: ConnConfig,
+    /// What every connection's `Rtc` is built from: ICE-lite and one DTLS
+    /// certificate for all of them, made once (str0m would otherwise
+    /// generate a P-256 key and sign a certificate for every join). The
+    /// key only authenticates the handshake, whose ECDHE keys are fresh per
+    /// connection; the SDP answer carries its fingerprint.
+    rtc_config: RtcConfig,
     rng: StdRng,
     conns: Slab<Conn>,
     by_addr: HashMap<SocketAddr, ConnKey>,
@@ -155,8 +161,17 @@ impl Connections {
     /// OS entropy, tests a constant).
     pub fn new(config: ConnConfig, seed: u64) -> Connections {
         str0m::crypto::from_feature_flags().install_process_default();
+        let rtc_config = Rtc::builder().set_ice_lite(true);
+        let rtc_config = match str0m::crypto::CryptoProvider::get_default()
+            .and_then(|p| p.dtls_provider.generate_certificate())
+        {
+            Some(cert) => rtc_config.set_dtls_cert(cert),
+            // Left to str0m, which then makes one per connection.
+            None => rtc_config,
+        };
         Connections {
             config,
+            rtc_config,
             rng: StdRng::seed_from_u64(seed),
             conns: Slab::default(),
             by_addr: HashMap::new(),
@@ -228,8 +243,9 @@ impl Connections {
             ufrag: ufrag.clone(),
             pass: self.random_token(ICE_PASSWORD_LEN),
         };
-        let mut rtc = Rtc::builder()
-            .set_ice_lite(true)
+        let mut rtc = self
+            .rtc_config
+            .clone()
             .set_local_ice_credentials(creds)
             .build(now);
         let candidate = Candidate::host(self.config.local, "udp")

@@ -16,11 +16,13 @@
 //! Demux is O(1): remote address → connection, and for a new address the
 //! ICE username fragment in its STUN request → connection.
 
+mod dtls;
 mod peer;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -161,10 +163,15 @@ impl Connections {
     /// OS entropy, tests a constant).
     pub fn new(config: ConnConfig, seed: u64) -> Connections {
         str0m::crypto::from_feature_flags().install_process_default();
-        let rtc_config = Rtc::builder().set_ice_lite(true);
-        let rtc_config = match str0m::crypto::CryptoProvider::get_default()
-            .and_then(|p| p.dtls_provider.generate_certificate())
-        {
+        // str0m's providers, but DTLS from one dimpl configuration for all.
+        let provider = Arc::new(str0m::crypto::CryptoProvider {
+            dtls_provider: &dtls::SHARED_CONFIG_DTLS,
+            ..str0m::crypto::from_feature_flags()
+        });
+        let rtc_config = Rtc::builder()
+            .set_ice_lite(true)
+            .set_crypto_provider(provider.clone());
+        let rtc_config = match provider.dtls_provider.generate_certificate() {
             Some(cert) => rtc_config.set_dtls_cert(cert),
             // Left to str0m, which then makes one per connection.
             None => rtc_config,

@@ -182,7 +182,7 @@ impl Shard {
     /// [`load::OverloadConfig`]'s shares, joins are refused and snapshots
     /// slow down.
     pub fn observe_load(&mut self, cpu_share: f32, now: Instant) {
-        self.load.observe(cpu_share, now);
+        self.load.observe(cpu_share, self.conns.len(), now);
     }
 
     /// Counts a datagram the shell dropped (too large, send failed).

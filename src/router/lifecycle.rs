@@ -60,7 +60,7 @@ impl Shard {
         if self.draining {
             return Err(JoinRefused::Draining);
         }
-        if self.load.refuses_joins() {
+        if self.load.refuses_joins(self.conns.len()) {
             self.metrics.joins_refused_busy += 1;
             return Err(JoinRefused::Busy {
                 load_percent: (self.load.share() * 100.0).round() as u32,

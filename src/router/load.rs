@@ -48,6 +48,8 @@ impl Default for OverloadConfig {
 pub struct Load {
     config: OverloadConfig,
     share: Option<f32>,
+    /// Peers when the last sample was taken: the load they made.
+    peers_sampled: usize,
     divisor: u32,
     next_adjust: Option<Instant>,
     /// Since when the load has been at the degrade share, if it is.
@@ -59,6 +61,7 @@ impl Load {
         Load {
             config,
             share: None,
+            peers_sampled: 0,
             divisor: 1,
             next_adjust: None,
             over_since: None,
@@ -67,7 +70,8 @@ impl Load {
 
     /// Takes one measurement (share of the core since the last one) and
     /// moves the snapshot step if it is time to.
-    pub fn observe(&mut self, share: f32, now: Instant) {
+    pub fn observe(&mut self, share: f32, peers: usize, now: Instant) {
+        self.peers_sampled = peers;
         let share = if share.is_finite() {
             share.max(0.0)
         } else {
@@ -110,10 +114,26 @@ impl Load {
         self.share.unwrap_or(0.0)
     }
 
-    /// Whether a new join should be refused now (never with a refuse
-    /// share of 1 or more: a saturated thread measures about 1).
-    pub fn refuses_joins(&self) -> bool {
-        self.config.join_refuse_share < 1.0 && self.share() >= self.config.join_refuse_share
+    /// Whether one more peer, with `peers` there now, should be refused
+    /// (never with a refuse share of 1 or more: a saturated thread
+    /// measures about 1). The measured share lags the joins admitted since
+    /// (and their handshakes come later still), so it is scaled by the
+    /// peers there will be over the peers that made it: a wave of joins
+    /// stops near the limit instead of overshooting it.
+    pub fn refuses_joins(&self, peers: usize) -> bool {
+        if self.config.join_refuse_share >= 1.0 {
+            return false;
+        }
+        self.projected_share(peers + 1) >= self.config.join_refuse_share
+    }
+
+    /// The share the shard would use with `peers`, from the last measurement.
+    pub fn projected_share(&self, peers: usize) -> f32 {
+        let share = self.share();
+        if self.peers_sampled == 0 {
+            return share;
+        }
+        share * (peers.max(self.peers_sampled) as f32 / self.peers_sampled as f32)
     }
 
     /// Peers get a snapshot every this many ticks (1: every tick).
@@ -131,22 +151,25 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut load = Load::new(OverloadConfig::default());
-        assert!(!load.refuses_joins());
-        load.observe(0.5, t0);
-        assert_eq!((load.refuses_joins(), load.snapshot_divisor()), (false, 1));
+        assert!(!load.refuses_joins(100));
+        load.observe(0.5, 100, t0);
+        assert_eq!(
+            (load.refuses_joins(100), load.snapshot_divisor()),
+            (false, 1)
+        );
         // One hot sample is smoothed away; a few are not.
-        load.observe(1.0, t0 + ms(250));
+        load.observe(1.0, 100, t0 + ms(250));
         assert_eq!(load.share(), 0.75);
-        assert!(!load.refuses_joins());
-        load.observe(1.0, t0 + ms(500));
-        assert!(load.refuses_joins());
+        assert!(!load.refuses_joins(100));
+        load.observe(1.0, 100, t0 + ms(500));
+        assert!(load.refuses_joins(100));
         // The smoothed share reaches the degrade share (95%) at 1 s:
         // snapshots slow down once it has lasted 2 s, then a step a second,
         // to the maximum.
         let mut at = ms(750);
         let mut steps = Vec::new();
         while at <= ms(6_000) {
-            load.observe(1.0, t0 + at);
+            load.observe(1.0, 100, t0 + at);
             steps.push((at.as_millis(), load.snapshot_divisor()));
             at += ms(250);
         }
@@ -155,22 +178,30 @@ mod tests {
         assert_eq!(load.snapshot_divisor(), 4);
         // Between recover (85%) and degrade nothing moves; below, it steps back.
         for k in 0..40 {
-            load.observe(0.9, t0 + ms(6_250 + 250 * k));
+            load.observe(0.9, 100, t0 + ms(6_250 + 250 * k));
         }
         assert_eq!(load.snapshot_divisor(), 4);
-        assert!(load.refuses_joins());
+        assert!(load.refuses_joins(100));
         for k in 0..40 {
-            load.observe(0.5, t0 + ms(20_000 + 250 * k));
+            load.observe(0.5, 100, t0 + ms(20_000 + 250 * k));
         }
         assert_eq!(load.snapshot_divisor(), 1);
-        assert!(!load.refuses_joins());
+        assert!(!load.refuses_joins(100));
         // A short burst over the degrade share does not slow anything.
         for k in 0..6 {
-            load.observe(1.0, t0 + ms(40_000 + 250 * k));
+            load.observe(1.0, 100, t0 + ms(40_000 + 250 * k));
         }
         assert_eq!(load.snapshot_divisor(), 1);
+        // A wave of joins stops where the peers would reach the limit: 50%
+        // with 100 peers admits up to 169 (170 would make 85%).
+        load.observe(0.5, 100, t0 + ms(60_000));
+        for _ in 0..20 {
+            load.observe(0.5, 100, t0 + ms(60_000));
+        }
+        assert!(!load.refuses_joins(168));
+        assert!(load.refuses_joins(169));
         // Garbage measurements count as idle, not as a panic.
-        load.observe(f32::NAN, t0 + ms(50_000));
+        load.observe(f32::NAN, 100, t0 + ms(50_000));
         assert!(load.share().is_finite());
     }
 }

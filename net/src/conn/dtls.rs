@@ -31,7 +31,9 @@ pub static SHARED_CONFIG_DTLS: SharedConfigDtls = SharedConfigDtls {
 fn build(mtu: Option<usize>) -> Result<dimpl::Config, CryptoError> {
     // ICE has checked the peer's address before DTLS starts: no cookie
     // round trip (as str0m's own provider).
-    let mut builder = dimpl::Config::builder().use_server_cookie(false);
+    let mut builder = dimpl::Config::builder()
+        .with_crypto_provider(dimpl::crypto::aws_lc_rs::default_provider())
+        .use_server_cookie(false);
     if let Some(mtu) = mtu {
         builder = builder.mtu(mtu);
     }
@@ -46,7 +48,13 @@ impl SharedConfigDtls {
             if *cached_mtu == mtu {
                 return Ok(config.clone());
             }
-            // Another MTU than the node's: built for this connection alone.
+            // Another MTU than the node's: built for this connection alone,
+            // at the full price the cache exists to avoid.
+            tracing::debug!(
+                ?mtu,
+                ?cached_mtu,
+                "DTLS configuration built for one connection"
+            );
             return Ok(Arc::new(build(mtu)?));
         }
         let config = Arc::new(build(mtu)?);

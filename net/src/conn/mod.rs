@@ -134,6 +134,10 @@ pub struct ConnStats {
     pub send_queue_full: u64,
 }
 
+/// How long one DTLS certificate serves new connections (dimpl makes them
+/// valid for 365 days).
+pub const DTLS_CERT_ROTATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// The connections of one socket. See the module documentation.
 #[derive(Debug)]
 pub struct Connections {
@@ -144,6 +148,10 @@ pub struct Connections {
     /// key only authenticates the handshake, whose ECDHE keys are fresh per
     /// connection; the SDP answer carries its fingerprint.
     rtc_config: RtcConfig,
+    /// When the certificate in `rtc_config` was made (at the first accept,
+    /// then again every [`DTLS_CERT_ROTATION`]: dimpl's certificates are
+    /// valid for a year).
+    cert_made: Option<Instant>,
     rng: StdRng,
     conns: Slab<Conn>,
     by_addr: HashMap<SocketAddr, ConnKey>,
@@ -170,15 +178,11 @@ impl Connections {
         });
         let rtc_config = Rtc::builder()
             .set_ice_lite(true)
-            .set_crypto_provider(provider.clone());
-        let rtc_config = match provider.dtls_provider.generate_certificate() {
-            Some(cert) => rtc_config.set_dtls_cert(cert),
-            // Left to str0m, which then makes one per connection.
-            None => rtc_config,
-        };
+            .set_crypto_provider(provider);
         Connections {
             config,
             rtc_config,
+            cert_made: None,
             rng: StdRng::seed_from_u64(seed),
             conns: Slab::default(),
             by_addr: HashMap::new(),
@@ -250,6 +254,7 @@ impl Connections {
             ufrag: ufrag.clone(),
             pass: self.random_token(ICE_PASSWORD_LEN),
         };
+        self.rotate_certificate(now);
         let mut rtc = self
             .rtc_config
             .clone()
@@ -271,6 +276,27 @@ impl Connections {
         self.mark_dirty(key);
         self.flush(now);
         Ok((key, answer))
+    }
+
+    /// Makes the layer's DTLS certificate at the first accept and anew
+    /// every [`DTLS_CERT_ROTATION`]; open connections keep theirs.
+    fn rotate_certificate(&mut self, now: Instant) {
+        if self
+            .cert_made
+            .is_some_and(|t| now.saturating_duration_since(t) < DTLS_CERT_ROTATION)
+        {
+            return;
+        }
+        let cert =
+            str0m::crypto::dtls::DtlsProvider::generate_certificate(&dtls::SHARED_CONFIG_DTLS);
+        match cert {
+            Some(cert) => {
+                self.rtc_config = self.rtc_config.clone().set_dtls_cert(cert);
+                self.cert_made = Some(now);
+            }
+            // Left to str0m, which then makes one per connection.
+            None => tracing::warn!("cannot generate a DTLS certificate; one per connection"),
+        }
     }
 
     fn random_token(&mut self, len: usize) -> String {

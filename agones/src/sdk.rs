@@ -343,10 +343,7 @@ impl Sdk {
 
     pub async fn get_list(&self, name: &str) -> Result<List, SdkError> {
         let Some(r) = &self.remote else {
-            return Ok(List {
-                name: name.into(),
-                ..List::default()
-            });
+            return Ok(empty_list(name));
         };
         let request = GetListRequest { name: name.into() };
         self.unary("GetList", r.beta.clone().get_list(request))
@@ -358,10 +355,7 @@ impl Sdk {
     pub async fn add_list_value(&self, name: &str, value: &str) -> Result<List, SdkError> {
         let Some(r) = &self.remote else {
             tracing::debug!(name, value, "Agones (local): AddListValue");
-            return Ok(List {
-                name: name.into(),
-                ..List::default()
-            });
+            return Ok(empty_list(name));
         };
         let request = AddListValueRequest {
             name: name.into(),
@@ -375,10 +369,7 @@ impl Sdk {
     pub async fn remove_list_value(&self, name: &str, value: &str) -> Result<List, SdkError> {
         let Some(r) = &self.remote else {
             tracing::debug!(name, value, "Agones (local): RemoveListValue");
-            return Ok(List {
-                name: name.into(),
-                ..List::default()
-            });
+            return Ok(empty_list(name));
         };
         let request = RemoveListValueRequest {
             name: name.into(),
@@ -466,5 +457,13 @@ impl Watch {
                 status,
             })),
         }
+    }
+}
+
+/// What local mode answers for a list: empty, by its name.
+fn empty_list(name: &str) -> List {
+    List {
+        name: name.into(),
+        ..List::default()
     }
 }

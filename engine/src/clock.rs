@@ -49,11 +49,6 @@ impl FixedClock {
         self.next_due = None;
     }
 
-    /// Whether the clock is stopped (paused, or not started).
-    pub fn is_paused(&self) -> bool {
-        self.next_due.is_none()
-    }
-
     /// Restarts a stopped clock with a step due at `now` (no catch-up for
     /// the time it stood still); a running clock is left as it is.
     pub fn resume(&mut self, now: Instant) {
@@ -118,7 +113,6 @@ mod tests {
         let mut c = FixedClock::new(ms(10), 3);
         assert_eq!(c.advance(t0).steps, 1);
         c.pause();
-        assert!(c.is_paused());
         assert_eq!(c.next_due(), None);
         c.resume(t0 + ms(5000));
         assert_eq!(c.next_due(), Some(t0 + ms(5000)));

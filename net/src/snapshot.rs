@@ -353,17 +353,6 @@ impl ClientSnapshots {
         self.views.len()
     }
 
-    /// Bytes this client's snapshot state holds on the heap (capacity).
-    pub fn heap_bytes(&self) -> usize {
-        let state = std::mem::size_of::<EntityState>();
-        let views: usize = self.views.iter().map(|v| v.entities.capacity()).sum();
-        let spare: usize = self.spare.iter().map(Vec::capacity).sum();
-        (views + spare) * state
-            + self.views.capacity() * std::mem::size_of::<SentView>()
-            + self.spare.capacity() * std::mem::size_of::<Vec<EntityState>>()
-            + self.priorities.capacity() * std::mem::size_of::<(u32, f32)>()
-    }
-
     fn view_index(&self, tick: u32) -> Option<usize> {
         if tick == 0 {
             return None;

@@ -103,6 +103,8 @@ fn deltas_decode_against_every_baseline_in_the_ring() {
         let (mut w, _) = moving_world(20, 1.5, 2.0);
         let (sizes, server, _) = run(&mut w, SnapshotConfig::default(), 45, lag, Vec3::ZERO);
         assert_eq!(server.acked(), Some(45 - lag));
+        // Only the acknowledged view and those sent since are kept.
+        assert_eq!(server.live_views(), lag as usize + 1, "lag {lag}");
         // Once acknowledged, snapshots are deltas: smaller than the first (full) one.
         assert!(sizes[44] < sizes[0], "lag {lag}: {sizes:?}");
     }
@@ -111,9 +113,11 @@ fn deltas_decode_against_every_baseline_in_the_ring() {
 #[test]
 fn a_client_that_never_acks_gets_full_snapshots_it_can_still_decode() {
     let (mut w, _) = moving_world(10, 1.0, 1.0);
-    let (sizes, server, _) = run(&mut w, SnapshotConfig::default(), 10, 100, Vec3::ZERO);
+    let (sizes, server, _) = run(&mut w, SnapshotConfig::default(), 40, 100, Vec3::ZERO);
     assert_eq!(server.acked(), None);
-    assert_eq!(sizes[0], sizes[9], "no baseline: every snapshot is full");
+    assert_eq!(sizes[0], sizes[39], "no baseline: every snapshot is full");
+    // Views kept for a client that acknowledges nothing stay bounded.
+    assert_eq!(server.live_views(), SnapshotConfig::default().history_len);
 }
 
 #[test]

@@ -128,7 +128,7 @@ impl Load {
     }
 
     /// The share the shard would use with `peers`, from the last measurement.
-    pub fn projected_share(&self, peers: usize) -> f32 {
+    fn projected_share(&self, peers: usize) -> f32 {
         let share = self.share();
         if self.peers_sampled == 0 {
             return share;

@@ -8,6 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+/// Peers a measurement must have come from before admission scales it by
+/// the peers to come.
+pub const PROJECTION_PEERS_MIN: usize = 100;
+
 /// How the shard sheds load.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OverloadConfig {
@@ -130,7 +134,9 @@ impl Load {
     /// The share the shard would use with `peers`, from the last measurement.
     fn projected_share(&self, peers: usize) -> f32 {
         let share = self.share();
-        if self.peers_sampled == 0 {
+        // With few peers most of the load is not theirs (instances ticking,
+        // handshakes): scaling it by peers would refuse a nearly idle shard.
+        if self.peers_sampled < PROJECTION_PEERS_MIN {
             return share;
         }
         share * (peers.max(self.peers_sampled) as f32 / self.peers_sampled as f32)
@@ -200,6 +206,12 @@ mod tests {
         }
         assert!(!load.refuses_joins(168));
         assert!(load.refuses_joins(169));
+        // Measured with a handful of peers, the load is not theirs: a burst
+        // of joins to a nearly idle shard is admitted.
+        for _ in 0..20 {
+            load.observe(0.35, 1, t0 + ms(61_000));
+        }
+        assert!(!load.refuses_joins(50));
         // Garbage measurements count as idle, not as a panic.
         load.observe(f32::NAN, 100, t0 + ms(50_000));
         assert!(load.share().is_finite());

@@ -1,13 +1,13 @@
 //! One rapier3d physics world per instance, and the bridge between its
 //! bodies and the world's columns.
 
-use rapier3d::control::KinematicCharacterController;
 use rapier3d::dynamics::{RigidBodyBuilder, RigidBodyHandle};
 use rapier3d::geometry::{ColliderBuilder, SharedShape};
 use rapier3d::math::{Pose, Vector};
+use rapier3d::parry::query::ShapeCastOptions;
 use rapier3d::pipeline::{PhysicsWorld, QueryFilter};
 
-use crate::components::{Avatar, BodyKind, BodyLink, ColliderDesc, Shape, Transform, Velocity};
+use crate::components::{BodyKind, BodyLink, ColliderDesc, Shape, Transform, Velocity};
 use crate::entity::EntityId;
 use crate::math::{Aabb, Vec3};
 use crate::world::World;
@@ -65,7 +65,6 @@ pub struct StepReport {
 pub struct Physics {
     world: PhysicsWorld,
     substeps: u32,
-    controller: KinematicCharacterController,
 }
 
 impl std::fmt::Debug for Physics {
@@ -85,17 +84,7 @@ impl Physics {
         let mut world = PhysicsWorld::new();
         world.gravity = gravity.into();
         world.integration_parameters.dt = tick_dt_s / substeps as f32;
-        let controller = KinematicCharacterController {
-            // Clients send full positions, jumps included: do not pull
-            // avatars down to the ground, only keep them out of geometry.
-            snap_to_ground: None,
-            ..KinematicCharacterController::default()
-        };
-        Physics {
-            world,
-            substeps,
-            controller,
-        }
+        Physics { world, substeps }
     }
 
     pub fn body_count(&self) -> usize {
@@ -165,53 +154,101 @@ impl Physics {
     }
 
     /// Moves every avatar with a target toward it for one tick: at most
-    /// `speed_max_mps`, sliding along colliders instead of passing through.
-    pub fn drive_avatars(&mut self, world: &World, tick_dt_s: f32) {
-        let avatars = &world.optional.avatars;
-        for (id, avatar) in avatars.iter() {
-            let Some(link) = world.optional.bodies.get(id) else {
+    /// `speed_max_mps`, sliding along static colliders instead of passing
+    /// through them. An avatar whose target is reached, or that cannot get
+    /// any closer to it, has its target cleared: the controller does not run
+    /// for it again until its owner sends a new one, and its body can sleep.
+    /// Returns how many avatars the controller ran for.
+    pub fn drive_avatars(&mut self, world: &mut World, tick_dt_s: f32) -> usize {
+        let tick = world.tick();
+        let avatars = &mut world.optional.avatars;
+        let bodies = &world.optional.bodies;
+        let mut driven = 0;
+        for i in 0..avatars.len() {
+            let id = avatars.ids()[i];
+            let avatar = &avatars.values()[i];
+            let Some(target) = avatar.target else {
+                continue;
+            };
+            let Some(link) = bodies.get(id) else {
                 continue;
             };
             if link.kind != BodyKind::Kinematic {
                 continue;
             }
-            self.drive_avatar(avatar, link, tick_dt_s);
+            driven += 1;
+            let step_max = avatar.speed_max_mps * tick_dt_s;
+            if self.drive_avatar(&target, step_max, link) == Drive::Settled
+                && let Some(avatar) = avatars.get_mut(id, tick)
+            {
+                avatar.target = None;
+            }
+        }
+        driven
+    }
+
+    /// One avatar's tick: where it can get toward `target` this tick,
+    /// against static geometry only. Kinematic avatars push dynamic bodies
+    /// during the physics step and pass through each other, so only fixed
+    /// colliders can stop them; leaving the rest out keeps the query cheap.
+    fn drive_avatar(&mut self, target: &Transform, step_max: f32, link: &BodyLink) -> Drive {
+        let Some(body) = self.world.bodies.get(link.body) else {
+            return Drive::Settled;
+        };
+        let current = *body.position();
+        let rotation: rapier3d::math::Rotation = target.rotation.into();
+        let wanted = Vector::from(target.position) - current.translation;
+        let len = wanted.length();
+        let turned = current.rotation != rotation;
+        if len <= AVATAR_CLOSE_M {
+            if len == 0.0 && !turned {
+                return Drive::Settled;
+            }
+            // Close enough to land exactly on the target: no gap to cast
+            // through, and no 1 mm flicker around it afterwards.
+            self.set_kinematic(link, Vector::from(target.position), rotation);
+            return Drive::Settled;
+        }
+        let Some(collider) = self.world.colliders.get(link.collider) else {
+            return Drive::Settled;
+        };
+        let wanted = if len > step_max {
+            wanted * (step_max / len)
+        } else {
+            wanted
+        };
+        let queries = self
+            .world
+            .query_pipeline_with_filter(QueryFilter::only_fixed());
+        let moved = match collider.shape().as_capsule() {
+            Some(capsule) => slide(&queries, &raised_feet(capsule), &current, wanted),
+            None => slide(&queries, collider.shape(), &current, wanted),
+        };
+        let arrived = len <= step_max && (moved - wanted).length() <= AVATAR_CLOSE_M;
+        let position = if arrived {
+            Vector::from(target.position)
+        } else {
+            current.translation + moved
+        };
+        let stuck = moved.length() <= AVATAR_STUCK_M;
+        if !stuck || turned || arrived {
+            self.set_kinematic(link, position, rotation);
+        }
+        if arrived || stuck {
+            Drive::Settled
+        } else {
+            Drive::Moving
         }
     }
 
-    fn drive_avatar(&mut self, avatar: &Avatar, link: &BodyLink, dt: f32) {
-        let Some(target) = avatar.target else {
-            return;
-        };
-        let Some(body) = self.world.bodies.get(link.body) else {
-            return;
-        };
-        let current = *body.position();
-        let mut wanted = Vector::from(target.position) - current.translation;
-        let step_max = avatar.speed_max_mps * dt;
-        let len = wanted.length();
-        if len > step_max {
-            wanted *= step_max / len;
-        }
-        let rotation = target.rotation.into();
-        let moved = if len <= f32::EPSILON {
-            Vector::ZERO
-        } else {
-            let Some(collider) = self.world.colliders.get(link.collider) else {
-                return;
-            };
-            let queries = self
-                .world
-                .query_pipeline_with_filter(QueryFilter::default().exclude_rigid_body(link.body));
-            self.controller
-                .move_shape(dt, &queries, collider.shape(), &current, wanted, |_| {})
-                .translation
-        };
+    fn set_kinematic(
+        &mut self,
+        link: &BodyLink,
+        position: Vector,
+        rotation: rapier3d::math::Rotation,
+    ) {
         if let Some(body) = self.world.bodies.get_mut(link.body) {
-            body.set_next_kinematic_position(Pose::from_parts(
-                current.translation + moved,
-                rotation,
-            ));
+            body.set_next_kinematic_position(Pose::from_parts(position, rotation));
         }
     }
 
@@ -261,6 +298,98 @@ impl Physics {
     pub fn body(&self, handle: RigidBodyHandle) -> Option<&rapier3d::dynamics::RigidBody> {
         self.world.bodies.get(handle)
     }
+}
+
+/// Whether an avatar still has somewhere to go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drive {
+    Moving,
+    /// At its target, or stopped by geometry short of it.
+    Settled,
+}
+
+/// The gap an avatar keeps from static geometry.
+const AVATAR_SKIN_M: f32 = 0.005;
+/// How far above its feet an avatar's casts start (see [`raised_feet`]).
+pub const AVATAR_FOOT_CLEARANCE_M: f32 = 0.02;
+/// How far a slide leans away from the surface it slides along.
+const AVATAR_LEAN_M: f32 = 1.0e-5;
+/// An avatar this close to its target is put on it.
+const AVATAR_CLOSE_M: f32 = 1.0e-3;
+/// A tick that moves an avatar less than this means geometry holds it.
+const AVATAR_STUCK_M: f32 = 1.0e-4;
+/// Obstacles an avatar slides along in one tick (a corner is two).
+const AVATAR_SLIDES_MAX: usize = 3;
+
+/// The avatar's capsule with its lower end raised by
+/// [`AVATAR_FOOT_CLEARANCE_M`], for casting: a capsule standing on a floor
+/// touches it, and a cast from touching is slow (GJK at contact) and
+/// fragile (a move tilted 1e-9 into the floor stops on it). The raised
+/// capsule clears the floor, so a walk across open floor tests no shape at
+/// all, and ledges lower than the clearance are walked over. The cost: a
+/// client may put its avatar's feet that far into a floor.
+fn raised_feet(capsule: &rapier3d::parry::shape::Capsule) -> rapier3d::parry::shape::Capsule {
+    let (mut low, high) = if capsule.segment.a.y <= capsule.segment.b.y {
+        (capsule.segment.a, capsule.segment.b)
+    } else {
+        (capsule.segment.b, capsule.segment.a)
+    };
+    let axis = high - low;
+    let len = axis.length();
+    if len > 0.0 {
+        low += axis * (AVATAR_FOOT_CLEARANCE_M.min(len) / len);
+    }
+    rapier3d::parry::shape::Capsule::new(low, high, capsule.radius)
+}
+
+/// Casts `shape` from `start` along `wanted`, and on a hit slides the rest
+/// of the way along the obstacle's surface, up to [`AVATAR_SLIDES_MAX`]
+/// times. Returns the translation that keeps it out of what `queries`
+/// sees. A cast that starts touching a surface and moves along or away
+/// from it is not stopped by it (parry reports no hit), so an avatar walks
+/// on a floor it stands on.
+fn slide(
+    queries: &rapier3d::pipeline::QueryPipeline<'_>,
+    shape: &dyn rapier3d::geometry::Shape,
+    start: &Pose,
+    wanted: Vector,
+) -> Vector {
+    let mut moved = Vector::ZERO;
+    let mut remaining = wanted;
+    for _ in 0..AVATAR_SLIDES_MAX {
+        let len = remaining.length();
+        if len <= AVATAR_STUCK_M {
+            break;
+        }
+        let dir = remaining / len;
+        let from = Pose::from_parts(start.translation + moved, start.rotation);
+        let options = ShapeCastOptions {
+            max_time_of_impact: len,
+            target_distance: AVATAR_SKIN_M,
+            stop_at_penetration: false,
+            compute_impact_geometry_on_penetration: true,
+        };
+        let Some((_, hit)) = queries.cast_shape(&from, dir, shape, options) else {
+            return moved + remaining;
+        };
+        let travel = hit.time_of_impact.min(len);
+        moved += dir * travel;
+        remaining -= dir * travel;
+        // The obstacle's normal, facing the avatar; drop the part of the
+        // remaining move that goes into it and lean the rest a hair away, so
+        // the next cast does not find the same surface again: a move along
+        // a floor that rounding tilts 1e-9 into it would stop on it.
+        let mut normal = hit.normal1;
+        if normal.dot(dir) > 0.0 {
+            normal = -normal;
+        }
+        let into = remaining.dot(normal);
+        if into < 0.0 {
+            remaining -= normal * into;
+        }
+        remaining += normal * AVATAR_LEAN_M;
+    }
+    moved
 }
 
 fn shared_shape(shape: Shape, mesh: Option<&TriMeshData>) -> Result<SharedShape, PhysicsError> {

@@ -254,10 +254,18 @@ impl Simulation {
         due
     }
 
+    /// The avatar phase of [`Self::step`] alone: moves every avatar with a
+    /// target toward it (see [`Physics::drive_avatars`]) and returns how many
+    /// the controller ran for. A step after it in the same tick finds the
+    /// work done and repeats nothing. For benchmarks and tools.
+    pub fn drive_avatars(&mut self) -> usize {
+        self.physics.drive_avatars(&mut self.world, self.tick_dt_s)
+    }
+
     /// Runs exactly one tick: avatars, velocity integration, physics, bounds.
     pub fn step(&mut self) -> TickReport {
         self.world.begin_tick();
-        self.physics.drive_avatars(&self.world, self.tick_dt_s);
+        self.physics.drive_avatars(&mut self.world, self.tick_dt_s);
         let integrated = systems::integrate_velocities(&mut self.world, self.tick_dt_s);
         self.last_integrated = integrated;
         self.out_of_bounds.clear();

@@ -134,6 +134,109 @@ fn avatars_follow_targets_at_bounded_speed_and_do_not_pass_walls() {
 }
 
 #[test]
+fn an_avatar_at_its_target_stands_exactly_there_and_stops_costing_anything() {
+    let mut sim = Simulation::new(&scene(&format!("[{FLOOR}]")), SimConfig::default()).unwrap();
+    let avatar = sim.spawn_avatar(UserIndex(3)).unwrap();
+    let start = sim.world().transform(avatar).unwrap().position;
+    // A target a hair below the spawn height, as a client's float maths
+    // gives: the floor must not stop the walk.
+    let target = Vec3::new(2.5, start.y - 1e-6, -1.25);
+    sim.set_avatar_target(avatar, Transform::from_position(target))
+        .unwrap();
+    for _ in 0..60 {
+        sim.step();
+    }
+    let p = sim.world().transform(avatar).unwrap().position;
+    assert_eq!(p, target, "lands exactly on its target");
+    assert_eq!(
+        sim.drive_avatars(),
+        0,
+        "the controller no longer runs for it"
+    );
+    let settled_at = sim.world().changed_at(avatar).unwrap();
+    for _ in 0..120 {
+        sim.step();
+    }
+    assert_eq!(
+        sim.world().changed_at(avatar).unwrap(),
+        settled_at,
+        "an avatar at rest is unchanged tick after tick"
+    );
+    assert_eq!(sim.world().transform(avatar).unwrap().position, target);
+    assert_eq!(sim.physics().awake_bodies(), 0, "its body sleeps");
+
+    // A new target wakes it.
+    sim.set_avatar_target(
+        avatar,
+        Transform::from_position(Vec3::new(0.0, target.y, 0.0)),
+    )
+    .unwrap();
+    sim.step();
+    let p = sim.world().transform(avatar).unwrap().position;
+    assert!(p.x < 2.5 - 0.1, "walks again: {p:?}");
+}
+
+#[test]
+fn an_avatar_pushed_into_a_wall_slides_along_it_then_stops() {
+    let wall = r#"{"transform": {"position": [0, 1, 5]}, "collider": {"shape": "cuboid", "half_extents": [10, 1, 0.5]}}"#;
+    let mut sim =
+        Simulation::new(&scene(&format!("[{FLOOR}, {wall}]")), SimConfig::default()).unwrap();
+    let avatar = sim.spawn_avatar(UserIndex(1)).unwrap();
+    let y = sim.world().transform(avatar).unwrap().position.y;
+    // Diagonally into the wall (face at z = 4.5, avatar radius 0.3).
+    let target = Transform::from_position(Vec3::new(6.0, y, 12.0));
+    sim.set_avatar_target(avatar, target).unwrap();
+    for _ in 0..600 {
+        sim.step();
+    }
+    let p = sim.world().transform(avatar).unwrap().position;
+    assert!(p.z <= 4.2 && p.z > 4.15, "held off the wall's face: {p:?}");
+    assert!((p.y - y).abs() < 1e-3, "neither climbs nor sinks: {p:?}");
+    assert!(
+        (p.x - 6.0).abs() < 1e-2,
+        "slid along the wall to the target's x: {p:?}"
+    );
+    assert_eq!(
+        sim.drive_avatars(),
+        0,
+        "stopped by the wall, the controller stops running for it"
+    );
+    let stopped = sim.world().changed_at(avatar).unwrap();
+    for _ in 0..30 {
+        sim.step();
+    }
+    assert_eq!(sim.world().changed_at(avatar).unwrap(), stopped);
+}
+
+#[test]
+fn avatars_step_over_ledges_lower_than_the_foot_clearance_only() {
+    let low = r#"{"transform": {"position": [2, 0.005, 0]}, "collider": {"shape": "cuboid", "half_extents": [0.5, 0.005, 5]}}"#;
+    let high = r#"{"transform": {"position": [-2, 0.2, 0]}, "collider": {"shape": "cuboid", "half_extents": [0.5, 0.2, 5]}}"#;
+    let mut sim = Simulation::new(
+        &scene(&format!("[{FLOOR}, {low}, {high}]")),
+        SimConfig::default(),
+    )
+    .unwrap();
+    let a = sim.spawn_avatar(UserIndex(1)).unwrap();
+    let b = sim.spawn_avatar(UserIndex(2)).unwrap();
+    let y = sim.world().transform(a).unwrap().position.y;
+    sim.set_avatar_target(a, Transform::from_position(Vec3::new(4.0, y, 0.0)))
+        .unwrap();
+    sim.set_avatar_target(b, Transform::from_position(Vec3::new(-4.0, y, 0.0)))
+        .unwrap();
+    for _ in 0..90 {
+        sim.step();
+    }
+    let pa = sim.world().transform(a).unwrap().position;
+    let pb = sim.world().transform(b).unwrap().position;
+    assert_eq!(pa.x, 4.0, "walked over a 1 cm strip: {pa:?}");
+    assert!(
+        pb.x > -1.2 && pb.x < -1.19,
+        "stopped by a 40 cm step, its radius off the face at x = -1.5: {pb:?}"
+    );
+}
+
+#[test]
 fn avatar_targets_are_clamped_to_the_world_bounds() {
     let mut sim = Simulation::new(&scene(&format!("[{FLOOR}]")), SimConfig::default()).unwrap();
     let avatar = sim.spawn_avatar(UserIndex(1)).unwrap();

@@ -100,6 +100,7 @@ pub struct Harness {
     next_session: SessionId,
     delivered: u64,
     dropped: u64,
+    scenes: engine::SceneCache,
 }
 
 /// The most datagrams in flight; more is a runaway test.
@@ -131,6 +132,7 @@ impl Harness {
             next_session: 1,
             delivered: 0,
             dropped: 0,
+            scenes: engine::SceneCache::default(),
         }
     }
 
@@ -162,7 +164,10 @@ impl Harness {
         let spec = InstanceSpec {
             id: id.into(),
             location_id: id.into(),
-            scene: Box::new(engine::Scene::demo()),
+            scene: self
+                .scenes
+                .prepare(engine::Scene::demo())
+                .expect("the demo scene prepares"),
             max_users,
             labels: BTreeMap::new(),
             empty_timeout: Some(empty_timeout),

@@ -91,13 +91,38 @@ impl Physics {
         self.world.bodies.len()
     }
 
-    /// Drops the pipelines' scratch buffers (rapier keeps them between
-    /// steps to reuse them; they regrow on the next step). For a world that
-    /// will not step for a while.
-    pub fn release_workspace(&mut self) {
-        self.world.physics_pipeline = rapier3d::pipeline::PhysicsPipeline::new();
-        self.world.collision_pipeline = rapier3d::pipeline::CollisionPipeline::new();
-        self.world.ccd_solver = rapier3d::dynamics::CCDSolver::new();
+    /// After bodies were added asleep (a world rebuilt where it rested):
+    /// finds the contacts between them and leaves them asleep. Without
+    /// this, the first step finds every resting contact anew, and rapier
+    /// wakes both bodies of each contact that starts, so the whole world
+    /// would wake and settle again. The contacts are found with a
+    /// throwaway island manager, so their wake-ups touch only the bodies'
+    /// flags, which are then put back.
+    pub(crate) fn settle_rebuilt(&mut self) {
+        let w = &mut self.world;
+        let prediction = w.integration_parameters.prediction_distance();
+        let mut scratch = rapier3d::dynamics::IslandManager::new();
+        let asleep: Vec<RigidBodyHandle> = w
+            .bodies
+            .iter()
+            .filter(|(_, b)| b.is_dynamic() && b.is_sleeping())
+            .map(|(h, _)| h)
+            .collect();
+        w.collision_pipeline.step(
+            prediction,
+            &mut scratch,
+            &mut w.broad_phase,
+            &mut w.narrow_phase,
+            &mut w.bodies,
+            &mut w.colliders,
+            &(),
+            &(),
+        );
+        for handle in asleep {
+            if let Some(body) = w.bodies.get_mut(handle) {
+                body.sleep();
+            }
+        }
     }
 
     /// Dynamic and kinematic bodies currently awake.
@@ -116,11 +141,30 @@ impl Physics {
         mesh: Option<&TriMeshData>,
     ) -> Result<BodyLink, PhysicsError> {
         let shape = shared_shape(collider.shape, mesh)?;
+        Ok(self.add_shaped_body(entity, transform, velocity, body, collider, shape, false))
+    }
+
+    /// Creates the body and collider of `entity` with a shape built before
+    /// (shared with other instances of the same scene). A dynamic body
+    /// created `asleep` stays where it is until something touches it, as
+    /// it was when its world was put away.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_shaped_body(
+        &mut self,
+        entity: EntityId,
+        transform: Transform,
+        velocity: Velocity,
+        body: BodyDesc,
+        collider: &ColliderDesc,
+        shape: SharedShape,
+        asleep: bool,
+    ) -> BodyLink {
         let builder = match body.kind {
             BodyKind::Fixed => RigidBodyBuilder::fixed(),
             BodyKind::Dynamic => RigidBodyBuilder::dynamic()
                 .linvel(velocity.linear.into())
-                .angvel(velocity.angular.into()),
+                .angvel(velocity.angular.into())
+                .sleeping(asleep),
             BodyKind::Kinematic => RigidBodyBuilder::kinematic_position_based(),
         };
         let rb = builder
@@ -141,11 +185,11 @@ impl Physics {
             cb = cb.mass(m);
         }
         let collider = self.world.insert_collider(cb.build(), Some(handle));
-        Ok(BodyLink {
+        BodyLink {
             body: handle,
             collider,
             kind: body.kind,
-        })
+        }
     }
 
     /// Removes a body and its colliders.
@@ -392,7 +436,10 @@ fn slide(
     moved
 }
 
-fn shared_shape(shape: Shape, mesh: Option<&TriMeshData>) -> Result<SharedShape, PhysicsError> {
+pub(crate) fn shared_shape(
+    shape: Shape,
+    mesh: Option<&TriMeshData>,
+) -> Result<SharedShape, PhysicsError> {
     Ok(match shape {
         Shape::Cuboid { half_extents: h } => SharedShape::cuboid(h.x, h.y, h.z),
         Shape::Ball { radius } => SharedShape::ball(radius),

@@ -1,6 +1,7 @@
 //! One instance's simulation: a [`World`], its [`Physics`] and the fixed-step
 //! clock, advanced by explicit calls.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock::{ClockAdvance, FixedClock};
@@ -12,6 +13,7 @@ use crate::entity::EntityId;
 use crate::error::WorldError;
 use crate::math::{Aabb, Vec3};
 use crate::physics::{BodyDesc, Physics, PhysicsError, StepReport};
+use crate::prepared::PreparedScene;
 use crate::scene::Scene;
 use crate::systems;
 use crate::world::{World, WorldConfig};
@@ -121,7 +123,8 @@ pub struct TickReport {
 #[derive(Debug)]
 pub struct Simulation {
     world: World,
-    physics: Physics,
+    /// `None` while paused: put away whole (see [`Self::pause`]).
+    physics: Option<Box<Physics>>,
     clock: FixedClock,
     bounds: Aabb,
     config: SimConfig,
@@ -133,33 +136,52 @@ pub struct Simulation {
     skipped_ticks: u64,
     /// Entities the last step moved by integration (see [`Self::at_rest`]).
     last_integrated: usize,
+    /// The scene, shared with every instance of it.
+    scene: Arc<PreparedScene>,
+    /// The entity each scene entity became, by scene index (stale once
+    /// despawned).
+    scene_entities: Vec<EntityId>,
 }
 
 impl Simulation {
-    /// Builds the world and physics of `scene`.
+    /// Builds the world and physics of `scene` (prepared for this
+    /// simulation alone; instances of one scene share a
+    /// [`PreparedScene`] through [`Self::from_prepared`]).
     pub fn new(scene: &Scene, config: SimConfig) -> Result<Self, SimError> {
         config.validate()?;
+        Self::from_prepared(Arc::new(PreparedScene::new(scene.clone())?), config)
+    }
+
+    /// Builds the world and physics of a prepared scene; its collider
+    /// shapes are shared, not copied.
+    pub fn from_prepared(
+        prepared: Arc<PreparedScene>,
+        config: SimConfig,
+    ) -> Result<Self, SimError> {
+        config.validate()?;
         let tick_dt_s = 1.0 / config.tick_hz as f32;
+        let scene = prepared.scene();
         let entity_count = (scene.entities.len() + scene.spawn_points.len()) as u32;
         let mut world = World::with_capacity(config.world, entity_count);
         let mut physics = Physics::new(config.gravity, tick_dt_s, config.substeps);
+        let mut scene_entities = Vec::with_capacity(scene.entities.len());
         for (index, e) in scene.entities.iter().enumerate() {
             let motion = match &e.body {
                 Some(b) if b.body.kind != BodyKind::Fixed => Motion::Physics,
                 _ => Motion::Static,
             };
             let id = world.spawn(e.transform, e.velocity, motion, e.networked)?;
-            if let Some(b) = &e.body {
-                let link = physics
-                    .add_body(
-                        id,
-                        e.transform,
-                        e.velocity,
-                        b.body,
-                        &b.collider,
-                        b.mesh.as_ref(),
-                    )
-                    .map_err(|source| SimError::Physics { index, source })?;
+            scene_entities.push(id);
+            if let (Some(b), Some(shape)) = (&e.body, prepared.shape(index)) {
+                let link = physics.add_shaped_body(
+                    id,
+                    e.transform,
+                    e.velocity,
+                    b.body,
+                    &b.collider,
+                    shape.clone(),
+                    false,
+                );
                 world.insert(id, link, |c| &mut c.bodies)?;
                 world.insert(id, b.collider, |c| &mut c.colliders)?;
             }
@@ -172,7 +194,7 @@ impl Simulation {
         }
         Ok(Simulation {
             world,
-            physics,
+            physics: Some(Box::new(physics)),
             clock: FixedClock::new(config.tick_duration(), config.catch_up_steps_max),
             bounds: scene.bounds,
             config,
@@ -182,6 +204,8 @@ impl Simulation {
             out_of_bounds: Vec::new(),
             skipped_ticks: 0,
             last_integrated: 0,
+            scene: prepared,
+            scene_entities,
         })
     }
 
@@ -195,8 +219,15 @@ impl Simulation {
         &mut self.world
     }
 
-    pub fn physics(&self) -> &Physics {
-        &self.physics
+    /// The physics world; `None` while the simulation is paused (it is
+    /// rebuilt by [`Self::resume`], or by whatever needs it first).
+    pub fn physics(&self) -> Option<&Physics> {
+        self.physics.as_deref()
+    }
+
+    /// The scene this simulation was built from, shared.
+    pub fn prepared_scene(&self) -> &Arc<PreparedScene> {
+        &self.scene
     }
 
     pub fn bounds(&self) -> &Aabb {
@@ -221,20 +252,112 @@ impl Simulation {
     /// every physics body asleep and no entity integrating a velocity. A
     /// world at rest stays unchanged until something outside touches it.
     pub fn at_rest(&self) -> bool {
-        self.last_integrated == 0 && self.physics.awake_bodies() == 0
+        self.last_integrated == 0 && self.physics().is_none_or(|p| p.awake_bodies() == 0)
     }
 
     /// Stops the clock: no tick falls due until [`Self::resume`]. The
-    /// physics pipelines' scratch buffers are released meanwhile.
+    /// physics world is dropped meanwhile (bodies, contacts, broad phase,
+    /// the pipelines' scratch): the columns hold every body's transform and
+    /// velocity, and the shared scene its shape, which is all it takes to
+    /// build it again. Meant for a world [`Self::at_rest`].
     pub fn pause(&mut self) {
         self.clock.pause();
-        self.physics.release_workspace();
+        self.physics = None;
+        self.out_of_bounds = Vec::new();
     }
 
     /// Restarts a paused clock with a tick due at `now`; the time it was
-    /// paused is not caught up (nor counted as skipped).
+    /// paused is not caught up (nor counted as skipped). The physics world
+    /// is rebuilt, its dynamic bodies asleep where they rested.
     pub fn resume(&mut self, now: Instant) {
+        self.thaw();
         self.clock.resume(now);
+    }
+
+    /// Whether [`Self::pause`] put the physics world away.
+    pub fn is_paused(&self) -> bool {
+        self.physics.is_none()
+    }
+
+    /// Rebuilds the physics world put away by [`Self::pause`]: every scene
+    /// body still in the world from the shared scene, every avatar from its
+    /// collider column, each at its transform and velocity in the columns.
+    fn thaw(&mut self) {
+        self.physics_mut();
+    }
+
+    /// The physics world, rebuilt first if it was put away.
+    fn physics_mut(&mut self) -> &mut Physics {
+        let physics = match self.physics.take() {
+            Some(physics) => physics,
+            None => Box::new(self.rebuild_physics()),
+        };
+        self.physics.insert(physics)
+    }
+
+    fn rebuild_physics(&mut self) -> Physics {
+        let mut physics = Physics::new(self.config.gravity, self.tick_dt_s, self.config.substeps);
+        let tick = self.world.tick();
+        let scene = Arc::clone(&self.scene);
+        for (index, e) in scene.scene().entities.iter().enumerate() {
+            let (Some(b), Some(shape)) = (&e.body, scene.shape(index)) else {
+                continue;
+            };
+            let Some(&id) = self.scene_entities.get(index) else {
+                continue;
+            };
+            if !self.world.optional.bodies.contains(id) {
+                continue;
+            }
+            let (Ok(transform), Ok(velocity)) = (self.world.transform(id), self.world.velocity(id))
+            else {
+                continue;
+            };
+            let asleep = b.body.kind == BodyKind::Dynamic;
+            let link = physics.add_shaped_body(
+                id,
+                transform,
+                velocity,
+                b.body,
+                &b.collider,
+                shape.clone(),
+                asleep,
+            );
+            if let Some(slot) = self.world.optional.bodies.get_mut(id, tick) {
+                *slot = link;
+            }
+        }
+        let avatars: Vec<EntityId> = self.world.optional.avatars.ids().to_vec();
+        for id in avatars {
+            let Some(&collider) = self.world.optional.colliders.get(id) else {
+                continue;
+            };
+            let (Ok(transform), Ok(velocity)) = (self.world.transform(id), self.world.velocity(id))
+            else {
+                continue;
+            };
+            if !self.world.optional.bodies.contains(id) {
+                continue;
+            }
+            let shape = match crate::physics::shared_shape(collider.shape, None) {
+                Ok(shape) => shape,
+                Err(_) => continue,
+            };
+            let link = physics.add_shaped_body(
+                id,
+                transform,
+                velocity,
+                BodyDesc::new(BodyKind::Kinematic),
+                &collider,
+                shape,
+                false,
+            );
+            if let Some(slot) = self.world.optional.bodies.get_mut(id, tick) {
+                *slot = link;
+            }
+        }
+        physics.settle_rebuilt();
+        physics
     }
 
     /// Runs the ticks that are due at `now` (capped; see [`FixedClock`]).
@@ -259,19 +382,25 @@ impl Simulation {
     /// the controller ran for. A step after it in the same tick finds the
     /// work done and repeats nothing. For benchmarks and tools.
     pub fn drive_avatars(&mut self) -> usize {
-        self.physics.drive_avatars(&mut self.world, self.tick_dt_s)
+        self.thaw();
+        let Some(physics) = self.physics.as_deref_mut() else {
+            return 0;
+        };
+        physics.drive_avatars(&mut self.world, self.tick_dt_s)
     }
 
     /// Runs exactly one tick: avatars, velocity integration, physics, bounds.
     pub fn step(&mut self) -> TickReport {
+        self.thaw();
+        let Some(physics) = self.physics.as_deref_mut() else {
+            return TickReport::default();
+        };
         self.world.begin_tick();
-        self.physics.drive_avatars(&mut self.world, self.tick_dt_s);
+        physics.drive_avatars(&mut self.world, self.tick_dt_s);
         let integrated = systems::integrate_velocities(&mut self.world, self.tick_dt_s);
         self.last_integrated = integrated;
         self.out_of_bounds.clear();
-        let physics = self
-            .physics
-            .step(&mut self.world, &self.bounds, &mut self.out_of_bounds);
+        let physics = physics.step(&mut self.world, &self.bounds, &mut self.out_of_bounds);
         let out = std::mem::take(&mut self.out_of_bounds);
         for &id in &out {
             // Cannot be stale: the physics step only reports linked entities.
@@ -287,8 +416,10 @@ impl Simulation {
 
     /// Despawns an entity, removing its body from the physics world.
     pub fn despawn(&mut self, id: EntityId) -> Result<(), WorldError> {
-        if let Some(link) = self.world.optional.bodies.get(id).copied() {
-            self.physics.remove_body(&link);
+        if let Some(link) = self.world.optional.bodies.get(id).copied()
+            && let Some(physics) = self.physics.as_deref_mut()
+        {
+            physics.remove_body(&link);
         }
         self.world.despawn(id)
     }
@@ -318,7 +449,7 @@ impl Simulation {
             mass_kg: None,
         };
         let link = self
-            .physics
+            .physics_mut()
             .add_body(
                 id,
                 transform,

@@ -41,6 +41,13 @@ impl TickTimes {
         }
     }
 
+    /// Gives back the memory not holding a sample (for an instance that
+    /// stops ticking); the buffers grow again, to `capacity`, as it ticks.
+    pub fn shrink(&mut self) {
+        self.samples_ns.shrink_to_fit();
+        self.scratch = Vec::new();
+    }
+
     /// Summarises the window and starts a new one.
     pub fn take(&mut self) -> TickSummary {
         self.scratch.clear();

@@ -51,7 +51,11 @@ fn a_falling_box_falls_lands_and_then_stops_dirtying_its_row() {
         (rest.y - 0.5).abs() < 0.05,
         "the box rests on the floor: {rest:?}"
     );
-    assert_eq!(sim.physics().awake_bodies(), 0, "the box fell asleep");
+    assert_eq!(
+        sim.physics().unwrap().awake_bodies(),
+        0,
+        "the box fell asleep"
+    );
     let stamped = sim.world().changed_at(b).unwrap();
     for _ in 0..30 {
         let report = sim.step();
@@ -82,7 +86,7 @@ fn bodies_leaving_the_world_bounds_are_despawned() {
         "60 m/s leaves a 20 m half-width world within 2 s"
     );
     assert!(!sim.world().contains(b));
-    assert_eq!(sim.physics().body_count(), 0);
+    assert_eq!(sim.physics().unwrap().body_count(), 0);
     let net = sim.world().despawned_since(Tick::ZERO).unwrap().count();
     assert_eq!(net, 1, "clients are told about the despawn");
 }
@@ -163,7 +167,7 @@ fn an_avatar_at_its_target_stands_exactly_there_and_stops_costing_anything() {
         "an avatar at rest is unchanged tick after tick"
     );
     assert_eq!(sim.world().transform(avatar).unwrap().position, target);
-    assert_eq!(sim.physics().awake_bodies(), 0, "its body sleeps");
+    assert_eq!(sim.physics().unwrap().awake_bodies(), 0, "its body sleeps");
 
     // A new target wakes it.
     sim.set_avatar_target(
@@ -233,6 +237,76 @@ fn avatars_step_over_ledges_lower_than_the_foot_clearance_only() {
     assert!(
         pb.x > -1.2 && pb.x < -1.19,
         "stopped by a 40 cm step, its radius off the face at x = -1.5: {pb:?}"
+    );
+}
+
+fn all_transforms(sim: &Simulation) -> Vec<(engine::EntityId, Transform)> {
+    let world = sim.world();
+    let ids = world.columns().ids.to_vec();
+    ids.into_iter()
+        .map(|id| (id, world.transform(id).unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_paused_world_puts_physics_away_and_resumes_exactly_where_it_rested() {
+    let mut sim = Simulation::new(&Scene::demo(), SimConfig::default()).unwrap();
+    let t0 = Instant::now();
+    let mut ticks = 0;
+    loop {
+        sim.step();
+        ticks += 1;
+        if sim.at_rest() {
+            break;
+        }
+        assert!(ticks < 60 * 60, "the demo comes to rest within a minute");
+    }
+    assert!(ticks > 60, "the boxes and balls fell first");
+    let bodies = sim.physics().unwrap().body_count();
+    let rested = sim.state_hash();
+    let transforms = all_transforms(&sim);
+    sim.pause();
+    assert!(sim.physics().is_none(), "the physics world is put away");
+    assert_eq!(sim.next_tick_due(), None, "and the clock stopped");
+    assert_eq!(sim.state_hash(), rested, "the world's columns are kept");
+
+    sim.resume(t0);
+    assert_eq!(sim.physics().unwrap().body_count(), bodies);
+    assert_eq!(
+        sim.physics().unwrap().awake_bodies(),
+        0,
+        "bodies rebuilt asleep"
+    );
+    let resumed_at = sim.world().tick();
+    for _ in 0..30 {
+        sim.step();
+    }
+    let moved = all_transforms(&sim)
+        .iter()
+        .zip(&transforms)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(moved, 0, "nothing moved on waking");
+    assert_eq!(sim.world().changed_since(resumed_at).count(), 0);
+
+    // Rebuilt bodies are real: an avatar walking into a pyramid of boxes
+    // wakes and pushes them.
+    let avatar = sim.spawn_avatar(UserIndex(0)).unwrap();
+    let y = sim.world().transform(avatar).unwrap().position.y;
+    sim.set_avatar_target(avatar, Transform::from_position(Vec3::new(12.0, y, 12.0)))
+        .unwrap();
+    let before = all_transforms(&sim);
+    for _ in 0..240 {
+        sim.step();
+    }
+    let after = all_transforms(&sim);
+    let moved_boxes = before
+        .iter()
+        .filter(|&&(id, t)| id != avatar && after.iter().any(|&(i, u)| i == id && u != t))
+        .count();
+    assert!(
+        moved_boxes > 0,
+        "the avatar pushed boxes of the rebuilt world"
     );
 }
 

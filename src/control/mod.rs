@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
-use engine::{Scene, SceneLimits};
+use engine::{Scene, SceneCache, SceneLimits};
 use state::auth::Verifier;
 use state::commands::{
     Command, EndReason, Event, InstanceSpec, LeaveReason, SessionId, ShardMetrics,
@@ -84,6 +84,8 @@ pub struct Control {
     /// Creates waiting for their shard's `InstanceStarted`.
     pending_creates: HashMap<String, oneshot::Sender<Result<(), String>>>,
     next_instance: u64,
+    /// Every scene sent to a shard, prepared once and shared by its instances.
+    scenes: SceneCache,
 }
 
 pub type Shared = Arc<Mutex<Control>>;
@@ -142,6 +144,7 @@ impl Control {
             token_of_session: HashMap::new(),
             pending_creates: HashMap::new(),
             next_instance: 1,
+            scenes: SceneCache::default(),
             config,
         }
     }
@@ -218,6 +221,10 @@ impl Control {
                 self.config.shard.peers_max
             )));
         }
+        let scene = self
+            .scenes
+            .prepare(scene)
+            .map_err(|e| ControlError::Scene(e.to_string()))?;
         let shard = self.least_loaded_shard();
         let record = InstanceRecord::new(
             id.clone(),
@@ -230,7 +237,7 @@ impl Control {
         let spec = InstanceSpec {
             id: id.clone(),
             location_id: request.location_id,
-            scene: Box::new(scene),
+            scene,
             max_users,
             labels: request.labels,
             empty_timeout: (!request.persistent)

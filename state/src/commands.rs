@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use engine::Scene;
+use std::sync::Arc;
+
+use engine::PreparedScene;
 use tokio::sync::oneshot;
 
 /// A session (one WebRTC peer of one user) on the node; unique per node.
@@ -17,7 +19,8 @@ pub type SessionId = u64;
 pub struct InstanceSpec {
     pub id: String,
     pub location_id: String,
-    pub scene: Box<Scene>,
+    /// The scene, prepared once and shared by its instances on the node.
+    pub scene: Arc<PreparedScene>,
     pub max_users: u32,
     pub labels: BTreeMap<String, String>,
     /// Ends after this long with nobody in it; `None`: runs until ended.

@@ -21,7 +21,7 @@ mod tick;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use engine::{Scene, SimConfig, SimError, Simulation, TickTimes, UserIndex, WorldConfig};
+use engine::{SimConfig, SimError, Simulation, TickTimes, UserIndex, WorldConfig};
 use net::conn::{ConnKey, SendError};
 use net::input::InputLimits;
 use net::messages::{ActionBroadcast, PeerLeft, Target, Welcome};
@@ -195,8 +195,7 @@ impl Instance {
         config: RuntimeConfig,
         now: Instant,
     ) -> Result<Instance, SimError> {
-        let scene: &Scene = &spec.scene;
-        let sim = Simulation::new(scene, config.sim_config())?;
+        let sim = Simulation::from_prepared(spec.scene, config.sim_config())?;
         let quantizer = Quantizer::new(sim.bounds());
         Ok(Instance {
             id: spec.id,

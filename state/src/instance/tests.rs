@@ -96,7 +96,7 @@ impl Bench {
         let spec = InstanceSpec {
             id: "room".into(),
             location_id: "room".into(),
-            scene: Box::new(scene()),
+            scene: std::sync::Arc::new(engine::PreparedScene::new(scene()).unwrap()),
             max_users,
             labels: BTreeMap::new(),
             empty_timeout: Some(Duration::from_secs(5)),

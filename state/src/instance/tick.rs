@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use net::snapshot::WorldFrame;
+
 use super::{Instance, Io, TickReport};
 use crate::commands::{EndReason, InstanceStats};
 
@@ -64,8 +66,13 @@ impl Instance {
         }
         if self.members.is_empty() && self.sim.at_rest() {
             // Nothing would change and nobody would see it: stop ticking
-            // until someone joins.
+            // until someone joins, and give back what only a ticking
+            // instance uses (the physics world, the snapshot frame, room
+            // for members and tick times); a join builds them again.
             self.sim.pause();
+            self.frame = WorldFrame::default();
+            self.members.shrink_to_fit();
+            self.tick_times.shrink();
             self.asleep = true;
             return report;
         }

@@ -1,8 +1,9 @@
 //! (c) physics ticks of the demo and the stress scene, from load, while the
 //! bodies are falling and colliding. Throughput is bodies x ticks.
+//! Also what waking a sleeping instance costs (the physics world rebuilt).
 //! Run: `cargo bench -p bench --bench physics`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use engine::{Scene, SceneLimits, SimConfig, Simulation};
@@ -37,5 +38,41 @@ fn physics(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, physics);
+/// What waking a sleeping instance costs its shard: rebuilding the physics
+/// world put away by `Simulation::pause` (bodies asleep where they rested,
+/// their contacts found). Only `resume` is timed; each iteration pauses
+/// the same resting world again first.
+fn wake(c: &mut Criterion) {
+    let scenes = [
+        ("social", Scene::builtin("social").expect("built in")),
+        ("demo", Scene::demo()),
+    ];
+    let mut group = c.benchmark_group("instance_wake");
+    group.sample_size(20);
+    for (name, scene) in &scenes {
+        let mut sim = Simulation::new(scene, SimConfig::default()).expect("scene fits");
+        for _ in 0..60 * 60 {
+            sim.step();
+            if sim.at_rest() {
+                break;
+            }
+        }
+        assert!(sim.at_rest(), "{name} comes to rest within a minute");
+        group.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    sim.pause();
+                    let start = Instant::now();
+                    sim.resume(start);
+                    timed += start.elapsed();
+                }
+                timed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, physics, wake);
 criterion_main!(benches);

@@ -97,7 +97,10 @@ impl Physics {
     /// wakes both bodies of each contact that starts, so the whole world
     /// would wake and settle again. The contacts are found with a
     /// throwaway island manager, so their wake-ups touch only the bodies'
-    /// flags, which are then put back.
+    /// flags; every moving body (dynamic or kinematic) is then put back to
+    /// sleep through `get_mut`, which also hands it to the real island
+    /// manager at the next step (the collision pass consumed its first
+    /// change flags).
     pub(crate) fn settle_rebuilt(&mut self) {
         let w = &mut self.world;
         let prediction = w.integration_parameters.prediction_distance();
@@ -105,7 +108,7 @@ impl Physics {
         let asleep: Vec<RigidBodyHandle> = w
             .bodies
             .iter()
-            .filter(|(_, b)| b.is_dynamic() && b.is_sleeping())
+            .filter(|(_, b)| !b.is_fixed() && b.is_sleeping())
             .map(|(h, _)| h)
             .collect();
         w.collision_pipeline.step(
@@ -145,8 +148,8 @@ impl Physics {
     }
 
     /// Creates the body and collider of `entity` with a shape built before
-    /// (shared with other instances of the same scene). A dynamic body
-    /// created `asleep` stays where it is until something touches it, as
+    /// (shared with other instances of the same scene). A body created
+    /// `asleep` stays where it is until something touches or moves it, as
     /// it was when its world was put away.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_shaped_body(
@@ -165,7 +168,7 @@ impl Physics {
                 .linvel(velocity.linear.into())
                 .angvel(velocity.angular.into())
                 .sleeping(asleep),
-            BodyKind::Kinematic => RigidBodyBuilder::kinematic_position_based(),
+            BodyKind::Kinematic => RigidBodyBuilder::kinematic_position_based().sleeping(asleep),
         };
         let rb = builder
             .pose(Pose::from_parts(
@@ -190,6 +193,31 @@ impl Physics {
             collider,
             kind: body.kind,
         }
+    }
+
+    /// Creates an avatar's kinematic body, its collider marked so that
+    /// other avatars' casts pass through it.
+    pub(crate) fn add_avatar_body(
+        &mut self,
+        entity: EntityId,
+        transform: Transform,
+        collider: &ColliderDesc,
+        asleep: bool,
+    ) -> Result<BodyLink, PhysicsError> {
+        let shape = shared_shape(collider.shape, None)?;
+        let link = self.add_shaped_body(
+            entity,
+            transform,
+            Velocity::default(),
+            BodyDesc::new(BodyKind::Kinematic),
+            collider,
+            shape,
+            asleep,
+        );
+        if let Some(c) = self.world.colliders.get_mut(link.collider) {
+            c.user_data = AVATAR_COLLIDER;
+        }
+        Ok(link)
     }
 
     /// Removes a body and its colliders.
@@ -232,9 +260,11 @@ impl Physics {
     }
 
     /// One avatar's tick: where it can get toward `target` this tick,
-    /// against static geometry only. Kinematic avatars push dynamic bodies
-    /// during the physics step and pass through each other, so only fixed
-    /// colliders can stop them; leaving the rest out keeps the query cheap.
+    /// against geometry that does not move by itself: fixed and kinematic
+    /// colliders, other avatars' excepted. Dynamic bodies do not stop an
+    /// avatar (its kinematic body pushes them in the physics step) and
+    /// avatars pass through each other; leaving them out keeps the query
+    /// cheap.
     fn drive_avatar(&mut self, target: &Transform, step_max: f32, link: &BodyLink) -> Drive {
         let Some(body) = self.world.bodies.get(link.body) else {
             return Drive::Settled;
@@ -261,9 +291,12 @@ impl Physics {
         } else {
             wanted
         };
-        let queries = self
-            .world
-            .query_pipeline_with_filter(QueryFilter::only_fixed());
+        let not_an_avatar = |_, c: &rapier3d::geometry::Collider| c.user_data != AVATAR_COLLIDER;
+        let filter = QueryFilter::exclude_dynamic().predicate(&not_an_avatar);
+        let queries = self.world.query_pipeline_with_filter(filter);
+        // Cast upright whatever the avatar's rotation: a client may pitch
+        // or roll its avatar, and the clearance is for the floor below.
+        let current = Pose::from_translation(current.translation);
         let moved = match collider.shape().as_capsule() {
             Some(capsule) => slide(&queries, &raised_feet(capsule), &current, wanted),
             None => slide(&queries, collider.shape(), &current, wanted),
@@ -343,6 +376,9 @@ impl Physics {
         self.world.bodies.get(handle)
     }
 }
+
+/// `user_data` of an avatar's collider.
+const AVATAR_COLLIDER: u128 = 1;
 
 /// Whether an avatar still has somewhere to go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,9 +1,9 @@
 //! A scene made ready for instances: validated once, its collider shapes
 //! (triangle meshes with their BVH included) built once, and then shared,
 //! read-only, by every instance of it on the node (`Arc<PreparedScene>`).
-//! An instance keeps only what changes: its world's columns, and while
-//! anyone is in it, its physics world, whose fixed colliders point at the
-//! shared shapes.
+//! An instance keeps only what changes: its world's columns, and unless it
+//! sleeps (empty, its world at rest), its physics world, whose colliders
+//! point at the shared shapes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};

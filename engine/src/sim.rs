@@ -12,7 +12,7 @@ use crate::components::{
 use crate::entity::EntityId;
 use crate::error::WorldError;
 use crate::math::{Aabb, Vec3};
-use crate::physics::{BodyDesc, Physics, PhysicsError, StepReport};
+use crate::physics::{Physics, PhysicsError, StepReport};
 use crate::prepared::PreparedScene;
 use crate::scene::Scene;
 use crate::systems;
@@ -268,7 +268,7 @@ impl Simulation {
 
     /// Restarts a paused clock with a tick due at `now`; the time it was
     /// paused is not caught up (nor counted as skipped). The physics world
-    /// is rebuilt, its dynamic bodies asleep where they rested.
+    /// is rebuilt, its bodies asleep where they rested.
     pub fn resume(&mut self, now: Instant) {
         self.thaw();
         self.clock.resume(now);
@@ -299,6 +299,7 @@ impl Simulation {
         let mut physics = Physics::new(self.config.gravity, self.tick_dt_s, self.config.substeps);
         let tick = self.world.tick();
         let scene = Arc::clone(&self.scene);
+        let mut links = Vec::new();
         for (index, e) in scene.scene().entities.iter().enumerate() {
             let (Some(b), Some(shape)) = (&e.body, scene.shape(index)) else {
                 continue;
@@ -313,7 +314,7 @@ impl Simulation {
             else {
                 continue;
             };
-            let asleep = b.body.kind == BodyKind::Dynamic;
+            let asleep = b.body.kind != BodyKind::Fixed;
             let link = physics.add_shaped_body(
                 id,
                 transform,
@@ -323,36 +324,29 @@ impl Simulation {
                 shape.clone(),
                 asleep,
             );
-            if let Some(slot) = self.world.optional.bodies.get_mut(id, tick) {
-                *slot = link;
-            }
+            links.push((id, link));
         }
-        let avatars: Vec<EntityId> = self.world.optional.avatars.ids().to_vec();
-        for id in avatars {
-            let Some(&collider) = self.world.optional.colliders.get(id) else {
-                continue;
-            };
-            let (Ok(transform), Ok(velocity)) = (self.world.transform(id), self.world.velocity(id))
-            else {
+        for &id in self.world.optional.avatars.ids() {
+            let Some(collider) = self.world.optional.colliders.get(id) else {
                 continue;
             };
             if !self.world.optional.bodies.contains(id) {
                 continue;
             }
-            let shape = match crate::physics::shared_shape(collider.shape, None) {
-                Ok(shape) => shape,
-                Err(_) => continue,
+            let Ok(transform) = self.world.transform(id) else {
+                continue;
             };
-            let link = physics.add_shaped_body(
-                id,
-                transform,
-                velocity,
-                BodyDesc::new(BodyKind::Kinematic),
-                &collider,
-                shape,
-                false,
-            );
-            if let Some(slot) = self.world.optional.bodies.get_mut(id, tick) {
+            // Built from the same description as at spawn, so it cannot fail.
+            if let Ok(link) = physics.add_avatar_body(id, transform, collider, true) {
+                links.push((id, link));
+            }
+        }
+        for (id, link) in links {
+            // Stamp only links that changed: handles usually come back the
+            // same, as bodies are added in the same order.
+            if self.world.optional.bodies.get(id) != Some(&link)
+                && let Some(slot) = self.world.optional.bodies.get_mut(id, tick)
+            {
                 *slot = link;
             }
         }
@@ -379,8 +373,8 @@ impl Simulation {
 
     /// The avatar phase of [`Self::step`] alone: moves every avatar with a
     /// target toward it (see [`Physics::drive_avatars`]) and returns how many
-    /// the controller ran for. A step after it in the same tick finds the
-    /// work done and repeats nothing. For benchmarks and tools.
+    /// the controller ran for. For benchmarks and tools: a step after it
+    /// drives the avatars still moving again, to the same result.
     pub fn drive_avatars(&mut self) -> usize {
         self.thaw();
         let Some(physics) = self.physics.as_deref_mut() else {
@@ -450,14 +444,7 @@ impl Simulation {
         };
         let link = self
             .physics_mut()
-            .add_body(
-                id,
-                transform,
-                Velocity::default(),
-                BodyDesc::new(BodyKind::Kinematic),
-                &collider,
-                None,
-            )
+            .add_avatar_body(id, transform, &collider, false)
             .map_err(SimError::Avatar)?;
         self.world.insert(id, link, |c| &mut c.bodies)?;
         self.world.insert(id, collider, |c| &mut c.colliders)?;

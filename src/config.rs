@@ -261,6 +261,11 @@ pub struct ShardConfig {
     /// The slowest step: a snapshot every this many ticks (1 disables the
     /// lowering).
     pub overload_snapshot_divisor_max: u32,
+    /// Whether the time a shard's thread waits for its core (ready to run
+    /// while something else runs there) counts as load, beside the time it
+    /// runs. On: a core shared with the control thread or anything else
+    /// shows full when it is. Off: the thread's own CPU time only.
+    pub overload_counts_cpu_wait: bool,
 }
 
 impl Default for ShardConfig {
@@ -279,6 +284,7 @@ impl Default for ShardConfig {
             overload_snapshot_degrade_percent: 95,
             overload_snapshot_recover_percent: 85,
             overload_snapshot_divisor_max: 4,
+            overload_counts_cpu_wait: true,
         }
     }
 }

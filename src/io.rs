@@ -109,6 +109,8 @@ pub fn spawn(
             let router = shard_config.router(advertised);
             let shard = Shard::new(index, router, seed, Instant::now, Instant::now());
             let datagram_bytes_max = shard_config.shard.datagram_bytes_max;
+            let meter =
+                LoadMeter::start(Instant::now(), shard_config.shard.overload_counts_cpu_wait);
             run(
                 shard,
                 socket,
@@ -116,6 +118,7 @@ pub fn spawn(
                 events,
                 counter,
                 datagram_bytes_max,
+                meter,
             )
             .await;
         })
@@ -216,6 +219,7 @@ async fn run(
     events: Sender<Event>,
     datagrams_in: Arc<AtomicU64>,
     datagram_bytes_max: usize,
+    mut meter: LoadMeter,
 ) {
     // One byte more than the limit, so a longer datagram shows as filling it.
     let mut buf = vec![0u8; datagram_bytes_max + 1];
@@ -223,7 +227,6 @@ async fn run(
     let mut send = batch::SendBatch::default();
     let mut out = Vec::with_capacity(batch::BATCH_MAX);
     let fd = socket.as_raw_fd();
-    let mut meter = LoadMeter::start(Instant::now());
     loop {
         let now = Instant::now();
         if let Some(share) = meter.sample(now) {
@@ -297,13 +300,17 @@ async fn run(
 struct LoadMeter {
     last: Option<(Instant, u64)>,
     next: Instant,
+    counts_wait: bool,
 }
 
 impl LoadMeter {
-    fn start(now: Instant) -> LoadMeter {
+    /// `counts_wait`: the thread's waits for its CPU count as load (see
+    /// [`thread_demand_ns`]).
+    fn start(now: Instant, counts_wait: bool) -> LoadMeter {
         LoadMeter {
-            last: thread_cpu_ns().map(|ns| (now, ns)),
+            last: thread_demand_ns(counts_wait).map(|ns| (now, ns)),
             next: now + LOAD_SAMPLE_INTERVAL,
+            counts_wait,
         }
     }
 
@@ -314,7 +321,7 @@ impl LoadMeter {
             return None;
         }
         self.next = now + LOAD_SAMPLE_INTERVAL;
-        let ns = thread_cpu_ns()?;
+        let ns = thread_demand_ns(self.counts_wait)?;
         let share = self.last.map(|(at, before)| {
             let wall = now.saturating_duration_since(at).as_nanos().max(1) as f64;
             (ns.saturating_sub(before) as f64 / wall) as f32
@@ -324,12 +331,18 @@ impl LoadMeter {
     }
 }
 
-/// CPU time of the calling thread: nanoseconds from `schedstat`, or where
-/// the kernel does not keep it, user + system clock ticks (10 ms) from `stat`.
-fn thread_cpu_ns() -> Option<u64> {
+/// What the calling thread asked of its CPU: the time it ran plus, with
+/// `counts_wait`, the time it was ready to run but waited for the CPU
+/// (nanoseconds, the first two fields of `schedstat`). The waiting counts because a shard shares its
+/// core with whatever else the node runs there (the control thread's HTTP,
+/// JWT and SDP work for a wave of joins, kernel work): its own CPU time
+/// alone stays under the join limit while the core is full, and joins kept
+/// coming in. Where the kernel keeps no `schedstat`: user + system clock
+/// ticks (10 ms) from `stat`, CPU time only.
+fn thread_demand_ns(counts_wait: bool) -> Option<u64> {
     if let Some(ns) = std::fs::read_to_string("/proc/thread-self/schedstat")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .and_then(|s| parse_schedstat(&s, counts_wait))
     {
         return Some(ns);
     }
@@ -341,6 +354,18 @@ fn thread_cpu_ns() -> Option<u64> {
     let stime: u64 = fields.next()?.parse().ok()?;
     const NS_PER_CLOCK_TICK: u64 = 10_000_000;
     Some((utime + stime) * NS_PER_CLOCK_TICK)
+}
+
+/// Run time, plus run-queue wait with `counts_wait`, from a `schedstat` line.
+fn parse_schedstat(line: &str, counts_wait: bool) -> Option<u64> {
+    let mut fields = line.split_whitespace();
+    let ran: u64 = fields.next()?.parse().ok()?;
+    let waited: u64 = fields.next()?.parse().ok()?;
+    Some(if counts_wait {
+        ran.saturating_add(waited)
+    } else {
+        ran
+    })
 }
 
 /// Writes the shard's datagrams, a batch per call, and forwards its events.
@@ -414,7 +439,7 @@ mod tests {
     #[test]
     fn the_load_meter_sees_a_busy_thread() {
         let t0 = Instant::now();
-        let mut meter = LoadMeter::start(t0);
+        let mut meter = LoadMeter::start(t0, false);
         assert_eq!(meter.sample(t0), None, "not before the interval");
         // Spin for the interval: the thread is on a CPU most of it.
         let mut x = 0u64;
@@ -427,6 +452,43 @@ mod tests {
         std::thread::sleep(LOAD_SAMPLE_INTERVAL);
         let share = meter.sample(Instant::now()).expect("schedstat is readable");
         assert!(share < 0.5, "{share}");
+    }
+
+    #[test]
+    fn the_load_meter_counts_waiting_for_a_busy_cpu_as_load() {
+        assert_eq!(parse_schedstat("4000 600 12\n", true), Some(4600));
+        assert_eq!(parse_schedstat("4000 600 12\n", false), Some(4000));
+        assert_eq!(parse_schedstat("4000", true), None);
+        // One spinner more than there are CPUs: every spinning thread,
+        // this one included, runs only part of the time and waits the rest.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinners: Vec<_> = (0..cpus)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        let t0 = Instant::now();
+        let mut meter = LoadMeter::start(t0, true);
+        let mut x = 0u64;
+        while t0.elapsed() < LOAD_SAMPLE_INTERVAL * 2 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let share = meter.sample(Instant::now()).expect("schedstat is readable");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for s in spinners {
+            let _ = s.join();
+        }
+        assert!(
+            share > 0.9,
+            "a thread that never stops asking is fully loaded: {share}"
+        );
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! new joins above one share of its core, and lowers every peer's snapshot
 //! rate a step at a time above another, before anything else gives way.
 //!
-//! The shell measures the share (CPU time of the shard's thread over wall
-//! time) and reports it with [`super::Shard::observe_load`]; nothing here
-//! reads a clock.
+//! The shell measures the share (the time the shard's thread ran, and by
+//! default waited to run, over wall time) and reports it with
+//! [`super::Shard::observe_load`]; nothing here reads a clock.
 
 use std::time::{Duration, Instant};
 

@@ -407,3 +407,81 @@ fn an_empty_instance_expires_after_its_empty_timeout() {
         Some(EndReason::Empty)
     );
 }
+
+/// Network ids a snapshot frame carries an entry for (LEB128 id gaps).
+fn snapshot_entries(frame: &[u8]) -> Vec<u32> {
+    let (_, kind, payload) = split_frame(frame).unwrap();
+    assert_eq!(kind, MessageKind::Snapshot);
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(payload);
+    let body =
+        rkyv::access::<net::snapshot::ArchivedSnapshotBody, rkyv::rancor::Error>(&aligned).unwrap();
+    let (mut ids, mut id, mut gap, mut shift) = (Vec::new(), 0u32, 0u32, 0);
+    for &byte in body.ids.iter() {
+        gap |= u32::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            id += gap;
+            ids.push(id);
+            (gap, shift) = (0, 0);
+        } else {
+            shift += 7;
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_resting_avatar_costs_no_snapshot_bytes_once_it_settles() {
+    let mut b = Bench::new(4);
+    let (ann, _) = b.member("ann");
+    let (bob, bob_link) = b.member("bob");
+    let avatar = b.inst.member(ann).unwrap().avatar().unwrap();
+    let net_id = b.inst.sim().world().network_id(avatar).unwrap().0;
+    let start = b.inst.sim().world().transform(avatar).unwrap().position;
+    let target = Vec3::new(start.x + 1.0, start.y, start.z - 0.5);
+    let mut carried = Vec::new();
+    for seq in 1..=90u32 {
+        // Ann sends where she wants to stand every tick, as a client does,
+        // long after she got there; Bob acknowledges every snapshot.
+        let tick = b.inst.sim().world().tick().0;
+        let input = Input {
+            owned: vec![OwnedUpdate {
+                network_id: net_id,
+                position: [target.x, target.y, target.z],
+                rotation: [0.0, 0.0, 0.0, 1.0],
+            }],
+        };
+        let ack = Input { owned: Vec::new() };
+        for (user, msg) in [(ann, &input), (bob, &ack)] {
+            let bytes = Encoder::default()
+                .encode(MessageKind::Input, seq, tick, msg)
+                .unwrap()
+                .to_vec();
+            b.with(|i, io| i.handle_message(user, Channel::State, &bytes, io));
+        }
+        b.advance(Duration::from_millis(17));
+        b.with(|i, io| i.tick(io));
+        let frames: Vec<Vec<u8>> = b
+            .out
+            .frames
+            .iter()
+            .filter(|f| f.0 == bob_link && f.2 == MessageKind::Snapshot)
+            .map(|f| f.3.clone())
+            .collect();
+        b.out.take(bob_link);
+        for frame in frames {
+            carried.push(snapshot_entries(&frame).contains(&net_id));
+        }
+    }
+    let p = b.inst.sim().world().transform(avatar).unwrap().position;
+    assert_eq!(p, target, "Ann stands exactly on her target");
+    assert!(
+        carried[..10].iter().any(|&c| c),
+        "Bob saw Ann walk: {carried:?}"
+    );
+    let last = carried.len() - 60;
+    assert!(
+        carried[last..].iter().all(|&c| !c),
+        "once she stands still her avatar takes no bytes in Bob's snapshots: {carried:?}"
+    );
+}

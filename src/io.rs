@@ -27,7 +27,8 @@ use crate::router::Shard;
 pub const COMMAND_POLL_INTERVAL: Duration = Duration::from_millis(2);
 /// Datagrams read back to back before the shell runs timers and commands.
 pub const RECV_BATCH_MAX: usize = 64;
-/// How often the shell measures the CPU share its thread uses.
+/// How often the shell measures the share of its core its thread uses (or
+/// waits for; `shard.overload_counts_cpu_wait`).
 pub const LOAD_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 /// Receive calls (of up to [`batch::BATCH_MAX`] datagrams each) per round.
 const RECV_CALLS_MAX: usize = RECV_BATCH_MAX / batch::BATCH_MAX;
@@ -294,8 +295,9 @@ async fn run(
     }
 }
 
-/// The share of a core the calling thread uses, from the time it spent on
-/// a CPU (`/proc/thread-self/schedstat`, nanoseconds) over wall time.
+/// The share of a core the calling thread uses, from the time it spent on a
+/// CPU, and by default the time it waited for one
+/// (`/proc/thread-self/schedstat`, nanoseconds), over wall time.
 #[derive(Debug)]
 struct LoadMeter {
     last: Option<(Instant, u64)>,
@@ -459,11 +461,11 @@ mod tests {
         assert_eq!(parse_schedstat("4000 600 12\n", true), Some(4600));
         assert_eq!(parse_schedstat("4000 600 12\n", false), Some(4000));
         assert_eq!(parse_schedstat("4000", true), None);
-        // One spinner more than there are CPUs: every spinning thread,
-        // this one included, runs only part of the time and waits the rest.
+        // Twice as many spinners as CPUs, this thread among them: each runs
+        // about a third of the time and waits the rest.
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let spinners: Vec<_> = (0..cpus)
+        let spinners: Vec<_> = (0..2 * cpus)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
@@ -475,20 +477,24 @@ mod tests {
             })
             .collect();
         let t0 = Instant::now();
-        let mut meter = LoadMeter::start(t0, true);
+        let mut demand = LoadMeter::start(t0, true);
+        let mut ran = LoadMeter::start(t0, false);
         let mut x = 0u64;
         while t0.elapsed() < LOAD_SAMPLE_INTERVAL * 2 {
             x = std::hint::black_box(x.wrapping_add(1));
         }
-        let share = meter.sample(Instant::now()).expect("schedstat is readable");
+        let now = Instant::now();
+        let demand = demand.sample(now).expect("schedstat is readable");
+        let ran = ran.sample(now).expect("schedstat is readable");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for s in spinners {
             let _ = s.join();
         }
         assert!(
-            share > 0.9,
-            "a thread that never stops asking is fully loaded: {share}"
+            demand > 0.9,
+            "a thread that never stops asking is fully loaded: {demand}"
         );
+        assert!(ran < 0.75, "while it ran only part of the time: {ran}");
     }
 
     #[test]

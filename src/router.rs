@@ -177,8 +177,8 @@ impl Shard {
         self.instances.get_mut(key).map(|h| &mut h.instance)
     }
 
-    /// The share of its core the shard's thread used since the last report
-    /// (the shell measures it a few times a second): past
+    /// The share of its core the shard's thread used, or waited for, since
+    /// the last report (the shell measures it a few times a second): past
     /// [`load::OverloadConfig`]'s shares, joins are refused and snapshots
     /// slow down.
     pub fn observe_load(&mut self, cpu_share: f32, now: Instant) {

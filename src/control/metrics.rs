@@ -69,7 +69,7 @@ pub fn render(c: &Control) -> String {
         &c.shards,
         "instanceserver_shard_load_percent",
         "gauge",
-        "Smoothed share of its core each shard's thread uses (joins are refused from shard.overload_join_refuse_percent).",
+        "Smoothed share of its core each shard's thread uses or waits for (joins are refused from shard.overload_join_refuse_percent).",
         |m| m.load_percent,
     );
     per_shard(

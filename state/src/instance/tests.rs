@@ -408,26 +408,30 @@ fn an_empty_instance_expires_after_its_empty_timeout() {
     );
 }
 
-/// Network ids a snapshot frame carries an entry for (LEB128 id gaps).
-fn snapshot_entries(frame: &[u8]) -> Vec<u32> {
+/// Network ids a snapshot frame carries an entry for, and those it tells
+/// the client to drop (LEB128 id gaps).
+fn snapshot_entries(frame: &[u8]) -> (Vec<u32>, Vec<u32>) {
     let (_, kind, payload) = split_frame(frame).unwrap();
     assert_eq!(kind, MessageKind::Snapshot);
     let mut aligned = rkyv::util::AlignedVec::<16>::new();
     aligned.extend_from_slice(payload);
     let body =
         rkyv::access::<net::snapshot::ArchivedSnapshotBody, rkyv::rancor::Error>(&aligned).unwrap();
-    let (mut ids, mut id, mut gap, mut shift) = (Vec::new(), 0u32, 0u32, 0);
-    for &byte in body.ids.iter() {
-        gap |= u32::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            id += gap;
-            ids.push(id);
-            (gap, shift) = (0, 0);
-        } else {
-            shift += 7;
+    let gaps = |bytes: &[u8]| {
+        let (mut ids, mut id, mut gap, mut shift) = (Vec::new(), 0u32, 0u32, 0);
+        for &byte in bytes {
+            gap |= u32::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                id += gap;
+                ids.push(id);
+                (gap, shift) = (0, 0);
+            } else {
+                shift += 7;
+            }
         }
-    }
-    ids
+        ids
+    };
+    (gaps(&body.ids), gaps(&body.removed))
 }
 
 #[test]
@@ -470,14 +474,21 @@ fn a_resting_avatar_costs_no_snapshot_bytes_once_it_settles() {
             .collect();
         b.out.take(bob_link);
         for frame in frames {
-            carried.push(snapshot_entries(&frame).contains(&net_id));
+            let (entries, removed) = snapshot_entries(&frame);
+            assert!(!removed.contains(&net_id), "Ann stays in Bob's view");
+            carried.push(entries.contains(&net_id));
         }
     }
     let p = b.inst.sim().world().transform(avatar).unwrap().position;
     assert_eq!(p, target, "Ann stands exactly on her target");
     assert!(
-        carried[..10].iter().any(|&c| c),
-        "Bob saw Ann walk: {carried:?}"
+        carried.len() >= 80,
+        "Bob got a snapshot a tick: {}",
+        carried.len()
+    );
+    assert!(
+        carried[1..10].iter().any(|&c| c),
+        "after the first (full) snapshot, Bob saw Ann walk: {carried:?}"
     );
     let last = carried.len() - 60;
     assert!(

@@ -133,20 +133,6 @@ impl Physics {
         self.world.islands.active_bodies().count()
     }
 
-    /// Creates the body and collider of `entity` at `transform`.
-    pub fn add_body(
-        &mut self,
-        entity: EntityId,
-        transform: Transform,
-        velocity: Velocity,
-        body: BodyDesc,
-        collider: &ColliderDesc,
-        mesh: Option<&TriMeshData>,
-    ) -> Result<BodyLink, PhysicsError> {
-        let shape = shared_shape(collider.shape, mesh)?;
-        Ok(self.add_shaped_body(entity, transform, velocity, body, collider, shape, false))
-    }
-
     /// Creates the body and collider of `entity` with a shape built before
     /// (shared with other instances of the same scene). A body created
     /// `asleep` stays where it is until something touches or moves it, as

@@ -225,11 +225,6 @@ impl Simulation {
         self.physics.as_deref()
     }
 
-    /// The scene this simulation was built from, shared.
-    pub fn prepared_scene(&self) -> &Arc<PreparedScene> {
-        &self.scene
-    }
-
     pub fn bounds(&self) -> &Aabb {
         &self.bounds
     }
@@ -272,11 +267,6 @@ impl Simulation {
     pub fn resume(&mut self, now: Instant) {
         self.thaw();
         self.clock.resume(now);
-    }
-
-    /// Whether [`Self::pause`] put the physics world away.
-    pub fn is_paused(&self) -> bool {
-        self.physics.is_none()
     }
 
     /// Rebuilds the physics world put away by [`Self::pause`]: every scene

@@ -137,6 +137,37 @@ fn avatars_follow_targets_at_bounded_speed_and_do_not_pass_walls() {
     assert!(p.z > 3.5, "but got up to it: {p:?}");
 }
 
+/// Steps until the world is at rest (see `Simulation::at_rest`); returns the
+/// ticks it took, at most `ticks_max`.
+fn step_until_at_rest(sim: &mut Simulation, ticks_max: u32) -> u32 {
+    for ticks in 1..=ticks_max {
+        sim.step();
+        if sim.at_rest() {
+            return ticks;
+        }
+    }
+    panic!("not at rest within {ticks_max} ticks");
+}
+
+/// A settled avatar: the controller no longer runs for it, and its row
+/// stays unchanged for `ticks` more ticks.
+fn assert_settled(sim: &mut Simulation, avatar: engine::EntityId, ticks: u32, why: &str) {
+    assert_eq!(
+        sim.drive_avatars(),
+        0,
+        "{why}: the controller no longer runs for it"
+    );
+    let settled_at = sim.world().changed_at(avatar).unwrap();
+    for _ in 0..ticks {
+        sim.step();
+    }
+    assert_eq!(
+        sim.world().changed_at(avatar).unwrap(),
+        settled_at,
+        "{why}: an avatar at rest is unchanged tick after tick"
+    );
+}
+
 #[test]
 fn an_avatar_at_its_target_stands_exactly_there_and_stops_costing_anything() {
     let mut sim = Simulation::new(&scene(&format!("[{FLOOR}]")), SimConfig::default()).unwrap();
@@ -152,20 +183,7 @@ fn an_avatar_at_its_target_stands_exactly_there_and_stops_costing_anything() {
     }
     let p = sim.world().transform(avatar).unwrap().position;
     assert_eq!(p, target, "lands exactly on its target");
-    assert_eq!(
-        sim.drive_avatars(),
-        0,
-        "the controller no longer runs for it"
-    );
-    let settled_at = sim.world().changed_at(avatar).unwrap();
-    for _ in 0..120 {
-        sim.step();
-    }
-    assert_eq!(
-        sim.world().changed_at(avatar).unwrap(),
-        settled_at,
-        "an avatar at rest is unchanged tick after tick"
-    );
+    assert_settled(&mut sim, avatar, 120, "at its target");
     assert_eq!(sim.world().transform(avatar).unwrap().position, target);
     assert_eq!(sim.physics().unwrap().awake_bodies(), 0, "its body sleeps");
 
@@ -200,16 +218,7 @@ fn an_avatar_pushed_into_a_wall_slides_along_it_then_stops() {
         (p.x - 6.0).abs() < 1e-2,
         "slid along the wall to the target's x: {p:?}"
     );
-    assert_eq!(
-        sim.drive_avatars(),
-        0,
-        "stopped by the wall, the controller stops running for it"
-    );
-    let stopped = sim.world().changed_at(avatar).unwrap();
-    for _ in 0..30 {
-        sim.step();
-    }
-    assert_eq!(sim.world().changed_at(avatar).unwrap(), stopped);
+    assert_settled(&mut sim, avatar, 30, "stopped by the wall");
 }
 
 #[test]
@@ -229,15 +238,7 @@ fn kinematic_bodies_and_avatars_survive_pause_and_resume() {
     )
     .unwrap();
     let avatar = sim.spawn_avatar(UserIndex(1)).unwrap();
-    let rest = |sim: &mut Simulation| {
-        for _ in 0..60 * 30 {
-            sim.step();
-            if sim.at_rest() {
-                return;
-            }
-        }
-        panic!("no rest within 30 s");
-    };
+    let rest = |sim: &mut Simulation| step_until_at_rest(sim, 60 * 30);
     rest(&mut sim);
     let before = all_transforms(&sim);
     sim.pause();
@@ -338,15 +339,7 @@ fn all_transforms(sim: &Simulation) -> Vec<(engine::EntityId, Transform)> {
 fn a_paused_world_puts_physics_away_and_resumes_exactly_where_it_rested() {
     let mut sim = Simulation::new(&Scene::demo(), SimConfig::default()).unwrap();
     let t0 = Instant::now();
-    let mut ticks = 0;
-    loop {
-        sim.step();
-        ticks += 1;
-        if sim.at_rest() {
-            break;
-        }
-        assert!(ticks < 60 * 60, "the demo comes to rest within a minute");
-    }
+    let ticks = step_until_at_rest(&mut sim, 60 * 60);
     assert!(ticks > 60, "the boxes and balls fell first");
     let bodies = sim.physics().unwrap().body_count();
     let rested = sim.state_hash();

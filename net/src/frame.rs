@@ -7,7 +7,7 @@ use crate::error::ProtocolError;
 
 /// The protocol version this build speaks. See `docs/protocol.md` for what a
 /// peer of another version is told.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes in a [`FrameHeader`]. Sixteen, so an archive that follows it in a
 /// 16-byte aligned buffer is itself 16-byte aligned.

@@ -2,22 +2,29 @@
 //!
 //! Per instance, once a tick, [`WorldFrame::capture`] quantises every
 //! networked entity (sorted by network id). Per client, a
-//! [`ClientSnapshots`] keeps the client's *views*, a ring of the entity
-//! states the client holds after each snapshot it was sent, and encodes the
-//! next snapshot as a delta against the view of the last tick the client
-//! acknowledged:
+//! [`ClientSnapshots`] tracks each entity in the client's view: the state
+//! the client has acknowledged (and its tick), the state last sent, and the
+//! priority it has built up while waiting. Each tick one pass over the frame
+//! and that table decides what to send:
 //! - **interest**: only entities within `interest_radius_m` of the client's
 //!   avatar, plus entities marked [`engine::Global`]; entities leaving it are
-//!   listed as removed;
-//! - **delta**: unchanged entities are omitted; positions are sent as 8- or
-//!   16-bit differences when they fit, else absolute;
+//!   listed as removed until a snapshot listing them is acknowledged;
+//! - **delta**: an entity is sent while the client may hold anything other
+//!   than its current state, as a delta against its own acknowledged state
+//!   (per entity, so an entity at rest costs nothing however old its
+//!   acknowledgement); positions go as 8- or 16-bit differences when they
+//!   fit, else absolute;
 //! - **budget**: changed entities are sent in order of an accumulated
 //!   priority (grows every tick an entity waits, faster when near) until the
 //!   datagram budget is full; the rest wait, keep their priority, and so
 //!   arrive within a bounded number of ticks. A snapshot never exceeds the
 //!   budget, so it is never fragmented.
 //!
-//! Encoding reuses every buffer: in steady state it does not allocate.
+//! The server keeps, per client, that table and the entries of the
+//! snapshots not yet acknowledged (only what they carried); the client keeps
+//! its entities and the entries of its last `history_len` snapshots, which
+//! is where it finds the baselines named on the wire. Encoding reuses every
+//! buffer: in steady state it does not allocate.
 
 use std::collections::VecDeque;
 
@@ -40,7 +47,11 @@ pub struct SnapshotConfig {
     /// refuse snapshot frames over [`crate::SNAPSHOT_DATAGRAM_BYTES_MAX`]
     /// (the default), so only benchmarks raise it.
     pub budget_bytes: usize,
-    /// Views kept per client: how old an acknowledged baseline may be, in ticks.
+    /// How many ticks back a baseline the client has since received newer
+    /// states of may be, and so how many snapshots the server keeps
+    /// unacknowledged per client. Clients keep the entries of this many
+    /// snapshots ([`SnapshotReceiver::new`]); a client that keeps fewer
+    /// skips some deltas until the server falls back to absolute states.
     pub history_len: usize,
     /// Most entities one client's view holds (the nearest are kept).
     pub view_entities_max: usize,
@@ -70,16 +81,6 @@ pub struct EntityState {
     pub angular_velocity: [i16; 3],
 }
 
-impl EntityState {
-    fn same(&self, other: &EntityState, velocities: bool) -> bool {
-        self.position == other.position
-            && self.rotation == other.rotation
-            && (!velocities
-                || (self.linear_velocity == other.linear_velocity
-                    && self.angular_velocity == other.angular_velocity))
-    }
-}
-
 // Per-entity mask bits.
 const MASK_POS_I8: u8 = 1;
 const MASK_POS_I16: u8 = 2;
@@ -88,22 +89,34 @@ const MASK_POS: u8 = 3;
 const MASK_ROT: u8 = 1 << 2;
 const MASK_LIN_VEL: u8 = 1 << 3;
 const MASK_ANG_VEL: u8 = 1 << 4;
-const MASK_KNOWN: u8 = MASK_POS | MASK_ROT | MASK_LIN_VEL | MASK_ANG_VEL;
+/// Bits 5–7 of a mask: the entry's baseline, an index into the snapshot's
+/// `baselines` table, or [`BASELINE_ESCAPE`].
+const MASK_BASELINE_SHIFT: u8 = 5;
+/// Baseline index 7: the baseline's age in ticks follows the id gap in `ids`.
+const BASELINE_ESCAPE: u8 = 7;
+/// Most entries of a snapshot's `baselines` table.
+pub const SNAPSHOT_BASELINES_MAX: usize = BASELINE_ESCAPE as usize;
 
 /// Bytes of a snapshot besides its per-entity data: the frame header, the
-/// archive's root (baseline tick and nine vectors of 8 bytes) and the
+/// archive's root (ten vectors of 8 bytes), a full baseline table and the
 /// worst-case alignment padding between sections.
-pub const SNAPSHOT_FIXED_BYTES: usize = FRAME_HEADER_LEN + 4 + 9 * 8 + 9 * 3 + 8;
+pub const SNAPSHOT_FIXED_BYTES: usize =
+    FRAME_HEADER_LEN + 10 * 8 + SNAPSHOT_BASELINES_MAX * 4 + 10 * 3 + 8;
 
 /// The snapshot payload: struct-of-arrays sections, each a typed array a
-/// browser can view in place. Entities are in increasing id order; `ids`
-/// holds LEB128 gaps from the previous id (the first from 0); `masks` says
-/// per entity which of the other sections hold its fields, in entity order.
+/// browser can view in place. Entries are in increasing id order; `masks`
+/// says per entry which of the other sections hold its fields and which
+/// baseline it is a delta against.
 #[derive(Archive, Serialize, Debug, Default, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub struct SnapshotBody {
-    /// The tick this snapshot is a delta against; 0 when it is not (full).
-    pub baseline_tick: u32,
+    /// The ticks entries are deltas against, indexed by mask bits 5–7; a
+    /// tick of 0 marks an absolute entry (no baseline). At most
+    /// [`SNAPSHOT_BASELINES_MAX`].
+    pub baselines: Vec<u32>,
+    /// Per entry, the LEB128 gap from the previous entry's id (the first
+    /// from 0), then, when its baseline index is 7, the LEB128 age of its
+    /// baseline in ticks.
     pub ids: Vec<u8>,
     pub masks: Vec<u8>,
     pub pos_i8: Vec<i8>,
@@ -112,7 +125,8 @@ pub struct SnapshotBody {
     pub rotations: Vec<u16>,
     pub linear_velocities: Vec<i16>,
     pub angular_velocities: Vec<i16>,
-    /// LEB128 gaps of the ids the client must drop (despawned, or out of interest).
+    /// LEB128 gaps of the ids the client must drop (despawned, or out of
+    /// interest); an id the client does not hold is ignored.
     pub removed: Vec<u8>,
 }
 
@@ -120,7 +134,7 @@ impl SnapshotBody {
     /// Sections sized so that no snapshot within `budget_bytes` makes one grow.
     fn with_budget(budget_bytes: usize) -> Self {
         SnapshotBody {
-            baseline_tick: 0,
+            baselines: Vec::with_capacity(SNAPSHOT_BASELINES_MAX),
             ids: Vec::with_capacity(budget_bytes),
             masks: Vec::with_capacity(budget_bytes),
             pos_i8: Vec::with_capacity(budget_bytes),
@@ -133,8 +147,8 @@ impl SnapshotBody {
         }
     }
 
-    fn clear(&mut self, baseline_tick: u32) {
-        self.baseline_tick = baseline_tick;
+    /// Empties every section but the baseline table.
+    fn clear_entries(&mut self) {
         self.ids.clear();
         self.masks.clear();
         self.pos_i8.clear();
@@ -206,33 +220,90 @@ impl WorldFrame {
     }
 }
 
-/// A view on the client side: the entity states after the snapshot of `tick`.
+/// What the server knows about one entity of a client's view.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tracked {
+    id: u32,
+    /// Tick of the newest acknowledged snapshot that carried the entity
+    /// (0: none since it entered the view); `acked` is that state.
+    acked_tick: u32,
+    /// Tick of the last snapshot that carried it (0: none since it entered
+    /// the view); `sent` is that state.
+    sent_tick: u32,
+    /// Tick of the last send before `sent_tick` whose state differs from
+    /// `sent` (0: none): sends after the acknowledged one all carried `sent`
+    /// when this is not after `acked_tick`.
+    differing_tick: u32,
+    /// The tick the entity (re)entered the view: acknowledgements of older
+    /// snapshots say nothing about it.
+    since_tick: u32,
+    /// First tick its removal was sent (0: in view).
+    removed_tick: u32,
+    /// Accumulated priority while it waits for room in a snapshot.
+    priority: f32,
+    /// Its removal was acknowledged (or it left before it was ever sent):
+    /// dropped at the next rebuild of the table.
+    dead: bool,
+    /// Some snapshot carried it, so the client may hold it.
+    ever_sent: bool,
+    acked: EntityState,
+    sent: EntityState,
+}
+
+/// What one unacknowledged snapshot carried, to apply when it is acknowledged.
 #[derive(Debug, Default)]
-struct View {
+struct SentRecord {
     tick: u32,
-    valid: bool,
-    entities: Vec<EntityState>,
+    /// The table layout the slots refer to ([`ClientSnapshots::layout`]).
+    layout: u32,
+    /// Table slots and the states sent, in id order.
+    slots: Vec<u32>,
+    states: Vec<EntityState>,
+    /// Table slots and ids of the removals sent.
+    removed_slots: Vec<u32>,
+    removed: Vec<u32>,
 }
 
-/// A view the server sent: what the client holds if it received the
-/// snapshot of `tick`.
-#[derive(Debug)]
-struct SentView {
-    tick: u32,
-    entities: Vec<EntityState>,
+impl SentRecord {
+    fn clear(&mut self, tick: u32, layout: u32) {
+        self.tick = tick;
+        self.layout = layout;
+        self.slots.clear();
+        self.states.clear();
+        self.removed_slots.clear();
+        self.removed.clear();
+    }
 }
 
-/// An entity that changed since the baseline and waits to be sent.
+/// What [`ClientSnapshots::fill_body`] wrote.
+#[derive(Clone, Copy, Debug, Default)]
+struct BodySummary {
+    sent: u32,
+    absolute: u32,
+    escaped: u32,
+    newest_baseline: u32,
+    /// Bit `i`: some entry uses baseline table entry `i`.
+    table_used: u8,
+}
+
+/// Marks a [`Pending::slot`] that indexes [`SnapshotEncoder::added`].
+const ADDED: u32 = 1 << 31;
+
+/// An entity that changed since its baseline and waits to be sent.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
+    /// Its table slot, or [`ADDED`] | its index among the new entries.
+    slot: u32,
     frame_index: u32,
-    /// Index of its state in the baseline, or `u32::MAX` when new to the client.
-    baseline_index: u32,
-    priority: f32,
     id: u32,
-    /// Which fields its entry carries (see the mask bits).
+    /// The tick its entry is a delta against (0: absolute).
+    baseline: u32,
+    dist2: f32,
+    /// Carried priority, plus this tick's weight when the budget is short.
+    priority: f32,
+    /// Field bits of its entry.
     mask: u8,
-    /// Bytes of its entry besides the id gap.
+    /// Bytes of its entry besides the id gap (escaped baseline age included).
     data_bytes: u8,
 }
 
@@ -241,48 +312,64 @@ struct Pending {
 pub struct SnapshotStats {
     /// Entities with an entry (new or changed).
     pub entities_sent: u32,
+    /// Entries sent absolute (no baseline: new to the client, or its
+    /// baseline too old).
+    pub absolute: u32,
     /// Ids the client was told to drop.
     pub removed: u32,
     /// Changed entities left for later snapshots by the budget.
     pub waiting: u32,
     /// Whole frame bytes.
     pub bytes: u32,
-    /// The tick the snapshot is a delta against (0: none).
-    pub baseline_tick: u32,
+    /// Entries of the baseline table in use (absolute aside).
+    pub baselines: u32,
+    /// Entries whose baseline is not in the table (its age is sent instead).
+    pub escaped: u32,
+    /// The newest baseline tick of an entry (0: none).
+    pub newest_baseline: u32,
 }
 
-/// Snapshot state of one client: the views it may still acknowledge, its
-/// acknowledgement and the priorities of entities waiting their turn.
+/// Snapshot state of one client: per entity of its view what it has
+/// acknowledged and what was sent since, and the entries of the snapshots
+/// it has not acknowledged yet (at most [`SnapshotConfig::history_len`]).
 ///
-/// Only *live* views are kept: the acknowledged baseline and the ones sent
-/// after it (one per tick in flight, so about the round trip in ticks);
-/// older ones can never serve as a baseline again and their buffers are
-/// reused. At most [`SnapshotConfig::history_len`] views are live: a client
-/// that acknowledges nothing for that long gets a full snapshot. Memory per
-/// client is thus live views × entities in view × 36 bytes, and the
-/// scratch work of encoding lives in the shared [`SnapshotEncoder`].
+/// Memory per client is the table (about 110 bytes per entity in view) plus
+/// 40 bytes per entry of each unacknowledged snapshot (about one snapshot
+/// per tick of round trip, holding only what changed). The scratch work of
+/// encoding lives in the shared [`SnapshotEncoder`].
 #[derive(Debug)]
 pub struct ClientSnapshots {
     stats: SnapshotStats,
     config: SnapshotConfig,
-    /// Live views, oldest first, ticks increasing.
-    views: VecDeque<SentView>,
-    /// Buffers of released views, reused for the next ones.
-    spare: Vec<Vec<EntityState>>,
+    /// Entities of the view and those being removed, sorted by id.
+    table: Vec<Tracked>,
+    /// Bumped whenever `table` is rebuilt (slots move).
+    layout: u32,
+    /// Table entries marked dead since the last rebuild.
+    dead: u32,
+    /// Unacknowledged snapshots, oldest first, ticks increasing.
+    records: VecDeque<SentRecord>,
+    /// Buffers of released records, reused for the next ones.
+    spare: Vec<SentRecord>,
     acked: Option<u32>,
-    /// Accumulated priority of waiting entities, sorted by id.
-    priorities: Vec<(u32, f32)>,
+    last_tick: u32,
 }
 
 /// Buffers for encoding snapshots, shared by every client of a shard (one
 /// encode runs at a time; the bytes it returns are written out before the
 /// next). Reused: in steady state encoding does not allocate.
 pub struct SnapshotEncoder {
-    candidates: Vec<(u32, f32)>,
+    scan: ScanOut,
     pending: Vec<Pending>,
-    removed: Vec<u32>,
     selected: Vec<bool>,
     order: Vec<(u32, f32)>,
+    distances: Vec<f32>,
+    /// Distinct baseline ticks of the pending entries and their counts.
+    baseline_counts: Vec<(u32, u32)>,
+    /// Bytes of all pending entries, id gaps to the previous pending one.
+    total_bytes: usize,
+    /// A table being rebuilt; swapped with a client's.
+    table: Vec<Tracked>,
     body: SnapshotBody,
     out: AlignedVec<16>,
     arena: Arena,
@@ -291,11 +378,14 @@ pub struct SnapshotEncoder {
 impl Default for SnapshotEncoder {
     fn default() -> Self {
         SnapshotEncoder {
-            candidates: Vec::new(),
+            scan: ScanOut::default(),
             pending: Vec::new(),
-            removed: Vec::new(),
             selected: Vec::new(),
             order: Vec::new(),
+            distances: Vec::new(),
+            baseline_counts: Vec::new(),
+            total_bytes: 0,
+            table: Vec::new(),
             body: SnapshotBody::with_budget(crate::SNAPSHOT_DATAGRAM_BYTES_MAX),
             out: AlignedVec::with_capacity(crate::SNAPSHOT_DATAGRAM_BYTES_MAX + 64),
             arena: Arena::new(),
@@ -306,10 +396,276 @@ impl Default for SnapshotEncoder {
 impl std::fmt::Debug for SnapshotEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnapshotEncoder")
-            .field("candidates", &self.candidates.capacity())
             .field("pending", &self.pending.capacity())
+            .field("table", &self.table.capacity())
             .finish_non_exhaustive()
     }
+}
+
+/// What the pass over the view found besides changed entities.
+#[derive(Debug, Default)]
+struct ScanOut {
+    /// Entities new to the view, in id order.
+    added: Vec<Tracked>,
+    /// Ids to remove and their table slots, in id order.
+    removed: Vec<u32>,
+    removed_slots: Vec<u32>,
+}
+
+/// The squared distance within which entities are in the view, and how
+/// many entities exactly at it still fit: everything in range unless
+/// more than `view_entities_max` are, then the nearest.
+fn view_cutoff(
+    distances: &mut Vec<f32>,
+    config: &SnapshotConfig,
+    frame: &WorldFrame,
+    viewer: Vec3,
+) -> (f32, usize) {
+    let max = config.view_entities_max;
+    if frame.states.len() <= max {
+        return (f32::INFINITY, 0);
+    }
+    let r2 = config.interest_radius_m * config.interest_radius_m;
+    distances.clear();
+    distances.extend(
+        frame
+            .positions
+            .iter()
+            .zip(&frame.global)
+            .map(|(p, &g)| (distance2(*p, viewer), g))
+            .filter(|&(d, g)| g || d <= r2)
+            .map(|(d, _)| d),
+    );
+    if distances.len() <= max {
+        return (f32::INFINITY, 0);
+    }
+    if max == 0 {
+        return (f32::NEG_INFINITY, 0);
+    }
+    let (_, &mut cutoff, _) = distances.select_nth_unstable_by(max - 1, f32::total_cmp);
+    let below = distances.iter().filter(|&&d| d < cutoff).count();
+    (cutoff, max - below)
+}
+
+/// Counts one more entry against `baseline` (counting stops at a few
+/// hundred distinct ticks; entries of the rest escape).
+#[inline(always)]
+fn count_baseline(counts: &mut Vec<(u32, u32)>, baseline: u32) {
+    const DISTINCT_MAX: usize = 256;
+    match counts.last_mut() {
+        Some(c) if c.0 == baseline => c.1 += 1,
+        _ => {
+            if let Some(c) = counts.iter_mut().find(|c| c.0 == baseline) {
+                c.1 += 1;
+            } else if counts.len() < DISTINCT_MAX {
+                counts.push((baseline, 1));
+            }
+        }
+    }
+}
+
+/// Bytes of the removed ids' LEB128 gaps.
+fn removed_bytes(removed: &[u32]) -> usize {
+    let mut prev = 0;
+    removed
+        .iter()
+        .map(|&id| {
+            let b = varint_len(id - prev);
+            prev = id;
+            b
+        })
+        .sum()
+}
+
+/// Writes the removals into the body and the record.
+fn write_removed(body: &mut SnapshotBody, record: &mut SentRecord, scan: &ScanOut) {
+    let mut prev = 0u32;
+    for &id in &scan.removed {
+        push_varint(&mut body.removed, id - prev);
+        prev = id;
+    }
+    record.removed.extend_from_slice(&scan.removed);
+    record
+        .removed_slots
+        .extend_from_slice(&scan.removed_slots[..scan.removed.len()]);
+}
+
+/// Writes entries into a snapshot body and what they carried into the
+/// snapshot's record, counting their bytes. The body's sections are moved
+/// into the writer while it works (stores through one buffer then cannot
+/// alias another's length) and back by [`EntryWriter::finish`].
+struct EntryWriter<'a> {
+    body: &'a mut SnapshotBody,
+    record: &'a mut SentRecord,
+    tick: u32,
+    /// Add baseline ticks to the table as they come (the direct path);
+    /// else the table is chosen beforehand and other ticks escape.
+    grow_table: bool,
+    table: [u32; SNAPSHOT_BASELINES_MAX],
+    table_len: usize,
+    last_base: (u32, u8),
+    prev_id: u32,
+    /// Entry bytes written so far.
+    bytes: usize,
+    summary: BodySummary,
+    ids: Vec<u8>,
+    masks: Vec<u8>,
+    pos_i8: Vec<i8>,
+    pos_i16: Vec<i16>,
+    pos_u32: Vec<u32>,
+    rotations: Vec<u16>,
+    linear: Vec<i16>,
+    angular: Vec<i16>,
+    slots: Vec<u32>,
+    states: Vec<EntityState>,
+}
+
+impl<'a> EntryWriter<'a> {
+    /// Empties the body (and, when `grow_table`, its baseline table).
+    fn new(
+        body: &'a mut SnapshotBody,
+        record: &'a mut SentRecord,
+        tick: u32,
+        grow_table: bool,
+    ) -> Self {
+        body.clear_entries();
+        if grow_table {
+            body.baselines.clear();
+        }
+        let mut table = [0; SNAPSHOT_BASELINES_MAX];
+        let table_len = body.baselines.len().min(SNAPSHOT_BASELINES_MAX);
+        table[..table_len].copy_from_slice(&body.baselines[..table_len]);
+        EntryWriter {
+            ids: std::mem::take(&mut body.ids),
+            masks: std::mem::take(&mut body.masks),
+            pos_i8: std::mem::take(&mut body.pos_i8),
+            pos_i16: std::mem::take(&mut body.pos_i16),
+            pos_u32: std::mem::take(&mut body.pos_u32),
+            rotations: std::mem::take(&mut body.rotations),
+            linear: std::mem::take(&mut body.linear_velocities),
+            angular: std::mem::take(&mut body.angular_velocities),
+            slots: std::mem::take(&mut record.slots),
+            states: std::mem::take(&mut record.states),
+            body,
+            record,
+            tick,
+            grow_table,
+            table,
+            table_len,
+            last_base: (u32::MAX, 0),
+            prev_id: 0,
+            bytes: 0,
+            summary: BodySummary::default(),
+        }
+    }
+
+    /// The baseline index of `baseline`, adding it to a growing table.
+    #[inline(always)]
+    fn base_index(&mut self, baseline: u32) -> u8 {
+        if self.last_base.0 == baseline {
+            return self.last_base.1;
+        }
+        let index = match self.table[..self.table_len]
+            .iter()
+            .position(|&b| b == baseline)
+        {
+            Some(i) => i as u8,
+            None if self.grow_table && self.table_len < SNAPSHOT_BASELINES_MAX => {
+                self.table[self.table_len] = baseline;
+                self.table_len += 1;
+                (self.table_len - 1) as u8
+            }
+            None => BASELINE_ESCAPE,
+        };
+        self.last_base = (baseline, index);
+        index
+    }
+
+    /// Writes `p`'s entry (`new` against `base`); returns the entry bytes
+    /// written so far.
+    #[inline(always)]
+    fn write(&mut self, p: &Pending, base: Option<&EntityState>, new: &EntityState) -> usize {
+        let gap = new.id - self.prev_id;
+        self.prev_id = new.id;
+        push_varint(&mut self.ids, gap);
+        let mut bytes = varint_len(gap) + usize::from(entry_data_bytes(p.mask));
+        let index = self.base_index(p.baseline);
+        if index == BASELINE_ESCAPE {
+            let age = self.tick - p.baseline;
+            push_varint(&mut self.ids, age);
+            bytes += varint_len(age);
+            self.summary.escaped += 1;
+        } else {
+            self.summary.table_used |= 1 << index;
+        }
+        self.bytes += bytes;
+        self.summary.sent += 1;
+        self.summary.absolute += u32::from(p.baseline == 0);
+        self.summary.newest_baseline = self.summary.newest_baseline.max(p.baseline);
+        self.masks.push(p.mask | index << MASK_BASELINE_SHIFT);
+        match (p.mask & MASK_POS, base) {
+            (MASK_POS_I8, Some(old)) => self
+                .pos_i8
+                .extend_from_slice(&position_delta(old.position, new.position).map(|d| d as i8)),
+            (MASK_POS_I16, Some(old)) => self
+                .pos_i16
+                .extend_from_slice(&position_delta(old.position, new.position).map(|d| d as i16)),
+            (MASK_POS_U32, _) => self.pos_u32.extend_from_slice(&new.position),
+            _ => {}
+        }
+        if p.mask & MASK_ROT != 0 {
+            self.rotations.extend_from_slice(&new.rotation);
+        }
+        if p.mask & MASK_LIN_VEL != 0 {
+            self.linear.extend_from_slice(&new.linear_velocity);
+        }
+        if p.mask & MASK_ANG_VEL != 0 {
+            self.angular.extend_from_slice(&new.angular_velocity);
+        }
+        self.slots.push(p.slot);
+        self.states.push(*new);
+        self.bytes
+    }
+
+    /// Puts the sections back (with the table as grown) and returns what
+    /// was written.
+    fn finish(self) -> BodySummary {
+        let body = self.body;
+        body.ids = self.ids;
+        body.masks = self.masks;
+        body.pos_i8 = self.pos_i8;
+        body.pos_i16 = self.pos_i16;
+        body.pos_u32 = self.pos_u32;
+        body.rotations = self.rotations;
+        body.linear_velocities = self.linear;
+        body.angular_velocities = self.angular;
+        if self.grow_table {
+            body.baselines.clear();
+            body.baselines
+                .extend_from_slice(&self.table[..self.table_len]);
+        }
+        self.record.slots = self.slots;
+        self.record.states = self.states;
+        self.summary
+    }
+}
+
+/// The state the client holds once sent `s`: velocities only when they are sent.
+fn visible(s: &EntityState, velocities: bool) -> EntityState {
+    if velocities {
+        *s
+    } else {
+        EntityState {
+            linear_velocity: [0; 3],
+            angular_velocity: [0; 3],
+            ..*s
+        }
+    }
+}
+
+fn distance2(a: Vec3, b: Vec3) -> f32 {
+    let d = a.minus(b);
+    d.x * d.x + d.y * d.y + d.z * d.z
 }
 
 impl ClientSnapshots {
@@ -319,24 +675,65 @@ impl ClientSnapshots {
         ClientSnapshots {
             stats: SnapshotStats::default(),
             config,
-            views: VecDeque::new(),
+            table: Vec::new(),
+            layout: 0,
+            dead: 0,
+            records: VecDeque::new(),
             spare: Vec::new(),
             acked: None,
-            priorities: Vec::new(),
+            last_tick: 0,
         }
     }
 
     /// Records the client's acknowledgement of the snapshot of `tick` (from
-    /// the `tick` field of its input frames) and releases the views before
-    /// it. Older or unknown ticks are ignored.
+    /// the `tick` field of its input frames): what it carried becomes the
+    /// baseline of each entity in it, and the removals it listed are done.
+    /// Older, repeated or unknown ticks are ignored.
     pub fn ack(&mut self, tick: u32) {
-        if self.acked.is_some_and(|a| a >= tick) || self.view_index(tick).is_none() {
+        if self.acked.is_some_and(|a| a >= tick) {
             return;
         }
+        let Ok(i) = self.records.binary_search_by_key(&tick, |r| r.tick) else {
+            return;
+        };
         self.acked = Some(tick);
-        while self.views.front().is_some_and(|v| v.tick < tick) {
+        for _ in 0..i {
             self.release_front();
         }
+        let Some(record) = self.records.pop_front() else {
+            return;
+        };
+        let same_layout = record.layout == self.layout;
+        for (&slot, state) in record.slots.iter().zip(&record.states) {
+            let Some(e) = self.entry_mut(same_layout, slot, state.id) else {
+                continue;
+            };
+            if !e.dead && e.removed_tick == 0 && e.since_tick <= tick && e.acked_tick < tick {
+                e.acked = *state;
+                e.acked_tick = tick;
+            }
+        }
+        for (&slot, &id) in record.removed_slots.iter().zip(&record.removed) {
+            let Some(e) = self.entry_mut(same_layout, slot, id) else {
+                continue;
+            };
+            if !e.dead && e.removed_tick != 0 && e.removed_tick <= tick {
+                e.dead = true;
+                self.dead += 1;
+            }
+        }
+        self.spare.push(record);
+    }
+
+    /// The table entry of `id`: at `slot` when the table was not rebuilt
+    /// since, else found by id.
+    fn entry_mut(&mut self, same_layout: bool, slot: u32, id: u32) -> Option<&mut Tracked> {
+        let i = if same_layout {
+            slot as usize
+        } else {
+            self.table.binary_search_by_key(&id, |e| e.id).ok()?
+        };
+        self.table.get_mut(i).filter(|e| e.id == id)
     }
 
     /// What the last snapshot held (for metrics and tests).
@@ -344,42 +741,31 @@ impl ClientSnapshots {
         self.stats
     }
 
+    /// The newest tick the client acknowledged.
     pub fn acked(&self) -> Option<u32> {
         self.acked
     }
 
-    /// Views kept now: the acknowledged one and those sent after it.
-    pub fn live_views(&self) -> usize {
-        self.views.len()
+    /// Snapshots sent and not acknowledged yet (their entries are kept).
+    pub fn unacknowledged(&self) -> usize {
+        self.records.len()
     }
 
-    fn view_index(&self, tick: u32) -> Option<usize> {
-        if tick == 0 {
-            return None;
-        }
-        self.views.binary_search_by_key(&tick, |v| v.tick).ok()
-    }
-
-    /// The entity states the client holds after the snapshot of `tick`, if
-    /// that view is still kept.
-    pub fn view(&self, tick: u32) -> Option<&[EntityState]> {
-        self.view_index(tick).map(|i| &self.views[i].entities[..])
+    /// Entities the server tracks for this client: its view, plus those
+    /// whose removal is not acknowledged yet.
+    pub fn tracked(&self) -> usize {
+        self.table.len()
     }
 
     fn release_front(&mut self) {
-        if let Some(v) = self.views.pop_front() {
-            self.spare.push(v.entities);
-        }
-    }
-
-    fn release_back(&mut self) {
-        if let Some(v) = self.views.pop_back() {
-            self.spare.push(v.entities);
+        if let Some(r) = self.records.pop_front() {
+            self.spare.push(r);
         }
     }
 
     /// Encodes this tick's snapshot for a client whose avatar is at `viewer`.
-    /// The bytes are a whole frame in `enc`'s buffer, valid until its next use.
+    /// The bytes are a whole frame in `enc`'s buffer, valid until its next
+    /// use. Ticks must increase from one call to the next.
     pub fn encode<'e>(
         &mut self,
         enc: &'e mut SnapshotEncoder,
@@ -388,62 +774,68 @@ impl ClientSnapshots {
         sequence: u32,
     ) -> Result<&'e [u8], ProtocolError> {
         let tick = frame.tick;
-        let history = self.config.history_len.max(2) as u32;
-        // A tick encoded again replaces what was sent for it and after it.
-        while self.views.back().is_some_and(|v| v.tick >= tick) {
-            self.release_back();
+        if tick <= self.last_tick {
+            return Err(ProtocolError::InvalidArchive {
+                kind: MessageKind::Snapshot,
+                reason: format!(
+                    "snapshot tick {tick} is not after the last one encoded ({})",
+                    self.last_tick
+                ),
+            });
         }
-        // Views too old to serve as a baseline, and room for this one.
-        while self.views.front().is_some_and(|v| tick - v.tick >= history)
-            || self.views.len() >= history as usize
+        let history = self.config.history_len.max(2) as u32;
+        // Snapshots too old to serve as a baseline, and room for this one.
+        while self
+            .records
+            .front()
+            .is_some_and(|r| tick - r.tick >= history)
+            || self.records.len() >= history as usize
         {
             self.release_front();
         }
-        let baseline = self.acked.and_then(|a| self.view_index(a));
-        let mut target = self.spare.pop().unwrap_or_default();
-        let (base, baseline_tick) = match baseline {
-            Some(i) => (&self.views[i].entities[..], self.views[i].tick),
-            None => (&[][..], 0),
+        let mut record = self.spare.pop().unwrap_or_default();
+        record.clear(tick, self.layout);
+        // First try writing every changed entity straight into the snapshot
+        // as the pass finds it (small views always fit). If the budget runs
+        // out, start again: collect them, choose by priority, then write.
+        // A client whose last snapshot overflowed goes straight to choosing.
+        let direct = if self.stats.waiting == 0 {
+            self.write_all(enc, frame, viewer, history, &mut record)
+        } else {
+            None
         };
-        enc.collect_candidates(&self.config, frame, viewer);
-        enc.diff_against(&self.config, frame, base, &self.priorities);
-        enc.select_within_budget(self.config.budget_bytes);
-        let selection = Selection {
-            frame,
-            base,
-            pending: &enc.pending,
-            selected: &enc.selected,
-            removed: &enc.removed,
-            velocities: self.config.velocities,
+        let (summary, waiting) = match direct {
+            Some(summary) => (summary, 0),
+            None => {
+                record.clear(tick, self.layout);
+                self.scan_pending(enc, frame, viewer, history);
+                enc.assign_baselines(tick);
+                enc.select_within_budget(self.config.budget_bytes);
+                let summary = self.write_selected(enc, frame, &mut record);
+                (summary, enc.pending.len() as u32 - summary.sent)
+            }
         };
-        selection.build_view(&mut target);
-        selection.fill_body(&mut enc.body, baseline_tick);
-        // Entities left waiting keep their accumulated priority.
-        self.priorities.clear();
-        self.priorities.extend(
-            enc.pending
-                .iter()
-                .zip(&enc.selected)
-                .filter(|(_, sel)| !**sel)
-                .map(|(p, _)| (p.id, p.priority)),
-        );
-        self.views.push_back(SentView {
-            tick,
-            entities: target,
-        });
+        // The table now records the entries as sent. Should the frame fail
+        // its checks below (it cannot: sizes are counted exactly), the table
+        // would merely resend what the client did not get.
+        self.finish_commit(enc, &record, direct.is_some(), frame.tick);
         enc.out.clear();
         enc.out.resize(FRAME_HEADER_LEN, 0);
-        rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
+        let serialized = rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
             &enc.body,
             &mut enc.out,
             enc.arena.acquire(),
-        )
-        .map_err(|e| ProtocolError::InvalidArchive {
-            kind: MessageKind::Snapshot,
-            reason: e.to_string(),
-        })?;
+        );
+        if let Err(e) = serialized {
+            self.spare.push(record);
+            return Err(ProtocolError::InvalidArchive {
+                kind: MessageKind::Snapshot,
+                reason: e.to_string(),
+            });
+        }
         let len = enc.out.len() - FRAME_HEADER_LEN;
         if enc.out.len() > self.config.budget_bytes {
+            self.spare.push(record);
             return Err(ProtocolError::TooLarge {
                 kind: MessageKind::Snapshot,
                 len,
@@ -457,104 +849,362 @@ impl ClientSnapshots {
             sequence,
             tick,
         );
-        let sent = enc.selected.iter().filter(|s| **s).count() as u32;
+        self.records.push_back(record);
+        self.last_tick = tick;
+        let used = enc
+            .body
+            .baselines
+            .iter()
+            .enumerate()
+            .filter(|&(i, &b)| b != 0 && summary.table_used & (1 << i) != 0)
+            .count() as u32;
         self.stats = SnapshotStats {
-            entities_sent: sent,
-            removed: enc.removed.len() as u32,
-            waiting: enc.pending.len() as u32 - sent,
+            entities_sent: summary.sent,
+            absolute: summary.absolute,
+            removed: enc.scan.removed.len() as u32,
+            waiting,
             bytes: enc.out.len() as u32,
-            baseline_tick,
+            baselines: used,
+            escaped: summary.escaped,
+            newest_baseline: summary.newest_baseline,
         };
         Ok(enc.out.as_slice())
+    }
+
+    /// The fused pass: walks the frame's entities and the client's table
+    /// together (both sorted by id) and sorts every entity into one of:
+    /// out of the view (listed in `out.removed`), unchanged for the client
+    /// (skipped), or changed: handed to `changed` with its entry's fields
+    /// and baseline (new entities also go to `out.added`). Stops early, and
+    /// returns false, when `changed` does. Marks the table as it goes
+    /// (removals, re-entries, settled priorities) in ways a second pass over
+    /// the same frame repeats exactly.
+    #[inline(always)]
+    fn scan<F>(
+        &mut self,
+        out: &mut ScanOut,
+        distances: &mut Vec<f32>,
+        frame: &WorldFrame,
+        viewer: Vec3,
+        history: u32,
+        mut changed: F,
+    ) -> bool
+    where
+        F: FnMut(&Pending, Option<&EntityState>, &EntityState) -> bool,
+    {
+        out.added.clear();
+        out.removed.clear();
+        out.removed_slots.clear();
+        let tick = frame.tick;
+        let velocities = self.config.velocities;
+        let radius2 = self.config.interest_radius_m * self.config.interest_radius_m;
+        let (cutoff2, mut ties) = view_cutoff(distances, &self.config, frame, viewer);
+        let table = &mut self.table[..];
+        let mut dead = 0u32;
+        let mut leave = |e: &mut Tracked, slot: usize, out: &mut ScanOut| {
+            if e.dead {
+                return;
+            }
+            if e.removed_tick == 0 {
+                if !e.ever_sent {
+                    // The client never had it: nothing to remove.
+                    e.dead = true;
+                    dead += 1;
+                    return;
+                }
+                e.removed_tick = tick;
+            }
+            out.removed.push(e.id);
+            out.removed_slots.push(slot as u32);
+        };
+        let mut t = 0usize;
+        let mut complete = true;
+        for (fi, state) in frame.states.iter().enumerate() {
+            while t < table.len() && table[t].id < state.id {
+                leave(&mut table[t], t, out);
+                t += 1;
+            }
+            let slot = (t < table.len() && table[t].id == state.id).then(|| {
+                t += 1;
+                t - 1
+            });
+            let dist2 = distance2(frame.positions[fi], viewer);
+            let wanted = (frame.global[fi] || dist2 <= radius2)
+                && (dist2 < cutoff2 || (dist2 == cutoff2 && ties > 0));
+            if !wanted {
+                if let Some(s) = slot {
+                    leave(&mut table[s], s, out);
+                }
+                continue;
+            }
+            if dist2 == cutoff2 {
+                ties = ties.saturating_sub(1);
+            }
+            let current = visible(state, velocities);
+            let Some(s) = slot.filter(|&s| !table[s].dead) else {
+                let p = Pending {
+                    slot: ADDED | out.added.len() as u32,
+                    frame_index: fi as u32,
+                    id: state.id,
+                    baseline: 0,
+                    dist2,
+                    priority: 0.0,
+                    mask: entry_mask(None, &current, velocities),
+                    data_bytes: 0,
+                };
+                out.added.push(Tracked {
+                    id: state.id,
+                    since_tick: tick,
+                    ..Tracked::default()
+                });
+                if !changed(&p, None, &current) {
+                    complete = false;
+                    break;
+                }
+                continue;
+            };
+            let e = &mut table[s];
+            if e.removed_tick != 0 {
+                // Back in view before its removal was acknowledged: the
+                // client may or may not hold it, so it starts afresh.
+                *e = Tracked {
+                    id: e.id,
+                    since_tick: tick,
+                    ever_sent: true,
+                    ..Tracked::default()
+                };
+            }
+            if e.acked_tick != 0
+                && current == e.acked
+                && current == e.sent
+                && e.differing_tick <= e.acked_tick
+            {
+                // Whatever the client holds of it is its current state.
+                e.priority = 0.0;
+                continue;
+            }
+            let usable =
+                e.acked_tick != 0 && (e.sent_tick == e.acked_tick || tick - e.acked_tick < history);
+            let (base, baseline) = if usable {
+                (Some(&e.acked), e.acked_tick)
+            } else {
+                (None, 0)
+            };
+            let p = Pending {
+                slot: s as u32,
+                frame_index: fi as u32,
+                id: state.id,
+                baseline,
+                dist2,
+                priority: e.priority,
+                mask: entry_mask(base, &current, velocities),
+                data_bytes: 0,
+            };
+            if !changed(&p, base, &current) {
+                complete = false;
+                break;
+            }
+        }
+        if complete {
+            while t < table.len() {
+                leave(&mut table[t], t, out);
+                t += 1;
+            }
+        }
+        self.dead += dead;
+        complete
+    }
+
+    /// The direct path: one pass that writes every changed entity as it is
+    /// found. `None` when they do not all fit the budget.
+    fn write_all(
+        &mut self,
+        enc: &mut SnapshotEncoder,
+        frame: &WorldFrame,
+        viewer: Vec3,
+        history: u32,
+        record: &mut SentRecord,
+    ) -> Option<BodySummary> {
+        let budget = self
+            .config
+            .budget_bytes
+            .saturating_sub(SNAPSHOT_FIXED_BYTES);
+        let mut writer = EntryWriter::new(&mut enc.body, record, frame.tick, true);
+        let complete = self.scan(
+            &mut enc.scan,
+            &mut enc.distances,
+            frame,
+            viewer,
+            history,
+            |p, base, current| writer.write(p, base, current) <= budget,
+        );
+        let entry_bytes = writer.bytes;
+        let summary = writer.finish();
+        let removed_bytes = removed_bytes(&enc.scan.removed);
+        if !complete || entry_bytes + removed_bytes > budget {
+            return None;
+        }
+        write_removed(&mut enc.body, record, &enc.scan);
+        enc.pending.clear();
+        enc.selected.clear();
+        Some(summary)
+    }
+
+    /// The budgeted path's pass: collects the changed entities, their
+    /// sizes and baseline ticks.
+    fn scan_pending(
+        &mut self,
+        enc: &mut SnapshotEncoder,
+        frame: &WorldFrame,
+        viewer: Vec3,
+        history: u32,
+    ) {
+        enc.pending.clear();
+        enc.baseline_counts.clear();
+        enc.total_bytes = 0;
+        let (pending, counts, total) = (
+            &mut enc.pending,
+            &mut enc.baseline_counts,
+            &mut enc.total_bytes,
+        );
+        self.scan(
+            &mut enc.scan,
+            &mut enc.distances,
+            frame,
+            viewer,
+            history,
+            |p, _, _| {
+                let mut p = *p;
+                p.data_bytes = entry_data_bytes(p.mask);
+                let prev = pending.last().map_or(0, |q| q.id);
+                *total += usize::from(p.data_bytes) + varint_len(p.id - prev);
+                count_baseline(counts, p.baseline);
+                pending.push(p);
+                true
+            },
+        );
+    }
+
+    /// The budgeted path's writing: the selected entries and the removals
+    /// that fit, and the priority of what waits.
+    fn write_selected(
+        &mut self,
+        enc: &mut SnapshotEncoder,
+        frame: &WorldFrame,
+        record: &mut SentRecord,
+    ) -> BodySummary {
+        let velocities = self.config.velocities;
+        let mut writer = EntryWriter::new(&mut enc.body, record, frame.tick, false);
+        for (p, &sent) in enc.pending.iter().zip(&enc.selected) {
+            if !sent {
+                let e = if p.slot & ADDED != 0 {
+                    &mut enc.scan.added[(p.slot & !ADDED) as usize]
+                } else {
+                    &mut self.table[p.slot as usize]
+                };
+                e.priority = p.priority;
+                continue;
+            }
+            let base = (p.baseline != 0).then(|| &self.table[p.slot as usize].acked);
+            let current = visible(&frame.states[p.frame_index as usize], velocities);
+            writer.write(p, base, &current);
+        }
+        let summary = writer.finish();
+        write_removed(&mut enc.body, record, &enc.scan);
+        summary
+    }
+
+    /// Marks what `record` carried as sent, then merges new entries in and
+    /// drops dead ones.
+    fn finish_commit(
+        &mut self,
+        enc: &mut SnapshotEncoder,
+        record: &SentRecord,
+        all: bool,
+        tick: u32,
+    ) {
+        for (&slot, new) in record.slots.iter().zip(&record.states) {
+            let e = if slot & ADDED != 0 {
+                &mut enc.scan.added[(slot & !ADDED) as usize]
+            } else {
+                &mut self.table[slot as usize]
+            };
+            if e.sent_tick != 0 && e.sent != *new {
+                e.differing_tick = e.sent_tick;
+            }
+            e.sent = *new;
+            e.sent_tick = tick;
+            e.ever_sent = true;
+            e.priority = 0.0;
+        }
+        debug_assert!(all || enc.pending.len() >= record.slots.len());
+        if !enc.scan.added.is_empty() || self.dead != 0 {
+            // Slots move (the record keeps the old layout, so acks of it
+            // find entries by id).
+            self.rebuild(enc);
+        }
+    }
+
+    /// Drops dead entries and merges the new ones in (both sorted by id).
+    fn rebuild(&mut self, enc: &mut SnapshotEncoder) {
+        let next = &mut enc.table;
+        next.clear();
+        let mut added = enc.scan.added.iter().peekable();
+        for e in self.table.iter().filter(|e| !e.dead) {
+            while let Some(a) = added.next_if(|a| a.id < e.id) {
+                next.push(*a);
+            }
+            next.push(*e);
+        }
+        next.extend(added);
+        std::mem::swap(&mut self.table, next);
+        self.dead = 0;
+        self.layout = self.layout.wrapping_add(1);
     }
 }
 
 impl SnapshotEncoder {
-    /// Entities of interest, as (frame index, distance), sorted by id; the
-    /// nearest `view_entities_max` when there are more.
-    fn collect_candidates(&mut self, config: &SnapshotConfig, frame: &WorldFrame, viewer: Vec3) {
-        self.candidates.clear();
-        let r2 = config.interest_radius_m * config.interest_radius_m;
-        for (i, p) in frame.positions.iter().enumerate() {
-            let d = p.minus(viewer);
-            let dist2 = d.x * d.x + d.y * d.y + d.z * d.z;
-            if frame.global[i] || dist2 <= r2 {
-                self.candidates.push((i as u32, dist2.sqrt()));
-            }
+    /// Chooses the snapshot's baseline table: every baseline tick when they
+    /// fit, else absolute entries' 0 and the most used; entries whose tick
+    /// is left out send its age instead, which adds to their size.
+    fn assign_baselines(&mut self, tick: u32) {
+        let table = &mut self.body.baselines;
+        table.clear();
+        let counts = &mut self.baseline_counts;
+        if counts.len() <= SNAPSHOT_BASELINES_MAX {
+            table.extend(counts.iter().map(|c| c.0));
+            return;
         }
-        let max = config.view_entities_max;
-        if self.candidates.len() > max {
-            self.candidates
-                .select_nth_unstable_by(max, |a, b| a.1.total_cmp(&b.1));
-            self.candidates.truncate(max);
-            self.candidates.sort_unstable_by_key(|c| c.0);
+        counts.sort_unstable_by_key(|&(b, n)| (b != 0, std::cmp::Reverse(n), b));
+        counts.truncate(SNAPSHOT_BASELINES_MAX);
+        table.extend(counts.iter().map(|c| c.0));
+        let mut prev = 0;
+        self.total_bytes = 0;
+        for p in &mut self.pending {
+            if !table.contains(&p.baseline) {
+                p.data_bytes += varint_len(tick - p.baseline) as u8;
+            }
+            self.total_bytes += usize::from(p.data_bytes) + varint_len(p.id - prev);
+            prev = p.id;
         }
-    }
-
-    /// Splits candidates against the baseline: removed ids, and pending
-    /// (changed or new) entities with their size and accumulated priority
-    /// (`priorities`: what waiting entities carried, sorted by id).
-    fn diff_against(
-        &mut self,
-        config: &SnapshotConfig,
-        frame: &WorldFrame,
-        base: &[EntityState],
-        priorities: &[(u32, f32)],
-    ) {
-        self.removed.clear();
-        self.pending.clear();
-        let velocities = config.velocities;
-        let (mut b, mut p) = (0usize, 0usize);
-        for &(fi, dist) in &self.candidates {
-            let state = &frame.states[fi as usize];
-            while b < base.len() && base[b].id < state.id {
-                self.removed.push(base[b].id);
-                b += 1;
-            }
-            let old = (b < base.len() && base[b].id == state.id).then(|| {
-                b += 1;
-                b - 1
-            });
-            if let Some(o) = old
-                && base[o].same(state, velocities)
-            {
-                continue;
-            }
-            while p < priorities.len() && priorities[p].0 < state.id {
-                p += 1;
-            }
-            let carried = match priorities.get(p) {
-                Some(&(id, acc)) if id == state.id => acc,
-                _ => 0.0,
-            };
-            let weight = 1.0 + 10.0 / (1.0 + dist);
-            let mask = entry_mask(old.map(|o| &base[o]), state, velocities);
-            self.pending.push(Pending {
-                frame_index: fi,
-                baseline_index: old.map_or(u32::MAX, |o| o as u32),
-                priority: carried + weight,
-                id: state.id,
-                mask,
-                data_bytes: entry_data_bytes(mask),
-            });
-        }
-        self.removed.extend(base[b..].iter().map(|s| s.id));
     }
 
     /// Marks which pending entities fit `budget_bytes`, highest priority first.
     ///
     /// Removals come first (up to half the budget; the rest wait a tick).
-    /// When every changed entity fits, all are taken. Otherwise they are
-    /// taken greedily by priority (only the head that can fit is sorted),
-    /// costed with the id gap to the previous pending entity; skipping
-    /// entities can only widen gaps, so the exact size is computed afterwards
-    /// and the lowest-priority entities are dropped until it fits.
+    /// When every changed entity fits, all are taken. Otherwise each gets
+    /// this tick's weight (`1 + 10 / (1 + distance)`) on top of what it
+    /// carried and they are taken greedily by priority (only the head that
+    /// can fit is sorted), costed with the id gap to the previous pending
+    /// entity; skipping entities can only widen gaps, so the exact size is
+    /// computed afterwards and the lowest-priority entities are dropped
+    /// until it fits.
     fn select_within_budget(&mut self, budget_bytes: usize) {
         let budget = budget_bytes.saturating_sub(SNAPSHOT_FIXED_BYTES);
         let mut removed_bytes = 0;
         let mut prev = 0;
         let mut keep = 0;
-        for &id in &self.removed {
+        for &id in &self.scan.removed {
             let b = varint_len(id - prev);
             if removed_bytes + b > budget / 2 {
                 break;
@@ -563,7 +1213,7 @@ impl SnapshotEncoder {
             prev = id;
             keep += 1;
         }
-        self.removed.truncate(keep);
+        self.scan.removed.truncate(keep);
         let budget = budget - removed_bytes;
 
         self.selected.clear();
@@ -573,15 +1223,16 @@ impl SnapshotEncoder {
             let prev_id = if i == 0 { 0 } else { pending[i - 1].id };
             usize::from(pending[i].data_bytes) + varint_len(pending[i].id - prev_id)
         };
-        let total: usize = (0..self.pending.len())
-            .map(|i| cost(&self.pending, i))
-            .sum();
+        let total = self.total_bytes;
         let mut order = std::mem::take(&mut self.order);
         order.clear();
         if total <= budget {
             // Everything fits: no ordering needed.
             self.selected.fill(true);
         } else {
+            for p in &mut self.pending {
+                p.priority += 1.0 + 10.0 / (1.0 + p.dist2.sqrt());
+            }
             order.extend(
                 self.pending
                     .iter()
@@ -699,115 +1350,46 @@ fn entry_data_bytes(mask: u8) -> u8 {
     1 + pos + field(MASK_ROT) + field(MASK_LIN_VEL) + field(MASK_ANG_VEL)
 }
 
-/// The outcome of selection for one snapshot, and what is built from it.
-struct Selection<'a> {
-    frame: &'a WorldFrame,
-    base: &'a [EntityState],
-    pending: &'a [Pending],
-    selected: &'a [bool],
-    removed: &'a [u32],
-    velocities: bool,
+/// The entries one applied snapshot carried (sorted by id), kept as the
+/// baselines later snapshots may name.
+#[derive(Debug, Default)]
+struct Record {
+    tick: u32,
+    valid: bool,
+    entities: Vec<EntityState>,
 }
 
-impl Selection<'_> {
-    /// The pending entities chosen for this snapshot, in id order.
-    fn sent(&self) -> impl Iterator<Item = &Pending> {
-        self.pending
-            .iter()
-            .zip(self.selected)
-            .filter(|(_, s)| **s)
-            .map(|(p, _)| p)
-    }
-
-    /// The client's view after this snapshot: the baseline without removed
-    /// ids, with the selected entities updated or added. One merge pass
-    /// over three id-sorted lists (baseline, sent, removed).
-    fn build_view(&self, target: &mut Vec<EntityState>) {
-        target.clear();
-        let (base, removed) = (self.base, self.removed);
-        let (mut b, mut r) = (0usize, 0usize);
-        let mut keep_base_below = |target: &mut Vec<EntityState>, limit: u32, b: &mut usize| {
-            while *b < base.len() && base[*b].id < limit {
-                let old = &base[*b];
-                *b += 1;
-                while r < removed.len() && removed[r] < old.id {
-                    r += 1;
-                }
-                if r < removed.len() && removed[r] == old.id {
-                    r += 1;
-                    continue;
-                }
-                target.push(*old);
-            }
-        };
-        for p in self.sent() {
-            let mut s = self.frame.states[p.frame_index as usize];
-            if !self.velocities {
-                // The client is not sent velocities, so its view holds none.
-                s.linear_velocity = [0; 3];
-                s.angular_velocity = [0; 3];
-            }
-            keep_base_below(target, s.id, &mut b);
-            if b < base.len() && base[b].id == s.id {
-                b += 1;
-            }
-            target.push(s);
-        }
-        keep_base_below(target, u32::MAX, &mut b);
-        // An entity with id u32::MAX cannot exist (ids saturate below it).
-    }
-
-    /// The wire sections of this snapshot.
-    fn fill_body(&self, body: &mut SnapshotBody, baseline_tick: u32) {
-        body.clear(baseline_tick);
-        let mut prev = 0u32;
-        for p in self.sent() {
-            let new = &self.frame.states[p.frame_index as usize];
-            let old = (p.baseline_index != u32::MAX).then(|| &self.base[p.baseline_index as usize]);
-            let mask = p.mask;
-            push_varint(&mut body.ids, new.id - prev);
-            prev = new.id;
-            body.masks.push(mask);
-            match (mask & MASK_POS, old) {
-                (MASK_POS_I8, Some(old)) => body
-                    .pos_i8
-                    .extend(position_delta(old.position, new.position).map(|d| d as i8)),
-                (MASK_POS_I16, Some(old)) => body
-                    .pos_i16
-                    .extend(position_delta(old.position, new.position).map(|d| d as i16)),
-                (MASK_POS_U32, _) => body.pos_u32.extend(new.position),
-                _ => {}
-            }
-            if mask & MASK_ROT != 0 {
-                body.rotations.extend(new.rotation);
-            }
-            if mask & MASK_LIN_VEL != 0 {
-                body.linear_velocities.extend(new.linear_velocity);
-            }
-            if mask & MASK_ANG_VEL != 0 {
-                body.angular_velocities.extend(new.angular_velocity);
-            }
-        }
-        let mut prev = 0u32;
-        for &id in self.removed {
-            push_varint(&mut body.removed, id - prev);
-            prev = id;
-        }
-    }
-}
-
-/// The client side: applies snapshots to its own ring of views.
+/// The client side: holds the entities of its view and the entries of its
+/// last `history_len` snapshots, and applies each new snapshot.
 #[derive(Debug)]
 pub struct SnapshotReceiver {
-    views: Vec<View>,
+    /// The view, sorted by id, and per entity the tick of the last snapshot
+    /// that carried it.
+    entities: Vec<EntityState>,
+    ticks: Vec<u32>,
+    /// The next view while a snapshot is decoded (swapped in on success).
+    next_entities: Vec<EntityState>,
+    next_ticks: Vec<u32>,
+    /// Ring of applied snapshots' entries, indexed by tick.
+    records: Vec<Record>,
+    /// The entries of the snapshot being decoded.
+    scratch: Vec<EntityState>,
     entities_max: usize,
     latest: Option<u32>,
 }
 
 impl SnapshotReceiver {
+    /// A client keeping the entries of its last `history_len` snapshots
+    /// (at least the server's [`SnapshotConfig::history_len`]) and refusing
+    /// views of more than `entities_max` entities.
     pub fn new(history_len: usize, entities_max: usize) -> Self {
         SnapshotReceiver {
-            views: (0..history_len.max(2)).map(|_| View::default()).collect(),
+            entities: Vec::new(),
+            ticks: Vec::new(),
+            next_entities: Vec::new(),
+            next_ticks: Vec::new(),
+            records: (0..history_len.max(2)).map(|_| Record::default()).collect(),
+            scratch: Vec::new(),
             entities_max,
             latest: None,
         }
@@ -818,14 +1400,15 @@ impl SnapshotReceiver {
         self.latest
     }
 
-    /// The entity states after the snapshot of `tick`, while that view is kept.
-    pub fn view(&self, tick: u32) -> Option<&[EntityState]> {
-        let v = &self.views[tick as usize % self.views.len()];
-        (v.valid && v.tick == tick).then_some(&v.entities[..])
+    /// The entity states as of the newest applied snapshot, sorted by id.
+    pub fn entities(&self) -> &[EntityState] {
+        &self.entities
     }
 
-    /// Validates a snapshot payload and applies it to the baseline view it
-    /// names; returns the entity states as of `tick`.
+    /// Validates a snapshot payload and applies it; returns the entity
+    /// states as of `tick`. A snapshot not newer than the newest applied
+    /// one (reordered on the way) is refused: what it carried is stale.
+    /// On any error the client's state is unchanged.
     pub fn apply(&mut self, tick: u32, payload: &[u8]) -> Result<&[EntityState], ProtocolError> {
         let body = rkyv::access::<ArchivedSnapshotBody, rancor::Error>(payload).map_err(|e| {
             ProtocolError::InvalidArchive {
@@ -840,34 +1423,241 @@ impl SnapshotReceiver {
         if tick == 0 {
             return Err(bad("snapshot tick 0"));
         }
-        let slot = tick as usize % self.views.len();
-        let baseline_tick = body.baseline_tick.to_native();
-        let base_slot = if baseline_tick == 0 {
-            None
-        } else {
-            let i = baseline_tick as usize % self.views.len();
-            let v = &self.views[i];
-            if !(v.valid && v.tick == baseline_tick && baseline_tick < tick) || i == slot {
-                return Err(bad("unknown baseline tick"));
-            }
-            Some(i)
-        };
-        let mut target = std::mem::take(&mut self.views[slot].entities);
-        self.views[slot].valid = false;
-        let empty: &[EntityState] = &[];
-        let base = base_slot.map_or(empty, |i| &self.views[i].entities[..]);
-        let result = decode_into(&mut target, body, base, self.entities_max);
-        let ok = result.is_ok();
-        self.views[slot] = View {
-            tick,
-            valid: ok,
-            entities: target,
-        };
-        result?;
-        if self.latest.is_none_or(|l| l < tick) {
-            self.latest = Some(tick);
+        if self.latest.is_some_and(|l| tick <= l) {
+            return Err(bad("snapshot older than the newest applied one"));
         }
-        Ok(&self.views[slot].entities)
+        self.decode(tick, body)?;
+        std::mem::swap(&mut self.entities, &mut self.next_entities);
+        std::mem::swap(&mut self.ticks, &mut self.next_ticks);
+        let slot = tick as usize % self.records.len();
+        let record = &mut self.records[slot];
+        std::mem::swap(&mut record.entities, &mut self.scratch);
+        record.tick = tick;
+        record.valid = true;
+        self.latest = Some(tick);
+        Ok(&self.entities)
+    }
+
+    /// The state of `id` after the snapshot of `baseline`, if this client
+    /// still has it: its current state when that snapshot was the last to
+    /// carry it, else that snapshot's entry.
+    fn baseline_state(
+        &self,
+        id: u32,
+        current: Option<usize>,
+        baseline: u32,
+    ) -> Option<EntityState> {
+        if let Some(c) = current
+            && self.ticks[c] == baseline
+        {
+            return Some(self.entities[c]);
+        }
+        let r = &self.records[baseline as usize % self.records.len()];
+        if !(r.valid && r.tick == baseline) {
+            return None;
+        }
+        let i = r.entities.binary_search_by_key(&id, |e| e.id).ok()?;
+        Some(r.entities[i])
+    }
+
+    /// Decodes `body` against this client's state into `next_*` (the view
+    /// after it) and `scratch` (its entries).
+    fn decode(&mut self, tick: u32, body: &ArchivedSnapshotBody) -> Result<(), ProtocolError> {
+        let bad = |reason: &'static str| ProtocolError::InvalidArchive {
+            kind: MessageKind::Snapshot,
+            reason: reason.to_string(),
+        };
+        let mut next_entities = std::mem::take(&mut self.next_entities);
+        let mut next_ticks = std::mem::take(&mut self.next_ticks);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        next_entities.clear();
+        next_ticks.clear();
+        scratch.clear();
+        let result = self.decode_into(
+            tick,
+            body,
+            &mut next_entities,
+            &mut next_ticks,
+            &mut scratch,
+        );
+        self.next_entities = next_entities;
+        self.next_ticks = next_ticks;
+        self.scratch = scratch;
+        result.map_err(bad)
+    }
+
+    fn decode_into(
+        &self,
+        tick: u32,
+        body: &ArchivedSnapshotBody,
+        next: &mut Vec<EntityState>,
+        next_ticks: &mut Vec<u32>,
+        entries: &mut Vec<EntityState>,
+    ) -> Result<(), &'static str> {
+        let baselines = body.baselines.as_slice();
+        if baselines.len() > SNAPSHOT_BASELINES_MAX {
+            return Err("more baselines than the table holds");
+        }
+        if baselines.iter().any(|b| b.to_native() >= tick) {
+            return Err("a baseline not before the snapshot");
+        }
+        let ids = body.ids.as_slice();
+        let removed = body.removed.as_slice();
+        let (mut at_id, mut at_rem) = (0usize, 0usize);
+        let (mut i8s, mut i16s, mut u32s, mut rots, mut lins, mut angs) = (0, 0, 0, 0, 0, 0);
+        let mut id = 0u32;
+        let mut rem_id = 0u32;
+        let mut next_removed = |first: bool| -> Result<Option<u32>, &'static str> {
+            if at_rem >= removed.len() {
+                return Ok(None);
+            }
+            let gap = read_varint(removed, &mut at_rem).ok_or("bad removed id")?;
+            if gap == 0 && !first {
+                return Err("removed ids not increasing");
+            }
+            rem_id = rem_id.checked_add(gap).ok_or("removed id overflow")?;
+            Ok(Some(rem_id))
+        };
+        let mut rem = next_removed(true)?;
+        let (current, current_ticks) = (&self.entities[..], &self.ticks[..]);
+        let mut c = 0usize;
+        let max = self.entities_max;
+        // Keeps the current entities below `limit` that are not removed.
+        let mut keep_below = |limit: Option<u32>,
+                              c: &mut usize,
+                              rem: &mut Option<u32>,
+                              next: &mut Vec<EntityState>,
+                              next_ticks: &mut Vec<u32>|
+         -> Result<(), &'static str> {
+            loop {
+                let here = current
+                    .get(*c)
+                    .map(|e| e.id)
+                    .filter(|&e| limit.is_none_or(|l| e < l));
+                // Removals of ids this client does not hold are ignored.
+                while let Some(r) = *rem
+                    && here.is_none_or(|h| r < h)
+                    && limit.is_none_or(|l| r < l)
+                {
+                    *rem = next_removed(false)?;
+                }
+                let Some(h) = here else {
+                    return Ok(());
+                };
+                if *rem == Some(h) {
+                    *rem = next_removed(false)?;
+                } else {
+                    if next.len() >= max {
+                        return Err("more entities than the client allows");
+                    }
+                    next.push(current[*c]);
+                    next_ticks.push(current_ticks[*c]);
+                }
+                *c += 1;
+            }
+        };
+        for (n, mask) in body.masks.iter().enumerate() {
+            let mask = *mask;
+            let gap = read_varint(ids, &mut at_id).ok_or("bad entity id")?;
+            if n > 0 && gap == 0 {
+                return Err("entity ids not increasing");
+            }
+            id = id.checked_add(gap).ok_or("entity id overflow")?;
+            keep_below(Some(id), &mut c, &mut rem, next, next_ticks)?;
+            if rem == Some(id) {
+                return Err("an entity both sent and removed");
+            }
+            let here = (c < current.len() && current[c].id == id).then(|| {
+                c += 1;
+                c - 1
+            });
+            let index = mask >> MASK_BASELINE_SHIFT;
+            let baseline = if index == BASELINE_ESCAPE {
+                // An age equal to the tick names tick 0: absolute.
+                let age = read_varint(ids, &mut at_id).ok_or("bad baseline age")?;
+                if age == 0 || age > tick {
+                    return Err("baseline age out of range");
+                }
+                tick - age
+            } else {
+                baselines
+                    .get(usize::from(index))
+                    .ok_or("baseline index past the table")?
+                    .to_native()
+            };
+            let old = if baseline == 0 {
+                None
+            } else {
+                Some(
+                    self.baseline_state(id, here, baseline)
+                        .ok_or("unknown baseline")?,
+                )
+            };
+            let mut s = old.unwrap_or(EntityState {
+                id,
+                ..EntityState::default()
+            });
+            match mask & MASK_POS {
+                0 => {}
+                MASK_POS_U32 => {
+                    let k = take3(body.pos_u32.len(), &mut u32s).ok_or("pos_u32 too short")?;
+                    s.position = k.map(|k| body.pos_u32[k].to_native());
+                }
+                m => {
+                    let old = old.ok_or("position delta without a baseline")?;
+                    let d: [i64; 3] = if m == MASK_POS_I8 {
+                        let k = take3(body.pos_i8.len(), &mut i8s).ok_or("pos_i8 too short")?;
+                        k.map(|k| i64::from(body.pos_i8[k]))
+                    } else {
+                        let k = take3(body.pos_i16.len(), &mut i16s).ok_or("pos_i16 too short")?;
+                        k.map(|k| i64::from(body.pos_i16[k].to_native()))
+                    };
+                    for ((p, o), d) in s.position.iter_mut().zip(old.position).zip(d) {
+                        *p = u32::try_from(i64::from(o) + d)
+                            .map_err(|_| "position delta out of range")?;
+                    }
+                }
+            }
+            if mask & MASK_ROT != 0 {
+                let k = take3(body.rotations.len(), &mut rots).ok_or("rotations too short")?;
+                s.rotation = k.map(|k| body.rotations[k].to_native());
+            } else if old.is_none() {
+                return Err("absolute entry without rotation");
+            }
+            if mask & MASK_LIN_VEL != 0 {
+                let k = take3(body.linear_velocities.len(), &mut lins)
+                    .ok_or("linear_velocities too short")?;
+                s.linear_velocity = k.map(|k| body.linear_velocities[k].to_native());
+            }
+            if mask & MASK_ANG_VEL != 0 {
+                let k = take3(body.angular_velocities.len(), &mut angs)
+                    .ok_or("angular_velocities too short")?;
+                s.angular_velocity = k.map(|k| body.angular_velocities[k].to_native());
+            }
+            if old.is_none() && mask & MASK_POS != MASK_POS_U32 {
+                return Err("absolute entry without an absolute position");
+            }
+            if next.len() >= max {
+                return Err("more entities than the client allows");
+            }
+            next.push(s);
+            next_ticks.push(tick);
+            entries.push(s);
+        }
+        keep_below(None, &mut c, &mut rem, next, next_ticks)?;
+        let consumed = at_id == ids.len()
+            && i8s == body.pos_i8.len()
+            && i16s == body.pos_i16.len()
+            && u32s == body.pos_u32.len()
+            && rots == body.rotations.len()
+            && lins == body.linear_velocities.len()
+            && angs == body.angular_velocities.len()
+            && rem.is_none()
+            && at_rem == removed.len();
+        if !consumed {
+            return Err("sections longer than the masks say");
+        }
+        Ok(())
     }
 }
 
@@ -895,138 +1685,4 @@ fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u32> {
         }
     }
     None
-}
-
-fn decode_into(
-    target: &mut Vec<EntityState>,
-    body: &ArchivedSnapshotBody,
-    base: &[EntityState],
-    entities_max: usize,
-) -> Result<(), ProtocolError> {
-    let bad = |reason: &'static str| ProtocolError::InvalidArchive {
-        kind: MessageKind::Snapshot,
-        reason: reason.to_string(),
-    };
-    target.clear();
-    let ids = body.ids.as_slice();
-    let removed = body.removed.as_slice();
-    let (mut at_id, mut at_rem) = (0usize, 0usize);
-    let (mut i8s, mut i16s, mut u32s, mut rots, mut lins, mut angs) = (0, 0, 0, 0, 0, 0);
-    let (mut id, mut rem_id) = (0u32, 0u32);
-    let mut next_removed = || -> Result<Option<u32>, ProtocolError> {
-        if at_rem >= removed.len() {
-            return Ok(None);
-        }
-        let gap = read_varint(removed, &mut at_rem).ok_or_else(|| bad("bad removed id"))?;
-        rem_id = rem_id
-            .checked_add(gap)
-            .ok_or_else(|| bad("removed id overflow"))?;
-        Ok(Some(rem_id))
-    };
-    let mut rem = next_removed()?;
-    let mut b = 0usize;
-    let mut keep_base_below = |limit: Option<u32>,
-                               target: &mut Vec<EntityState>,
-                               b: &mut usize,
-                               rem: &mut Option<u32>|
-     -> Result<(), ProtocolError> {
-        while *b < base.len() && limit.is_none_or(|l| base[*b].id < l) {
-            let old = base[*b];
-            *b += 1;
-            if *rem == Some(old.id) {
-                *rem = next_removed()?;
-                continue;
-            }
-            if target.len() >= entities_max {
-                return Err(bad("more entities than the client allows"));
-            }
-            target.push(old);
-        }
-        Ok(())
-    };
-    for (n, mask) in body.masks.iter().enumerate() {
-        let mask = *mask;
-        if mask & !MASK_KNOWN != 0 {
-            return Err(bad("unknown mask bits"));
-        }
-        let gap = read_varint(ids, &mut at_id).ok_or_else(|| bad("bad entity id"))?;
-        if n > 0 && gap == 0 {
-            return Err(bad("entity ids not increasing"));
-        }
-        id = id
-            .checked_add(gap)
-            .ok_or_else(|| bad("entity id overflow"))?;
-        keep_base_below(Some(id), target, &mut b, &mut rem)?;
-        let old = (b < base.len() && base[b].id == id).then(|| {
-            b += 1;
-            base[b - 1]
-        });
-        let mut s = old.unwrap_or(EntityState {
-            id,
-            ..EntityState::default()
-        });
-        match mask & MASK_POS {
-            0 => {}
-            MASK_POS_U32 => {
-                let k =
-                    take3(body.pos_u32.len(), &mut u32s).ok_or_else(|| bad("pos_u32 too short"))?;
-                s.position = k.map(|k| body.pos_u32[k].to_native());
-            }
-            m => {
-                let old = old.ok_or_else(|| bad("position delta for a new entity"))?;
-                let d: [i64; 3] = if m == MASK_POS_I8 {
-                    let k = take3(body.pos_i8.len(), &mut i8s)
-                        .ok_or_else(|| bad("pos_i8 too short"))?;
-                    k.map(|k| i64::from(body.pos_i8[k]))
-                } else {
-                    let k = take3(body.pos_i16.len(), &mut i16s)
-                        .ok_or_else(|| bad("pos_i16 too short"))?;
-                    k.map(|k| i64::from(body.pos_i16[k].to_native()))
-                };
-                for ((p, o), d) in s.position.iter_mut().zip(old.position).zip(d) {
-                    *p = u32::try_from(i64::from(o) + d)
-                        .map_err(|_| bad("position delta out of range"))?;
-                }
-            }
-        }
-        if mask & MASK_ROT != 0 {
-            let k =
-                take3(body.rotations.len(), &mut rots).ok_or_else(|| bad("rotations too short"))?;
-            s.rotation = k.map(|k| body.rotations[k].to_native());
-        } else if old.is_none() {
-            return Err(bad("new entity without rotation"));
-        }
-        if mask & MASK_LIN_VEL != 0 {
-            let k = take3(body.linear_velocities.len(), &mut lins)
-                .ok_or_else(|| bad("linear_velocities too short"))?;
-            s.linear_velocity = k.map(|k| body.linear_velocities[k].to_native());
-        }
-        if mask & MASK_ANG_VEL != 0 {
-            let k = take3(body.angular_velocities.len(), &mut angs)
-                .ok_or_else(|| bad("angular_velocities too short"))?;
-            s.angular_velocity = k.map(|k| body.angular_velocities[k].to_native());
-        }
-        if old.is_none() && mask & MASK_POS != MASK_POS_U32 {
-            return Err(bad("new entity without an absolute position"));
-        }
-        if target.len() >= entities_max {
-            return Err(bad("more entities than the client allows"));
-        }
-        target.push(s);
-    }
-    keep_base_below(None, target, &mut b, &mut rem)?;
-    let consumed = at_id == ids.len()
-        && i8s == body.pos_i8.len()
-        && i16s == body.pos_i16.len()
-        && u32s == body.pos_u32.len()
-        && rots == body.rotations.len()
-        && lins == body.linear_velocities.len()
-        && angs == body.angular_velocities.len()
-        && rem.is_none();
-    if !consumed {
-        return Err(bad(
-            "sections longer than the masks say, or removed ids not in the baseline",
-        ));
-    }
-    Ok(())
 }

@@ -190,10 +190,12 @@ fn header_errors() {
         ProtocolError::Truncated { len: 10 }
     );
     let mut b = good.clone();
-    b[0] = 2;
+    b[0] = PROTOCOL_VERSION + 1;
     assert_eq!(
         client_err(&b, Channel::State),
-        ProtocolError::VersionMismatch { theirs: 2 }
+        ProtocolError::VersionMismatch {
+            theirs: PROTOCOL_VERSION + 1
+        }
     );
     let mut b = good.clone();
     b[1] = 200;

@@ -295,8 +295,8 @@ impl Session {
 
     /// The newest snapshot view (quantised states), if any.
     pub fn entities(&self) -> Option<&[EntityState]> {
-        let tick = self.receiver.latest()?;
-        self.receiver.view(tick)
+        self.receiver.latest()?;
+        Some(self.receiver.entities())
     }
 
     /// The tick of the newest applied snapshot.

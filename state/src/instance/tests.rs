@@ -409,7 +409,8 @@ fn an_empty_instance_expires_after_its_empty_timeout() {
 }
 
 /// Network ids a snapshot frame carries an entry for, and those it tells
-/// the client to drop (LEB128 id gaps).
+/// the client to drop (LEB128 id gaps; an entry whose baseline index is 7
+/// has its baseline's age after its gap).
 fn snapshot_entries(frame: &[u8]) -> (Vec<u32>, Vec<u32>) {
     let (_, kind, payload) = split_frame(frame).unwrap();
     assert_eq!(kind, MessageKind::Snapshot);
@@ -417,21 +418,40 @@ fn snapshot_entries(frame: &[u8]) -> (Vec<u32>, Vec<u32>) {
     aligned.extend_from_slice(payload);
     let body =
         rkyv::access::<net::snapshot::ArchivedSnapshotBody, rkyv::rancor::Error>(&aligned).unwrap();
-    let gaps = |bytes: &[u8]| {
-        let (mut ids, mut id, mut gap, mut shift) = (Vec::new(), 0u32, 0u32, 0);
+    // LEB128 values, in order.
+    let varints = |bytes: &[u8]| {
+        let (mut out, mut v, mut shift) = (Vec::new(), 0u32, 0);
         for &byte in bytes {
-            gap |= u32::from(byte & 0x7f) << shift;
+            v |= u32::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
-                id += gap;
-                ids.push(id);
-                (gap, shift) = (0, 0);
+                out.push(v);
+                (v, shift) = (0, 0);
             } else {
                 shift += 7;
             }
         }
-        ids
+        out
     };
-    (gaps(&body.ids), gaps(&body.removed))
+    let ids_section = varints(&body.ids);
+    let mut values = ids_section.iter();
+    let mut id = 0;
+    let mut entries = Vec::new();
+    for mask in body.masks.iter() {
+        id += values.next().unwrap();
+        entries.push(id);
+        // Baseline index 7: the baseline's age follows the id gap.
+        if mask >> 5 == 7 {
+            values.next().unwrap();
+        }
+    }
+    let removed = varints(&body.removed)
+        .into_iter()
+        .scan(0, |id, gap| {
+            *id += gap;
+            Some(*id)
+        })
+        .collect();
+    (entries, removed)
 }
 
 #[test]

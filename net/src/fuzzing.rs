@@ -51,13 +51,13 @@ pub fn server_message(data: &[u8]) {
     let _ = decoder.decode_server(rest, channel);
 }
 
-/// A snapshot payload applied by a client that holds the view of tick 1
-/// (built from a small world), as the payload of tick 2.
+/// A snapshot payload as a client applies it: as tick 2 to a fresh client,
+/// then (if that was refused) as tick 1, and as tick 3 on top of whatever
+/// the first applications left, so deltas can name baselines it holds.
 pub fn snapshot(data: &[u8]) {
     use crate::snapshot::SnapshotReceiver;
     let mut receiver = SnapshotReceiver::new(32, 256);
     let _ = receiver.apply(2, data);
-    // Also against a baseline: a full snapshot of tick 1 first.
     let _ = receiver.apply(1, data);
     let _ = receiver.apply(3, data);
 }

@@ -5,7 +5,8 @@
 //! [`ClientSnapshots`] tracks each entity in the client's view: the state
 //! the client has acknowledged (and its tick), the state last sent, and the
 //! priority it has built up while waiting. Each tick one pass over the frame
-//! and that table decides what to send:
+//! and that table decides what to send (and, when everything fits, writes
+//! it):
 //! - **interest**: only entities within `interest_radius_m` of the client's
 //!   avatar, plus entities marked [`engine::Global`]; entities leaving it are
 //!   listed as removed until a snapshot listing them is acknowledged;
@@ -22,9 +23,10 @@
 //!
 //! The server keeps, per client, that table and the entries of the
 //! snapshots not yet acknowledged (only what they carried); the client keeps
-//! its entities and the entries of its last `history_len` snapshots, which
-//! is where it finds the baselines named on the wire. Encoding reuses every
-//! buffer: in steady state it does not allocate.
+//! its entities and the entries of the snapshots of its last `history_len`
+//! ticks, which is where it finds the baselines named on the wire. When the
+//! changed entities do not all fit the budget, a second pass chooses among
+//! them. Encoding reuses every buffer: in steady state it does not allocate.
 
 use std::collections::VecDeque;
 
@@ -48,10 +50,12 @@ pub struct SnapshotConfig {
     /// (the default), so only benchmarks raise it.
     pub budget_bytes: usize,
     /// How many ticks back a baseline the client has since received newer
-    /// states of may be, and so how many snapshots the server keeps
-    /// unacknowledged per client. Clients keep the entries of this many
-    /// snapshots ([`SnapshotReceiver::new`]); a client that keeps fewer
-    /// skips some deltas until the server falls back to absolute states.
+    /// states of may be, how many snapshots the server keeps
+    /// unacknowledged per client, and how long a removal is repeated
+    /// without acknowledgement. Clients keep the entries of the snapshots
+    /// of this many ticks ([`SnapshotReceiver::new`]); a client that keeps
+    /// fewer refuses the snapshots whose deltas it cannot resolve, and
+    /// catches up once those entities come absolute.
     pub history_len: usize,
     /// Most entities one client's view holds (the nearest are kept).
     pub view_entities_max: usize,
@@ -913,6 +917,15 @@ impl ClientSnapshots {
                     return;
                 }
                 e.removed_tick = tick;
+            } else if tick - e.removed_tick >= history {
+                // Repeated for `history` ticks and never acknowledged: the
+                // client acknowledges nothing (it will time out), or its
+                // round trip outlasts the snapshots kept. Stop, so that
+                // what a silent client costs stays bounded; should it come
+                // back, an entity it missed the removal of stays on it.
+                e.dead = true;
+                dead += 1;
+                return;
             }
             out.removed.push(e.id);
             out.removed_slots.push(slot as u32);
@@ -1360,7 +1373,7 @@ struct Record {
 }
 
 /// The client side: holds the entities of its view and the entries of its
-/// last `history_len` snapshots, and applies each new snapshot.
+/// snapshots of its last `history_len` ticks, and applies each new snapshot.
 #[derive(Debug)]
 pub struct SnapshotReceiver {
     /// The view, sorted by id, and per entity the tick of the last snapshot
@@ -1379,7 +1392,7 @@ pub struct SnapshotReceiver {
 }
 
 impl SnapshotReceiver {
-    /// A client keeping the entries of its last `history_len` snapshots
+    /// A client keeping the entries of the snapshots of its last `history_len` ticks
     /// (at least the server's [`SnapshotConfig::history_len`]) and refusing
     /// views of more than `entities_max` entities.
     pub fn new(history_len: usize, entities_max: usize) -> Self {

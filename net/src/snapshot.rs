@@ -369,7 +369,7 @@ pub struct SnapshotEncoder {
     order: Vec<(u32, f32)>,
     distances: Vec<f32>,
     /// Distinct baseline ticks of the pending entries and their counts.
-    baseline_counts: Vec<(u32, u32)>,
+    baseline_counts: BaselineCounts,
     /// Bytes of all pending entries, id gaps to the previous pending one.
     total_bytes: usize,
     /// A table being rebuilt; swapped with a client's.
@@ -387,7 +387,7 @@ impl Default for SnapshotEncoder {
             selected: Vec::new(),
             order: Vec::new(),
             distances: Vec::new(),
-            baseline_counts: Vec::new(),
+            baseline_counts: BaselineCounts::default(),
             total_bytes: 0,
             table: Vec::new(),
             body: SnapshotBody::with_budget(crate::SNAPSHOT_DATAGRAM_BYTES_MAX),
@@ -451,20 +451,70 @@ fn view_cutoff(
     (cutoff, max - below)
 }
 
-/// Counts one more entry against `baseline` (counting stops at a few
-/// hundred distinct ticks; entries of the rest escape).
-#[inline(always)]
-fn count_baseline(counts: &mut Vec<(u32, u32)>, baseline: u32) {
-    const DISTINCT_MAX: usize = 256;
-    match counts.last_mut() {
-        Some(c) if c.0 == baseline => c.1 += 1,
-        _ => {
-            if let Some(c) = counts.iter_mut().find(|c| c.0 == baseline) {
-                c.1 += 1;
-            } else if counts.len() < DISTINCT_MAX {
-                counts.push((baseline, 1));
+/// How many pending entries use each baseline tick: by age for the recent
+/// ones (one add each), in a short list for older ones.
+#[derive(Debug)]
+struct BaselineCounts {
+    absolute: u32,
+    /// Index: the snapshot's tick minus the baseline tick.
+    by_age: [u32; 64],
+    /// Older baseline ticks (at most a few hundred; entries of the rest
+    /// escape) and their counts.
+    older: Vec<(u32, u32)>,
+    /// Every counted tick and its count, absolute (tick 0) first.
+    all: Vec<(u32, u32)>,
+}
+
+impl Default for BaselineCounts {
+    fn default() -> Self {
+        BaselineCounts {
+            absolute: 0,
+            by_age: [0; 64],
+            older: Vec::new(),
+            all: Vec::new(),
+        }
+    }
+}
+
+impl BaselineCounts {
+    fn clear(&mut self) {
+        self.absolute = 0;
+        self.by_age = [0; 64];
+        self.older.clear();
+    }
+
+    #[inline(always)]
+    fn count(&mut self, tick: u32, baseline: u32) {
+        if baseline == 0 {
+            self.absolute += 1;
+            return;
+        }
+        let age = (tick - baseline) as usize;
+        if age < self.by_age.len() {
+            self.by_age[age] += 1;
+            return;
+        }
+        const OLDER_MAX: usize = 256;
+        if let Some(c) = self.older.iter_mut().find(|c| c.0 == baseline) {
+            c.1 += 1;
+        } else if self.older.len() < OLDER_MAX {
+            self.older.push((baseline, 1));
+        }
+    }
+
+    /// Gathers the counted ticks into `all`.
+    fn gather(&mut self, tick: u32) -> &mut Vec<(u32, u32)> {
+        self.all.clear();
+        if self.absolute > 0 {
+            self.all.push((0, self.absolute));
+        }
+        for (age, &n) in self.by_age.iter().enumerate() {
+            if n > 0 {
+                self.all.push((tick - age as u32, n));
             }
         }
+        self.all.extend_from_slice(&self.older);
+        &mut self.all
     }
 }
 
@@ -1080,6 +1130,7 @@ impl ClientSnapshots {
             &mut enc.baseline_counts,
             &mut enc.total_bytes,
         );
+        let tick = frame.tick;
         self.scan(
             &mut enc.scan,
             &mut enc.distances,
@@ -1091,7 +1142,7 @@ impl ClientSnapshots {
                 p.data_bytes = entry_data_bytes(p.mask);
                 let prev = pending.last().map_or(0, |q| q.id);
                 *total += usize::from(p.data_bytes) + varint_len(p.id - prev);
-                count_baseline(counts, p.baseline);
+                counts.count(tick, p.baseline);
                 pending.push(p);
                 true
             },
@@ -1183,7 +1234,7 @@ impl SnapshotEncoder {
     fn assign_baselines(&mut self, tick: u32) {
         let table = &mut self.body.baselines;
         table.clear();
-        let counts = &mut self.baseline_counts;
+        let counts = self.baseline_counts.gather(tick);
         if counts.len() <= SNAPSHOT_BASELINES_MAX {
             table.extend(counts.iter().map(|c| c.0));
             return;
@@ -1387,6 +1438,8 @@ pub struct SnapshotReceiver {
     records: Vec<Record>,
     /// The entries of the snapshot being decoded.
     scratch: Vec<EntityState>,
+    /// Per ring slot, where the last baseline search in it stopped.
+    cursors: Vec<usize>,
     entities_max: usize,
     latest: Option<u32>,
 }
@@ -1403,6 +1456,7 @@ impl SnapshotReceiver {
             next_ticks: Vec::new(),
             records: (0..history_len.max(2)).map(|_| Record::default()).collect(),
             scratch: Vec::new(),
+            cursors: Vec::new(),
             entities_max,
             latest: None,
         }
@@ -1454,23 +1508,32 @@ impl SnapshotReceiver {
     /// The state of `id` after the snapshot of `baseline`, if this client
     /// still has it: its current state when that snapshot was the last to
     /// carry it, else that snapshot's entry.
+    ///
+    /// Entries come in increasing id order, so each record is searched
+    /// forward from where the last search in it stopped (`cursors`, one per
+    /// ring slot): one walk over a record per snapshot at most.
     fn baseline_state(
         &self,
         id: u32,
         current: Option<usize>,
         baseline: u32,
+        cursors: &mut [usize],
     ) -> Option<EntityState> {
         if let Some(c) = current
             && self.ticks[c] == baseline
         {
             return Some(self.entities[c]);
         }
-        let r = &self.records[baseline as usize % self.records.len()];
+        let slot = baseline as usize % self.records.len();
+        let r = &self.records[slot];
         if !(r.valid && r.tick == baseline) {
             return None;
         }
-        let i = r.entities.binary_search_by_key(&id, |e| e.id).ok()?;
-        Some(r.entities[i])
+        let at = &mut cursors[slot];
+        while r.entities.get(*at).is_some_and(|e| e.id < id) {
+            *at += 1;
+        }
+        r.entities.get(*at).filter(|e| e.id == id).copied()
     }
 
     /// Decodes `body` against this client's state into `next_*` (the view
@@ -1483,19 +1546,24 @@ impl SnapshotReceiver {
         let mut next_entities = std::mem::take(&mut self.next_entities);
         let mut next_ticks = std::mem::take(&mut self.next_ticks);
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut cursors = std::mem::take(&mut self.cursors);
         next_entities.clear();
         next_ticks.clear();
         scratch.clear();
+        cursors.clear();
+        cursors.resize(self.records.len(), 0);
         let result = self.decode_into(
             tick,
             body,
             &mut next_entities,
             &mut next_ticks,
             &mut scratch,
+            &mut cursors,
         );
         self.next_entities = next_entities;
         self.next_ticks = next_ticks;
         self.scratch = scratch;
+        self.cursors = cursors;
         result.map_err(bad)
     }
 
@@ -1506,6 +1574,7 @@ impl SnapshotReceiver {
         next: &mut Vec<EntityState>,
         next_ticks: &mut Vec<u32>,
         entries: &mut Vec<EntityState>,
+        cursors: &mut [usize],
     ) -> Result<(), &'static str> {
         let baselines = body.baselines.as_slice();
         if baselines.len() > SNAPSHOT_BASELINES_MAX {
@@ -1602,7 +1671,7 @@ impl SnapshotReceiver {
                 None
             } else {
                 Some(
-                    self.baseline_state(id, here, baseline)
+                    self.baseline_state(id, here, baseline, cursors)
                         .ok_or("unknown baseline")?,
                 )
             };

@@ -292,8 +292,12 @@ impl Default for ShardConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InstanceConfig {
-    /// Simulation ticks (and snapshots) per second.
+    /// Simulation ticks per second.
     pub tick_hz: u32,
+    /// Snapshots per second for instances whose create request names no
+    /// rate: the tick rate or one of 60, 30, 20, 15, 10, dividing it. Unset:
+    /// 30 when that divides the tick rate, else the tick rate.
+    pub snapshot_hz: Option<u32>,
     /// Users admitted to one instance unless its create request says otherwise (409 beyond).
     pub max_users: u32,
     /// An instance with nobody in it ends after this long.
@@ -323,6 +327,7 @@ impl Default for InstanceConfig {
     fn default() -> Self {
         InstanceConfig {
             tick_hz: 60,
+            snapshot_hz: None,
             max_users: 64,
             empty_timeout_ms: 60_000,
             entities_max: 65_536,
@@ -365,6 +370,12 @@ impl Config {
 }
 
 impl InstanceConfig {
+    /// The snapshot rate of instances whose create request names none.
+    pub fn default_snapshot_hz(&self) -> u32 {
+        self.snapshot_hz
+            .unwrap_or_else(|| state::instance::default_snapshot_hz(self.tick_hz))
+    }
+
     /// The instance runtime's share of the configuration.
     pub fn runtime(&self) -> state::instance::RuntimeConfig {
         state::instance::RuntimeConfig {
@@ -538,6 +549,7 @@ pub fn keys() -> BTreeMap<String, toml::Value> {
     for (key, placeholder) in [
         ("webrtc.public_ip", toml::Value::String(String::new())),
         ("webrtc.public_port_base", toml::Value::Integer(0)),
+        ("instance.snapshot_hz", toml::Value::Integer(0)),
         ("auth.hs256_secret", toml::Value::String(String::new())),
         ("auth.issuer", toml::Value::String(String::new())),
         ("auth.audience", toml::Value::String(String::new())),
@@ -639,6 +651,11 @@ impl Config {
         }
         if !(1..=240).contains(&self.instance.tick_hz) {
             return bad("instance.tick_hz must be within 1..=240");
+        }
+        if let Some(hz) = self.instance.snapshot_hz
+            && let Some(e) = state::instance::snapshot_hz_error(hz, self.instance.tick_hz)
+        {
+            return Err(ConfigError::Invalid(format!("instance.{e}")));
         }
         if self.instance.cached_actions_max > net::messages::WELCOME_CACHED_ACTIONS_MAX {
             return Err(ConfigError::Invalid(format!(

@@ -169,6 +169,7 @@ impl Harness {
                 .prepare(engine::Scene::demo())
                 .expect("the demo scene prepares"),
             max_users,
+            snapshot_hz: self.shard_config().instance.default_snapshot_hz(),
             labels: BTreeMap::new(),
             empty_timeout: Some(empty_timeout),
         };

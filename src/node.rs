@@ -151,6 +151,7 @@ impl Node {
                     path => SceneSource::Path(path.into()),
                 },
                 max_users: None,
+                snapshot_hz: None,
                 labels: BTreeMap::new(),
                 persistent: true,
             };

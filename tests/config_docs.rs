@@ -35,7 +35,22 @@ fn optional_settings_take_their_type_from_the_environment() {
             "instanceserver".to_string(),
         ),
     ];
-    let c = instanceserver::config::load(None, env, &[]).unwrap();
+    let c = instanceserver::config::load(
+        None,
+        env,
+        &[("instance.snapshot_hz".to_string(), "15".to_string())],
+    )
+    .unwrap();
+    assert_eq!(c.instance.snapshot_hz, Some(15));
+    assert_eq!(c.instance.default_snapshot_hz(), 15);
+    // One that does not divide the tick rate (60) stops the node.
+    let err = instanceserver::config::load(
+        None,
+        [],
+        &[("instance.snapshot_hz".to_string(), "25".to_string())],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("snapshot_hz 25"), "{err}");
     assert_eq!(c.webrtc.public_ip, Some("203.0.113.7".parse().unwrap()));
     assert_eq!(c.webrtc.public_port_base, Some(31000));
     assert_eq!(c.auth.audience.as_deref(), Some("instanceserver"));

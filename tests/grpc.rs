@@ -75,6 +75,20 @@ async fn create_list_kick_ban_end_and_drain_through_grpc() {
         "{}",
         greedy.message()
     );
+    // A snapshot rate the tick rate (60) cannot be divided into.
+    let odd = api
+        .create_instance(pb::CreateInstanceRequest {
+            snapshot_hz: 25,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(odd.code(), Code::InvalidArgument);
+    assert!(
+        odd.message().contains("snapshot_hz 25"),
+        "{}",
+        odd.message()
+    );
     let missing = api
         .get_instance(pb::GetInstanceRequest {
             instance_id: "nope".into(),

@@ -346,7 +346,9 @@ fn snapshots(h: &Harness, c: usize) -> usize {
 
 #[test]
 fn an_overloaded_shard_refuses_joins_and_slows_snapshots_until_it_recovers() {
-    let mut h = Harness::new(Config::default(), Network::perfect(), 10);
+    let mut config = Config::default();
+    config.instance.snapshot_hz = Some(60);
+    let mut h = Harness::new(config, Network::perfect(), 10);
     h.create_instance("room", 8);
     let c = join_all(&mut h, &["alice"])[0];
     let second = Duration::from_secs(1);

@@ -54,6 +54,7 @@ fn held_by_an_empty_instance(scene: &str) -> (isize, isize, isize) {
         location_id: scene.into(),
         scene: prepared.clone(),
         max_users: 10,
+        snapshot_hz: state::instance::default_snapshot_hz(runtime.tick_hz),
         labels: BTreeMap::new(),
         empty_timeout: None,
     };

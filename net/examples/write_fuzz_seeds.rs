@@ -57,6 +57,7 @@ fn main() -> std::io::Result<()> {
         user_index: 1,
         avatar: 10,
         tick_hz: 60,
+        snapshot_hz: 30,
         bounds_min: [-1.0; 3],
         bounds_max: [1.0; 3],
         position_bits: 20,

@@ -86,6 +86,9 @@ pub struct Welcome {
     /// Network id of this user's avatar entity.
     pub avatar: u32,
     pub tick_hz: u16,
+    /// Snapshots per second (a divisor of `tick_hz`): snapshot ticks are
+    /// `tick_hz / snapshot_hz` apart.
+    pub snapshot_hz: u16,
     /// World bounds; snapshot positions are quantised within them.
     pub bounds_min: [f32; 3],
     pub bounds_max: [f32; 3],

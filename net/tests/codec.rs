@@ -105,6 +105,7 @@ fn server_messages_round_trip() {
         user_index: 4,
         avatar: 99,
         tick_hz: 60,
+        snapshot_hz: 30,
         bounds_min: [-60.0, -20.0, -60.0],
         bounds_max: [60.0, 60.0, 60.0],
         position_bits: 20,

@@ -381,6 +381,7 @@ async fn on_game_server(
         location_id: location.clone(),
         scene: SceneSource::Builtin(builtin),
         max_users: None,
+        snapshot_hz: None,
         labels: BTreeMap::from([("allocated".into(), "agones".into())]),
         persistent: false,
     };

@@ -142,6 +142,7 @@ impl pb::control_server::Control for ControlService {
             location_id: r.location_id,
             scene,
             max_users: Some(r.max_users).filter(|&m| m > 0),
+            snapshot_hz: Some(r.snapshot_hz).filter(|&hz| hz > 0),
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
             persistent: false,
         };

@@ -118,6 +118,8 @@ pub struct CreateRequest {
     pub location_id: String,
     pub scene: SceneSource,
     pub max_users: Option<u32>,
+    /// `None`: the node's `instance.snapshot_hz`.
+    pub snapshot_hz: Option<u32>,
     pub labels: BTreeMap<String, String>,
     /// Runs until ended, even with nobody in it (the dev instance).
     pub persistent: bool,
@@ -221,6 +223,14 @@ impl Control {
                 self.config.shard.peers_max
             )));
         }
+        let snapshot_hz = request
+            .snapshot_hz
+            .unwrap_or_else(|| self.config.instance.default_snapshot_hz());
+        if let Some(e) =
+            state::instance::snapshot_hz_error(snapshot_hz, self.config.instance.tick_hz)
+        {
+            return Err(ControlError::Invalid(e));
+        }
         let scene = self
             .scenes
             .prepare(scene)
@@ -239,6 +249,7 @@ impl Control {
             location_id: request.location_id,
             scene,
             max_users,
+            snapshot_hz,
             labels: request.labels,
             empty_timeout: (!request.persistent)
                 .then(|| Duration::from_millis(self.config.instance.empty_timeout_ms)),

@@ -22,6 +22,8 @@ pub struct InstanceSpec {
     /// The scene, prepared once and shared by its instances on the node.
     pub scene: Arc<PreparedScene>,
     pub max_users: u32,
+    /// Snapshots per second ([`crate::instance::snapshot_hz_error`] holds).
+    pub snapshot_hz: u32,
     pub labels: BTreeMap<String, String>,
     /// Ends after this long with nobody in it; `None`: runs until ended.
     pub empty_timeout: Option<Duration>,

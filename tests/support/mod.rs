@@ -43,6 +43,7 @@ pub async fn create(node: &Node, id: &str, max_users: Option<u32>) -> usize {
                 location_id: format!("loc-{id}"),
                 scene: SceneSource::Builtin("demo"),
                 max_users,
+                snapshot_hz: None,
                 labels: BTreeMap::new(),
                 persistent: false,
             },

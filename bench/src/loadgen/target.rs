@@ -100,6 +100,8 @@ impl Server {
                     format!("webrtc.udp_bind_ip={}", spec.http.ip()),
                     format!("webrtc.udp_port_base={}", spec.udp_port_base),
                     format!("instance.tick_hz={}", spec.tick_hz),
+                    // A snapshot every tick, as the baseline sends.
+                    format!("instance.snapshot_hz={}", spec.tick_hz),
                     // Every bot joins from one address.
                     "http.joins_per_ip_per_minute=1000000".into(),
                     // Instances wait for their bots however slow the ramp.

@@ -77,6 +77,8 @@ pub struct WelcomeInfo {
     pub user_index: u32,
     pub avatar: u32,
     pub tick_hz: u16,
+    /// Snapshots per second (they arrive `tick_hz / snapshot_hz` ticks apart).
+    pub snapshot_hz: u16,
     pub bounds_min: Vec3,
     pub bounds_max: Vec3,
     pub cached_actions: Vec<ActionBroadcast>,
@@ -509,6 +511,7 @@ impl Session {
                     user_index: w.user_index.to_native(),
                     avatar: w.avatar.to_native(),
                     tick_hz: w.tick_hz.to_native(),
+                    snapshot_hz: w.snapshot_hz.to_native(),
                     bounds_min: v3(&w.bounds_min),
                     bounds_max: v3(&w.bounds_max),
                     cached_actions: w

@@ -40,6 +40,36 @@ const TICK_TIMES_SECONDS: usize = 4;
 /// A clock read for metrics only (tick durations); no decision depends on it.
 pub type Clock = fn() -> Instant;
 
+/// Snapshot rates an instance may run besides its tick rate itself.
+pub const SNAPSHOT_HZ_ALLOWED: [u32; 5] = [60, 30, 20, 15, 10];
+
+/// Why `snapshot_hz` cannot go with `tick_hz`, if it cannot: it must be
+/// the tick rate or one of [`SNAPSHOT_HZ_ALLOWED`], and divide the tick
+/// rate (snapshots go out every `tick_hz / snapshot_hz` ticks).
+pub fn snapshot_hz_error(snapshot_hz: u32, tick_hz: u32) -> Option<String> {
+    if snapshot_hz != tick_hz && !SNAPSHOT_HZ_ALLOWED.contains(&snapshot_hz) {
+        return Some(format!(
+            "snapshot_hz {snapshot_hz} is not the tick rate ({tick_hz}) nor one of {SNAPSHOT_HZ_ALLOWED:?}"
+        ));
+    }
+    if snapshot_hz == 0 || snapshot_hz > tick_hz || !tick_hz.is_multiple_of(snapshot_hz) {
+        return Some(format!(
+            "snapshot_hz {snapshot_hz} does not divide the tick rate ({tick_hz})"
+        ));
+    }
+    None
+}
+
+/// The snapshot rate of an instance whose create request names none: 30
+/// when that divides the tick rate, else every tick.
+pub fn default_snapshot_hz(tick_hz: u32) -> u32 {
+    if tick_hz.is_multiple_of(30) {
+        30
+    } else {
+        tick_hz
+    }
+}
+
 /// What an instance needs to know besides its spec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeConfig {
@@ -165,9 +195,12 @@ pub struct Instance {
     /// Nobody in it and its world at rest: its clock is stopped and it is
     /// not ticked until someone joins.
     asleep: bool,
-    /// Calls of [`Instance::tick`] that ran steps: the clock of snapshot
-    /// pacing (ticks may advance several at a time when the shard is late).
+    /// Calls of [`Instance::tick`] that sent snapshots: the clock of
+    /// overload pacing (ticks may advance several at a time when the shard
+    /// is late).
     snapshot_rounds: u32,
+    /// Snapshots per second; one every `tick_hz / snapshot_hz` ticks.
+    snapshot_hz: u32,
     tick_times: TickTimes,
     last_tick_p50_us: u32,
     last_tick_p99_us: u32,
@@ -195,6 +228,9 @@ impl Instance {
         config: RuntimeConfig,
         now: Instant,
     ) -> Result<Instance, SimError> {
+        if let Some(e) = snapshot_hz_error(spec.snapshot_hz, config.tick_hz) {
+            return Err(SimError::Config(e));
+        }
         let sim = Simulation::from_prepared(spec.scene, config.sim_config())?;
         let quantizer = Quantizer::new(sim.bounds());
         Ok(Instance {
@@ -211,6 +247,7 @@ impl Instance {
             drain_until: None,
             asleep: false,
             snapshot_rounds: 0,
+            snapshot_hz: spec.snapshot_hz,
             tick_times: TickTimes::new(TICK_TIMES_SECONDS * config.tick_hz as usize),
             last_tick_p50_us: 0,
             last_tick_p99_us: 0,
@@ -316,6 +353,7 @@ impl Instance {
             user_index: user.0,
             avatar: self.sim.world().network_id(avatar).map_or(0, |n| n.0),
             tick_hz: self.config.tick_hz as u16,
+            snapshot_hz: self.snapshot_hz as u16,
             bounds_min: [bounds.min.x, bounds.min.y, bounds.min.z],
             bounds_max: [bounds.max.x, bounds.max.y, bounds.max.z],
             position_bits: self.quantizer.position_bits(),

@@ -91,13 +91,19 @@ fn scene() -> Scene {
 }
 
 impl Bench {
+    /// An instance ticking at 60 Hz with a snapshot every tick.
     fn new(max_users: u32) -> Bench {
+        Bench::with_snapshot_hz(max_users, 60)
+    }
+
+    fn with_snapshot_hz(max_users: u32, snapshot_hz: u32) -> Bench {
         let now = Instant::now();
         let spec = InstanceSpec {
             id: "room".into(),
             location_id: "room".into(),
             scene: std::sync::Arc::new(engine::PreparedScene::new(scene()).unwrap()),
             max_users,
+            snapshot_hz,
             labels: BTreeMap::new(),
             empty_timeout: Some(Duration::from_secs(5)),
         };
@@ -515,4 +521,64 @@ fn a_resting_avatar_costs_no_snapshot_bytes_once_it_settles() {
         carried[last..].iter().all(|&c| !c),
         "once she stands still her avatar takes no bytes in Bob's snapshots: {carried:?}"
     );
+}
+
+#[test]
+fn snapshots_go_out_at_their_own_rate_while_physics_ticks_at_60_hz() {
+    let mut b = Bench::with_snapshot_hz(4, 30);
+    let (_, link) = b.member("ann");
+    let welcome = b
+        .out
+        .frames
+        .iter()
+        .find(|f| f.0 == link && f.2 == MessageKind::Welcome)
+        .map(|f| f.3.clone())
+        .unwrap();
+    let (_, kind, payload) = split_frame(&welcome).unwrap();
+    assert_eq!(kind, MessageKind::Welcome);
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(payload);
+    let w = rkyv::access::<net::messages::ArchivedWelcome, rkyv::rancor::Error>(&aligned).unwrap();
+    assert_eq!((w.tick_hz.to_native(), w.snapshot_hz.to_native()), (60, 30));
+    b.out.take(link);
+    let snapshots = |b: &mut Bench| {
+        let n = b
+            .out
+            .frames
+            .iter()
+            .filter(|f| f.0 == link && f.2 == MessageKind::Snapshot)
+            .count();
+        b.out.take(link);
+        n
+    };
+    // One second, one tick at a time: 60 ticks, 30 snapshots on even ticks.
+    let start = b.inst.sim().world().tick().0;
+    let mut sent_on = Vec::new();
+    for _ in 0..60 {
+        b.advance(Duration::from_nanos(16_666_667));
+        b.with(|i, io| i.tick(io));
+        if snapshots(&mut b) == 1 {
+            sent_on.push(b.inst.sim().world().tick().0);
+        }
+    }
+    assert_eq!(b.inst.sim().world().tick().0 - start, 60);
+    assert_eq!(sent_on.len(), 30, "{sent_on:?}");
+    assert!(sent_on.iter().all(|t| t % 2 == 0), "{sent_on:?}");
+    // A late call that runs several ticks at once sends one snapshot.
+    b.advance(Duration::from_millis(60));
+    b.with(|i, io| i.tick(io));
+    assert!(b.inst.sim().world().tick().0 - start >= 62);
+    assert_eq!(snapshots(&mut b), 1);
+    // A rate that does not divide the tick rate is refused at creation.
+    let spec = InstanceSpec {
+        id: "odd".into(),
+        location_id: "odd".into(),
+        scene: std::sync::Arc::new(engine::PreparedScene::new(scene()).unwrap()),
+        max_users: 4,
+        snapshot_hz: 25,
+        labels: BTreeMap::new(),
+        empty_timeout: None,
+    };
+    let err = Instance::new(spec, config(), b.now).unwrap_err();
+    assert!(err.to_string().contains("snapshot_hz 25"), "{err}");
 }

@@ -554,6 +554,7 @@ impl Room {
             user_index: self.members[i].user.0,
             avatar: self.sim.world().network_id(avatar).map_or(0, |n| n.0),
             tick_hz: self.hub.instance.tick_hz as u16,
+            snapshot_hz: self.hub.instance.tick_hz as u16,
             bounds_min: [bounds.min.x, bounds.min.y, bounds.min.z],
             bounds_max: [bounds.max.x, bounds.max.y, bounds.max.z],
             position_bits: self.quantizer.position_bits(),

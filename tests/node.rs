@@ -113,7 +113,10 @@ async fn actions_are_relayed_with_the_sender_stamped_and_cached_for_late_joiners
 
 #[tokio::test(flavor = "current_thread")]
 async fn fifty_clients_on_ten_instances_on_two_shards_receive_snapshots_at_the_tick_rate() {
-    let node = support::start(support::config(2));
+    let mut config = support::config(2);
+    // A snapshot every tick, so the snapshot rate is the tick rate.
+    config.instance.snapshot_hz = Some(config.instance.tick_hz);
+    let node = support::start(config);
     let http = node.http_addr;
     let mut shards = Vec::new();
     for i in 0..10 {

@@ -260,7 +260,7 @@ pub async fn run(
     result.tick_hz = client
         .session()
         .welcome()
-        .map_or(0, |w| u32::from(w.tick_hz));
+        .map_or(0, |w| u32::from(w.snapshot_hz));
     if spec.probe {
         probes
             .borrow_mut()

@@ -511,7 +511,11 @@ impl Session {
                     user_index: w.user_index.to_native(),
                     avatar: w.avatar.to_native(),
                     tick_hz: w.tick_hz.to_native(),
-                    snapshot_hz: w.snapshot_hz.to_native(),
+                    // 0 (a server that predates the field): every tick.
+                    snapshot_hz: match w.snapshot_hz.to_native() {
+                        0 => w.tick_hz.to_native(),
+                        hz => hz,
+                    },
                     bounds_min: v3(&w.bounds_min),
                     bounds_max: v3(&w.bounds_max),
                     cached_actions: w

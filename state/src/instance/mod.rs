@@ -40,12 +40,18 @@ const TICK_TIMES_SECONDS: usize = 4;
 /// A clock read for metrics only (tick durations); no decision depends on it.
 pub type Clock = fn() -> Instant;
 
+/// Most ticks between two snapshots: baselines are kept for
+/// `SnapshotConfig::history_len` (32) ticks, so at 6 apart a client still
+/// acknowledges within about 5 snapshots.
+pub const SNAPSHOT_INTERVAL_TICKS_MAX: u32 = 6;
+
 /// Snapshot rates an instance may run besides its tick rate itself.
 pub const SNAPSHOT_HZ_ALLOWED: [u32; 5] = [60, 30, 20, 15, 10];
 
 /// Why `snapshot_hz` cannot go with `tick_hz`, if it cannot: it must be
 /// the tick rate or one of [`SNAPSHOT_HZ_ALLOWED`], and divide the tick
-/// rate (snapshots go out every `tick_hz / snapshot_hz` ticks).
+/// rate (snapshots go out every `tick_hz / snapshot_hz` ticks) at most
+/// [`SNAPSHOT_INTERVAL_TICKS_MAX`] ticks apart.
 pub fn snapshot_hz_error(snapshot_hz: u32, tick_hz: u32) -> Option<String> {
     if snapshot_hz != tick_hz && !SNAPSHOT_HZ_ALLOWED.contains(&snapshot_hz) {
         return Some(format!(
@@ -57,13 +63,19 @@ pub fn snapshot_hz_error(snapshot_hz: u32, tick_hz: u32) -> Option<String> {
             "snapshot_hz {snapshot_hz} does not divide the tick rate ({tick_hz})"
         ));
     }
+    if tick_hz / snapshot_hz > SNAPSHOT_INTERVAL_TICKS_MAX {
+        return Some(format!(
+            "snapshot_hz {snapshot_hz} is more than {SNAPSHOT_INTERVAL_TICKS_MAX} ticks apart at {tick_hz} Hz \
+             (snapshot baselines are kept for 32 ticks)"
+        ));
+    }
     None
 }
 
 /// The snapshot rate of an instance whose create request names none: 30
-/// when that divides the tick rate, else every tick.
+/// when that divides the tick rate (and is close enough), else every tick.
 pub fn default_snapshot_hz(tick_hz: u32) -> u32 {
-    if tick_hz.is_multiple_of(30) {
+    if tick_hz.is_multiple_of(30) && tick_hz / 30 <= SNAPSHOT_INTERVAL_TICKS_MAX {
         30
     } else {
         tick_hz

@@ -582,3 +582,25 @@ fn snapshots_go_out_at_their_own_rate_while_physics_ticks_at_60_hz() {
     let err = Instance::new(spec, config(), b.now).unwrap_err();
     assert!(err.to_string().contains("snapshot_hz 25"), "{err}");
 }
+
+#[test]
+fn snapshot_rates_are_checked_against_the_tick_rate() {
+    use crate::instance::{default_snapshot_hz, snapshot_hz_error};
+    assert_eq!(snapshot_hz_error(30, 60), None);
+    assert_eq!(snapshot_hz_error(10, 60), None);
+    assert_eq!(snapshot_hz_error(45, 45), None, "the tick rate itself");
+    assert!(
+        snapshot_hz_error(25, 50)
+            .unwrap()
+            .contains("not the tick rate")
+    );
+    assert!(
+        snapshot_hz_error(20, 30)
+            .unwrap()
+            .contains("does not divide")
+    );
+    assert!(snapshot_hz_error(10, 120).unwrap().contains("ticks apart"));
+    assert_eq!(default_snapshot_hz(60), 30);
+    assert_eq!(default_snapshot_hz(45), 45);
+    assert_eq!(default_snapshot_hz(240), 240, "30 would be 8 ticks apart");
+}

@@ -28,6 +28,7 @@ async fn create_list_kick_ban_end_and_drain_through_grpc() {
             scene: "demo".into(),
             max_users: 4,
             labels: [("mode".to_string(), "ffa".to_string())].into(),
+            snapshot_hz: 20,
             ..Default::default()
         })
         .await
@@ -42,6 +43,7 @@ async fn create_list_kick_ban_end_and_drain_through_grpc() {
         ("arena", "running", 4)
     );
     assert_eq!(created.labels["mode"], "ffa");
+    assert_eq!(created.snapshot_hz, 20);
     assert!(created.entities > 200, "{created:?}");
 
     // Errors: a duplicate id, a scene with a bad field (named by its JSON path), an unknown instance.

@@ -115,6 +115,7 @@ fn to_pb(r: &InstanceRecord) -> pb::Instance {
         lifecycle: r.lifecycle.label().to_string(),
         users: r.users,
         max_users: r.max_users,
+        snapshot_hz: r.snapshot_hz,
         entities: r.entities,
         tick_p99_us: r.tick_p99_us,
         labels: r.labels.clone().into_iter().collect(),

@@ -412,6 +412,7 @@ async fn list(State(shared): State<Shared>) -> Response {
                 "lifecycle": r.lifecycle.label(),
                 "users": r.users,
                 "max_users": r.max_users,
+                "snapshot_hz": r.snapshot_hz,
                 "entities": r.entities,
                 "tick_p99_us": r.tick_p99_us,
                 "labels": r.labels,

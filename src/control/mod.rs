@@ -243,6 +243,10 @@ impl Control {
             max_users,
             request.labels.clone(),
         );
+        let record = InstanceRecord {
+            snapshot_hz,
+            ..record
+        };
         self.registry.insert(record)?;
         let spec = InstanceSpec {
             id: id.clone(),

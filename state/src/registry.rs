@@ -34,6 +34,8 @@ pub struct InstanceRecord {
     pub location_id: String,
     pub shard: usize,
     pub max_users: u32,
+    /// Snapshots per second (0 until the creator sets it).
+    pub snapshot_hz: u32,
     pub labels: BTreeMap<String, String>,
     pub lifecycle: Lifecycle,
     /// Seats reserved by joins in progress and joined sessions.
@@ -57,6 +59,7 @@ impl InstanceRecord {
             location_id,
             shard,
             max_users,
+            snapshot_hz: 0,
             labels,
             lifecycle: Lifecycle::Loading,
             seats: 0,

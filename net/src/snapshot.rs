@@ -290,7 +290,17 @@ struct BodySummary {
     table_used: u8,
 }
 
-/// Marks a [`Pending::slot`] that indexes [`SnapshotEncoder::added`].
+/// The row a pending entry or record slot names: a table slot, or with
+/// [`ADDED`] an entry new this tick.
+fn row_mut<'a>(table: &'a mut [Tracked], added: &'a mut [Tracked], slot: u32) -> &'a mut Tracked {
+    if slot & ADDED != 0 {
+        &mut added[(slot & !ADDED) as usize]
+    } else {
+        &mut table[slot as usize]
+    }
+}
+
+/// Marks a [`Pending::slot`] that indexes [`ScanOut::added`].
 const ADDED: u32 = 1 << 31;
 
 /// An entity that changed since its baseline and waits to be sent.
@@ -872,7 +882,7 @@ impl ClientSnapshots {
         // The table now records the entries as sent. Should the frame fail
         // its checks below (it cannot: sizes are counted exactly), the table
         // would merely resend what the client did not get.
-        self.finish_commit(enc, &record, direct.is_some(), frame.tick);
+        self.finish_commit(enc, &record, frame.tick);
         enc.out.clear();
         enc.out.resize(FRAME_HEADER_LEN, 0);
         let serialized = rkyv::api::high::to_bytes_in_with_alloc::<_, _, rancor::Error>(
@@ -1161,12 +1171,7 @@ impl ClientSnapshots {
         let mut writer = EntryWriter::new(&mut enc.body, record, frame.tick, false);
         for (p, &sent) in enc.pending.iter().zip(&enc.selected) {
             if !sent {
-                let e = if p.slot & ADDED != 0 {
-                    &mut enc.scan.added[(p.slot & !ADDED) as usize]
-                } else {
-                    &mut self.table[p.slot as usize]
-                };
-                e.priority = p.priority;
+                row_mut(&mut self.table, &mut enc.scan.added, p.slot).priority = p.priority;
                 continue;
             }
             let base = (p.baseline != 0).then(|| &self.table[p.slot as usize].acked);
@@ -1180,19 +1185,9 @@ impl ClientSnapshots {
 
     /// Marks what `record` carried as sent, then merges new entries in and
     /// drops dead ones.
-    fn finish_commit(
-        &mut self,
-        enc: &mut SnapshotEncoder,
-        record: &SentRecord,
-        all: bool,
-        tick: u32,
-    ) {
+    fn finish_commit(&mut self, enc: &mut SnapshotEncoder, record: &SentRecord, tick: u32) {
         for (&slot, new) in record.slots.iter().zip(&record.states) {
-            let e = if slot & ADDED != 0 {
-                &mut enc.scan.added[(slot & !ADDED) as usize]
-            } else {
-                &mut self.table[slot as usize]
-            };
+            let e = row_mut(&mut self.table, &mut enc.scan.added, slot);
             if e.sent_tick != 0 && e.sent != *new {
                 e.differing_tick = e.sent_tick;
             }
@@ -1201,7 +1196,6 @@ impl ClientSnapshots {
             e.ever_sent = true;
             e.priority = 0.0;
         }
-        debug_assert!(all || enc.pending.len() >= record.slots.len());
         if !enc.scan.added.is_empty() || self.dead != 0 {
             // Slots move (the record keeps the old layout, so acks of it
             // find entries by id).

@@ -306,6 +306,9 @@ pub struct InstanceConfig {
     pub entities_max: u32,
     /// Cached actions kept for late joiners; the oldest are dropped.
     pub cached_actions_max: usize,
+    /// Bytes of cached actions (topic, type and payload) kept for late
+    /// joiners; the oldest are dropped.
+    pub cached_action_bytes_max: usize,
     /// Invalid messages a peer may send before it is disconnected.
     pub invalid_messages_max: u32,
     /// Snapshot interest radius around a user's avatar.
@@ -323,6 +326,11 @@ pub struct InstanceConfig {
     pub reliable_buffer_bytes_max: usize,
 }
 
+/// Largest `instance.cached_action_bytes_max`: with the framing of
+/// [`net::messages::WELCOME_CACHED_ACTIONS_MAX`] actions it fits one
+/// `Welcome` (256 KiB).
+pub const CACHED_ACTION_BYTES_MAX: usize = 192 * 1024;
+
 impl Default for InstanceConfig {
     fn default() -> Self {
         InstanceConfig {
@@ -332,6 +340,7 @@ impl Default for InstanceConfig {
             empty_timeout_ms: 60_000,
             entities_max: 65_536,
             cached_actions_max: 1_024,
+            cached_action_bytes_max: 128 * 1024,
             invalid_messages_max: 32,
             interest_radius_m: 50.0,
             view_entities_max: 1_024,
@@ -383,6 +392,7 @@ impl InstanceConfig {
             entities_max: self.entities_max,
             avatar_speed_max_mps: self.avatar_speed_max_mps,
             cached_actions_max: self.cached_actions_max,
+            cached_action_bytes_max: self.cached_action_bytes_max,
             invalid_messages_max: self.invalid_messages_max,
             actions_per_second_max: self.actions_per_second_max,
             reliable_buffer_bytes_max: self.reliable_buffer_bytes_max,
@@ -661,6 +671,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "instance.cached_actions_max must be at most {} (what a Welcome carries)",
                 net::messages::WELCOME_CACHED_ACTIONS_MAX
+            )));
+        }
+        if self.instance.cached_action_bytes_max > CACHED_ACTION_BYTES_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "instance.cached_action_bytes_max must be at most {CACHED_ACTION_BYTES_MAX} \
+                 (with 1,024 actions' framing, what fits one Welcome)"
             )));
         }
         if self.instance.max_users == 0 {

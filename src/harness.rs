@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use state::commands::{Command, Event, InstanceSpec, JoinRefused, JoinRequest, SessionId};
+use state::commands::{Command, Event, InstanceSpec, JoinRefused, JoinRequest, SessionId, Topics};
 
 use net::client::{ClientEvent, Session};
 
@@ -188,6 +188,16 @@ impl Harness {
     /// Joins `user` to `instance`: the client's offer goes to the shard as
     /// the control thread would send it; returns the client's index.
     pub fn join(&mut self, instance: &str, user: &str) -> Result<usize, JoinRefused> {
+        self.join_with(instance, user, Topics::All)
+    }
+
+    /// [`Harness::join`], subscribed to `topics`.
+    pub fn join_with(
+        &mut self,
+        instance: &str,
+        user: &str,
+        topics: Topics,
+    ) -> Result<usize, JoinRefused> {
         let index = self.clients.len();
         let addr: SocketAddr = format!("10.0.1.{}:{}", 1 + index / 50_000, 1024 + index % 50_000)
             .parse()
@@ -201,6 +211,7 @@ impl Harness {
             session: session_id,
             user_id: user.into(),
             name: user.into(),
+            topics,
             offer_sdp: offer,
             reply: tx,
         }));

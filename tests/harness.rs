@@ -10,8 +10,8 @@ use instanceserver::config::Config;
 use instanceserver::harness::{Harness, Network};
 use net::Channel;
 use net::client::{ClientEvent, owned_update};
-use net::messages::KickReason;
-use state::commands::{Command, EndReason, Event, JoinRefused, LeaveReason};
+use net::messages::{Action, Cache, KickReason, OwnershipOp, OwnershipRefusal, Target};
+use state::commands::{Command, EndReason, Event, JoinRefused, LeaveReason, Topics};
 
 fn joined(h: &Harness, client: usize) -> bool {
     h.client(client).welcome().is_some() && h.client(client).latest_tick().is_some()
@@ -494,4 +494,236 @@ fn a_faulty_instance_ends_alone() {
     assert!(h.client(cy).latest_tick().unwrap() >= before + 20);
     assert!(!kicked(&h, cy));
     assert!(h.join("c", "dee").is_ok());
+}
+
+/// Every event client `c` has seen so far that `pick` picks.
+fn seen<T>(h: &Harness, c: usize, pick: impl Fn(&ClientEvent) -> Option<T>) -> Vec<T> {
+    h.clients[c].events.iter().filter_map(pick).collect()
+}
+
+#[test]
+fn actions_go_by_topic_and_target_with_the_real_sender_and_cached_ones_reach_late_joiners() {
+    let mut h = Harness::new(Config::default(), Network::lossy(), 11);
+    h.create_instance("room", 8);
+    let ann = h.join("room", "ann").unwrap();
+    let bob = h
+        .join_with("room", "bob", Topics::parse("chat").unwrap())
+        .unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, ann) && joined(h, bob)));
+    let bob_index = h.client(bob).welcome().unwrap().user_index;
+    let ann_index = h.client(ann).welcome().unwrap().user_index;
+    let now = h.now();
+    let send = |h: &mut Harness, topic: &str, kind: &str, target: Target, cache: Cache| {
+        let a = Action {
+            topic: topic.into(),
+            action_type: kind.into(),
+            target,
+            cache,
+            payload: kind.as_bytes().to_vec(),
+        };
+        h.client_mut(ann).send_action(&a, now).unwrap();
+    };
+    send(&mut h, "world", "door.open", Target::Everyone, Cache::Keep);
+    send(
+        &mut h,
+        "chat",
+        "chat.message",
+        Target::Everyone,
+        Cache::Keep,
+    );
+    send(
+        &mut h,
+        "chat",
+        "chat.whisper",
+        Target::User(bob_index),
+        Cache::No,
+    );
+    send(
+        &mut h,
+        "world",
+        "avatar.model",
+        Target::Everyone,
+        Cache::ReplaceOwn,
+    );
+    send(
+        &mut h,
+        "world",
+        "avatar.model",
+        Target::Everyone,
+        Cache::ReplaceOwn,
+    );
+    let actions = |h: &Harness, c| {
+        seen(h, c, |e| match e {
+            ClientEvent::Action(a) => Some((a.sender, a.action_type.clone())),
+            _ => None,
+        })
+    };
+    assert!(h.run_until(Duration::from_secs(5), |h| actions(h, bob).len() >= 2));
+    h.run_for(Duration::from_millis(500));
+    assert_eq!(
+        actions(&h, bob),
+        [
+            (ann_index, "chat.message".to_string()),
+            (ann_index, "chat.whisper".to_string())
+        ],
+        "bob hears the chat topic only, the sender stamped by the server"
+    );
+    assert!(actions(&h, ann).is_empty(), "nothing echoed to the sender");
+    // A late joiner on every topic gets the cached ones, the replaced model
+    // once; one on `chat` gets the chat line only.
+    let cy = h.join("room", "cy").unwrap();
+    let dee = h
+        .join_with("room", "dee", Topics::parse("chat").unwrap())
+        .unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, cy) && joined(h, dee)));
+    let cached = |h: &Harness, c| -> Vec<String> {
+        h.client(c)
+            .welcome()
+            .unwrap()
+            .cached_actions
+            .iter()
+            .map(|a| a.action_type.clone())
+            .collect()
+    };
+    assert_eq!(
+        cached(&h, cy),
+        ["door.open", "chat.message", "avatar.model"]
+    );
+    assert_eq!(cached(&h, dee), ["chat.message"]);
+}
+
+#[test]
+fn a_late_joiner_learns_which_network_ids_are_avatars_and_whose() {
+    let mut h = Harness::new(Config::default(), Network::lossy(), 12);
+    h.create_instance("room", 8);
+    let clients = join_all(&mut h, &["ann", "bob"]);
+    let avatars: Vec<(u32, u32)> = clients
+        .iter()
+        .map(|&c| {
+            let w = h.client(c).welcome().unwrap();
+            (w.user_index, w.avatar)
+        })
+        .collect();
+    let cy = h.join("room", "cy").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| {
+        joined(h, cy)
+            && seen(h, cy, |e| {
+                matches!(e, ClientEvent::PeerJoined { .. }).then_some(())
+            })
+            .len()
+                == 2
+    }));
+    let mut told = seen(&h, cy, |e| match e {
+        ClientEvent::PeerJoined {
+            user_index, avatar, ..
+        } => Some((*user_index, *avatar)),
+        _ => None,
+    });
+    told.sort();
+    assert_eq!(told, avatars);
+    // Those ids are in its snapshots: it can tell avatars from the rest.
+    assert!(h.run_until(Duration::from_secs(5), |h| {
+        avatars
+            .iter()
+            .all(|&(_, a)| h.client(cy).position_of(a).is_some())
+    }));
+}
+
+#[test]
+fn authority_is_granted_refused_transferred_and_returned_when_the_owner_leaves() {
+    let mut h = Harness::new(Config::default(), Network::lossy(), 13);
+    h.create_instance("room", 8);
+    let c = join_all(&mut h, &["ann", "bob"]);
+    let (ann, bob) = (c[0], c[1]);
+    let (ann_index, bob_index) = (
+        h.client(ann).welcome().unwrap().user_index,
+        h.client(bob).welcome().unwrap().user_index,
+    );
+    let avatars = [
+        h.client(ann).welcome().unwrap().avatar,
+        h.client(bob).welcome().unwrap().avatar,
+    ];
+    // A box of the demo scene: a physics body, in view, not an avatar.
+    let prop = h
+        .client(ann)
+        .entities()
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .find(|id| !avatars.contains(id))
+        .expect("the demo scene has props in view");
+    let changes = |h: &Harness, c| {
+        seen(h, c, |e| match e {
+            ClientEvent::OwnershipChanged { network_id, owner } if *network_id == prop => {
+                Some(*owner)
+            }
+            _ => None,
+        })
+    };
+    let now = h.now();
+    h.client_mut(ann)
+        .request_ownership(prop, OwnershipOp::Take, now)
+        .unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| changes(h, bob)
+        == [Some(ann_index)]));
+    let now = h.now();
+    h.client_mut(bob)
+        .request_ownership(prop, OwnershipOp::Take, now)
+        .unwrap();
+    let asked = |h: &Harness| {
+        seen(h, ann, |e| match e {
+            ClientEvent::OwnershipRequested { network_id, by } if *network_id == prop => Some(*by),
+            _ => None,
+        })
+    };
+    let refused = |h: &Harness| {
+        seen(h, bob, |e| match e {
+            ClientEvent::OwnershipRefused { reason, .. } => Some(*reason),
+            _ => None,
+        })
+    };
+    assert!(h.run_until(Duration::from_secs(5), |h| {
+        !asked(h).is_empty() && !refused(h).is_empty()
+    }));
+    assert_eq!(asked(&h), [bob_index], "ann is asked to hand it over");
+    assert_eq!(refused(&h), [OwnershipRefusal::OwnedBy(ann_index)]);
+    // Ann hands it over; then bob leaves and it returns to the server.
+    let now = h.now();
+    h.client_mut(ann)
+        .request_ownership(prop, OwnershipOp::Transfer { to: bob_index }, now)
+        .unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| changes(h, ann).len() == 2));
+    assert_eq!(changes(&h, ann)[1], Some(bob_index));
+    let now = h.now();
+    h.client_mut(bob).close(now);
+    assert!(h.run_until(Duration::from_secs(10), |h| changes(h, ann).len() == 3));
+    assert_eq!(changes(&h, ann)[2], None);
+}
+
+#[test]
+fn a_user_who_joins_twice_replaces_the_older_session() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 14);
+    h.create_instance("room", 2);
+    let c = join_all(&mut h, &["ann", "bob"]);
+    // The instance is full, but ann's second session takes her first one's seat.
+    let again = h.join("room", "ann").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, again)));
+    let kicked = seen(&h, c[0], |e| match e {
+        ClientEvent::Kicked { reason, .. } => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(kicked, [KickReason::Replaced]);
+    assert_eq!(left(&h, LeaveReason::Replaced), 1);
+    let bob_heard: Vec<_> = seen(&h, c[1], |e| match e {
+        ClientEvent::PeerLeft { user_index } => Some(("left", *user_index)),
+        ClientEvent::PeerJoined { user_index, .. } => Some(("joined", *user_index)),
+        _ => None,
+    });
+    let old = h.client(c[0]).welcome().unwrap().user_index;
+    let new = h.client(again).welcome().unwrap().user_index;
+    assert_ne!(old, new, "a new session, a new peer index");
+    assert!(
+        bob_heard.ends_with(&[("left", old), ("joined", new)]),
+        "{bob_heard:?}"
+    );
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use engine::Vec3;
 use instanceserver::control::lock;
 use net::client::{Client, ClientEvent, action, dev_token, owned_update};
+use net::messages::Cache;
 
 #[tokio::test(flavor = "current_thread")]
 async fn two_clients_join_and_see_each_other_move() {
@@ -64,7 +65,10 @@ async fn actions_are_relayed_with_the_sender_stamped_and_cached_for_late_joiners
     let ann_index = clients[0].session().welcome().unwrap().user_index;
     clients[0]
         .session()
-        .send_action(&action("chat", b"hello", true), Instant::now())
+        .send_action(
+            &action("chat", "chat.message", b"hello", Cache::Keep),
+            Instant::now(),
+        )
         .unwrap();
     let mut got = false;
     for _ in 0..100 {
@@ -75,7 +79,7 @@ async fn actions_are_relayed_with_the_sender_stamped_and_cached_for_late_joiners
         }) {
             assert_eq!(
                 (a.sender, a.action_type.as_str(), &a.payload[..]),
-                (ann_index, "chat", &b"hello"[..])
+                (ann_index, "chat.message", &b"hello"[..])
             );
             got = true;
             break;

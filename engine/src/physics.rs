@@ -1,7 +1,7 @@
 //! One rapier3d physics world per instance, and the bridge between its
 //! bodies and the world's columns.
 
-use rapier3d::dynamics::{RigidBodyBuilder, RigidBodyHandle};
+use rapier3d::dynamics::{RigidBodyBuilder, RigidBodyHandle, RigidBodyType};
 use rapier3d::geometry::{ColliderBuilder, SharedShape};
 use rapier3d::math::{Pose, Vector};
 use rapier3d::parry::query::ShapeCastOptions;
@@ -209,6 +209,43 @@ impl Physics {
     /// Removes a body and its colliders.
     pub fn remove_body(&mut self, link: &BodyLink) {
         self.world.remove_body_with_colliders(link.body, true);
+    }
+
+    /// Hands a dynamic body to a client: it becomes kinematic (moved by
+    /// [`Physics::move_held`], pushing dynamic bodies, no longer falling)
+    /// until [`Physics::release_body`]. Fixed and kinematic bodies are left
+    /// as they are.
+    pub fn hold_body(&mut self, link: &BodyLink) {
+        if link.kind != BodyKind::Dynamic {
+            return;
+        }
+        if let Some(body) = self.world.bodies.get_mut(link.body) {
+            body.set_body_type(RigidBodyType::KinematicPositionBased, true);
+        }
+    }
+
+    /// Gives a held body back to the simulation: a dynamic body keeps the
+    /// velocity its last moves gave it (so a held box can be thrown).
+    pub fn release_body(&mut self, link: &BodyLink) {
+        if link.kind != BodyKind::Dynamic {
+            return;
+        }
+        if let Some(body) = self.world.bodies.get_mut(link.body) {
+            body.set_body_type(RigidBodyType::Dynamic, true);
+        }
+    }
+
+    /// Where a held (or scene kinematic) body is to be after the next
+    /// step; the step writes it back to the world.
+    pub fn move_held(&mut self, link: &BodyLink, to: Transform) {
+        if let Some(body) = self.world.bodies.get_mut(link.body)
+            && body.is_kinematic()
+        {
+            body.set_next_kinematic_position(Pose::from_parts(
+                to.position.into(),
+                to.rotation.into(),
+            ));
+        }
     }
 
     /// Moves every avatar with a target toward it for one tick: at most

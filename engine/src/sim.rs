@@ -408,6 +408,45 @@ impl Simulation {
         self.world.despawn(id)
     }
 
+    /// A client takes an entity: a dynamic body becomes kinematic, moved by
+    /// [`Simulation::move_held`] until [`Simulation::release`]. Returns
+    /// whether the entity has a body (is moved through physics).
+    pub fn hold(&mut self, id: EntityId) -> Result<bool, WorldError> {
+        self.world.row(id)?;
+        let Some(link) = self.world.optional.bodies.get(id).copied() else {
+            return Ok(false);
+        };
+        if let Some(physics) = self.physics.as_deref_mut() {
+            physics.hold_body(&link);
+        }
+        Ok(true)
+    }
+
+    /// The client let go of an entity it held: a dynamic body falls again,
+    /// with the velocity its last moves gave it.
+    pub fn release(&mut self, id: EntityId) -> Result<(), WorldError> {
+        self.world.row(id)?;
+        if let Some(link) = self.world.optional.bodies.get(id).copied()
+            && let Some(physics) = self.physics.as_deref_mut()
+        {
+            physics.release_body(&link);
+        }
+        Ok(())
+    }
+
+    /// Moves a held body (see [`Simulation::hold`]): it is at `to` after
+    /// the next step, pushing dynamic bodies on its way. The caller checks
+    /// the speed limit and bounds.
+    pub fn move_held(&mut self, id: EntityId, to: Transform) -> Result<(), WorldError> {
+        self.world.row(id)?;
+        if let Some(link) = self.world.optional.bodies.get(id).copied()
+            && let Some(physics) = self.physics.as_deref_mut()
+        {
+            physics.move_held(&link, to);
+        }
+        Ok(())
+    }
+
     /// Spawns `user`'s avatar at the next spawn point (round robin): a
     /// kinematic capsule owned by the user.
     pub fn spawn_avatar(&mut self, user: UserIndex) -> Result<EntityId, SimError> {

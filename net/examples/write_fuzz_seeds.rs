@@ -25,9 +25,10 @@ fn main() -> std::io::Result<()> {
         frame(&mut enc, MessageKind::Input, &input),
     ));
     let action = Action {
+        topic: "chat".into(),
         action_type: "chat.message".into(),
         target: Target::Everyone,
-        cached: false,
+        cache: Cache::Keep,
         payload: b"hello".to_vec(),
     };
     client.push((
@@ -36,7 +37,7 @@ fn main() -> std::io::Result<()> {
     ));
     let req = OwnershipRequest {
         network_id: 3,
-        take: true,
+        op: OwnershipOp::Transfer { to: 2 },
     };
     client.push((
         MessageKind::OwnershipRequest,
@@ -47,9 +48,10 @@ fn main() -> std::io::Result<()> {
 
     let broadcast = ActionBroadcast {
         sender: 1,
+        topic: "world".into(),
         action_type: "spawn".into(),
         target: Target::User(2),
-        cached: true,
+        cache: Cache::ReplaceOwn,
         payload: vec![9; 16],
     };
     let welcome = Welcome {
@@ -62,6 +64,10 @@ fn main() -> std::io::Result<()> {
         bounds_max: [1.0; 3],
         position_bits: 20,
         cached_actions: vec![broadcast.clone()],
+        owners: vec![EntityOwner {
+            network_id: 3,
+            owner: 2,
+        }],
     };
     server.push((
         MessageKind::Welcome,
@@ -75,6 +81,7 @@ fn main() -> std::io::Result<()> {
         user_index: 2,
         user_id: "u2".into(),
         name: "Ada".into(),
+        avatar: 11,
     };
     server.push((
         MessageKind::PeerJoined,
@@ -98,6 +105,23 @@ fn main() -> std::io::Result<()> {
         server_tick: 2,
     };
     server.push((MessageKind::Pong, frame(&mut enc, MessageKind::Pong, &pong)));
+    let refused = OwnershipRefused {
+        network_id: 3,
+        op: OwnershipOp::Take,
+        reason: OwnershipRefusal::OwnedBy(2),
+    };
+    server.push((
+        MessageKind::OwnershipRefused,
+        frame(&mut enc, MessageKind::OwnershipRefused, &refused),
+    ));
+    let requested = OwnershipRequested {
+        network_id: 3,
+        by: 1,
+    };
+    server.push((
+        MessageKind::OwnershipRequested,
+        frame(&mut enc, MessageKind::OwnershipRequested, &requested),
+    ));
 
     write_snapshot_seeds(&root.join("snapshot"))?;
     write_instance_seeds(&root.join("instance_inputs"), &mut enc)?;
@@ -216,7 +240,7 @@ fn write_instance_seeds(dir: &Path, enc: &mut Encoder) -> std::io::Result<()> {
     let mut own = Vec::new();
     let take = OwnershipRequest {
         network_id: 2,
-        take: true,
+        op: OwnershipOp::Take,
     };
     let f = enc
         .encode(MessageKind::OwnershipRequest, 1, 0, &take)
@@ -234,9 +258,10 @@ fn write_instance_seeds(dir: &Path, enc: &mut Encoder) -> std::io::Result<()> {
         .to_vec();
     record(&mut own, 0, &f);
     let chat = Action {
-        action_type: "chat".into(),
+        topic: "chat".into(),
+        action_type: "chat.message".into(),
         target: Target::Everyone,
-        cached: true,
+        cache: Cache::Keep,
         payload: b"hi".to_vec(),
     };
     let f = enc

@@ -14,9 +14,10 @@ use crate::frame::{
 use crate::messages::{
     ACTION_PAYLOAD_BYTES_MAX, ACTION_TYPE_BYTES_MAX, ArchivedAction, ArchivedActionBroadcast,
     ArchivedDraining, ArchivedInput, ArchivedKick, ArchivedOwnershipChanged,
-    ArchivedOwnershipRequest, ArchivedPeerJoined, ArchivedPeerLeft, ArchivedPing, ArchivedPong,
-    ArchivedVersionMismatch, ArchivedWelcome, INPUT_OWNED_MAX, TEXT_BYTES_MAX,
-    WELCOME_CACHED_ACTIONS_MAX,
+    ArchivedOwnershipRefused, ArchivedOwnershipRequest, ArchivedOwnershipRequested,
+    ArchivedPeerJoined, ArchivedPeerLeft, ArchivedPing, ArchivedPong, ArchivedVersionMismatch,
+    ArchivedWelcome, INPUT_OWNED_MAX, TEXT_BYTES_MAX, WELCOME_CACHED_ACTIONS_MAX,
+    WELCOME_OWNERS_MAX, is_valid_topic,
 };
 
 /// Largest payload any kind may carry; the decoder's scratch buffer size.
@@ -43,6 +44,8 @@ pub enum ServerMessage<'a> {
     PeerJoined(FrameHeader, &'a ArchivedPeerJoined),
     PeerLeft(FrameHeader, &'a ArchivedPeerLeft),
     OwnershipChanged(FrameHeader, &'a ArchivedOwnershipChanged),
+    OwnershipRefused(FrameHeader, &'a ArchivedOwnershipRefused),
+    OwnershipRequested(FrameHeader, &'a ArchivedOwnershipRequested),
     Draining(FrameHeader, &'a ArchivedDraining),
     Kick(FrameHeader, &'a ArchivedKick),
     Pong(FrameHeader, &'a ArchivedPong),
@@ -82,7 +85,11 @@ impl Decoder {
             }
             MessageKind::Action => {
                 let action: &ArchivedAction = access(kind, payload)?;
-                check_action(action.action_type.as_str(), action.payload.len())?;
+                check_action(
+                    action.topic.as_str(),
+                    action.action_type.as_str(),
+                    action.payload.len(),
+                )?;
                 ClientMessage::Action(header, action)
             }
             MessageKind::OwnershipRequest => {
@@ -110,14 +117,15 @@ impl Decoder {
                     WELCOME_CACHED_ACTIONS_MAX,
                 )?;
                 for a in w.cached_actions.iter() {
-                    check_action(a.action_type.as_str(), a.payload.len())?;
+                    check_action(a.topic.as_str(), a.action_type.as_str(), a.payload.len())?;
                 }
+                check_count("owners", w.owners.len(), WELCOME_OWNERS_MAX)?;
                 ServerMessage::Welcome(header, w)
             }
             MessageKind::Snapshot => ServerMessage::Snapshot(header, payload),
             MessageKind::ActionBroadcast => {
                 let a: &ArchivedActionBroadcast = access(kind, payload)?;
-                check_action(a.action_type.as_str(), a.payload.len())?;
+                check_action(a.topic.as_str(), a.action_type.as_str(), a.payload.len())?;
                 ServerMessage::ActionBroadcast(header, a)
             }
             MessageKind::PeerJoined => {
@@ -129,6 +137,12 @@ impl Decoder {
             MessageKind::PeerLeft => ServerMessage::PeerLeft(header, access(kind, payload)?),
             MessageKind::OwnershipChanged => {
                 ServerMessage::OwnershipChanged(header, access(kind, payload)?)
+            }
+            MessageKind::OwnershipRefused => {
+                ServerMessage::OwnershipRefused(header, access(kind, payload)?)
+            }
+            MessageKind::OwnershipRequested => {
+                ServerMessage::OwnershipRequested(header, access(kind, payload)?)
             }
             MessageKind::Draining => ServerMessage::Draining(header, access(kind, payload)?),
             MessageKind::Kick => {
@@ -213,7 +227,13 @@ fn check_input(input: &ArchivedInput) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-fn check_action(action_type: &str, payload_len: usize) -> Result<(), ProtocolError> {
+fn check_action(topic: &str, action_type: &str, payload_len: usize) -> Result<(), ProtocolError> {
+    if !is_valid_topic(topic) {
+        // Quoted in logs: at most 40 characters of it.
+        return Err(ProtocolError::InvalidTopic(
+            topic.chars().take(40).collect(),
+        ));
+    }
     if action_type.is_empty() {
         return Err(ProtocolError::CountExceeded {
             what: "action_type bytes (at least 1)",

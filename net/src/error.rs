@@ -39,6 +39,11 @@ pub enum ProtocolError {
     },
     #[error("{what} is not a finite number")]
     NotFinite { what: &'static str },
+    #[error(
+        "topic {0:?} is not 1 to {max} bytes of a-z, 0-9, '.', '_' and '-'",
+        max = crate::messages::TOPIC_BYTES_MAX
+    )]
+    InvalidTopic(String),
 }
 
 impl ProtocolError {
@@ -56,12 +61,13 @@ impl ProtocolError {
             ProtocolError::InvalidArchive { .. } => "invalid_archive",
             ProtocolError::CountExceeded { .. } => "count_exceeded",
             ProtocolError::NotFinite { .. } => "not_finite",
+            ProtocolError::InvalidTopic(_) => "invalid_topic",
         }
     }
 
     /// Every label [`ProtocolError::reason`] returns, for metrics that list
     /// zero counts too.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 12] = [
         "truncated",
         "version_mismatch",
         "unknown_kind",
@@ -73,5 +79,6 @@ impl ProtocolError {
         "invalid_archive",
         "count_exceeded",
         "not_finite",
+        "invalid_topic",
     ];
 }

@@ -7,7 +7,7 @@ use crate::error::ProtocolError;
 
 /// The protocol version this build speaks. See `docs/protocol.md` for what a
 /// peer of another version is told.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Bytes in a [`FrameHeader`]. Sixteen, so an archive that follows it in a
 /// 16-byte aligned buffer is itself 16-byte aligned.
@@ -60,6 +60,8 @@ pub enum MessageKind {
     Kick = 71,
     Pong = 72,
     VersionMismatch = 73,
+    OwnershipRefused = 74,
+    OwnershipRequested = 75,
 }
 
 impl MessageKind {
@@ -80,6 +82,8 @@ impl MessageKind {
             71 => Kick,
             72 => Pong,
             73 => VersionMismatch,
+            74 => OwnershipRefused,
+            75 => OwnershipRequested,
             _ => return None,
         })
     }
@@ -103,7 +107,10 @@ impl MessageKind {
         match self {
             MessageKind::Input => 1024,
             MessageKind::Ping | MessageKind::Pong => 64,
-            MessageKind::OwnershipRequest | MessageKind::OwnershipChanged => 64,
+            MessageKind::OwnershipRequest
+            | MessageKind::OwnershipChanged
+            | MessageKind::OwnershipRefused
+            | MessageKind::OwnershipRequested => 64,
             MessageKind::PeerLeft | MessageKind::Draining | MessageKind::VersionMismatch => 64,
             MessageKind::Snapshot => crate::SNAPSHOT_DATAGRAM_BYTES_MAX - FRAME_HEADER_LEN,
             MessageKind::Action | MessageKind::ActionBroadcast => 8 * 1024,

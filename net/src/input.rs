@@ -1,12 +1,16 @@
 //! The server side of one peer: what a validated client message does to its
 //! instance. Owned-entity updates are checked against ownership, the world
 //! bounds and a speed limit; actions get the sender stamped by the server;
-//! ownership requests are granted or refused; pings are answered.
+//! ownership requests are granted or refused ([`change_ownership`]); pings
+//! are answered.
 
-use engine::{Motion, NetworkId, Owner, Simulation, Transform, UserIndex, Vec3};
+use engine::{EntityId, Motion, NetworkId, Owner, Simulation, Transform, UserIndex, Vec3};
 
 use crate::codec::ClientMessage;
-use crate::messages::{ActionBroadcast, ArchivedTarget, OwnershipChanged, Pong, Target};
+use crate::messages::{
+    ActionBroadcast, ArchivedCache, ArchivedOwnershipOp, ArchivedTarget, Cache, OwnershipChanged,
+    OwnershipOp, OwnershipRefusal, Pong, Target,
+};
 use crate::snapshot::ClientSnapshots;
 
 /// Limits on what one client may do.
@@ -30,19 +34,46 @@ impl Default for InputLimits {
     }
 }
 
-/// Why one owned-entity update or request was refused. The message is
-/// dropped (the rest of an input still applies); the caller counts these.
+/// Why one owned-entity update was refused. The update is dropped (the
+/// rest of an input still applies); the caller counts these by
+/// [`InputError::reason`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InputError {
     #[error("entity {0} does not exist")]
     UnknownEntity(u32),
-    #[error("entity {0} is owned by someone else")]
+    #[error("entity {0} is not owned by this user")]
     NotOwner(u32),
-    #[error("entity {0} is moved by physics and cannot be set by a client")]
-    PhysicsDriven(u32),
-    #[error("entity {0} is an avatar; its ownership cannot change")]
-    Avatar(u32),
+}
+
+impl InputError {
+    /// The metrics label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            InputError::UnknownEntity(_) => "update_unknown_entity",
+            InputError::NotOwner(_) => "update_not_owner",
+        }
+    }
+}
+
+/// Owned-entity updates of one input refused, by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RefusedUpdates {
+    pub unknown_entity: u32,
+    pub not_owner: u32,
+}
+
+impl RefusedUpdates {
+    fn count(&mut self, e: InputError) {
+        match e {
+            InputError::UnknownEntity(_) => self.unknown_entity += 1,
+            InputError::NotOwner(_) => self.not_owner += 1,
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.unknown_entity + self.not_owner
+    }
 }
 
 /// What handling a message produced for the caller to send or record.
@@ -51,7 +82,7 @@ pub enum Outcome {
     /// An input: updates applied, and updates refused (see [`InputError`]).
     Input {
         applied: u32,
-        refused: u32,
+        refused: RefusedUpdates,
     },
     /// An input older than one already handled (the `state` channel is unordered).
     StaleInput,
@@ -61,9 +92,9 @@ pub enum Outcome {
     Broadcast(ActionBroadcast),
     /// An action for the server only.
     ServerAction(ActionBroadcast),
-    /// Tell everyone; ownership changed.
-    Ownership(OwnershipChanged),
-    Refused(InputError),
+    /// An ownership request, for the instance to decide with
+    /// [`change_ownership`] (a transfer needs to know who is a member).
+    Ownership { network_id: u32, op: OwnershipOp },
 }
 
 /// The input state of one peer.
@@ -105,7 +136,7 @@ impl PeerInput {
                 }
                 self.last_input_sequence = Some(seq);
                 snapshots.ack(header.tick.get());
-                let (mut applied, mut refused) = (0, 0);
+                let (mut applied, mut refused) = (0, RefusedUpdates::default());
                 for u in input.owned.iter() {
                     let t = Transform {
                         position: Vec3::from(u.position.map(|v| v.to_native())),
@@ -113,7 +144,7 @@ impl PeerInput {
                     };
                     match self.apply_owned(sim, u.network_id.to_native(), t) {
                         Ok(()) => applied += 1,
-                        Err(_) => refused += 1,
+                        Err(e) => refused.count(e),
                     }
                 }
                 Outcome::Input { applied, refused }
@@ -128,12 +159,18 @@ impl PeerInput {
                     ArchivedTarget::User(u) => Target::User(u.to_native()),
                     ArchivedTarget::Server => Target::Server,
                 };
+                let cache = match a.cache {
+                    ArchivedCache::No => Cache::No,
+                    ArchivedCache::Keep => Cache::Keep,
+                    ArchivedCache::ReplaceOwn => Cache::ReplaceOwn,
+                };
                 let broadcast = ActionBroadcast {
                     // Stamped from the session: a client cannot speak for another.
                     sender: self.user.0,
+                    topic: a.topic.as_str().to_owned(),
                     action_type: a.action_type.as_str().to_owned(),
                     target,
-                    cached: a.cached,
+                    cache,
                     payload: a.payload.to_vec(),
                 };
                 if target == Target::Server {
@@ -142,20 +179,24 @@ impl PeerInput {
                     Outcome::Broadcast(broadcast)
                 }
             }
-            ClientMessage::OwnershipRequest(_, r) => {
-                match self.change_ownership(sim, r.network_id.to_native(), r.take) {
-                    Ok(changed) => Outcome::Ownership(changed),
-                    Err(e) => Outcome::Refused(e),
-                }
-            }
+            ClientMessage::OwnershipRequest(_, r) => Outcome::Ownership {
+                network_id: r.network_id.to_native(),
+                op: match r.op {
+                    ArchivedOwnershipOp::Take => OwnershipOp::Take,
+                    ArchivedOwnershipOp::Release => OwnershipOp::Release,
+                    ArchivedOwnershipOp::Transfer { to } => {
+                        OwnershipOp::Transfer { to: to.to_native() }
+                    }
+                },
+            },
         }
     }
 
-    /// Clears the owner of every entity this user owned except its avatar
-    /// (the user is leaving); returns what everyone must be told. Ownership
-    /// is granted by [`PeerInput::handle`] and released here, nowhere else.
+    /// Returns every entity this user owned except its avatar to the server
+    /// (the user is leaving): held bodies fall again. Returns what everyone
+    /// must be told.
     pub fn release_all(&self, sim: &mut Simulation) -> Vec<OwnershipChanged> {
-        let world = sim.world_mut();
+        let world = sim.world();
         let owned: Vec<_> = world
             .optional
             .owners
@@ -165,8 +206,7 @@ impl PeerInput {
             .collect();
         let mut released = Vec::with_capacity(owned.len());
         for id in owned {
-            let _ = world.remove(id, |c| &mut c.owners);
-            if let Ok(NetworkId(network_id)) = world.network_id(id) {
+            if let Some(network_id) = unown(sim, id) {
                 released.push(OwnershipChanged {
                     network_id,
                     owner: None,
@@ -195,9 +235,7 @@ impl PeerInput {
                 .set_avatar_target(entity, target)
                 .map_err(|_| InputError::UnknownEntity(network_id));
         }
-        if world.motion(entity) == Ok(Motion::Physics) {
-            return Err(InputError::PhysicsDriven(network_id));
-        }
+        let held = world.motion(entity) == Ok(Motion::Physics);
         let current = world
             .transform(entity)
             .map_err(|_| InputError::UnknownEntity(network_id))?;
@@ -222,46 +260,92 @@ impl PeerInput {
         } else {
             current.rotation
         };
-        sim.world_mut()
-            .set_transform(entity, Transform { position, rotation })
-            .map_err(|_| InputError::UnknownEntity(network_id))
+        let to = Transform { position, rotation };
+        if held {
+            // A held body: physics moves it there in the next step (pushing
+            // what is in its way) and writes it back.
+            sim.move_held(entity, to)
+        } else {
+            sim.world_mut().set_transform(entity, to)
+        }
+        .map_err(|_| InputError::UnknownEntity(network_id))
     }
+}
 
-    fn change_ownership(
-        &self,
-        sim: &mut Simulation,
-        network_id: u32,
-        take: bool,
-    ) -> Result<OwnershipChanged, InputError> {
-        let world = sim.world_mut();
-        let entity = world
-            .by_network_id(NetworkId(network_id))
-            .ok_or(InputError::UnknownEntity(network_id))?;
-        if world.optional.avatars.contains(entity) {
-            return Err(InputError::Avatar(network_id));
-        }
-        let owner = world.optional.owners.get(entity).map(|o| o.user);
-        match (take, owner) {
-            (true, None) => {
-                if world.motion(entity) == Ok(Motion::Physics) {
-                    return Err(InputError::PhysicsDriven(network_id));
-                }
-                let _ = world.insert(entity, Owner { user: self.user }, |c| &mut c.owners);
-            }
-            (true, Some(u)) | (false, Some(u)) if u != self.user => {
-                return Err(InputError::NotOwner(network_id));
-            }
-            (true, Some(_)) => {}
-            (false, Some(_)) => {
-                let _ = world.remove(entity, |c| &mut c.owners);
-            }
-            (false, None) => return Err(InputError::NotOwner(network_id)),
-        }
-        Ok(OwnershipChanged {
-            network_id,
-            owner: take.then_some(self.user.0),
-        })
+/// Clears an entity's owner; a held body falls again. Returns its network
+/// id when it had an owner.
+fn unown(sim: &mut Simulation, id: EntityId) -> Option<u32> {
+    let world = sim.world_mut();
+    world.remove(id, |c| &mut c.owners).ok()??;
+    let network_id = world.network_id(id).ok()?.0;
+    let _ = sim.release(id);
+    Some(network_id)
+}
+
+/// Decides `user`'s ownership request for `network_id` and applies it.
+///
+/// - `Take`: granted when nobody owns the entity and it is not an avatar; a
+///   dynamic body is then held (kinematic, moved by its owner's updates)
+///   until released. Refused with [`OwnershipRefusal::OwnedBy`] when
+///   someone else owns it (the caller asks that owner to hand it over).
+/// - `Release`: by the owner; a held body falls again.
+/// - `Transfer { to }`: by the owner, to a user `is_member` knows; the body
+///   stays held, by its new owner.
+///
+/// Taking what one owns already, or transferring to oneself, is granted
+/// and changes nothing.
+pub fn change_ownership(
+    sim: &mut Simulation,
+    user: UserIndex,
+    network_id: u32,
+    op: OwnershipOp,
+    is_member: impl Fn(u32) -> bool,
+) -> Result<OwnershipChanged, OwnershipRefusal> {
+    let world = sim.world();
+    let entity = world
+        .by_network_id(NetworkId(network_id))
+        .ok_or(OwnershipRefusal::UnknownEntity)?;
+    if world.optional.avatars.contains(entity) {
+        return Err(OwnershipRefusal::Avatar);
     }
+    let owner = world.optional.owners.get(entity).map(|o| o.user);
+    let new_owner = match (op, owner) {
+        (OwnershipOp::Take, None) => {
+            let world = sim.world_mut();
+            world
+                .insert(entity, Owner { user }, |c| &mut c.owners)
+                .map_err(|_| OwnershipRefusal::UnknownEntity)?;
+            let _ = sim.hold(entity);
+            Some(user.0)
+        }
+        (OwnershipOp::Take, Some(u)) if u == user => Some(user.0),
+        (OwnershipOp::Take, Some(u)) => return Err(OwnershipRefusal::OwnedBy(u.0)),
+        (_, u) if u != Some(user) => return Err(OwnershipRefusal::NotOwner),
+        (OwnershipOp::Release, _) => {
+            unown(sim, entity);
+            None
+        }
+        (OwnershipOp::Transfer { to }, _) => {
+            if !is_member(to) {
+                return Err(OwnershipRefusal::UnknownUser(to));
+            }
+            let world = sim.world_mut();
+            world
+                .insert(
+                    entity,
+                    Owner {
+                        user: UserIndex(to),
+                    },
+                    |c| &mut c.owners,
+                )
+                .map_err(|_| OwnershipRefusal::UnknownEntity)?;
+            Some(to)
+        }
+    };
+    Ok(OwnershipChanged {
+        network_id,
+        owner: new_owner,
+    })
 }
 
 /// `from` moved toward `to` by at most `step_max`.

@@ -15,6 +15,22 @@ pub const ACTION_PAYLOAD_BYTES_MAX: usize = 4096;
 pub const TEXT_BYTES_MAX: usize = 256;
 /// Most cached actions replayed in one [`Welcome`].
 pub const WELCOME_CACHED_ACTIONS_MAX: usize = 1024;
+/// Longest topic name, in bytes (`a-z`, `0-9`, `.`, `_`, `-`).
+pub const TOPIC_BYTES_MAX: usize = 32;
+/// Most topics one session may subscribe to.
+pub const TOPICS_PER_SESSION_MAX: usize = 16;
+/// Most owned entities listed in one [`Welcome`].
+pub const WELCOME_OWNERS_MAX: usize = 4096;
+
+/// Whether `topic` is a valid topic name: 1 to [`TOPIC_BYTES_MAX`] bytes of
+/// lowercase ASCII letters, digits, `.`, `_` and `-`.
+pub fn is_valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= TOPIC_BYTES_MAX
+        && topic.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+}
 
 /// Client -> server on `state`: the transforms of entities the client owns.
 /// The frame header's `tick` carries the last snapshot tick the client has
@@ -35,11 +51,12 @@ pub struct OwnedUpdate {
     pub rotation: [f32; 4],
 }
 
-/// Who an action is for.
+/// Who an action is for. Only members subscribed to the action's topic
+/// receive it, whatever its target.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[rkyv(derive(Debug, PartialEq))]
 pub enum Target {
-    /// Every user of the instance, the sender included.
+    /// Every other user of the instance (the sender has its own action).
     Everyone,
     /// One user, by instance-local user index.
     User(u32),
@@ -47,25 +64,56 @@ pub enum Target {
     Server,
 }
 
+/// Whether an action is kept for users who join later (replayed in their
+/// [`Welcome`]). Only actions for [`Target::Everyone`] are kept.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq))]
+pub enum Cache {
+    /// Relayed, not kept.
+    No,
+    /// Kept, beside every earlier one (a log: chat lines, spawned objects),
+    /// until the instance's cache limits drop the oldest.
+    Keep,
+    /// Kept in place of the sender's earlier cached action of the same
+    /// type (a state: avatar model, mute flag); dropped when the sender
+    /// leaves.
+    ReplaceOwn,
+}
+
 /// Client -> server on `actions`: an action to relay.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub struct Action {
+    /// What the action is about, e.g. `chat`, `world`, `media`: clients
+    /// receive the topics they subscribed to at join (see
+    /// [`is_valid_topic`]).
+    pub topic: String,
     /// Application-defined name, e.g. `chat.message`; 1..=64 bytes.
     pub action_type: String,
     pub target: Target,
-    /// Replayed to users who join later (in their [`Welcome`]).
-    pub cached: bool,
+    pub cache: Cache,
     pub payload: Vec<u8>,
 }
 
-/// Client -> server on `actions`: take or release ownership of an entity.
+/// What an [`OwnershipRequest`] asks for.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq))]
+pub enum OwnershipOp {
+    /// Take an entity nobody owns. When another user owns it the request is
+    /// refused and that owner is sent an [`OwnershipRequested`].
+    Take,
+    /// Give back an entity this user owns.
+    Release,
+    /// Hand an entity this user owns to another user of the instance.
+    Transfer { to: u32 },
+}
+
+/// Client -> server on `actions`: take, release or hand over an entity.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
 #[rkyv(derive(Debug))]
 pub struct OwnershipRequest {
     pub network_id: u32,
-    /// `true` to take ownership, `false` to release it.
-    pub take: bool,
+    pub op: OwnershipOp,
 }
 
 /// Client -> server on `state`: round-trip measurement and keep-alive.
@@ -94,8 +142,19 @@ pub struct Welcome {
     pub bounds_max: [f32; 3],
     /// Bits per quantised position axis (see `docs/protocol.md`).
     pub position_bits: u8,
-    /// Cached actions, oldest first.
+    /// Cached actions on this user's topics, oldest first.
     pub cached_actions: Vec<ActionBroadcast>,
+    /// Entities other than avatars that users own now (avatars are owned by
+    /// their user: see [`PeerJoined::avatar`]).
+    pub owners: Vec<EntityOwner>,
+}
+
+/// An entity and the user who owns it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct EntityOwner {
+    pub network_id: u32,
+    pub owner: u32,
 }
 
 /// Server -> client on `actions`: a relayed action. `sender` is stamped by
@@ -105,9 +164,10 @@ pub struct Welcome {
 pub struct ActionBroadcast {
     /// User index of the sender; `u32::MAX` for the server itself.
     pub sender: u32,
+    pub topic: String,
     pub action_type: String,
     pub target: Target,
-    pub cached: bool,
+    pub cache: Cache,
     pub payload: Vec<u8>,
 }
 
@@ -118,6 +178,8 @@ pub struct PeerJoined {
     pub user_index: u32,
     pub user_id: String,
     pub name: String,
+    /// Network id of the user's avatar (owned by the user).
+    pub avatar: u32,
 }
 
 /// Server -> client on `actions`.
@@ -135,6 +197,42 @@ pub struct OwnershipChanged {
     pub network_id: u32,
     /// The new owner's user index, or `None` when nobody owns it.
     pub owner: Option<u32>,
+}
+
+/// Why an [`OwnershipRequest`] was refused.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq))]
+pub enum OwnershipRefusal {
+    /// No entity has that network id.
+    UnknownEntity,
+    /// Avatars belong to their user for the whole session.
+    Avatar,
+    /// Another user owns it (by user index); that user was asked to hand it
+    /// over.
+    OwnedBy(u32),
+    /// Release or transfer of an entity this user does not own.
+    NotOwner,
+    /// A transfer to a user index that is not in the instance.
+    UnknownUser(u32),
+}
+
+/// Server -> client on `actions`, to the requester: its ownership request
+/// was refused.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct OwnershipRefused {
+    pub network_id: u32,
+    pub op: OwnershipOp,
+    pub reason: OwnershipRefusal,
+}
+
+/// Server -> client on `actions`, to an entity's owner: user `by` asked
+/// for it. The owner may answer with [`OwnershipOp::Transfer`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct OwnershipRequested {
+    pub network_id: u32,
+    pub by: u32,
 }
 
 /// Server -> client on `actions`: the node is shutting down; the instance
@@ -159,6 +257,8 @@ pub enum KickReason {
     InstanceEnded,
     /// The instance failed (a server bug) and ended; the node goes on.
     ServerError,
+    /// The same user joined again: the newer session replaces this one.
+    Replaced,
 }
 
 /// Server -> client on `actions`, sent before the server closes the peer.

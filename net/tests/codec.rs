@@ -34,9 +34,10 @@ fn input(n: usize) -> Input {
 
 fn action(action_type: &str, payload_len: usize) -> Action {
     Action {
+        topic: "world".into(),
         action_type: action_type.into(),
         target: Target::User(3),
-        cached: true,
+        cache: Cache::ReplaceOwn,
         payload: vec![0xAB; payload_len],
     }
 }
@@ -66,20 +67,21 @@ fn client_messages_round_trip() {
         ClientMessage::Action(_, a) => {
             assert_eq!(a.action_type.as_str(), "chat.message");
             assert_eq!(a.target, ArchivedTarget::User(3.into()));
-            assert!(a.cached);
+            assert_eq!(a.cache, ArchivedCache::ReplaceOwn);
+            assert_eq!(a.topic.as_str(), "world");
             assert_eq!(a.payload.len(), 100);
         }
         other => panic!("{other:?}"),
     }
     let req = OwnershipRequest {
         network_id: 12,
-        take: true,
+        op: OwnershipOp::Transfer { to: 6 },
     };
     let bytes = frame(MessageKind::OwnershipRequest, &req);
     match dec.decode_client(&bytes, Channel::Actions).unwrap() {
         ClientMessage::OwnershipRequest(_, r) => {
             assert_eq!(r.network_id.to_native(), 12);
-            assert!(r.take);
+            assert_eq!(r.op, ArchivedOwnershipOp::Transfer { to: 6.into() });
         }
         other => panic!("{other:?}"),
     }
@@ -95,9 +97,10 @@ fn server_messages_round_trip() {
     let mut dec = Decoder::default();
     let broadcast = ActionBroadcast {
         sender: 4,
+        topic: "world".into(),
         action_type: "spawn".into(),
         target: Target::Everyone,
-        cached: true,
+        cache: Cache::Keep,
         payload: vec![1, 2, 3],
     };
     let welcome = Welcome {
@@ -110,6 +113,10 @@ fn server_messages_round_trip() {
         bounds_max: [60.0, 60.0, 60.0],
         position_bits: 20,
         cached_actions: vec![broadcast.clone(); 3],
+        owners: vec![EntityOwner {
+            network_id: 7,
+            owner: 2,
+        }],
     };
     let bytes = frame(MessageKind::Welcome, &welcome);
     match dec.decode_server(&bytes, Channel::Actions).unwrap() {
@@ -118,6 +125,7 @@ fn server_messages_round_trip() {
             assert_eq!(w.avatar.to_native(), 99);
             assert_eq!(w.cached_actions.len(), 3);
             assert_eq!(w.cached_actions[0].sender.to_native(), 4);
+            assert_eq!(w.owners[0].owner.to_native(), 2);
         }
         other => panic!("{other:?}"),
     }
@@ -130,11 +138,31 @@ fn server_messages_round_trip() {
         user_index: 5,
         user_id: "u5".into(),
         name: "Ada".into(),
+        avatar: 42,
     };
     let bytes = frame(MessageKind::PeerJoined, &joined);
     assert!(matches!(
         dec.decode_server(&bytes, Channel::Actions).unwrap(),
-        ServerMessage::PeerJoined(_, p) if p.name.as_str() == "Ada"
+        ServerMessage::PeerJoined(_, p) if p.name.as_str() == "Ada" && p.avatar == 42
+    ));
+    let refused = OwnershipRefused {
+        network_id: 7,
+        op: OwnershipOp::Take,
+        reason: OwnershipRefusal::OwnedBy(2),
+    };
+    let bytes = frame(MessageKind::OwnershipRefused, &refused);
+    assert!(matches!(
+        dec.decode_server(&bytes, Channel::Actions).unwrap(),
+        ServerMessage::OwnershipRefused(_, r) if r.reason == ArchivedOwnershipRefusal::OwnedBy(2.into())
+    ));
+    let asked = OwnershipRequested {
+        network_id: 7,
+        by: 3,
+    };
+    let bytes = frame(MessageKind::OwnershipRequested, &asked);
+    assert!(matches!(
+        dec.decode_server(&bytes, Channel::Actions).unwrap(),
+        ServerMessage::OwnershipRequested(_, r) if r.by == 3
     ));
     let bytes = frame(MessageKind::PeerLeft, &PeerLeft { user_index: 5 });
     assert!(matches!(
@@ -278,6 +306,18 @@ fn counts_lengths_and_numbers_are_bounded() {
         client_err(&long_type, Channel::Actions),
         ProtocolError::CountExceeded { max: 64, .. }
     ));
+    for topic in ["", "Chat", "chat room", &"t".repeat(33)] {
+        let mut bad = action("a", 1);
+        bad.topic = topic.into();
+        let bad = frame(MessageKind::Action, &bad);
+        assert!(
+            matches!(
+                client_err(&bad, Channel::Actions),
+                ProtocolError::InvalidTopic(_)
+            ),
+            "topic {topic:?}"
+        );
+    }
     let big = frame(
         MessageKind::Action,
         &action("a", ACTION_PAYLOAD_BYTES_MAX + 1),

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use engine::{Scene, SceneLimits, SimConfig, Simulation, UserIndex, Vec3};
-use net::input::{InputError, InputLimits, Outcome, PeerInput};
+use net::input::{InputLimits, Outcome, PeerInput, RefusedUpdates, change_ownership};
 use net::messages::*;
 use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder};
 use net::{Channel, Decoder, Encoder, MessageKind};
@@ -76,7 +76,7 @@ fn owners_move_their_avatars_and_nobody_elses() {
         out,
         Outcome::Input {
             applied: 1,
-            refused: 0
+            refused: RefusedUpdates::default()
         }
     );
     let out = alice.send(&mut sim, MessageKind::Input, &move_to(nb, [9.0, 0.9, 9.0]));
@@ -84,7 +84,10 @@ fn owners_move_their_avatars_and_nobody_elses() {
         out,
         Outcome::Input {
             applied: 0,
-            refused: 1
+            refused: RefusedUpdates {
+                not_owner: 1,
+                ..RefusedUpdates::default()
+            }
         },
         "not alice's avatar"
     );
@@ -139,24 +142,59 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
         .unwrap();
     let nball = net_id(&sim, ball);
     let (mut alice, mut bob) = (Peer::new(0), Peer::new(1));
-    let take = |id| OwnershipRequest {
-        network_id: id,
-        take: true,
+    let members = |u: u32| u < 2;
+    let (alice_u, bob_u) = (UserIndex(0), UserIndex(1));
+    let take = OwnershipOp::Take;
+    // The request comes through as such; the instance decides it.
+    let req = OwnershipRequest {
+        network_id: nf,
+        op: take,
     };
     assert_eq!(
-        alice.send(&mut sim, MessageKind::OwnershipRequest, &take(nf)),
-        Outcome::Ownership(OwnershipChanged {
+        alice.send(&mut sim, MessageKind::OwnershipRequest, &req),
+        Outcome::Ownership {
+            network_id: nf,
+            op: take
+        }
+    );
+    assert_eq!(
+        change_ownership(&mut sim, alice_u, nf, take, members),
+        Ok(OwnershipChanged {
             network_id: nf,
             owner: Some(0)
         })
     );
     assert_eq!(
-        bob.send(&mut sim, MessageKind::OwnershipRequest, &take(nf)),
-        Outcome::Refused(InputError::NotOwner(nf))
+        change_ownership(&mut sim, bob_u, nf, take, members),
+        Err(OwnershipRefusal::OwnedBy(0))
     );
     assert_eq!(
-        alice.send(&mut sim, MessageKind::OwnershipRequest, &take(nball)),
-        Outcome::Refused(InputError::PhysicsDriven(nball))
+        change_ownership(&mut sim, bob_u, nf, OwnershipOp::Release, members),
+        Err(OwnershipRefusal::NotOwner)
+    );
+    assert_eq!(
+        change_ownership(&mut sim, bob_u, 9999, take, members),
+        Err(OwnershipRefusal::UnknownEntity)
+    );
+    let avatar = sim.spawn_avatar(UserIndex(0)).unwrap();
+    let navatar = net_id(&sim, avatar);
+    assert_eq!(
+        change_ownership(&mut sim, bob_u, navatar, take, members),
+        Err(OwnershipRefusal::Avatar)
+    );
+    assert_eq!(
+        change_ownership(
+            &mut sim,
+            alice_u,
+            nf,
+            OwnershipOp::Transfer { to: 5 },
+            members
+        ),
+        Err(OwnershipRefusal::UnknownUser(5))
+    );
+    assert!(
+        change_ownership(&mut sim, alice_u, nball, take, members).is_ok(),
+        "a dynamic body nobody holds can be taken"
     );
     // 20 m/s at 60 Hz allows 1/3 m per tick since the last move, however
     // far the client asks, and at most 6 ticks' worth after a long pause.
@@ -190,24 +228,108 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
         out,
         Outcome::Input {
             applied: 0,
-            refused: 1
+            refused: RefusedUpdates {
+                not_owner: 1,
+                ..RefusedUpdates::default()
+            }
         }
     );
-    let release = OwnershipRequest {
-        network_id: nf,
-        take: false,
-    };
+    let out = bob.send(
+        &mut sim,
+        MessageKind::Input,
+        &move_to(4242, [0.0, 1.0, 0.0]),
+    );
     assert_eq!(
-        alice.send(&mut sim, MessageKind::OwnershipRequest, &release),
-        Outcome::Ownership(OwnershipChanged {
+        out,
+        Outcome::Input {
+            applied: 0,
+            refused: RefusedUpdates {
+                unknown_entity: 1,
+                ..RefusedUpdates::default()
+            }
+        }
+    );
+    // Alice hands it to bob, who moves it; then he releases it.
+    assert_eq!(
+        change_ownership(
+            &mut sim,
+            alice_u,
+            nf,
+            OwnershipOp::Transfer { to: 1 },
+            members
+        ),
+        Ok(OwnershipChanged {
+            network_id: nf,
+            owner: Some(1)
+        })
+    );
+    sim.step();
+    let out = bob.send(&mut sim, MessageKind::Input, &move_to(nf, [0.0, 1.0, 0.0]));
+    assert_eq!(
+        out.clone(),
+        Outcome::Input {
+            applied: 1,
+            refused: RefusedUpdates::default()
+        }
+    );
+    assert_eq!(
+        change_ownership(&mut sim, bob_u, nf, OwnershipOp::Release, members),
+        Ok(OwnershipChanged {
             network_id: nf,
             owner: None
         })
     );
-    assert!(matches!(
-        bob.send(&mut sim, MessageKind::OwnershipRequest, &take(nf)),
-        Outcome::Ownership(_)
-    ));
+    assert!(change_ownership(&mut sim, alice_u, nf, take, members).is_ok());
+}
+
+#[test]
+fn a_held_body_stops_falling_follows_its_owner_and_falls_when_released() {
+    let mut sim = sim();
+    let ball = sim
+        .world()
+        .optional
+        .bodies
+        .ids()
+        .iter()
+        .copied()
+        .find(|&e| sim.world().network_id(e).unwrap().0 != 0)
+        .unwrap();
+    let nball = net_id(&sim, ball);
+    let mut alice = Peer::new(0);
+    let start = sim.world().transform(ball).unwrap().position;
+    change_ownership(&mut sim, UserIndex(0), nball, OwnershipOp::Take, |_| true).unwrap();
+    for _ in 0..30 {
+        sim.step();
+    }
+    let held = sim.world().transform(ball).unwrap().position;
+    assert!(
+        held.minus(start).length() < 1e-3,
+        "a held ball does not fall: {start:?} -> {held:?}"
+    );
+    // Its owner lifts it 1 m over a few ticks (20 m/s allows 1/3 m a tick).
+    for _ in 0..6 {
+        let out = alice.send(
+            &mut sim,
+            MessageKind::Input,
+            &move_to(nball, [3.0, 2.0, 3.0]),
+        );
+        assert!(matches!(out, Outcome::Input { applied: 1, .. }), "{out:?}");
+        sim.step();
+    }
+    let lifted = sim.world().transform(ball).unwrap().position;
+    assert!((lifted.y - 2.0).abs() < 1e-3, "{lifted:?}");
+    change_ownership(&mut sim, UserIndex(0), nball, OwnershipOp::Release, |_| {
+        true
+    })
+    .unwrap();
+    for _ in 0..60 {
+        sim.step();
+    }
+    let fallen = sim.world().transform(ball).unwrap().position;
+    assert!(
+        fallen.y < 0.5,
+        "released, it falls to the floor: {fallen:?}"
+    );
 }
 
 #[test]
@@ -215,15 +337,16 @@ fn actions_are_stamped_with_the_real_sender_and_pings_answered() {
     let mut sim = sim();
     let mut alice = Peer::new(7);
     let action = Action {
+        topic: "chat".into(),
         action_type: "chat.message".into(),
         target: Target::Everyone,
-        cached: true,
+        cache: Cache::Keep,
         payload: b"hi".to_vec(),
     };
     match alice.send(&mut sim, MessageKind::Action, &action) {
         Outcome::Broadcast(b) => {
             assert_eq!(b.sender, 7);
-            assert!(b.cached);
+            assert_eq!((b.cache, b.topic.as_str()), (Cache::Keep, "chat"));
             assert_eq!(b.payload, b"hi");
         }
         other => panic!("{other:?}"),

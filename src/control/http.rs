@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +20,7 @@ use axum::routing::{delete, get, post};
 use rand::Rng;
 use serde_json::json;
 use state::auth::{AuthError, Scope, TokenRequest};
-use state::commands::{Command, JoinRefused, JoinRequest};
+use state::commands::{Command, JoinRefused, JoinRequest, Topics};
 use state::registry::RegistryError;
 use tokio::sync::{Semaphore, oneshot};
 
@@ -93,14 +94,30 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
         .ok_or_else(|| AuthError::Malformed("expected `Authorization: Bearer <JWT>`".into()))
 }
 
+/// The query of a join: `?topics=chat,world` subscribes the session to
+/// those action topics only (every topic when absent).
+#[derive(Debug, serde::Deserialize)]
+struct JoinQuery {
+    topics: Option<String>,
+}
+
 async fn join(
     State(shared): State<Shared>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(instance_id): Path<String>,
+    query: Result<Query<JoinQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let response = join_inner(&shared, remote, instance_id, headers, body).await;
+    let topics = match query {
+        Ok(Query(JoinQuery { topics: None })) => Ok(Topics::All),
+        Ok(Query(JoinQuery { topics: Some(t) })) => Topics::parse(&t),
+        Err(e) => Err(e.body_text()),
+    };
+    let response = match topics {
+        Ok(topics) => join_inner(&shared, remote, instance_id, topics, headers, body).await,
+        Err(message) => error(StatusCode::BAD_REQUEST, "bad_query", message),
+    };
     let mut c = lock(&shared);
     *c.metrics
         .joins
@@ -113,6 +130,7 @@ async fn join_inner(
     shared: &Shared,
     remote: SocketAddr,
     instance_id: String,
+    topics: Topics,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -146,7 +164,7 @@ async fn join_inner(
     };
     let (session, token, shard, rx) = {
         let mut c = lock(shared);
-        match admit(&mut c, remote, &instance_id, &headers, &offer) {
+        match admit(&mut c, remote, &instance_id, topics, &headers, &offer) {
             Ok(v) => v,
             Err(r) => return *r,
         }
@@ -222,6 +240,7 @@ fn admit(
     c: &mut super::Control,
     remote: SocketAddr,
     instance_id: &str,
+    topics: Topics,
     headers: &HeaderMap,
     offer: &[u8],
 ) -> Result<Admitted, Box<Response>> {
@@ -302,7 +321,10 @@ fn admit(
             "Content-Type must be application/sdp",
         )));
     }
-    match c.registry.reserve_seat(instance_id) {
+    // A user joining again replaces its older session (the shard removes
+    // that one first): a full instance admits it all the same.
+    let replacing = c.registry.sessions_of(instance_id, &claims.sub) > 0;
+    match c.registry.reserve_seat_for(instance_id, replacing) {
         Ok(_) => {}
         Err(RegistryError::InstanceFull(_)) => {
             return Err(Box::new(error(
@@ -336,6 +358,7 @@ fn admit(
         session,
         user_id: claims.sub.clone(),
         name: claims.name.clone().unwrap_or_default(),
+        topics,
         offer_sdp,
         reply: tx,
     };

@@ -71,6 +71,21 @@ impl Shard {
             .instance_ids
             .get(&request.instance_id)
             .ok_or_else(unknown)?;
+        if self.instances.get(key).is_none() {
+            return Err(unknown());
+        }
+        // A user joining again replaces its older session: that one is told
+        // why and disconnected first, so its seat is free for this one.
+        if self.instances.get(key).is_some_and(|h| {
+            h.instance
+                .members()
+                .iter()
+                .any(|m| m.user_id == request.user_id)
+        }) {
+            let user_id = request.user_id.clone();
+            self.call(key, now, |i, io| i.replace_user(&user_id, io));
+            self.remove_members(now);
+        }
         let hosted = self.instances.get_mut(key).ok_or_else(unknown)?;
         hosted.instance.can_join()?;
         // It wakes: its next figures go out even if it sleeps again soon.
@@ -91,6 +106,7 @@ impl Shard {
             request.session,
             request.user_id.clone(),
             request.name.clone(),
+            request.topics.clone(),
             conn,
             now,
         );

@@ -29,6 +29,53 @@ pub struct InstanceSpec {
     pub empty_timeout: Option<Duration>,
 }
 
+/// The action topics a session receives (it subscribes at join).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Topics {
+    /// Every topic (the default).
+    #[default]
+    All,
+    /// These topics only.
+    Only(Vec<String>),
+}
+
+impl Topics {
+    /// Whether an action on `topic` goes to this session.
+    pub fn wants(&self, topic: &str) -> bool {
+        match self {
+            Topics::All => true,
+            Topics::Only(list) => list.iter().any(|t| t == topic),
+        }
+    }
+
+    /// Parses a comma-separated list (`chat,world`): each a valid topic
+    /// ([`net::messages::is_valid_topic`]), at most
+    /// [`net::messages::TOPICS_PER_SESSION_MAX`], duplicates merged. An
+    /// empty list subscribes to nothing (presence and ownership still
+    /// arrive).
+    pub fn parse(list: &str) -> Result<Topics, String> {
+        use net::messages::{TOPIC_BYTES_MAX, TOPICS_PER_SESSION_MAX, is_valid_topic};
+        let mut topics: Vec<String> = Vec::new();
+        for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !is_valid_topic(t) {
+                let shown: String = t.chars().take(40).collect();
+                return Err(format!(
+                    "topic {shown:?} is not 1 to {TOPIC_BYTES_MAX} bytes of a-z, 0-9, '.', '_' and '-'"
+                ));
+            }
+            if !topics.iter().any(|x| x == t) {
+                topics.push(t.to_owned());
+            }
+            if topics.len() > TOPICS_PER_SESSION_MAX {
+                return Err(format!(
+                    "more than {TOPICS_PER_SESSION_MAX} topics (TOPICS_PER_SESSION_MAX)"
+                ));
+            }
+        }
+        Ok(Topics::Only(topics))
+    }
+}
+
 /// A user's request to join, already authenticated by the control thread.
 #[derive(Debug)]
 pub struct JoinRequest {
@@ -36,6 +83,8 @@ pub struct JoinRequest {
     pub session: SessionId,
     pub user_id: String,
     pub name: String,
+    /// The action topics it receives.
+    pub topics: Topics,
     pub offer_sdp: String,
     pub reply: oneshot::Sender<Result<String, JoinRefused>>,
 }
@@ -128,6 +177,8 @@ pub enum LeaveReason {
     /// The reliable channel backed up beyond its limit.
     Congested,
     InstanceEnded,
+    /// The same user joined again; the newer session took its place.
+    Replaced,
 }
 
 impl LeaveReason {
@@ -140,6 +191,7 @@ impl LeaveReason {
             LeaveReason::ProtocolViolation => "protocol_violation",
             LeaveReason::Congested => "congested",
             LeaveReason::InstanceEnded => "instance_ended",
+            LeaveReason::Replaced => "replaced",
         }
     }
 }

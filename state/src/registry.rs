@@ -159,6 +159,13 @@ impl Registry {
 
     /// Reserves a seat; returns the seats now taken.
     pub fn reserve_seat(&mut self, id: &str) -> Result<u32, RegistryError> {
+        self.reserve_seat_for(id, false)
+    }
+
+    /// Reserves a seat; `replacing`: the user has a session in the instance
+    /// that this one replaces (the shard removes the older one first), so
+    /// a full instance takes it all the same.
+    pub fn reserve_seat_for(&mut self, id: &str, replacing: bool) -> Result<u32, RegistryError> {
         let r = self
             .instances
             .get_mut(id)
@@ -166,7 +173,7 @@ impl Registry {
         if r.lifecycle == Lifecycle::Draining {
             return Err(RegistryError::Draining(id.to_string()));
         }
-        if r.seats >= r.max_users {
+        if r.seats >= r.max_users && !replacing {
             return Err(RegistryError::InstanceFull(id.to_string()));
         }
         r.seats += 1;

@@ -402,7 +402,12 @@ async fn play(
             }
         }
         if let Some(at) = next_chat.filter(|&at| now >= at) {
-            let chat = client::action("chat", b"hello from a bot", false);
+            let chat = client::action(
+                "chat",
+                "chat.message",
+                b"hello from a bot",
+                net::messages::Cache::No,
+            );
             if client.session().send_action(&chat, now).is_ok() {
                 result.chats_sent += 1;
             }

@@ -9,7 +9,7 @@ use engine::Vec3;
 use http_body_util::{BodyExt, Full};
 
 use super::{ClientError, ClientEvent, Session};
-use crate::messages::{Action, OwnedUpdate, Target};
+use crate::messages::{Action, Cache, OwnedUpdate, Target};
 
 /// A response from the node's HTTP server.
 #[derive(Debug, Clone)]
@@ -248,12 +248,13 @@ pub fn owned_update(network_id: u32, position: Vec3) -> OwnedUpdate {
     }
 }
 
-/// A chat-like action for everyone.
-pub fn action(action_type: &str, payload: &[u8], cached: bool) -> Action {
+/// An action on `topic` for everyone, kept for late joiners as `cache` says.
+pub fn action(topic: &str, action_type: &str, payload: &[u8], cache: Cache) -> Action {
     Action {
+        topic: topic.to_string(),
         action_type: action_type.to_string(),
         target: Target::Everyone,
-        cached,
+        cache,
         payload: payload.to_vec(),
     }
 }

@@ -23,7 +23,8 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, Input as RtcInput, Output, Rtc};
 
 use crate::messages::{
-    Action, ActionBroadcast, Input, KickReason, OwnedUpdate, OwnershipRequest, Ping,
+    Action, ActionBroadcast, EntityOwner, Input, KickReason, OwnedUpdate, OwnershipOp,
+    OwnershipRefusal, OwnershipRequest, Ping,
 };
 use crate::quant::Quantizer;
 use crate::snapshot::{EntityState, SnapshotReceiver};
@@ -82,6 +83,8 @@ pub struct WelcomeInfo {
     pub bounds_min: Vec3,
     pub bounds_max: Vec3,
     pub cached_actions: Vec<ActionBroadcast>,
+    /// Entities other than avatars owned when this client joined.
+    pub owners: Vec<EntityOwner>,
 }
 
 /// Something the server said or did.
@@ -101,6 +104,8 @@ pub enum ClientEvent {
         user_index: u32,
         user_id: String,
         name: String,
+        /// Network id of its avatar.
+        avatar: u32,
     },
     PeerLeft {
         user_index: u32,
@@ -108,6 +113,17 @@ pub enum ClientEvent {
     OwnershipChanged {
         network_id: u32,
         owner: Option<u32>,
+    },
+    /// This client's ownership request was refused.
+    OwnershipRefused {
+        network_id: u32,
+        op: OwnershipOp,
+        reason: OwnershipRefusal,
+    },
+    /// Another user asks for an entity this client owns (it may transfer it).
+    OwnershipRequested {
+        network_id: u32,
+        by: u32,
     },
     Draining {
         grace_ms: u32,
@@ -343,10 +359,10 @@ impl Session {
     pub fn request_ownership(
         &mut self,
         network_id: u32,
-        take: bool,
+        op: OwnershipOp,
         now: Instant,
     ) -> Result<(), ClientError> {
-        let msg = OwnershipRequest { network_id, take };
+        let msg = OwnershipRequest { network_id, op };
         self.send(
             Channel::Actions,
             MessageKind::OwnershipRequest,
@@ -525,6 +541,14 @@ impl Session {
                             rkyv::deserialize::<ActionBroadcast, rkyv::rancor::Error>(a).ok()
                         })
                         .collect(),
+                    owners: w
+                        .owners
+                        .iter()
+                        .map(|o| EntityOwner {
+                            network_id: o.network_id.to_native(),
+                            owner: o.owner.to_native(),
+                        })
+                        .collect(),
                 };
                 self.quantizer = Some(Quantizer::new(&engine::Aabb {
                     min: info.bounds_min,
@@ -543,6 +567,7 @@ impl Session {
                 user_index: p.user_index.to_native(),
                 user_id: p.user_id.as_str().to_string(),
                 name: p.name.as_str().to_string(),
+                avatar: p.avatar.to_native(),
             },
             Ok(ServerMessage::PeerLeft(_, p)) => ClientEvent::PeerLeft {
                 user_index: p.user_index.to_native(),
@@ -550,6 +575,22 @@ impl Session {
             Ok(ServerMessage::OwnershipChanged(_, o)) => ClientEvent::OwnershipChanged {
                 network_id: o.network_id.to_native(),
                 owner: o.owner.as_ref().map(|u| u.to_native()),
+            },
+            Ok(ServerMessage::OwnershipRefused(_, r)) => {
+                let op = rkyv::deserialize::<OwnershipOp, rkyv::rancor::Error>(&r.op);
+                let reason = rkyv::deserialize::<OwnershipRefusal, rkyv::rancor::Error>(&r.reason);
+                match (op, reason) {
+                    (Ok(op), Ok(reason)) => ClientEvent::OwnershipRefused {
+                        network_id: r.network_id.to_native(),
+                        op,
+                        reason,
+                    },
+                    (Err(e), _) | (_, Err(e)) => ClientEvent::Invalid(e.to_string()),
+                }
+            }
+            Ok(ServerMessage::OwnershipRequested(_, r)) => ClientEvent::OwnershipRequested {
+                network_id: r.network_id.to_native(),
+                by: r.by.to_native(),
             },
             Ok(ServerMessage::Draining(_, d)) => ClientEvent::Draining {
                 grace_ms: d.grace_ms.to_native(),

@@ -12,7 +12,7 @@ use net::{Channel, MessageKind, ProtocolError};
 use rkyv::Serialize;
 
 use super::Io;
-use crate::commands::{LeaveReason, SessionId};
+use crate::commands::{LeaveReason, SessionId, Topics};
 
 /// Bytes waiting on a member's `state` channel above which its snapshot
 /// for a tick is skipped (two full snapshots).
@@ -44,6 +44,8 @@ pub struct Member {
     pub user: UserIndex,
     pub user_id: String,
     pub name: String,
+    /// The action topics it receives.
+    pub topics: Topics,
     pub state: MemberState,
     state_sequence: u32,
     actions_sequence: u32,
@@ -68,6 +70,7 @@ impl Member {
         user: UserIndex,
         user_id: String,
         name: String,
+        topics: Topics,
         now: Instant,
     ) -> Member {
         Member {
@@ -76,6 +79,7 @@ impl Member {
             user,
             user_id,
             name,
+            topics,
             state: MemberState::Connecting { since: now },
             state_sequence: 0,
             actions_sequence: 0,
@@ -149,12 +153,14 @@ impl Member {
         }
     }
 
-    /// Who this member is, as told to the others.
-    pub fn announcement(&self) -> PeerJoined {
+    /// Who this member is, as told to the others: `avatar` is the network
+    /// id of its avatar.
+    pub fn announcement(&self, avatar: u32) -> PeerJoined {
         PeerJoined {
             user_index: self.user.0,
             user_id: self.user_id.clone(),
             name: self.name.clone(),
+            avatar,
         }
     }
 

@@ -2,7 +2,10 @@
 
 use engine::UserIndex;
 use net::input::Outcome;
-use net::messages::{Kick, KickReason, Target, VersionMismatch};
+use net::messages::{
+    Cache, Kick, KickReason, OwnershipRefusal, OwnershipRefused, OwnershipRequested, Target,
+    VersionMismatch,
+};
 use net::{Channel, ClientMessage, MessageKind, ProtocolError};
 
 use super::{Instance, Io, MemberState};
@@ -58,33 +61,81 @@ impl Instance {
         match outcome {
             Outcome::Input { refused: n, .. } => {
                 io.metrics.inputs += 1;
-                if n > 0 {
-                    *refused.entry("owned_update").or_default() += u64::from(n);
+                for (reason, count) in [
+                    ("update_unknown_entity", n.unknown_entity),
+                    ("update_not_owner", n.not_owner),
+                ] {
+                    if count > 0 {
+                        *refused.entry(reason).or_default() += u64::from(count);
+                    }
                 }
             }
             Outcome::StaleInput => *refused.entry("stale_input").or_default() += 1,
-            Outcome::Refused(_) => *refused.entry("ownership").or_default() += 1,
             Outcome::ServerAction(_) => *refused.entry("server_action").or_default() += 1,
             Outcome::Pong(pong) => {
                 let _ = member.send(io, Channel::State, MessageKind::Pong, tick, &pong);
             }
             Outcome::Broadcast(action) => {
                 let target = action.target;
+                if let Target::User(u) = target
+                    && !self.is_joined_member(u)
+                {
+                    *refused.entry("action_unknown_user").or_default() += 1;
+                    return;
+                }
                 // Only actions for everyone are replayed to late joiners.
-                if action.cached && target == Target::Everyone {
+                if action.cache != Cache::No && target == Target::Everyone {
                     self.cache(action.clone());
                 }
                 self.broadcast(
                     io,
                     Some(user),
                     target,
+                    Some(&action.topic),
                     MessageKind::ActionBroadcast,
                     tick,
                     &action,
                 );
             }
-            Outcome::Ownership(changed) => {
-                self.tell_everyone(io, MessageKind::OwnershipChanged, tick, &changed);
+            Outcome::Ownership { network_id, op } => {
+                let members = &self.members;
+                let is_member = |u: u32| {
+                    members
+                        .binary_search_by_key(&UserIndex(u), |m| m.user)
+                        .is_ok_and(|j| members[j].is_listening())
+                };
+                let result =
+                    net::input::change_ownership(&mut self.sim, user, network_id, op, is_member);
+                match result {
+                    Ok(changed) => {
+                        self.tell_everyone(io, MessageKind::OwnershipChanged, tick, &changed);
+                    }
+                    Err(reason) => {
+                        *io.metrics
+                            .refused_messages
+                            .entry(refusal_label(reason))
+                            .or_default() += 1;
+                        let refusal = OwnershipRefused {
+                            network_id,
+                            op,
+                            reason,
+                        };
+                        self.tell(io, user, MessageKind::OwnershipRefused, tick, &refusal);
+                        if let OwnershipRefusal::OwnedBy(owner) = reason {
+                            let asked = OwnershipRequested {
+                                network_id,
+                                by: user.0,
+                            };
+                            self.tell(
+                                io,
+                                UserIndex(owner),
+                                MessageKind::OwnershipRequested,
+                                tick,
+                                &asked,
+                            );
+                        }
+                    }
+                }
             }
         }
     }
@@ -113,5 +164,16 @@ impl Instance {
             let _ = member.send(io, Channel::Actions, MessageKind::Kick, 0, &kick);
             self.remove_later(i, LeaveReason::ProtocolViolation, io);
         }
+    }
+}
+
+/// The metrics label of a refused ownership request.
+fn refusal_label(reason: OwnershipRefusal) -> &'static str {
+    match reason {
+        OwnershipRefusal::UnknownEntity => "ownership_unknown_entity",
+        OwnershipRefusal::Avatar => "ownership_avatar",
+        OwnershipRefusal::OwnedBy(_) => "ownership_owned_by_other",
+        OwnershipRefusal::NotOwner => "ownership_not_owner",
+        OwnershipRefusal::UnknownUser(_) => "ownership_unknown_user",
     }
 }

@@ -24,12 +24,15 @@ use std::time::{Duration, Instant};
 use engine::{SimConfig, SimError, Simulation, TickTimes, UserIndex, WorldConfig};
 use net::conn::{ConnKey, SendError};
 use net::input::InputLimits;
-use net::messages::{ActionBroadcast, PeerLeft, Target, Welcome};
+use net::messages::{
+    ActionBroadcast, Cache, EntityOwner, Kick, KickReason, PeerLeft, Target, WELCOME_OWNERS_MAX,
+    Welcome,
+};
 use net::quant::Quantizer;
 use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
 use net::{Channel, Decoder, Encoder, MessageKind};
 
-use crate::commands::{InstanceSpec, JoinRefused, LeaveReason, SessionId, ShardMetrics};
+use crate::commands::{InstanceSpec, JoinRefused, LeaveReason, SessionId, ShardMetrics, Topics};
 pub use member::{Joined, Member, MemberState, STATE_BACKLOG_BYTES_MAX, SendFailed, TokenBucket};
 
 /// Member slots allocated when an instance starts; more grow on demand.
@@ -90,6 +93,9 @@ pub struct RuntimeConfig {
     pub avatar_speed_max_mps: f32,
     /// Cached actions kept for late joiners; the oldest are dropped.
     pub cached_actions_max: usize,
+    /// Bytes of cached actions (topic, type and payload) kept for late
+    /// joiners; the oldest are dropped.
+    pub cached_action_bytes_max: usize,
     /// Invalid messages a member may send before it is disconnected.
     pub invalid_messages_max: u32,
     /// Actions one member may send per second; more are dropped and counted.
@@ -197,6 +203,8 @@ pub struct Instance {
     /// index (which only grows): looked up by binary search.
     members: Vec<Member>,
     cached_actions: VecDeque<ActionBroadcast>,
+    /// Bytes of topic, type and payload in `cached_actions`.
+    cached_bytes: usize,
     /// User indices are never reused within an instance, so ownership
     /// recorded for a user who left can never pass to a newcomer.
     next_user_index: u32,
@@ -253,6 +261,7 @@ impl Instance {
             quantizer,
             members: Vec::with_capacity((spec.max_users as usize).min(MEMBERS_PREALLOCATED_MAX)),
             cached_actions: VecDeque::new(),
+            cached_bytes: 0,
             next_user_index: 0,
             empty_since: Some(now),
             empty_timeout: spec.empty_timeout,
@@ -318,12 +327,34 @@ impl Instance {
         Ok(())
     }
 
+    /// The same user joins again: its older sessions are told
+    /// `Kick { reason: Replaced }` and listed in [`Io::removals`] (the
+    /// router disconnects them before the newer one takes a seat). Returns
+    /// how many were replaced.
+    pub fn replace_user(&mut self, user_id: &str, io: &mut Io<'_>) -> usize {
+        let kick = Kick {
+            reason: KickReason::Replaced,
+            message: "the same user joined again from another session".into(),
+        };
+        let older: Vec<UserIndex> = self
+            .members
+            .iter()
+            .filter(|m| m.user_id == user_id && m.leaving.is_none())
+            .map(|m| m.user)
+            .collect();
+        for &user in &older {
+            self.kick(user, &kick, LeaveReason::Replaced, io);
+        }
+        older.len()
+    }
+
     /// Takes a seat for a session whose connection `link` is coming up.
     pub fn join(
         &mut self,
         session: SessionId,
         user_id: String,
         name: String,
+        topics: Topics,
         link: ConnKey,
         now: Instant,
     ) -> Result<UserIndex, JoinRefused> {
@@ -331,7 +362,7 @@ impl Instance {
         let user = UserIndex(self.next_user_index);
         self.next_user_index += 1;
         self.members
-            .push(Member::new(link, session, user, user_id, name, now));
+            .push(Member::new(link, session, user, user_id, name, topics, now));
         self.empty_since = None;
         self.wake(now);
         Ok(user)
@@ -359,17 +390,39 @@ impl Instance {
             }
         };
         let bounds = *self.sim.bounds();
+        let world = self.sim.world();
+        let avatar_id = world.network_id(avatar).map_or(0, |n| n.0);
+        let owners: Vec<EntityOwner> = world
+            .optional
+            .owners
+            .iter()
+            .filter(|(id, _)| !world.optional.avatars.contains(*id))
+            .filter_map(|(id, o)| {
+                Some(EntityOwner {
+                    network_id: world.network_id(id).ok()?.0,
+                    owner: o.user.0,
+                })
+            })
+            .take(WELCOME_OWNERS_MAX)
+            .collect();
         let member = &mut self.members[i];
+        let topics = &member.topics;
         let mut welcome = Welcome {
             user_id: member.user_id.clone(),
             user_index: user.0,
-            avatar: self.sim.world().network_id(avatar).map_or(0, |n| n.0),
+            avatar: avatar_id,
             tick_hz: self.config.tick_hz as u16,
             snapshot_hz: self.snapshot_hz as u16,
             bounds_min: [bounds.min.x, bounds.min.y, bounds.min.z],
             bounds_max: [bounds.max.x, bounds.max.y, bounds.max.z],
             position_bits: self.quantizer.position_bits(),
-            cached_actions: self.cached_actions.iter().cloned().collect(),
+            cached_actions: self
+                .cached_actions
+                .iter()
+                .filter(|a| topics.wants(&a.topic))
+                .cloned()
+                .collect(),
+            owners,
         };
         member.state = MemberState::Joined(Box::new(Joined {
             avatar,
@@ -379,12 +432,16 @@ impl Instance {
         }));
         member.send_welcome(io, tick, &mut welcome);
         // Introduce the newcomer and the members already joined to each other.
-        let newcomer = self.members[i].announcement();
+        let newcomer = self.members[i].announcement(avatar_id);
         for j in 0..self.members.len() {
             if j == i || !self.members[j].is_listening() {
                 continue;
             }
-            let theirs = self.members[j].announcement();
+            let their_avatar = self.members[j]
+                .avatar()
+                .and_then(|a| self.sim.world().network_id(a).ok())
+                .map_or(0, |n| n.0);
+            let theirs = self.members[j].announcement(their_avatar);
             let _ = self.members[j].send(
                 io,
                 Channel::Actions,
@@ -416,6 +473,7 @@ impl Instance {
             return Some(departure);
         };
         let _ = self.sim.despawn(joined.avatar);
+        self.forget_cached_state(user);
         let tick = self.tick_now();
         let released = joined.input.release_all(&mut self.sim);
         self.tell_everyone(
@@ -448,23 +506,36 @@ impl Instance {
     where
         T: for<'a, 'b> rkyv::Serialize<net::codec::FrameSerializer<'a, 'b>>,
     {
-        self.broadcast(io, None, Target::Everyone, kind, tick, msg);
+        self.broadcast(io, None, Target::Everyone, None, kind, tick, msg);
     }
 
-    /// Sends `msg` on `actions` to the listening members `target` names,
-    /// but `except`; a member whose reliable channel backs up beyond its
-    /// limit is removed as congested.
+    /// Sends `msg` on `actions` to one listening member, if it is one.
+    fn tell<T>(&mut self, io: &mut Io<'_>, user: UserIndex, kind: MessageKind, tick: u32, msg: &T)
+    where
+        T: for<'a, 'b> rkyv::Serialize<net::codec::FrameSerializer<'a, 'b>>,
+    {
+        self.broadcast(io, None, Target::User(user.0), None, kind, tick, msg);
+    }
+
+    /// Sends `msg` on `actions` to the listening members `target` names
+    /// (subscribed to `topic`, when it is an action), but `except`; a
+    /// member whose reliable channel backs up beyond its limit is removed
+    /// as congested. Returns how many it was sent to.
+    #[allow(clippy::too_many_arguments)]
     fn broadcast<T>(
         &mut self,
         io: &mut Io<'_>,
         except: Option<UserIndex>,
         target: Target,
+        topic: Option<&str>,
         kind: MessageKind,
         tick: u32,
         msg: &T,
-    ) where
+    ) -> usize
+    where
         T: for<'a, 'b> rkyv::Serialize<net::codec::FrameSerializer<'a, 'b>>,
     {
+        let mut sent = 0;
         for i in 0..self.members.len() {
             let member = &mut self.members[i];
             let wanted = match target {
@@ -472,9 +543,14 @@ impl Instance {
                 Target::User(u) => member.user.0 == u,
                 Target::Server => false,
             };
-            if Some(member.user) == except || !wanted || !member.is_listening() {
+            if Some(member.user) == except
+                || !wanted
+                || !member.is_listening()
+                || topic.is_some_and(|t| !member.topics.wants(t))
+            {
                 continue;
             }
+            sent += 1;
             if let Err(e) = member.send(io, Channel::Actions, kind, tick, msg) {
                 tracing::debug!(session = member.session, "broadcast dropped: {e}");
             }
@@ -484,17 +560,72 @@ impl Instance {
                 self.remove_later(i, LeaveReason::Congested, io);
             }
         }
+        sent
     }
 
-    /// Keeps a cached action for late joiners, dropping the oldest at the limit.
+    /// Keeps a cached action for late joiners: a [`Cache::ReplaceOwn`]
+    /// one in place of its sender's earlier one of the same type; the
+    /// oldest are dropped beyond the count and byte limits.
     fn cache(&mut self, action: ActionBroadcast) {
-        if self.config.cached_actions_max == 0 {
+        let max = self.config.cached_actions_max;
+        let bytes_max = self.config.cached_action_bytes_max;
+        if action.cache == Cache::ReplaceOwn {
+            let mut removed = 0;
+            self.cached_actions.retain(|a| {
+                let same = a.cache == Cache::ReplaceOwn
+                    && a.sender == action.sender
+                    && a.action_type == action.action_type;
+                if same {
+                    removed += cached_size(a);
+                }
+                !same
+            });
+            self.cached_bytes -= removed;
+        }
+        let size = cached_size(&action);
+        if max == 0 || size > bytes_max {
             return;
         }
-        if self.cached_actions.len() >= self.config.cached_actions_max {
-            self.cached_actions.pop_front();
+        while self.cached_actions.len() >= max || self.cached_bytes + size > bytes_max {
+            let Some(old) = self.cached_actions.pop_front() else {
+                break;
+            };
+            self.cached_bytes -= cached_size(&old);
         }
+        self.cached_bytes += size;
         self.cached_actions.push_back(action);
+    }
+
+    /// Drops what a leaving user cached as its own state
+    /// ([`Cache::ReplaceOwn`]); its [`Cache::Keep`] actions stay.
+    fn forget_cached_state(&mut self, user: UserIndex) {
+        let mut removed = 0;
+        self.cached_actions.retain(|a| {
+            let own = a.cache == Cache::ReplaceOwn && a.sender == user.0;
+            if own {
+                removed += cached_size(a);
+            }
+            !own
+        });
+        self.cached_bytes -= removed;
+    }
+
+    /// The cached actions, oldest first.
+    pub fn cached_actions(&self) -> impl Iterator<Item = &ActionBroadcast> {
+        self.cached_actions.iter()
+    }
+}
+
+/// What a cached action counts against `cached_action_bytes_max`.
+fn cached_size(a: &ActionBroadcast) -> usize {
+    a.topic.len() + a.action_type.len() + a.payload.len()
+}
+
+impl Instance {
+    /// Whether `user` is a member that has joined (a transfer target).
+    fn is_joined_member(&self, user: u32) -> bool {
+        self.member(UserIndex(user))
+            .is_some_and(|m| m.is_listening())
     }
 }
 

@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use engine::{Scene, UserIndex, Vec3};
 use net::conn::{ConnKey, SendError};
-use net::messages::{Action, Input, KickReason, OwnedUpdate, OwnershipRequest, Target};
+use net::messages::{
+    Action, ActionBroadcast, Cache, Input, KickReason, OwnedUpdate, OwnershipOp, OwnershipRefusal,
+    OwnershipRequest, Target,
+};
 use net::slab::Slab;
 use net::{Channel, Decoder, Encoder, MessageKind, split_frame};
 
 use super::*;
-use crate::commands::{EndReason, InstanceSpec, JoinRefused, LeaveReason, ShardMetrics};
+use crate::commands::{EndReason, InstanceSpec, JoinRefused, LeaveReason, ShardMetrics, Topics};
 
 /// Frames written, by connection, and what each connection has buffered.
 #[derive(Default)]
@@ -67,6 +70,7 @@ fn config() -> RuntimeConfig {
         entities_max: 1024,
         avatar_speed_max_mps: 10.0,
         cached_actions_max: 4,
+        cached_action_bytes_max: 1024,
         invalid_messages_max: 2,
         actions_per_second_max: 5,
         reliable_buffer_bytes_max: 64 * 1024,
@@ -140,11 +144,16 @@ impl Bench {
 
     /// Joins and opens a member; returns its index and link.
     fn member(&mut self, name: &str) -> (UserIndex, ConnKey) {
+        self.member_with(name, Topics::All)
+    }
+
+    /// Joins and opens a member subscribed to `topics`.
+    fn member_with(&mut self, name: &str, topics: Topics) -> (UserIndex, ConnKey) {
         let link = self.links.insert(());
         let session = self.links.len() as u64;
         let user = self
             .inst
-            .join(session, name.into(), name.into(), link, self.now)
+            .join(session, name.into(), name.into(), topics, link, self.now)
             .unwrap();
         assert!(self.with(|i, io| i.open(user, io)));
         (user, link)
@@ -170,6 +179,308 @@ impl Bench {
     fn advance(&mut self, d: Duration) {
         self.now += d;
     }
+
+    /// The frames of `kind` written to `to`, decoded by `decode`, and forgets
+    /// every frame written to `to`.
+    fn decoded<T>(
+        &mut self,
+        to: ConnKey,
+        kind: MessageKind,
+        decode: impl Fn(net::ServerMessage<'_>) -> Option<T>,
+    ) -> Vec<T> {
+        let frames: Vec<Vec<u8>> = self
+            .out
+            .frames
+            .iter()
+            .filter(|f| f.0 == to && f.2 == kind)
+            .map(|f| f.3.clone())
+            .collect();
+        self.out.take(to);
+        frames
+            .iter()
+            .filter_map(|f| decode(self.decoder.decode_server(f, Channel::Actions).unwrap()))
+            .collect()
+    }
+
+    /// The actions relayed to `to` (and forgets what it was sent).
+    fn actions_to(&mut self, to: ConnKey) -> Vec<ActionBroadcast> {
+        self.decoded(to, MessageKind::ActionBroadcast, |m| match m {
+            net::ServerMessage::ActionBroadcast(_, a) => {
+                rkyv::deserialize::<ActionBroadcast, rkyv::rancor::Error>(a).ok()
+            }
+            _ => None,
+        })
+    }
+
+    /// The cached actions in the `Welcome` sent to `to`.
+    fn welcome_actions(&mut self, to: ConnKey) -> Vec<ActionBroadcast> {
+        self.decoded(to, MessageKind::Welcome, |m| match m {
+            net::ServerMessage::Welcome(_, w) => Some(
+                w.cached_actions
+                    .iter()
+                    .map(|a| rkyv::deserialize::<ActionBroadcast, rkyv::rancor::Error>(a).unwrap())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .pop()
+        .expect("a Welcome")
+    }
+
+    /// Sends an ownership request from `user`.
+    fn own(&mut self, user: UserIndex, network_id: u32, op: OwnershipOp) {
+        let req = OwnershipRequest { network_id, op };
+        self.message(
+            user,
+            Channel::Actions,
+            MessageKind::OwnershipRequest,
+            0,
+            &req,
+        );
+    }
+}
+
+fn act(topic: &str, action_type: &str, target: Target, cache: Cache, payload: &[u8]) -> Action {
+    Action {
+        topic: topic.into(),
+        action_type: action_type.into(),
+        target,
+        cache,
+        payload: payload.to_vec(),
+    }
+}
+
+/// A networked scene entity that physics does not move and nobody owns.
+fn free_prop(b: &Bench) -> u32 {
+    let world = b.inst.sim().world();
+    (0..world.len() as u32 * 4)
+        .filter_map(|n| world.by_network_id(engine::NetworkId(n)).map(|e| (n, e)))
+        .find(|(_, e)| {
+            world.motion(*e) != Ok(engine::Motion::Physics)
+                && !world.optional.avatars.contains(*e)
+                && world.optional.owners.get(*e).is_none()
+        })
+        .expect("the scene has an entity a client may own")
+        .0
+}
+
+#[test]
+fn actions_reach_the_subscribers_of_their_topic_and_the_user_they_target() {
+    let mut b = Bench::new(4);
+    let (ann, ann_link) = b.member("ann");
+    let (bob, bob_link) = b.member_with("bob", Topics::parse("chat").unwrap());
+    let (_, cy_link) = b.member_with("cy", Topics::parse("").unwrap());
+    for link in [ann_link, bob_link, cy_link] {
+        b.out.take(link);
+    }
+    let chat = act("chat", "chat.message", Target::Everyone, Cache::No, b"hi");
+    let world = act("world", "door.open", Target::Everyone, Cache::No, b"");
+    b.message(ann, Channel::Actions, MessageKind::Action, 0, &chat);
+    b.message(ann, Channel::Actions, MessageKind::Action, 0, &world);
+    let got = b.actions_to(bob_link);
+    assert_eq!(got.len(), 1, "bob hears chat only");
+    assert_eq!(
+        (got[0].sender, got[0].topic.as_str(), &got[0].payload[..]),
+        (ann.0, "chat", &b"hi"[..]),
+        "the sender is the session's user, stamped by the server"
+    );
+    assert!(b.actions_to(cy_link).is_empty(), "cy subscribed to nothing");
+    // A whisper reaches its target only; one to nobody is refused.
+    let whisper = act(
+        "chat",
+        "chat.whisper",
+        Target::User(bob.0),
+        Cache::No,
+        b"psst",
+    );
+    b.message(ann, Channel::Actions, MessageKind::Action, 0, &whisper);
+    assert_eq!(b.actions_to(bob_link).len(), 1);
+    assert!(b.actions_to(cy_link).is_empty());
+    assert!(
+        b.actions_to(ann_link).is_empty(),
+        "never echoed to the sender"
+    );
+    let lost = act("chat", "chat.whisper", Target::User(99), Cache::No, b"?");
+    b.message(ann, Channel::Actions, MessageKind::Action, 0, &lost);
+    assert_eq!(
+        b.metrics.refused_messages.get("action_unknown_user"),
+        Some(&1)
+    );
+}
+
+#[test]
+fn cached_actions_are_replaced_per_type_and_sender_bounded_and_filtered_by_topic() {
+    let mut b = Bench::new(8);
+    let (ann, _) = b.member("ann");
+    let (bob, bob_link) = b.member("bob");
+    let model = |url: &[u8]| {
+        act(
+            "world",
+            "avatar.model",
+            Target::Everyone,
+            Cache::ReplaceOwn,
+            url,
+        )
+    };
+    b.message(ann, Channel::Actions, MessageKind::Action, 0, &model(b"a1"));
+    b.message(bob, Channel::Actions, MessageKind::Action, 0, &model(b"b1"));
+    b.message(ann, Channel::Actions, MessageKind::Action, 0, &model(b"a2"));
+    let line = act(
+        "chat",
+        "chat.message",
+        Target::Everyone,
+        Cache::Keep,
+        b"hello",
+    );
+    b.message(ann, Channel::Actions, MessageKind::Action, 0, &line);
+    let (_, cy_link) = b.member("cy");
+    let cached: Vec<_> = b
+        .welcome_actions(cy_link)
+        .into_iter()
+        .map(|a| (a.sender, a.payload))
+        .collect();
+    assert_eq!(
+        cached,
+        [
+            (bob.0, b"b1".to_vec()),
+            (ann.0, b"a2".to_vec()),
+            (ann.0, b"hello".to_vec())
+        ],
+        "ann's second model replaced her first; bob's stays"
+    );
+    // A joiner on `chat` only gets the chat line.
+    let (_, dee_link) = b.member_with("dee", Topics::parse("chat").unwrap());
+    let cached = b.welcome_actions(dee_link);
+    assert_eq!(cached.len(), 1);
+    assert_eq!(cached[0].topic, "chat");
+    // Bob leaves: his state goes, ann's chat line stays.
+    b.out.take(bob_link);
+    b.with(|i, io| i.leave(bob, io));
+    let left: Vec<_> = b.inst.cached_actions().map(|a| a.payload.clone()).collect();
+    assert_eq!(left, [b"a2".to_vec(), b"hello".to_vec()]);
+    // Bounded: 1,024 bytes (the test config) keeps the newest lines only.
+    let big = act(
+        "chat",
+        "chat.message",
+        Target::Everyone,
+        Cache::Keep,
+        &[7; 300],
+    );
+    for _ in 0..5 {
+        b.advance(Duration::from_secs(1));
+        b.message(ann, Channel::Actions, MessageKind::Action, 0, &big);
+    }
+    let bytes: usize = b
+        .inst
+        .cached_actions()
+        .map(|a| a.topic.len() + a.action_type.len() + a.payload.len())
+        .sum();
+    assert!(bytes <= 1024, "{bytes} bytes cached");
+    assert_eq!(
+        b.inst.cached_actions().count(),
+        3,
+        "three 316-byte lines fit"
+    );
+}
+
+#[test]
+fn authority_is_granted_refused_requested_transferred_and_returned_on_leave() {
+    let mut b = Bench::new(4);
+    let (ann, ann_link) = b.member("ann");
+    let (bob, bob_link) = b.member("bob");
+    let prop = free_prop(&b);
+    let id = b
+        .inst
+        .sim()
+        .world()
+        .by_network_id(engine::NetworkId(prop))
+        .unwrap();
+    let owner = |b: &Bench| b.inst.sim().world().optional.owners.get(id).map(|o| o.user);
+    b.out.take(ann_link);
+    b.out.take(bob_link);
+    b.own(ann, prop, OwnershipOp::Take);
+    assert_eq!(owner(&b), Some(ann));
+    assert_eq!(b.out.take(bob_link), [MessageKind::OwnershipChanged]);
+    b.out.take(ann_link);
+    // Bob asks: refused with the owner named, and ann is asked.
+    b.own(bob, prop, OwnershipOp::Take);
+    let refusals = b.decoded(bob_link, MessageKind::OwnershipRefused, |m| match m {
+        net::ServerMessage::OwnershipRefused(_, r) => {
+            rkyv::deserialize::<OwnershipRefusal, rkyv::rancor::Error>(&r.reason).ok()
+        }
+        _ => None,
+    });
+    assert_eq!(refusals, [OwnershipRefusal::OwnedBy(ann.0)]);
+    let asked = b.decoded(ann_link, MessageKind::OwnershipRequested, |m| match m {
+        net::ServerMessage::OwnershipRequested(_, r) => {
+            Some((r.network_id.to_native(), r.by.to_native()))
+        }
+        _ => None,
+    });
+    assert_eq!(asked, [(prop, bob.0)]);
+    assert_eq!(
+        b.metrics.refused_messages.get("ownership_owned_by_other"),
+        Some(&1)
+    );
+    // Bob's updates of it are refused and counted; ann hands it over.
+    let update = Input {
+        owned: vec![OwnedUpdate {
+            network_id: prop,
+            position: [0.0, 1.0, 0.0],
+            rotation: [0.0, 0.0, 0.0, 1.0],
+        }],
+    };
+    b.message(bob, Channel::State, MessageKind::Input, 0, &update);
+    assert_eq!(b.metrics.refused_messages.get("update_not_owner"), Some(&1));
+    b.own(ann, prop, OwnershipOp::Transfer { to: bob.0 });
+    assert_eq!(owner(&b), Some(bob));
+    assert_eq!(b.out.take(ann_link), [MessageKind::OwnershipChanged]);
+    b.out.take(bob_link);
+    // A late joiner learns who owns it from its Welcome.
+    let (_, cy_link) = b.member("cy");
+    let owners = b.decoded(cy_link, MessageKind::Welcome, |m| match m {
+        net::ServerMessage::Welcome(_, w) => Some(
+            w.owners
+                .iter()
+                .map(|o| (o.network_id.to_native(), o.owner.to_native()))
+                .collect::<Vec<_>>(),
+        ),
+        _ => None,
+    });
+    assert_eq!(owners, [vec![(prop, bob.0)]]);
+    b.out.take(ann_link);
+    // Bob leaves: it returns to the server and everyone is told.
+    b.with(|i, io| i.leave(bob, io));
+    assert_eq!(owner(&b), None);
+    assert_eq!(
+        b.out.take(ann_link),
+        [MessageKind::PeerLeft, MessageKind::OwnershipChanged]
+    );
+}
+
+#[test]
+fn a_user_joining_again_replaces_the_older_session() {
+    let mut b = Bench::new(2);
+    let (ann, ann_link) = b.member("ann");
+    let (_, bob_link) = b.member("bob");
+    b.out.take(ann_link);
+    b.out.take(bob_link);
+    assert_eq!(b.with(|i, io| i.replace_user("ann", io)), 1);
+    let kicks = b.decoded(ann_link, MessageKind::Kick, |m| match m {
+        net::ServerMessage::Kick(_, k) => {
+            rkyv::deserialize::<KickReason, rkyv::rancor::Error>(&k.reason).ok()
+        }
+        _ => None,
+    });
+    assert_eq!(kicks, [KickReason::Replaced]);
+    assert_eq!(
+        b.removals,
+        [Removal {
+            user: ann,
+            link: ann_link,
+            reason: LeaveReason::Replaced
+        }]
+    );
 }
 
 #[test]
@@ -195,11 +506,16 @@ fn a_connecting_member_holds_a_seat_but_hears_nothing() {
     let link = b.links.insert(());
     let bob = b
         .inst
-        .join(9, "bob".into(), "bob".into(), link, b.now)
+        .join(9, "bob".into(), "bob".into(), Topics::All, link, b.now)
         .unwrap();
-    let full = b
-        .inst
-        .join(10, "cy".into(), "cy".into(), b.links.insert(()), b.now);
+    let full = b.inst.join(
+        10,
+        "cy".into(),
+        "cy".into(),
+        Topics::All,
+        b.links.insert(()),
+        b.now,
+    );
     assert_eq!(full, Err(JoinRefused::InstanceFull("room".into())));
     b.out.take(ann_link);
     b.advance(Duration::from_millis(50));
@@ -267,9 +583,10 @@ fn actions_are_relayed_cached_for_late_joiners_and_rate_limited() {
     b.out.take(ann_link);
     b.out.take(bob_link);
     let chat = Action {
-        action_type: "chat".into(),
+        topic: "chat".into(),
+        action_type: "chat.message".into(),
         target: Target::Everyone,
-        cached: true,
+        cache: Cache::Keep,
         payload: b"hi".to_vec(),
     };
     for _ in 0..7 {
@@ -311,7 +628,7 @@ fn leaving_releases_ownership_and_tells_the_others() {
         .expect("the scene has an entity a client may own");
     let take = OwnershipRequest {
         network_id: entity,
-        take: true,
+        op: OwnershipOp::Take,
     };
     b.message(
         ann,
@@ -364,9 +681,10 @@ fn a_backed_up_reliable_channel_is_removed_as_congested() {
     let (bob, bob_link) = b.member("bob");
     b.out.buffered.insert(bob_link, 64 * 1024 + 1);
     let chat = Action {
-        action_type: "chat".into(),
+        topic: "chat".into(),
+        action_type: "chat.message".into(),
         target: Target::Everyone,
-        cached: false,
+        cache: Cache::No,
         payload: Vec::new(),
     };
     b.message(ann, Channel::Actions, MessageKind::Action, 0, &chat);

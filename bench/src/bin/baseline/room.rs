@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use engine::{EntityId, Scene, Simulation, UserIndex};
 use instanceserver::config::{Config, InstanceConfig};
 use net::input::{InputLimits, Outcome, PeerInput};
-use net::messages::{ActionBroadcast, PeerJoined, PeerLeft, Target, Welcome};
+use net::messages::{ActionBroadcast, Cache, PeerJoined, PeerLeft, Target, Welcome};
 use net::quant::Quantizer;
 use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
 use net::{Channel, Decoder, Encoder, MessageKind};
@@ -559,6 +559,7 @@ impl Room {
             bounds_max: [bounds.max.x, bounds.max.y, bounds.max.z],
             position_bits: self.quantizer.position_bits(),
             cached_actions: self.cached.clone(),
+            owners: Vec::new(),
         };
         self.members[i].avatar = Some(avatar);
         self.hub.metrics.sessions.fetch_add(1, Ordering::Relaxed);
@@ -568,6 +569,7 @@ impl Room {
             user_index: self.members[i].user.0,
             user_id: self.members[i].user_id.clone(),
             name: self.members[i].name.clone(),
+            avatar: self.avatar_id(i),
         };
         for j in 0..self.members.len() {
             if j == i || !self.members[j].welcomed() {
@@ -585,6 +587,7 @@ impl Room {
                 user_index: self.members[j].user.0,
                 user_id: self.members[j].user_id.clone(),
                 name: self.members[j].name.clone(),
+                avatar: self.avatar_id(j),
             };
             self.send(i, Channel::Actions, MessageKind::PeerJoined, tick, &theirs)
                 .await;
@@ -616,7 +619,7 @@ impl Room {
                     .await;
             }
             Outcome::Broadcast(action) => {
-                if action.cached && action.target == Target::Everyone {
+                if action.cache != Cache::No && action.target == Target::Everyone {
                     self.cached.push(action.clone());
                     let max = self.hub.instance.cached_actions_max;
                     if self.cached.len() > max {
@@ -643,7 +646,16 @@ impl Room {
                     }
                 }
             }
-            Outcome::Ownership(changed) => {
+            Outcome::Ownership { network_id, op } => {
+                let user = self.members[i].user;
+                let members: Vec<u32> = self.members.iter().map(|m| m.user.0).collect();
+                let Ok(changed) =
+                    net::input::change_ownership(&mut self.sim, user, network_id, op, |u| {
+                        members.contains(&u)
+                    })
+                else {
+                    return;
+                };
                 for j in 0..self.members.len() {
                     if self.members[j].welcomed() {
                         self.send(
@@ -659,6 +671,14 @@ impl Room {
             }
             _ => {}
         }
+    }
+
+    /// The network id of member `i`'s avatar (0 before it has one).
+    fn avatar_id(&self, i: usize) -> u32 {
+        self.members[i]
+            .avatar
+            .and_then(|a| self.sim.world().network_id(a).ok())
+            .map_or(0, |n| n.0)
     }
 
     /// Encodes `msg` and sends it to member `i` on `channel`.

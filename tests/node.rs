@@ -116,6 +116,56 @@ async fn actions_are_relayed_with_the_sender_stamped_and_cached_for_late_joiners
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_client_subscribes_to_topics_at_join_and_a_bad_list_is_refused() {
+    let node = support::start(support::config(1));
+    support::wait_running(&node, "demo").await;
+    let http = node.http_addr;
+    let token = dev_token(http, "ann", "demo").await.unwrap();
+    let mut clients = vec![Client::join(http, "demo", &token).await.unwrap()];
+    let token = dev_token(http, "bob", "demo").await.unwrap();
+    let bad = Client::join_with(http, "demo", &token, Some("Chat!")).await;
+    match bad {
+        Err(net::client::ClientError::Refused { status, body }) => {
+            assert_eq!(status, 400);
+            assert!(
+                body.contains("bad_query") && body.contains("Chat!"),
+                "{body}"
+            );
+        }
+        other => panic!("expected a 400, got {:?}", other.map(|_| ())),
+    }
+    clients.push(
+        Client::join_with(http, "demo", &token, Some("chat"))
+            .await
+            .unwrap(),
+    );
+    support::until_welcomed(&mut clients, Duration::from_secs(10)).await;
+    let now = Instant::now();
+    let world = action("world", "door.open", b"", Cache::No);
+    let chat = action("chat", "chat.message", b"hi", Cache::No);
+    clients[0].session().send_action(&world, now).unwrap();
+    clients[0].session().send_action(&chat, now).unwrap();
+    let mut heard = Vec::new();
+    for _ in 0..100 {
+        let events = support::drive(&mut clients, Duration::from_millis(50)).await;
+        heard.extend(events[1].iter().filter_map(|e| match e {
+            ClientEvent::Action(a) => Some(a.action_type.clone()),
+            _ => None,
+        }));
+        if !heard.is_empty() {
+            break;
+        }
+    }
+    // Anything else sent to bob would have arrived by now.
+    let events = support::drive(&mut clients, Duration::from_millis(300)).await;
+    heard.extend(events[1].iter().filter_map(|e| match e {
+        ClientEvent::Action(a) => Some(a.action_type.clone()),
+        _ => None,
+    }));
+    assert_eq!(heard, ["chat.message"], "bob is on `chat` only");
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn fifty_clients_on_ten_instances_on_two_shards_receive_snapshots_at_the_tick_rate() {
     let mut config = support::config(2);
     // A snapshot every tick, so the snapshot rate is the tick rate.

@@ -124,6 +124,17 @@ impl Client {
         instance_id: &str,
         token: &str,
     ) -> Result<Client, ClientError> {
+        Client::join_with(http, instance_id, token, None).await
+    }
+
+    /// [`Client::join`], subscribed to the comma-separated action `topics`
+    /// (`None`: every topic).
+    pub async fn join_with(
+        http: SocketAddr,
+        instance_id: &str,
+        token: &str,
+        topics: Option<&str>,
+    ) -> Result<Client, ClientError> {
         let bind_ip = if http.ip().is_loopback() {
             http.ip()
         } else {
@@ -133,7 +144,10 @@ impl Client {
         let local = socket.local_addr()?;
         let (mut session, offer) = Session::new(local, Instant::now())?;
         let auth = format!("Bearer {token}");
-        let path = format!("/v1/instances/{instance_id}/join");
+        let path = match topics {
+            Some(t) => format!("/v1/instances/{instance_id}/join?topics={t}"),
+            None => format!("/v1/instances/{instance_id}/join"),
+        };
         let headers = [
             ("content-type", "application/sdp"),
             ("authorization", auth.as_str()),

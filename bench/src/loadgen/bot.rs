@@ -439,7 +439,7 @@ async fn play(
                     false
                 }
                 ClientEvent::Action(a) => {
-                    if measuring && a.action_type == "chat" {
+                    if measuring && a.topic == "chat" {
                         result.chats_received += 1;
                     }
                     false

@@ -319,17 +319,21 @@ pub struct InstanceConfig {
     pub owned_speed_max_mps: f32,
     /// Fastest an avatar may move.
     pub avatar_speed_max_mps: f32,
-    /// Actions one peer may send per second; more are dropped and counted.
+    /// Actions and ownership requests one peer may send per second; more
+    /// are dropped and counted.
     pub actions_per_second_max: u32,
+    /// Entities one user may own at once, its avatar aside.
+    pub owned_entities_max: u32,
     /// Bytes queued on one peer's reliable channel before it counts as
     /// congested and is disconnected.
     pub reliable_buffer_bytes_max: usize,
 }
 
 /// Largest `instance.cached_action_bytes_max`: with the framing of
-/// [`net::messages::WELCOME_CACHED_ACTIONS_MAX`] actions it fits one
-/// `Welcome` (256 KiB).
-pub const CACHED_ACTION_BYTES_MAX: usize = 192 * 1024;
+/// [`net::messages::WELCOME_CACHED_ACTIONS_MAX`] actions (48 bytes each at
+/// most) and [`net::messages::WELCOME_OWNERS_MAX`] owners (8 bytes each)
+/// it fits one `Welcome` (256 KiB).
+pub const CACHED_ACTION_BYTES_MAX: usize = 160 * 1024;
 
 impl Default for InstanceConfig {
     fn default() -> Self {
@@ -347,6 +351,7 @@ impl Default for InstanceConfig {
             owned_speed_max_mps: 20.0,
             avatar_speed_max_mps: 10.0,
             actions_per_second_max: 60,
+            owned_entities_max: 16,
             reliable_buffer_bytes_max: 1024 * 1024,
         }
     }
@@ -395,6 +400,7 @@ impl InstanceConfig {
             cached_action_bytes_max: self.cached_action_bytes_max,
             invalid_messages_max: self.invalid_messages_max,
             actions_per_second_max: self.actions_per_second_max,
+            owned_entities_max: self.owned_entities_max,
             reliable_buffer_bytes_max: self.reliable_buffer_bytes_max,
             snapshot: net::snapshot::SnapshotConfig {
                 interest_radius_m: self.interest_radius_m,
@@ -676,7 +682,7 @@ impl Config {
         if self.instance.cached_action_bytes_max > CACHED_ACTION_BYTES_MAX {
             return Err(ConfigError::Invalid(format!(
                 "instance.cached_action_bytes_max must be at most {CACHED_ACTION_BYTES_MAX} \
-                 (with 1,024 actions' framing, what fits one Welcome)"
+                 (with the framing of 1,024 actions and 4,096 owners, what fits one Welcome)"
             )));
         }
         if self.instance.max_users == 0 {

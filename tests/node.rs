@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use engine::Vec3;
 use instanceserver::control::lock;
 use net::client::{Client, ClientEvent, action, dev_token, owned_update};
-use net::messages::Cache;
+use net::messages::{Cache, KickReason};
 
 #[tokio::test(flavor = "current_thread")]
 async fn two_clients_join_and_see_each_other_move() {
@@ -163,6 +163,59 @@ async fn a_client_subscribes_to_topics_at_join_and_a_bad_list_is_refused() {
         _ => None,
     }));
     assert_eq!(heard, ["chat.message"], "bob is on `chat` only");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_user_joining_a_full_instance_again_replaces_its_session_and_keeps_one_seat() {
+    let node = support::start(support::config(1));
+    support::create(&node, "duo", Some(2)).await;
+    let http = node.http_addr;
+    let ann_token = dev_token(http, "ann", "duo").await.unwrap();
+    let bob_token = dev_token(http, "bob", "duo").await.unwrap();
+    let mut first = vec![
+        Client::join(http, "duo", &ann_token).await.unwrap(),
+        Client::join(http, "duo", &bob_token).await.unwrap(),
+    ];
+    support::until_welcomed(&mut first, Duration::from_secs(10)).await;
+    let cy_token = dev_token(http, "cy", "duo").await.unwrap();
+    assert!(
+        matches!(
+            Client::join(http, "duo", &cy_token).await,
+            Err(net::client::ClientError::Refused { status: 409, .. })
+        ),
+        "the instance is full"
+    );
+    // Ann again, from a second client: admitted, and her first session goes.
+    let mut again = vec![Client::join(http, "duo", &ann_token).await.unwrap()];
+    support::until_welcomed(&mut again, Duration::from_secs(10)).await;
+    let mut kicked = None;
+    for _ in 0..100 {
+        let events = support::drive(&mut first, Duration::from_millis(50)).await;
+        kicked = kicked.or(events[0].iter().find_map(|e| match e {
+            ClientEvent::Kicked { reason, .. } => Some(*reason),
+            _ => None,
+        }));
+        if kicked.is_some() {
+            break;
+        }
+    }
+    assert_eq!(kicked, Some(KickReason::Replaced));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (seats, users) = {
+            let c = lock(node.control());
+            let r = c.registry.get("duo").unwrap();
+            (r.seats, r.users)
+        };
+        if (seats, users) == (2, 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the registry holds {seats} seats and {users} users, not 2 and 2"
+        );
+        support::drive(&mut again, Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]

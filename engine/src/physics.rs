@@ -211,40 +211,80 @@ impl Physics {
         self.world.remove_body_with_colliders(link.body, true);
     }
 
-    /// Hands a dynamic body to a client: it becomes kinematic (moved by
-    /// [`Physics::move_held`], pushing dynamic bodies, no longer falling)
-    /// until [`Physics::release_body`]. Fixed and kinematic bodies are left
-    /// as they are.
+    /// Hands a body to a client: a dynamic body becomes kinematic (no
+    /// longer falling, pushing dynamic bodies) until
+    /// [`Physics::release_body`]; a kinematic one stays so. Either way it is
+    /// moved by [`Physics::move_held`] and avatars pass through it while held
+    /// (the one holding it may carry it against itself). Fixed bodies are
+    /// never held: callers refuse them.
     pub fn hold_body(&mut self, link: &BodyLink) {
-        if link.kind != BodyKind::Dynamic {
+        if link.kind == BodyKind::Fixed {
             return;
         }
-        if let Some(body) = self.world.bodies.get_mut(link.body) {
+        if link.kind == BodyKind::Dynamic
+            && let Some(body) = self.world.bodies.get_mut(link.body)
+        {
             body.set_body_type(RigidBodyType::KinematicPositionBased, true);
         }
+        if let Some(c) = self.world.colliders.get_mut(link.collider) {
+            c.user_data = HELD_COLLIDER;
+        }
     }
 
-    /// Gives a held body back to the simulation: a dynamic body keeps the
-    /// velocity its last moves gave it (so a held box can be thrown).
+    /// Gives a held body back to the simulation: a dynamic body falls again
+    /// with the velocity of its last tick's move (so a held box can be
+    /// thrown); a kinematic one stays where it was left.
     pub fn release_body(&mut self, link: &BodyLink) {
-        if link.kind != BodyKind::Dynamic {
+        if link.kind == BodyKind::Fixed {
             return;
         }
-        if let Some(body) = self.world.bodies.get_mut(link.body) {
+        if link.kind == BodyKind::Dynamic
+            && let Some(body) = self.world.bodies.get_mut(link.body)
+        {
             body.set_body_type(RigidBodyType::Dynamic, true);
+        }
+        if let Some(c) = self.world.colliders.get_mut(link.collider)
+            && c.user_data == HELD_COLLIDER
+        {
+            c.user_data = 0;
         }
     }
 
-    /// Where a held (or scene kinematic) body is to be after the next
-    /// step; the step writes it back to the world.
+    /// Moves a held body toward `to` for the next step, sliding along fixed
+    /// and kinematic scene geometry rather than through it (so no client can
+    /// push a body under the floor or through a wall); dynamic bodies in
+    /// the way are pushed by the step. The step writes it back to the world.
     pub fn move_held(&mut self, link: &BodyLink, to: Transform) {
-        if let Some(body) = self.world.bodies.get_mut(link.body)
-            && body.is_kinematic()
-        {
-            body.set_next_kinematic_position(Pose::from_parts(
-                to.position.into(),
-                to.rotation.into(),
-            ));
+        let Some(body) = self.world.bodies.get(link.body) else {
+            return;
+        };
+        if !body.is_kinematic() {
+            return;
+        }
+        let current = *body.position();
+        let wanted = Vector::from(to.position) - current.translation;
+        let mut next = Pose::from_parts(current.translation + wanted, to.rotation.into());
+        if let Some(collider) = self.world.colliders.get(link.collider) {
+            let not_moved_by_users = |_, c: &rapier3d::geometry::Collider| {
+                c.user_data != AVATAR_COLLIDER && c.user_data != HELD_COLLIDER
+            };
+            let filter = QueryFilter::exclude_dynamic()
+                .exclude_rigid_body(link.body)
+                .predicate(&not_moved_by_users);
+            let queries = self.world.query_pipeline_with_filter(filter);
+            let shape = collider.shape();
+            next.translation = current.translation + slide(&queries, shape, &current, wanted);
+            // The slide keeps a skin's distance from what it meets, but a
+            // turn, or a cast that starts within that skin, may still end
+            // inside something: then it stays where it is (unless it is
+            // inside already, and may move out).
+            let overlaps = |pose: Pose| queries.intersect_shape(pose, shape).next().is_some();
+            if overlaps(next) && !overlaps(current) {
+                next = current;
+            }
+        }
+        if let Some(body) = self.world.bodies.get_mut(link.body) {
+            body.set_next_kinematic_position(next);
         }
     }
 
@@ -314,7 +354,9 @@ impl Physics {
         } else {
             wanted
         };
-        let not_an_avatar = |_, c: &rapier3d::geometry::Collider| c.user_data != AVATAR_COLLIDER;
+        let not_an_avatar = |_, c: &rapier3d::geometry::Collider| {
+            c.user_data != AVATAR_COLLIDER && c.user_data != HELD_COLLIDER
+        };
         let filter = QueryFilter::exclude_dynamic().predicate(&not_an_avatar);
         let queries = self.world.query_pipeline_with_filter(filter);
         // Cast upright whatever the avatar's rotation: a client may pitch
@@ -402,6 +444,9 @@ impl Physics {
 
 /// `user_data` of an avatar's collider.
 const AVATAR_COLLIDER: u128 = 1;
+/// The `user_data` of a collider whose body a client holds: avatars pass
+/// through it, as through dynamic bodies.
+const HELD_COLLIDER: u128 = 2;
 
 /// Whether an avatar still has somewhere to go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -115,7 +115,14 @@ pub fn instance_inputs(data: &[u8]) {
         };
         let (peer, snapshots) = &mut peers[usize::from(pick & 1)];
         if let Ok(msg) = decoder.decode_client(bytes, channel) {
-            let _ = peer.handle(&mut sim, snapshots, &msg);
+            let user = peer.user();
+            // Ownership is decided as the instance does, between the two peers.
+            if let crate::input::Outcome::Ownership { network_id, op } =
+                peer.handle(&mut sim, snapshots, &msg)
+            {
+                let _ =
+                    crate::input::change_ownership(&mut sim, user, network_id, op, 4, |u| u < 2);
+            }
         }
         sim.step();
         frame.capture(sim.world(), &quantizer);

@@ -4,7 +4,9 @@
 //! ownership requests are granted or refused ([`change_ownership`]); pings
 //! are answered.
 
-use engine::{EntityId, Motion, NetworkId, Owner, Simulation, Transform, UserIndex, Vec3};
+use engine::{
+    BodyKind, EntityId, Motion, NetworkId, Owner, Simulation, Transform, UserIndex, Vec3,
+};
 
 use crate::codec::ClientMessage;
 use crate::messages::{
@@ -275,32 +277,32 @@ impl PeerInput {
 /// Clears an entity's owner; a held body falls again. Returns its network
 /// id when it had an owner.
 fn unown(sim: &mut Simulation, id: EntityId) -> Option<u32> {
-    let world = sim.world_mut();
-    world.remove(id, |c| &mut c.owners).ok()??;
-    let network_id = world.network_id(id).ok()?.0;
+    sim.world_mut().remove(id, |c| &mut c.owners).ok()??;
     let _ = sim.release(id);
-    Some(network_id)
+    Some(sim.world().network_id(id).ok()?.0)
 }
 
-/// Decides `user`'s ownership request for `network_id` and applies it.
+/// Decides `user`'s ownership request for `network_id` and applies it;
+/// `Ok(None)` when it was granted but changes nothing (taking what one
+/// owns, transferring to oneself): nobody needs telling.
 ///
-/// - `Take`: granted when nobody owns the entity and it is not an avatar; a
-///   dynamic body is then held (kinematic, moved by its owner's updates)
-///   until released. Refused with [`OwnershipRefusal::OwnedBy`] when
-///   someone else owns it (the caller asks that owner to hand it over).
+/// - `Take`: granted when nobody owns the entity, it is neither an avatar
+///   nor a fixed body, and the user owns fewer than `owned_max` entities
+///   (its avatar aside). A dynamic body is then held (kinematic, moved by
+///   its owner's updates) until released. Refused with
+///   [`OwnershipRefusal::OwnedBy`] when someone else owns it (the caller
+///   asks that owner to hand it over).
 /// - `Release`: by the owner; a held body falls again.
-/// - `Transfer { to }`: by the owner, to a user `is_member` knows; the body
-///   stays held, by its new owner.
-///
-/// Taking what one owns already, or transferring to oneself, is granted
-/// and changes nothing.
+/// - `Transfer { to }`: by the owner, to a user `is_member` knows, within
+///   that user's `owned_max`; the body stays held, by its new owner.
 pub fn change_ownership(
     sim: &mut Simulation,
     user: UserIndex,
     network_id: u32,
     op: OwnershipOp,
+    owned_max: u32,
     is_member: impl Fn(u32) -> bool,
-) -> Result<OwnershipChanged, OwnershipRefusal> {
+) -> Result<Option<OwnershipChanged>, OwnershipRefusal> {
     let world = sim.world();
     let entity = world
         .by_network_id(NetworkId(network_id))
@@ -308,9 +310,25 @@ pub fn change_ownership(
     if world.optional.avatars.contains(entity) {
         return Err(OwnershipRefusal::Avatar);
     }
+    if world.optional.bodies.get(entity).map(|l| l.kind) == Some(BodyKind::Fixed) {
+        return Err(OwnershipRefusal::Fixed);
+    }
+    let owned_by = |u: UserIndex| {
+        world
+            .optional
+            .owners
+            .iter()
+            .filter(|(id, o)| o.user == u && !world.optional.avatars.contains(*id))
+            .count()
+    };
     let owner = world.optional.owners.get(entity).map(|o| o.user);
     let new_owner = match (op, owner) {
+        (OwnershipOp::Take, Some(u)) if u == user => return Ok(None),
+        (OwnershipOp::Transfer { to }, Some(u)) if u == user && to == user.0 => return Ok(None),
         (OwnershipOp::Take, None) => {
+            if owned_by(user) >= owned_max as usize {
+                return Err(OwnershipRefusal::TooMany(owned_max));
+            }
             let world = sim.world_mut();
             world
                 .insert(entity, Owner { user }, |c| &mut c.owners)
@@ -318,7 +336,6 @@ pub fn change_ownership(
             let _ = sim.hold(entity);
             Some(user.0)
         }
-        (OwnershipOp::Take, Some(u)) if u == user => Some(user.0),
         (OwnershipOp::Take, Some(u)) => return Err(OwnershipRefusal::OwnedBy(u.0)),
         (_, u) if u != Some(user) => return Err(OwnershipRefusal::NotOwner),
         (OwnershipOp::Release, _) => {
@@ -328,6 +345,9 @@ pub fn change_ownership(
         (OwnershipOp::Transfer { to }, _) => {
             if !is_member(to) {
                 return Err(OwnershipRefusal::UnknownUser(to));
+            }
+            if owned_by(UserIndex(to)) >= owned_max as usize {
+                return Err(OwnershipRefusal::TooMany(owned_max));
             }
             let world = sim.world_mut();
             world
@@ -342,10 +362,10 @@ pub fn change_ownership(
             Some(to)
         }
     };
-    Ok(OwnershipChanged {
+    Ok(Some(OwnershipChanged {
         network_id,
         owner: new_owner,
-    })
+    }))
 }
 
 /// `from` moved toward `to` by at most `step_max`.

@@ -214,6 +214,11 @@ pub enum OwnershipRefusal {
     NotOwner,
     /// A transfer to a user index that is not in the instance.
     UnknownUser(u32),
+    /// A fixed body (a wall, a floor): it never moves.
+    Fixed,
+    /// The user (the taker, or the one transferred to) owns this many
+    /// entities already, its avatar aside (`instance.owned_entities_max`).
+    TooMany(u32),
 }
 
 /// Server -> client on `actions`, to the requester: its ownership request

@@ -14,7 +14,8 @@ fn sim() -> Simulation {
         "entities": [
           {"transform": {"position": [0, -0.5, 0]}, "collider": {"shape": "cuboid", "half_extents": [20, 0.5, 20]}},
           {"transform": {"position": [3, 1, 3]}, "body": {"kind": "dynamic"}, "collider": {"shape": "ball", "radius": 0.3}},
-          {"name": "flag", "transform": {"position": [-3, 1, 3]}, "networked": true}
+          {"name": "flag", "transform": {"position": [-3, 1, 3]}, "networked": true},
+          {"name": "wall", "transform": {"position": [-6, 1, 6]}, "networked": true, "body": {"kind": "fixed"}, "collider": {"shape": "cuboid", "half_extents": [1, 1, 0.1]}}
         ]}"#;
     let scene = Scene::from_json(scene.as_bytes(), &SceneLimits::default()).unwrap();
     Simulation::new(&scene, SimConfig::default()).unwrap()
@@ -158,28 +159,28 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
         }
     );
     assert_eq!(
-        change_ownership(&mut sim, alice_u, nf, take, members),
-        Ok(OwnershipChanged {
+        change_ownership(&mut sim, alice_u, nf, take, 16, members),
+        Ok(Some(OwnershipChanged {
             network_id: nf,
             owner: Some(0)
-        })
+        }))
     );
     assert_eq!(
-        change_ownership(&mut sim, bob_u, nf, take, members),
+        change_ownership(&mut sim, bob_u, nf, take, 16, members),
         Err(OwnershipRefusal::OwnedBy(0))
     );
     assert_eq!(
-        change_ownership(&mut sim, bob_u, nf, OwnershipOp::Release, members),
+        change_ownership(&mut sim, bob_u, nf, OwnershipOp::Release, 16, members),
         Err(OwnershipRefusal::NotOwner)
     );
     assert_eq!(
-        change_ownership(&mut sim, bob_u, 9999, take, members),
+        change_ownership(&mut sim, bob_u, 9999, take, 16, members),
         Err(OwnershipRefusal::UnknownEntity)
     );
     let avatar = sim.spawn_avatar(UserIndex(0)).unwrap();
     let navatar = net_id(&sim, avatar);
     assert_eq!(
-        change_ownership(&mut sim, bob_u, navatar, take, members),
+        change_ownership(&mut sim, bob_u, navatar, take, 16, members),
         Err(OwnershipRefusal::Avatar)
     );
     assert_eq!(
@@ -188,14 +189,38 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
             alice_u,
             nf,
             OwnershipOp::Transfer { to: 5 },
+            16,
             members
         ),
         Err(OwnershipRefusal::UnknownUser(5))
     );
     assert!(
-        change_ownership(&mut sim, alice_u, nball, take, members).is_ok(),
+        change_ownership(&mut sim, alice_u, nball, take, 16, members).is_ok(),
         "a dynamic body nobody holds can be taken"
     );
+    assert_eq!(
+        change_ownership(&mut sim, alice_u, nball, take, 16, members),
+        Ok(None),
+        "taking it again changes nothing and tells nobody"
+    );
+    assert_eq!(
+        change_ownership(&mut sim, bob_u, nball, take, 0, members),
+        Err(OwnershipRefusal::OwnedBy(0)),
+    );
+    let wall = sim
+        .world()
+        .optional
+        .bodies
+        .iter()
+        .filter(|(_, l)| l.kind == engine::BodyKind::Fixed)
+        .map(|(e, _)| net_id(&sim, e))
+        .find(|&n| n != 0)
+        .expect("the test scene has a fixed wall");
+    assert_eq!(
+        change_ownership(&mut sim, bob_u, wall, take, 16, members),
+        Err(OwnershipRefusal::Fixed)
+    );
+
     // 20 m/s at 60 Hz allows 1/3 m per tick since the last move, however
     // far the client asks, and at most 6 ticks' worth after a long pause.
     for _ in 0..100 {
@@ -256,12 +281,13 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
             alice_u,
             nf,
             OwnershipOp::Transfer { to: 1 },
+            16,
             members
         ),
-        Ok(OwnershipChanged {
+        Ok(Some(OwnershipChanged {
             network_id: nf,
             owner: Some(1)
-        })
+        }))
     );
     sim.step();
     let out = bob.send(&mut sim, MessageKind::Input, &move_to(nf, [0.0, 1.0, 0.0]));
@@ -273,13 +299,18 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
         }
     );
     assert_eq!(
-        change_ownership(&mut sim, bob_u, nf, OwnershipOp::Release, members),
-        Ok(OwnershipChanged {
+        change_ownership(&mut sim, bob_u, nf, OwnershipOp::Release, 16, members),
+        Ok(Some(OwnershipChanged {
             network_id: nf,
             owner: None
-        })
+        }))
     );
-    assert!(change_ownership(&mut sim, alice_u, nf, take, members).is_ok());
+    assert_eq!(
+        change_ownership(&mut sim, alice_u, nf, take, 1, members),
+        Err(OwnershipRefusal::TooMany(1)),
+        "alice holds the ball already"
+    );
+    assert!(change_ownership(&mut sim, alice_u, nf, take, 2, members).is_ok());
 }
 
 #[test]
@@ -297,7 +328,10 @@ fn a_held_body_stops_falling_follows_its_owner_and_falls_when_released() {
     let nball = net_id(&sim, ball);
     let mut alice = Peer::new(0);
     let start = sim.world().transform(ball).unwrap().position;
-    change_ownership(&mut sim, UserIndex(0), nball, OwnershipOp::Take, |_| true).unwrap();
+    change_ownership(&mut sim, UserIndex(0), nball, OwnershipOp::Take, 16, |_| {
+        true
+    })
+    .unwrap();
     for _ in 0..30 {
         sim.step();
     }
@@ -318,9 +352,36 @@ fn a_held_body_stops_falling_follows_its_owner_and_falls_when_released() {
     }
     let lifted = sim.world().transform(ball).unwrap().position;
     assert!((lifted.y - 2.0).abs() < 1e-3, "{lifted:?}");
-    change_ownership(&mut sim, UserIndex(0), nball, OwnershipOp::Release, |_| {
-        true
-    })
+    // It cannot be pushed through the floor (to be lost below the world).
+    for _ in 0..30 {
+        alice.send(
+            &mut sim,
+            MessageKind::Input,
+            &move_to(nball, [3.0, -4.0, 3.0]),
+        );
+        sim.step();
+    }
+    let pressed = sim.world().transform(ball).unwrap().position;
+    assert!(
+        pressed.y > 0.29 && pressed.y < 0.35,
+        "a 0.3 m ball held against the floor rests on it: {pressed:?}"
+    );
+    for _ in 0..6 {
+        alice.send(
+            &mut sim,
+            MessageKind::Input,
+            &move_to(nball, [3.0, 2.0, 3.0]),
+        );
+        sim.step();
+    }
+    change_ownership(
+        &mut sim,
+        UserIndex(0),
+        nball,
+        OwnershipOp::Release,
+        16,
+        |_| true,
+    )
     .unwrap();
     for _ in 0..60 {
         sim.step();

@@ -71,23 +71,16 @@ impl Shard {
             .instance_ids
             .get(&request.instance_id)
             .ok_or_else(unknown)?;
-        if self.instances.get(key).is_none() {
-            return Err(unknown());
-        }
-        // A user joining again replaces its older session: that one is told
-        // why and disconnected first, so its seat is free for this one.
-        if self.instances.get(key).is_some_and(|h| {
-            h.instance
-                .members()
-                .iter()
-                .any(|m| m.user_id == request.user_id)
-        }) {
-            let user_id = request.user_id.clone();
-            self.call(key, now, |i, io| i.replace_user(&user_id, io));
-            self.remove_members(now);
-        }
         let hosted = self.instances.get_mut(key).ok_or_else(unknown)?;
-        hosted.instance.can_join()?;
+        // A user joining again replaces its older session, whose seat it
+        // takes: counted as free here, given up only once this join can no
+        // longer fail for a reason of the shard's or the offer's.
+        hosted.instance.can_join_as(&request.user_id)?;
+        let replacing = hosted
+            .instance
+            .members()
+            .iter()
+            .any(|m| m.user_id == request.user_id && m.leaving.is_none());
         // It wakes: its next figures go out even if it sleeps again soon.
         hosted.reported_asleep = false;
         if self.conns.len() >= self.config.conn.conns_max {
@@ -102,6 +95,17 @@ impl Shard {
                     JoinRefused::BadOffer(e.to_string())
                 }
             })?;
+        if replacing {
+            // The older session is told why and disconnected first.
+            let user_id = request.user_id.clone();
+            self.call(key, now, |i, io| i.replace_user(&user_id, io));
+            self.remove_members(now);
+        }
+        let Some(hosted) = self.instances.get_mut(key) else {
+            // Its instance failed while replacing (a bug, reported as such).
+            self.conns.close(conn);
+            return Err(unknown());
+        };
         let joined = hosted.instance.join(
             request.session,
             request.user_id.clone(),

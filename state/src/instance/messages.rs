@@ -43,10 +43,14 @@ impl Instance {
             Ok(msg) => msg,
             Err(e) => return self.invalid_message(i, e, io),
         };
-        if matches!(msg, ClientMessage::Action(..))
-            && !joined
-                .actions
-                .take(io.now, self.config.actions_per_second_max)
+        // Actions and ownership requests share one budget: each may make
+        // the server write to other members.
+        if matches!(
+            msg,
+            ClientMessage::Action(..) | ClientMessage::OwnershipRequest(..)
+        ) && !joined
+            .actions
+            .take(io.now, self.config.actions_per_second_max)
         {
             *io.metrics
                 .refused_messages
@@ -104,12 +108,20 @@ impl Instance {
                         .binary_search_by_key(&UserIndex(u), |m| m.user)
                         .is_ok_and(|j| members[j].is_listening())
                 };
-                let result =
-                    net::input::change_ownership(&mut self.sim, user, network_id, op, is_member);
+                let owned_max = self.config.owned_entities_max;
+                let result = net::input::change_ownership(
+                    &mut self.sim,
+                    user,
+                    network_id,
+                    op,
+                    owned_max,
+                    is_member,
+                );
                 match result {
-                    Ok(changed) => {
+                    Ok(Some(changed)) => {
                         self.tell_everyone(io, MessageKind::OwnershipChanged, tick, &changed);
                     }
+                    Ok(None) => {}
                     Err(reason) => {
                         *io.metrics
                             .refused_messages
@@ -175,5 +187,7 @@ fn refusal_label(reason: OwnershipRefusal) -> &'static str {
         OwnershipRefusal::OwnedBy(_) => "ownership_owned_by_other",
         OwnershipRefusal::NotOwner => "ownership_not_owner",
         OwnershipRefusal::UnknownUser(_) => "ownership_unknown_user",
+        OwnershipRefusal::Fixed => "ownership_fixed",
+        OwnershipRefusal::TooMany(_) => "ownership_too_many",
     }
 }

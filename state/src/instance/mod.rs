@@ -98,8 +98,11 @@ pub struct RuntimeConfig {
     pub cached_action_bytes_max: usize,
     /// Invalid messages a member may send before it is disconnected.
     pub invalid_messages_max: u32,
-    /// Actions one member may send per second; more are dropped and counted.
+    /// Actions and ownership requests one member may send per second; more
+    /// are dropped and counted.
     pub actions_per_second_max: u32,
+    /// Entities one user may own at once, its avatar aside.
+    pub owned_entities_max: u32,
     /// Bytes queued on a member's reliable channel before it counts as
     /// congested and is disconnected.
     pub reliable_buffer_bytes_max: usize,
@@ -346,6 +349,23 @@ impl Instance {
             self.kick(user, &kick, LeaveReason::Replaced, io);
         }
         older.len()
+    }
+
+    /// Whether `user_id` would be admitted now, its own older sessions
+    /// (which a join of it replaces) not counted against `max_users`.
+    pub fn can_join_as(&self, user_id: &str) -> Result<(), JoinRefused> {
+        if self.drain_until.is_some() {
+            return Err(JoinRefused::Draining);
+        }
+        let replaced = self
+            .members
+            .iter()
+            .filter(|m| m.user_id == user_id && m.leaving.is_none())
+            .count();
+        if self.members.len() - replaced >= self.max_users as usize {
+            return Err(JoinRefused::InstanceFull(self.id.clone()));
+        }
+        Ok(())
     }
 
     /// Takes a seat for a session whose connection `link` is coming up.

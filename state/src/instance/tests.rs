@@ -73,6 +73,7 @@ fn config() -> RuntimeConfig {
         cached_action_bytes_max: 1024,
         invalid_messages_max: 2,
         actions_per_second_max: 5,
+        owned_entities_max: 4,
         reliable_buffer_bytes_max: 64 * 1024,
         snapshot: net::snapshot::SnapshotConfig::default(),
         input: net::input::InputLimits::default(),

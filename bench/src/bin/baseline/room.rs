@@ -649,11 +649,15 @@ impl Room {
             Outcome::Ownership { network_id, op } => {
                 let user = self.members[i].user;
                 let members: Vec<u32> = self.members.iter().map(|m| m.user.0).collect();
-                let Ok(changed) =
-                    net::input::change_ownership(&mut self.sim, user, network_id, op, |u| {
-                        members.contains(&u)
-                    })
-                else {
+                let owned_max = self.hub.instance.owned_entities_max;
+                let Ok(Some(changed)) = net::input::change_ownership(
+                    &mut self.sim,
+                    user,
+                    network_id,
+                    op,
+                    owned_max,
+                    |u| members.contains(&u),
+                ) else {
                     return;
                 };
                 for j in 0..self.members.len() {
@@ -783,6 +787,9 @@ impl Room {
         if let Some(avatar) = m.avatar {
             let _ = self.sim.despawn(avatar);
         }
+        // What it held falls again (the ownership change is not relayed:
+        // the baseline serves bots that never take anything).
+        let _ = m.input.release_all(&mut self.sim);
         self.forget(m);
         if was_welcomed {
             let tick = self.sim.world().tick().0;

@@ -211,36 +211,32 @@ impl Physics {
         self.world.remove_body_with_colliders(link.body, true);
     }
 
-    /// Hands a body to a client: a dynamic body becomes kinematic (no
-    /// longer falling, pushing dynamic bodies) until
-    /// [`Physics::release_body`]; a kinematic one stays so. Either way it is
-    /// moved by [`Physics::move_held`] and avatars pass through it while held
-    /// (the one holding it may carry it against itself). Fixed bodies are
-    /// never held: callers refuse them.
+    /// Hands a dynamic body to a client: it becomes kinematic (no longer
+    /// falling, pushing dynamic bodies), moved by [`Physics::move_held`]
+    /// until [`Physics::release_body`], and avatars pass through it (the one
+    /// holding it may carry it against itself). Fixed and kinematic scene
+    /// bodies are never held: callers refuse them, and this leaves them be.
     pub fn hold_body(&mut self, link: &BodyLink) {
-        if link.kind == BodyKind::Fixed {
+        if link.kind != BodyKind::Dynamic {
             return;
         }
-        if link.kind == BodyKind::Dynamic
-            && let Some(body) = self.world.bodies.get_mut(link.body)
-        {
+        if let Some(body) = self.world.bodies.get_mut(link.body) {
             body.set_body_type(RigidBodyType::KinematicPositionBased, true);
         }
-        if let Some(c) = self.world.colliders.get_mut(link.collider) {
+        if let Some(c) = self.world.colliders.get_mut(link.collider)
+            && c.user_data == 0
+        {
             c.user_data = HELD_COLLIDER;
         }
     }
 
-    /// Gives a held body back to the simulation: a dynamic body falls again
-    /// with the velocity of its last tick's move (so a held box can be
-    /// thrown); a kinematic one stays where it was left.
+    /// Gives a held body back to the simulation: it falls again with the
+    /// velocity of its last tick's move (so a held box can be thrown).
     pub fn release_body(&mut self, link: &BodyLink) {
-        if link.kind == BodyKind::Fixed {
+        if link.kind != BodyKind::Dynamic {
             return;
         }
-        if link.kind == BodyKind::Dynamic
-            && let Some(body) = self.world.bodies.get_mut(link.body)
-        {
+        if let Some(body) = self.world.bodies.get_mut(link.body) {
             body.set_body_type(RigidBodyType::Dynamic, true);
         }
         if let Some(c) = self.world.colliders.get_mut(link.collider)
@@ -275,12 +271,19 @@ impl Physics {
             let shape = collider.shape();
             next.translation = current.translation + slide(&queries, shape, &current, wanted);
             // The slide keeps a skin's distance from what it meets, but a
-            // turn, or a cast that starts within that skin, may still end
-            // inside something: then it stays where it is (unless it is
-            // inside already, and may move out).
+            // turn may still end inside something: then it moves without
+            // turning. A body already touching something (resting contacts
+            // overlap a little) never turns, so it cannot be levered into
+            // it; and a move that would still end inside something from
+            // outside is not made.
             let overlaps = |pose: Pose| queries.intersect_shape(pose, shape).next().is_some();
-            if overlaps(next) && !overlaps(current) {
-                next = current;
+            if overlaps(next) {
+                let unturned = Pose::from_parts(next.translation, current.rotation);
+                next = if overlaps(current) || !overlaps(unturned) {
+                    unturned
+                } else {
+                    current
+                };
             }
         }
         if let Some(body) = self.world.bodies.get_mut(link.body) {

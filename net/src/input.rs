@@ -287,7 +287,8 @@ fn unown(sim: &mut Simulation, id: EntityId) -> Option<u32> {
 /// owns, transferring to oneself): nobody needs telling.
 ///
 /// - `Take`: granted when nobody owns the entity, it is neither an avatar
-///   nor a fixed body, and the user owns fewer than `owned_max` entities
+///   nor a fixed or kinematic scene body (which the scene places), and the
+///   user owns fewer than `owned_max` entities
 ///   (its avatar aside). A dynamic body is then held (kinematic, moved by
 ///   its owner's updates) until released. Refused with
 ///   [`OwnershipRefusal::OwnedBy`] when someone else owns it (the caller
@@ -310,8 +311,13 @@ pub fn change_ownership(
     if world.optional.avatars.contains(entity) {
         return Err(OwnershipRefusal::Avatar);
     }
-    if world.optional.bodies.get(entity).map(|l| l.kind) == Some(BodyKind::Fixed) {
-        return Err(OwnershipRefusal::Fixed);
+    if world
+        .optional
+        .bodies
+        .get(entity)
+        .is_some_and(|l| l.kind != BodyKind::Dynamic)
+    {
+        return Err(OwnershipRefusal::SceneBody);
     }
     let owned_by = |u: UserIndex| {
         world

@@ -214,8 +214,9 @@ pub enum OwnershipRefusal {
     NotOwner,
     /// A transfer to a user index that is not in the instance.
     UnknownUser(u32),
-    /// A fixed body (a wall, a floor): it never moves.
-    Fixed,
+    /// A fixed or kinematic scene body (a wall, a floor, a platform): the
+    /// scene places it, not users.
+    SceneBody,
     /// The user (the taker, or the one transferred to) owns this many
     /// entities already, its avatar aside (`instance.owned_entities_max`).
     TooMany(u32),

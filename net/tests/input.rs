@@ -218,7 +218,7 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
         .expect("the test scene has a fixed wall");
     assert_eq!(
         change_ownership(&mut sim, bob_u, wall, take, 16, members),
-        Err(OwnershipRefusal::Fixed)
+        Err(OwnershipRefusal::SceneBody)
     );
 
     // 20 m/s at 60 Hz allows 1/3 m per tick since the last move, however

@@ -96,10 +96,16 @@ impl Shard {
                 }
             })?;
         if replacing {
-            // The older session is told why and disconnected first.
+            if request.reply.is_closed() {
+                // Nobody waits for this join any more (the HTTP handler
+                // timed out or the client hung up): the older session stays.
+                self.conns.close(conn);
+                return Err(JoinRefused::Abandoned);
+            }
+            // The older session is told why and disconnected first (`call`
+            // carries out the removals it asks for).
             let user_id = request.user_id.clone();
             self.call(key, now, |i, io| i.replace_user(&user_id, io));
-            self.remove_members(now);
         }
         let Some(hosted) = self.instances.get_mut(key) else {
             // Its instance failed while replacing (a bug, reported as such).

@@ -104,6 +104,8 @@ pub enum JoinRefused {
     ShardFull(usize),
     #[error("the shard is busy ({load_percent}% of its core): try again shortly")]
     Busy { load_percent: u32 },
+    #[error("nobody waits for this join any more")]
+    Abandoned,
 }
 
 /// Control thread → shard.

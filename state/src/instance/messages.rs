@@ -187,7 +187,7 @@ fn refusal_label(reason: OwnershipRefusal) -> &'static str {
         OwnershipRefusal::OwnedBy(_) => "ownership_owned_by_other",
         OwnershipRefusal::NotOwner => "ownership_not_owner",
         OwnershipRefusal::UnknownUser(_) => "ownership_unknown_user",
-        OwnershipRefusal::Fixed => "ownership_fixed",
+        OwnershipRefusal::SceneBody => "ownership_scene_body",
         OwnershipRefusal::TooMany(_) => "ownership_too_many",
     }
 }

@@ -412,7 +412,7 @@ impl Instance {
         let bounds = *self.sim.bounds();
         let world = self.sim.world();
         let avatar_id = world.network_id(avatar).map_or(0, |n| n.0);
-        let owners: Vec<EntityOwner> = world
+        let mut owners: Vec<EntityOwner> = world
             .optional
             .owners
             .iter()
@@ -423,8 +423,9 @@ impl Instance {
                     owner: o.user.0,
                 })
             })
-            .take(WELCOME_OWNERS_MAX)
             .collect();
+        // More than a Welcome lists follow it as ownership changes.
+        let more_owners = owners.split_off(owners.len().min(WELCOME_OWNERS_MAX));
         let member = &mut self.members[i];
         let topics = &member.topics;
         let mut welcome = Welcome {
@@ -451,6 +452,19 @@ impl Instance {
             actions: TokenBucket::full(self.config.actions_per_second_max, io.now),
         }));
         member.send_welcome(io, tick, &mut welcome);
+        for o in more_owners {
+            let changed = net::messages::OwnershipChanged {
+                network_id: o.network_id,
+                owner: Some(o.owner),
+            };
+            let _ = member.send(
+                io,
+                Channel::Actions,
+                MessageKind::OwnershipChanged,
+                tick,
+                &changed,
+            );
+        }
         // Introduce the newcomer and the members already joined to each other.
         let newcomer = self.members[i].announcement(avatar_id);
         for j in 0..self.members.len() {

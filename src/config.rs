@@ -121,6 +121,9 @@ pub struct NodeConfig {
     pub scene_dir: PathBuf,
     /// Scene file of the dev instance `demo`; empty = the embedded demo scene.
     pub dev_scene: String,
+    /// Attendance records (who was in which instance, when, why they left)
+    /// the control thread keeps; the oldest go first.
+    pub attendance_records_max: usize,
 }
 
 impl Default for NodeConfig {
@@ -132,6 +135,7 @@ impl Default for NodeConfig {
             drain_grace_ms: 10_000,
             scene_dir: PathBuf::from("scenes"),
             dev_scene: String::new(),
+            attendance_records_max: 10_000,
         }
     }
 }
@@ -324,6 +328,9 @@ pub struct InstanceConfig {
     pub actions_per_second_max: u32,
     /// Entities one user may own at once, its avatar aside.
     pub owned_entities_max: u32,
+    /// A joined peer that sends no message for this long is removed; 0:
+    /// never (the transport's `webrtc.idle_timeout_ms` still applies).
+    pub silence_timeout_ms: u64,
     /// Bytes queued on one peer's reliable channel before it counts as
     /// congested and is disconnected.
     pub reliable_buffer_bytes_max: usize,
@@ -352,6 +359,7 @@ impl Default for InstanceConfig {
             avatar_speed_max_mps: 10.0,
             actions_per_second_max: 60,
             owned_entities_max: 16,
+            silence_timeout_ms: 10_000,
             reliable_buffer_bytes_max: 1024 * 1024,
         }
     }
@@ -401,6 +409,8 @@ impl InstanceConfig {
             invalid_messages_max: self.invalid_messages_max,
             actions_per_second_max: self.actions_per_second_max,
             owned_entities_max: self.owned_entities_max,
+            silence_timeout: (self.silence_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.silence_timeout_ms)),
             reliable_buffer_bytes_max: self.reliable_buffer_bytes_max,
             snapshot: net::snapshot::SnapshotConfig {
                 interest_radius_m: self.interest_radius_m,
@@ -747,6 +757,10 @@ impl Config {
             ("webrtc.idle_timeout_ms", self.webrtc.idle_timeout_ms),
             ("http.join_timeout_ms", self.http.join_timeout_ms),
             ("instance.empty_timeout_ms", self.instance.empty_timeout_ms),
+            (
+                "instance.silence_timeout_ms",
+                self.instance.silence_timeout_ms,
+            ),
             ("node.drain_grace_ms", self.node.drain_grace_ms),
             ("shard.stall_report_ms", self.shard.stall_report_ms),
         ] {

@@ -153,6 +153,7 @@ impl Node {
                 max_users: None,
                 snapshot_hz: None,
                 labels: BTreeMap::new(),
+                empty_timeout_ms: None,
                 persistent: true,
             };
             let failed = |e| NodeError::Control(format!("cannot create the demo instance: {e}"));

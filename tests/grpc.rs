@@ -287,3 +287,128 @@ fn outside_dev_mode_the_control_api_needs_a_token_file() {
     off.grpc.enabled = false;
     instanceserver::node::Node::start(off).unwrap().stop();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_instance_takes_its_own_empty_timeout_and_attendance_records_who_came_and_went() {
+    let node = support::start(support::config(1));
+    let http = node.http_addr;
+    let mut api = ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    for (ms, persistent) in [(10, false), (u64::MAX, false), (5_000, true)] {
+        let bad = api
+            .create_instance(pb::CreateInstanceRequest {
+                empty_timeout_ms: ms,
+                persistent,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            bad.code(),
+            Code::InvalidArgument,
+            "{ms} {persistent}: {bad:?}"
+        );
+    }
+    let short = api
+        .create_instance(pb::CreateInstanceRequest {
+            instance_id: "short".into(),
+            empty_timeout_ms: 1_500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(short.empty_timeout_ms, 1_500);
+    let kept = api
+        .create_instance(pb::CreateInstanceRequest {
+            instance_id: "kept".into(),
+            persistent: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.empty_timeout_ms, 0, "runs until ended");
+
+    // Ann joins "kept", is listed as present, leaves; her record says so.
+    let token = dev_token(http, "ann", "kept").await.unwrap();
+    let mut ann = vec![Client::join(http, "kept", &token).await.unwrap()];
+    support::until_welcomed(&mut ann, Duration::from_secs(10)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = net::client::http_request(http, "GET", "/v1/instances/kept", &[], Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        if body["users_present"][0]["user_id"] == "ann" {
+            assert!(body["users_present"][0]["joined_at_ms"].as_u64().unwrap() > 0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        support::drive(&mut ann, Duration::from_millis(50)).await;
+    }
+    assert_eq!(ann[0].leave().await.unwrap(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let record = loop {
+        let listed = api
+            .list_attendance(pb::ListAttendanceRequest {
+                instance_id: "kept".into(),
+                user_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(r) = listed.records.first().filter(|r| r.left_at_ms > 0) {
+            break r.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (record.user_id.as_str(), record.leave_reason.as_str()),
+        ("ann", "left")
+    );
+    assert!(record.left_at_ms >= record.joined_at_ms);
+    let r = net::client::http_request(
+        http,
+        "GET",
+        "/v1/instances/kept/attendance",
+        &[],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["records"][0]["leave_reason"], "left", "{body}");
+    let r = net::client::http_request(http, "GET", "/v1/instances/nope", &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+
+    // "short" ends 1.5 s after it was created with nobody in it; "kept" stays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = api
+            .get_instance(pb::GetInstanceRequest {
+                instance_id: "short".into(),
+            })
+            .await;
+        if matches!(&r, Err(s) if s.code() == Code::NotFound) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "short outlived its empty timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        api.get_instance(pb::GetInstanceRequest {
+            instance_id: "kept".into(),
+        })
+        .await
+        .is_ok()
+    );
+}

@@ -764,3 +764,27 @@ fn a_user_who_joins_twice_replaces_the_older_session() {
         "{bob_heard:?}"
     );
 }
+
+#[test]
+fn a_client_that_stops_sending_messages_is_removed_though_its_transport_lives() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 15);
+    h.create_instance("room", 8);
+    let c = join_all(&mut h, &["ann", "bob"]);
+    // Neither acknowledges snapshots any more; ann's application is frozen
+    // (no heartbeat), bob's client still sends its ping a second.
+    let an_hour = Duration::from_secs(3600);
+    h.client_mut(c[0]).set_ack_delay(an_hour);
+    h.client_mut(c[0]).set_heartbeat(None);
+    h.client_mut(c[1]).set_ack_delay(an_hour);
+    h.run_for(Duration::from_secs(12));
+    let kicked = |h: &Harness, i: usize| {
+        seen(h, i, |e| match e {
+            ClientEvent::Kicked { reason, .. } => Some(*reason),
+            _ => None,
+        })
+    };
+    assert_eq!(kicked(&h, c[0]), [KickReason::Silent]);
+    assert_eq!(left(&h, LeaveReason::TimedOut), 1);
+    assert!(kicked(&h, c[1]).is_empty(), "bob's heartbeat keeps him in");
+    assert!(!h.client(c[1]).is_closed());
+}

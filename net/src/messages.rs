@@ -265,6 +265,9 @@ pub enum KickReason {
     ServerError,
     /// The same user joined again: the newer session replaces this one.
     Replaced,
+    /// No message arrived for the instance's silence timeout (clients send
+    /// a `Ping` a second when they have nothing else to send).
+    Silent,
 }
 
 /// Server -> client on `actions`, sent before the server closes the peer.

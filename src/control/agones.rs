@@ -383,6 +383,7 @@ async fn on_game_server(
         max_users: None,
         snapshot_hz: None,
         labels: BTreeMap::from([("allocated".into(), "agones".into())]),
+        empty_timeout_ms: None,
         persistent: false,
     };
     let created = load_scene(config, &request.scene)

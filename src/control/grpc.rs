@@ -116,6 +116,7 @@ fn to_pb(r: &InstanceRecord) -> pb::Instance {
         users: r.users,
         max_users: r.max_users,
         snapshot_hz: r.snapshot_hz,
+        empty_timeout_ms: r.empty_timeout_ms.unwrap_or(0),
         entities: r.entities,
         tick_p99_us: r.tick_p99_us,
         labels: r.labels.clone().into_iter().collect(),
@@ -145,7 +146,8 @@ impl pb::control_server::Control for ControlService {
             max_users: Some(r.max_users).filter(|&m| m > 0),
             snapshot_hz: Some(r.snapshot_hz).filter(|&hz| hz > 0),
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
-            persistent: false,
+            empty_timeout_ms: Some(r.empty_timeout_ms).filter(|&ms| ms > 0),
+            persistent: r.persistent,
         };
         let config = lock(&self.shared).config.clone();
         let source = create.scene.clone();
@@ -182,6 +184,32 @@ impl pb::control_server::Control for ControlService {
             .get(&id)
             .ok_or_else(|| Status::not_found(format!("instance {id} does not exist")))?;
         Ok(Response::new(to_pb(record)))
+    }
+
+    async fn list_attendance(
+        &self,
+        request: Request<pb::ListAttendanceRequest>,
+    ) -> Result<Response<pb::ListAttendanceResponse>, Status> {
+        let r = request.into_inner();
+        let c = lock(&self.shared);
+        let instance = Some(r.instance_id.as_str()).filter(|s| !s.is_empty());
+        let user = Some(r.user_id.as_str()).filter(|s| !s.is_empty());
+        let records = c
+            .attendance
+            .query(instance, user)
+            .map(|a| pb::Attendance {
+                instance_id: a.instance_id.clone(),
+                user_id: a.user_id.clone(),
+                session: a.session,
+                joined_at_ms: a.joined_at_ms,
+                left_at_ms: a.left_at_ms.unwrap_or(0),
+                leave_reason: a.leave_reason.unwrap_or("").to_string(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAttendanceResponse {
+            records,
+            dropped: c.attendance.dropped(),
+        }))
     }
 
     async fn list_instances(

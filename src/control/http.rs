@@ -43,6 +43,8 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/instances/{id}/join", post(join))
         .route("/v1/sessions/{token}", delete(leave))
         .route("/v1/instances", get(list))
+        .route("/v1/instances/{id}", get(instance))
+        .route("/v1/instances/{id}/attendance", get(attendance))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics));
     if dev {
@@ -422,27 +424,77 @@ async fn leave(State(shared): State<Shared>, Path(token): Path<String>) -> Respo
     }
 }
 
+/// An instance's figures as JSON.
+fn instance_json(r: &state::registry::InstanceRecord) -> serde_json::Value {
+    json!({
+        "instance_id": r.id,
+        "location_id": r.location_id,
+        "shard": r.shard,
+        "lifecycle": r.lifecycle.label(),
+        "users": r.users,
+        "max_users": r.max_users,
+        "snapshot_hz": r.snapshot_hz,
+        "empty_timeout_ms": r.empty_timeout_ms,
+        "entities": r.entities,
+        "tick_p99_us": r.tick_p99_us,
+        "labels": r.labels,
+    })
+}
+
 async fn list(State(shared): State<Shared>) -> Response {
     let c = lock(&shared);
-    let instances: Vec<_> = c
+    let instances: Vec<_> = c.registry.instances().map(instance_json).collect();
+    axum::Json(json!({ "instances": instances })).into_response()
+}
+
+/// One instance and the users in it now (joined sessions, from their
+/// attendance records).
+async fn instance(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    let c = lock(&shared);
+    let Some(record) = c.registry.get(&id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {id} does not exist on this node"),
+        );
+    };
+    let mut body = instance_json(record);
+    let users: Vec<_> = c
         .registry
-        .instances()
-        .map(|r| {
+        .sessions()
+        .filter(|s| s.instance_id == id && s.joined)
+        .map(|s| {
+            let joined_at_ms = c
+                .attendance
+                .query(Some(&id), Some(&s.user_id))
+                .filter(|a| a.left_at_ms.is_none())
+                .last()
+                .map(|a| a.joined_at_ms);
+            json!({ "user_id": s.user_id, "joined_at_ms": joined_at_ms })
+        })
+        .collect();
+    body["users_present"] = json!(users);
+    axum::Json(body).into_response()
+}
+
+/// The attendance records of one instance, oldest first.
+async fn attendance(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    let c = lock(&shared);
+    let records: Vec<_> = c
+        .attendance
+        .query(Some(&id), None)
+        .map(|a| {
             json!({
-                "instance_id": r.id,
-                "location_id": r.location_id,
-                "shard": r.shard,
-                "lifecycle": r.lifecycle.label(),
-                "users": r.users,
-                "max_users": r.max_users,
-                "snapshot_hz": r.snapshot_hz,
-                "entities": r.entities,
-                "tick_p99_us": r.tick_p99_us,
-                "labels": r.labels,
+                "user_id": a.user_id,
+                "session": a.session,
+                "joined_at_ms": a.joined_at_ms,
+                "left_at_ms": a.left_at_ms,
+                "leave_reason": a.leave_reason,
             })
         })
         .collect();
-    axum::Json(json!({ "instances": instances })).into_response()
+    axum::Json(json!({ "instance_id": id, "records": records, "dropped": c.attendance.dropped() }))
+        .into_response()
 }
 
 async fn health(State(shared): State<Shared>) -> Response {

@@ -86,6 +86,15 @@ pub struct Control {
     next_instance: u64,
     /// Every scene sent to a shard, prepared once and shared by its instances.
     scenes: SceneCache,
+    /// Who was in which instance, when.
+    pub attendance: state::attendance::Attendance,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub type Shared = Arc<Mutex<Control>>;
@@ -121,9 +130,16 @@ pub struct CreateRequest {
     /// `None`: the node's `instance.snapshot_hz`.
     pub snapshot_hz: Option<u32>,
     pub labels: BTreeMap<String, String>,
+    /// `None`: the node's `instance.empty_timeout_ms`.
+    pub empty_timeout_ms: Option<u64>,
     /// Runs until ended, even with nobody in it (the dev instance).
     pub persistent: bool,
 }
+
+/// Longest empty timeout an instance may ask for (a week).
+pub const EMPTY_TIMEOUT_MS_MAX: u64 = crate::config::DURATION_MS_MAX;
+/// Shortest empty timeout an instance may ask for.
+pub const EMPTY_TIMEOUT_MS_MIN: u64 = 1000;
 
 /// Longest accepted instance or location id.
 pub const ID_BYTES_MAX: usize = 128;
@@ -147,6 +163,7 @@ impl Control {
             pending_creates: HashMap::new(),
             next_instance: 1,
             scenes: SceneCache::default(),
+            attendance: state::attendance::Attendance::new(config.node.attendance_records_max),
             config,
         }
     }
@@ -223,6 +240,20 @@ impl Control {
                 self.config.shard.peers_max
             )));
         }
+        let empty_timeout_ms = match (request.persistent, request.empty_timeout_ms) {
+            (true, Some(_)) => {
+                return Err(ControlError::Invalid(
+                    "a persistent instance has no empty_timeout_ms".into(),
+                ));
+            }
+            (true, None) => None,
+            (false, Some(ms)) if !(EMPTY_TIMEOUT_MS_MIN..=EMPTY_TIMEOUT_MS_MAX).contains(&ms) => {
+                return Err(ControlError::Invalid(format!(
+                    "empty_timeout_ms {ms} is not within {EMPTY_TIMEOUT_MS_MIN}..={EMPTY_TIMEOUT_MS_MAX}"
+                )));
+            }
+            (false, ms) => Some(ms.unwrap_or(self.config.instance.empty_timeout_ms)),
+        };
         let snapshot_hz = request
             .snapshot_hz
             .unwrap_or_else(|| self.config.instance.default_snapshot_hz());
@@ -245,6 +276,7 @@ impl Control {
         );
         let record = InstanceRecord {
             snapshot_hz,
+            empty_timeout_ms,
             ..record
         };
         self.registry.insert(record)?;
@@ -255,8 +287,7 @@ impl Control {
             max_users,
             snapshot_hz,
             labels: request.labels,
-            empty_timeout: (!request.persistent)
-                .then(|| Duration::from_millis(self.config.instance.empty_timeout_ms)),
+            empty_timeout: empty_timeout_ms.map(Duration::from_millis),
         };
         if let Err(e) = self.send(shard, Command::CreateInstance(spec)) {
             self.registry.remove(&id);
@@ -313,10 +344,22 @@ impl Control {
                 self.session_tokens
                     .retain(|_, s| registry.session(*s).is_some());
             }
-            Event::SessionJoined { session, .. } => self.registry.session_joined(session),
+            Event::SessionJoined {
+                session,
+                instance_id,
+                user_id,
+                ..
+            } => {
+                self.registry.session_joined(session);
+                self.attendance
+                    .joined(&instance_id, &user_id, session, unix_ms());
+            }
             Event::SessionLeft {
                 session, reason, ..
-            } => self.session_ended(session, reason),
+            } => {
+                self.attendance.left(session, reason, unix_ms());
+                self.session_ended(session, reason);
+            }
             Event::Stats {
                 shard,
                 metrics,

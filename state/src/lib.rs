@@ -16,6 +16,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod attendance;
 pub mod auth;
 pub mod commands;
 pub mod instance;

@@ -36,6 +36,8 @@ pub struct InstanceRecord {
     pub max_users: u32,
     /// Snapshots per second (0 until the creator sets it).
     pub snapshot_hz: u32,
+    /// Ends after this long with nobody in it; `None`: runs until ended.
+    pub empty_timeout_ms: Option<u64>,
     pub labels: BTreeMap<String, String>,
     pub lifecycle: Lifecycle,
     /// Seats reserved by joins in progress and joined sessions.
@@ -60,6 +62,7 @@ impl InstanceRecord {
             shard,
             max_users,
             snapshot_hz: 0,
+            empty_timeout_ms: None,
             labels,
             lifecycle: Lifecycle::Loading,
             seats: 0,

@@ -45,6 +45,7 @@ pub async fn create(node: &Node, id: &str, max_users: Option<u32>) -> usize {
                 max_users,
                 snapshot_hz: None,
                 labels: BTreeMap::new(),
+                empty_timeout_ms: None,
                 persistent: false,
             },
             engine::Scene::demo(),

@@ -50,6 +50,10 @@ pub const CLIENT_EVENTS_MAX: usize = 4096;
 /// datagram per tick, and short enough that the server's delta baselines stay
 /// fresh for a client that sends none.
 pub const ACK_DELAY_DEFAULT: Duration = Duration::from_millis(50);
+/// A session that has sent nothing for this long once welcomed sends a
+/// `Ping`: the server removes members it hears nothing from for its silence
+/// timeout (10 s by default).
+pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -168,6 +172,11 @@ pub struct Session {
     /// input goes out at this time unless one carries the ack before.
     ack_due: Option<Instant>,
     ack_delay: Duration,
+    /// `None`: no heartbeat (a test of the server's silence timeout).
+    heartbeat: Option<Duration>,
+    /// When the application or the session last sent a frame.
+    last_sent: Option<Instant>,
+    created: Instant,
     stats: SessionStats,
 }
 
@@ -221,6 +230,9 @@ impl Session {
             closed: false,
             ack_due: None,
             ack_delay: ACK_DELAY_DEFAULT,
+            heartbeat: Some(HEARTBEAT_DEFAULT),
+            last_sent: None,
+            created: now,
             stats: SessionStats::default(),
         };
         Ok((session, offer.to_sdp_string()))
@@ -267,6 +279,12 @@ impl Session {
         self.ack_delay = delay;
     }
 
+    /// Sets (or, with `None`, stops) the heartbeat: a `Ping` after this
+    /// long without sending anything, once welcomed.
+    pub fn set_heartbeat(&mut self, every: Option<Duration>) {
+        self.heartbeat = every;
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         if now >= self.wake && self.rtc.handle_input(RtcInput::Timeout(now)).is_err() {
             self.close_now();
@@ -278,13 +296,29 @@ impl Session {
         {
             self.stats.acks_sent += 1;
         }
+        if self.heartbeat_due().is_some_and(|due| now >= due) && self.is_open() {
+            let us = now.saturating_duration_since(self.created).as_micros() as u64;
+            if self.send_ping(us, now).is_err() {
+                // The channel refused it (its buffer is full): try again a
+                // heartbeat later rather than on every call.
+                self.last_sent = Some(now);
+            }
+        }
+    }
+
+    /// When the next heartbeat goes out, if one is due at all.
+    fn heartbeat_due(&self) -> Option<Instant> {
+        let every = self.heartbeat?;
+        self.welcome.as_ref()?;
+        Some(self.last_sent.unwrap_or(self.created) + every)
     }
 
     pub fn poll_timeout(&self) -> Instant {
-        match self.ack_due {
-            Some(due) => self.wake.min(due),
-            None => self.wake,
-        }
+        [Some(self.wake), self.ack_due, self.heartbeat_due()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.wake)
     }
 
     pub fn stats(&self) -> SessionStats {
@@ -401,6 +435,7 @@ impl Session {
             .map_err(|e| ClientError::Rtc(e.to_string()))?;
         self.pump(now);
         if accepted {
+            self.last_sent = Some(now);
             Ok(())
         } else {
             Err(ClientError::Refused2)

@@ -52,6 +52,8 @@ pub struct Member {
     invalid_messages: u32,
     /// Set once its removal is asked for: it is sent nothing more.
     pub leaving: Option<LeaveReason>,
+    /// When its last valid message arrived (or it joined).
+    pub last_heard: Instant,
 }
 
 /// Why a frame was not sent to a member (a metrics label for snapshots).
@@ -85,6 +87,7 @@ impl Member {
             actions_sequence: 0,
             invalid_messages: 0,
             leaving: None,
+            last_heard: now,
         }
     }
 

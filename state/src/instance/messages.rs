@@ -43,6 +43,7 @@ impl Instance {
             Ok(msg) => msg,
             Err(e) => return self.invalid_message(i, e, io),
         };
+        member.last_heard = io.now;
         // Actions and ownership requests share one budget: each may make
         // the server write to other members.
         if matches!(

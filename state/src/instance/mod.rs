@@ -103,6 +103,9 @@ pub struct RuntimeConfig {
     pub actions_per_second_max: u32,
     /// Entities one user may own at once, its avatar aside.
     pub owned_entities_max: u32,
+    /// A joined member no message is heard from for this long is removed
+    /// (`None`: never; the transport's idle timeout still applies).
+    pub silence_timeout: Option<Duration>,
     /// Bytes queued on a member's reliable channel before it counts as
     /// congested and is disconnected.
     pub reliable_buffer_bytes_max: usize,
@@ -215,6 +218,8 @@ pub struct Instance {
     /// `None`: the instance runs until ended, even when empty.
     empty_timeout: Option<Duration>,
     drain_until: Option<Instant>,
+    /// When members are next checked for silence.
+    next_silence_check: Instant,
     /// Nobody in it and its world at rest: its clock is stopped and it is
     /// not ticked until someone joins.
     asleep: bool,
@@ -269,6 +274,7 @@ impl Instance {
             empty_since: Some(now),
             empty_timeout: spec.empty_timeout,
             drain_until: None,
+            next_silence_check: now,
             asleep: false,
             snapshot_rounds: 0,
             snapshot_hz: spec.snapshot_hz,
@@ -445,6 +451,7 @@ impl Instance {
                 .collect(),
             owners,
         };
+        member.last_heard = io.now;
         member.state = MemberState::Joined(Box::new(Joined {
             avatar,
             snapshots: ClientSnapshots::new(self.config.snapshot),

@@ -74,6 +74,7 @@ fn config() -> RuntimeConfig {
         invalid_messages_max: 2,
         actions_per_second_max: 5,
         owned_entities_max: 4,
+        silence_timeout: Some(Duration::from_secs(10)),
         reliable_buffer_bytes_max: 64 * 1024,
         snapshot: net::snapshot::SnapshotConfig::default(),
         input: net::input::InputLimits::default(),
@@ -922,4 +923,44 @@ fn snapshot_rates_are_checked_against_the_tick_rate() {
     assert_eq!(default_snapshot_hz(60), 30);
     assert_eq!(default_snapshot_hz(45), 45);
     assert_eq!(default_snapshot_hz(240), 240, "30 would be 8 ticks apart");
+}
+
+#[test]
+fn a_member_heard_from_stays_and_a_silent_one_is_told_and_removed() {
+    let mut b = Bench::new(4);
+    let (ann, ann_link) = b.member("ann");
+    let (bob, bob_link) = b.member("bob");
+    // Eleven seconds of ticks: bob pings every second, ann says nothing.
+    for _ in 0..11 * 60 {
+        b.advance(Duration::from_micros(16_667));
+        b.with(|i, io| i.tick(io));
+        if b.inst.sim().world().tick().0.is_multiple_of(60) {
+            b.message(
+                bob,
+                Channel::State,
+                MessageKind::Ping,
+                0,
+                &net::messages::Ping { client_time_us: 1 },
+            );
+        }
+    }
+    let kicks = b.decoded(ann_link, MessageKind::Kick, |m| match m {
+        net::ServerMessage::Kick(_, k) => {
+            rkyv::deserialize::<KickReason, rkyv::rancor::Error>(&k.reason).ok()
+        }
+        _ => None,
+    });
+    assert_eq!(kicks, [KickReason::Silent]);
+    assert_eq!(
+        b.removals,
+        [Removal {
+            user: ann,
+            link: ann_link,
+            reason: LeaveReason::TimedOut
+        }]
+    );
+    assert!(
+        b.decoded(bob_link, MessageKind::Kick, |_| Some(()))
+            .is_empty()
+    );
 }

@@ -2,10 +2,15 @@
 
 use std::time::{Duration, Instant};
 
+use net::messages::{Kick, KickReason};
 use net::snapshot::WorldFrame;
+use net::{Channel, MessageKind};
 
 use super::{Instance, Io, TickReport};
-use crate::commands::{EndReason, InstanceStats};
+use crate::commands::{EndReason, InstanceStats, LeaveReason};
+
+/// How often an instance looks for silent members.
+const SILENCE_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 impl Instance {
     /// When the instance ends by itself at `now`, if it does.
@@ -76,6 +81,10 @@ impl Instance {
             self.asleep = true;
             return report;
         }
+        if io.now >= self.next_silence_check {
+            self.next_silence_check = io.now + SILENCE_CHECK_PERIOD;
+            self.remove_silent(io);
+        }
         // Snapshots go out on ticks that are multiples of the interval; a
         // late call that ran several ticks sends one if it passed such a tick.
         let every = (self.config.tick_hz / self.snapshot_hz.max(1)).max(1);
@@ -112,6 +121,31 @@ impl Instance {
             }
         }
         report
+    }
+
+    /// Removes the joined members the instance has heard no message from
+    /// for its silence timeout (an application heartbeat: clients send a
+    /// `Ping` a second when they have nothing else to say). They are told
+    /// why, in case they still listen.
+    fn remove_silent(&mut self, io: &mut Io<'_>) {
+        let Some(timeout) = self.config.silence_timeout else {
+            return;
+        };
+        let tick = self.tick_now();
+        for i in 0..self.members.len() {
+            let member = &mut self.members[i];
+            if !member.is_listening()
+                || io.now.saturating_duration_since(member.last_heard) <= timeout
+            {
+                continue;
+            }
+            let kick = Kick {
+                reason: KickReason::Silent,
+                message: format!("no message for {} ms", timeout.as_millis()),
+            };
+            let _ = member.send(io, Channel::Actions, MessageKind::Kick, tick, &kick);
+            self.remove_later(i, LeaveReason::TimedOut, io);
+        }
     }
 
     /// This instance's figures for the last second.

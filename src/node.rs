@@ -154,6 +154,10 @@ impl Node {
                 snapshot_hz: None,
                 labels: BTreeMap::new(),
                 empty_timeout_ms: None,
+                private: false,
+                allowed_user_ids: Vec::new(),
+                room_code: None,
+                generate_room_code: false,
                 persistent: true,
             };
             let failed = |e| NodeError::Control(format!("cannot create the demo instance: {e}"));

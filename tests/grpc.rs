@@ -412,3 +412,161 @@ async fn an_instance_takes_its_own_empty_timeout_and_attendance_records_who_came
         .is_ok()
     );
 }
+
+/// A dev token for `sub` scoped to a location.
+async fn location_token(http: std::net::SocketAddr, sub: &str, location: &str) -> String {
+    let body = serde_json::json!({ "sub": sub, "location": location }).to_string();
+    let r = net::client::http_request(
+        http,
+        "POST",
+        "/v1/dev/token",
+        &[("content-type", "application/json")],
+        body.into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+fn refused(r: Result<Client, net::client::ClientError>) -> (u16, String) {
+    match r {
+        Err(net::client::ClientError::Refused { status, body }) => (status, body),
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, got a session"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn private_instances_room_codes_and_bans_that_outlive_the_instance() {
+    let node = support::start(support::config(1));
+    let http = node.http_addr;
+    let mut api = ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
+        .await
+        .unwrap();
+    let vip = api
+        .create_instance(pb::CreateInstanceRequest {
+            instance_id: "vip".into(),
+            location_id: "club".into(),
+            private: true,
+            allowed_user_ids: vec!["ann".into()],
+            room_code: "424242".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (vip.private, vip.allowed_users, vip.room_code.as_str()),
+        (true, 1, "424242")
+    );
+    // Refusals: bad codes, a taken code, a list on a public instance.
+    for (room_code, generate, private, allowed) in [
+        ("12345", false, false, vec![]),
+        ("abcdef", false, false, vec![]),
+        ("123456", true, false, vec![]),
+        ("", false, false, vec!["bob".to_string()]),
+    ] {
+        let bad = api
+            .create_instance(pb::CreateInstanceRequest {
+                room_code: room_code.into(),
+                generate_room_code: generate,
+                private,
+                allowed_user_ids: allowed,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument, "{room_code}: {bad:?}");
+    }
+    let taken = api
+        .create_instance(pb::CreateInstanceRequest {
+            room_code: "424242".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+    let generated = api
+        .create_instance(pb::CreateInstanceRequest {
+            instance_id: "open".into(),
+            location_id: "club".into(),
+            generate_room_code: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        generated.room_code.len() == 6 && generated.room_code.bytes().all(|b| b.is_ascii_digit()),
+        "{generated:?}"
+    );
+
+    // Bob is not on the list: refused by id, admitted by the room code with
+    // a token for the location, and then on the list.
+    let bob_vip = dev_token(http, "bob", "vip").await.unwrap();
+    let (status, body) = refused(Client::join(http, "vip", &bob_vip).await);
+    assert_eq!(status, 403);
+    assert!(body.contains("not_allowed"), "{body}");
+    let bob_club = location_token(http, "bob", "club").await;
+    let (status, _) = refused(Client::join_room(http, "000000", &bob_club).await);
+    assert_eq!(status, 404, "no instance has that code");
+    let mut clients = vec![
+        Client::join(http, "vip", &dev_token(http, "ann", "vip").await.unwrap())
+            .await
+            .unwrap(),
+        Client::join_room(http, "424242", &bob_club).await.unwrap(),
+    ];
+    support::until_welcomed(&mut clients, Duration::from_secs(10)).await;
+    let vip = api
+        .get_instance(pb::GetInstanceRequest {
+            instance_id: "vip".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vip.allowed_users, 2, "bob was added by the room code");
+    // A token for another location cannot use the code.
+    let eve_elsewhere = location_token(http, "eve", "other").await;
+    let (status, body) = refused(Client::join_room(http, "424242", &eve_elsewhere).await);
+    assert_eq!(status, 403, "{body}");
+
+    // A ban outlives the instance: "vip" ends and is created again, and bob
+    // is still refused.
+    api.kick_user(pb::KickUserRequest {
+        instance_id: "vip".into(),
+        user_id: "bob".into(),
+        ban_seconds: 600,
+        message: "rude".into(),
+    })
+    .await
+    .unwrap();
+    api.end_instance(pb::EndInstanceRequest {
+        instance_id: "vip".into(),
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while api
+        .get_instance(pb::GetInstanceRequest {
+            instance_id: "vip".into(),
+        })
+        .await
+        .is_ok()
+    {
+        assert!(std::time::Instant::now() < deadline, "vip did not end");
+        support::drive(&mut clients, Duration::from_millis(20)).await;
+    }
+    api.create_instance(pb::CreateInstanceRequest {
+        instance_id: "vip".into(),
+        location_id: "club".into(),
+        room_code: "424242".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("the room code is free again once vip ended");
+    let (status, body) = refused(Client::join(http, "vip", &bob_vip).await);
+    assert_eq!(status, 403);
+    assert!(body.contains("banned"), "{body}");
+}

@@ -384,6 +384,10 @@ async fn on_game_server(
         snapshot_hz: None,
         labels: BTreeMap::from([("allocated".into(), "agones".into())]),
         empty_timeout_ms: None,
+        private: false,
+        allowed_user_ids: Vec::new(),
+        room_code: None,
+        generate_room_code: false,
         persistent: false,
     };
     let created = load_scene(config, &request.scene)

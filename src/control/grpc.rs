@@ -95,7 +95,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn status(e: ControlError) -> Status {
     match e {
         ControlError::Registry(RegistryError::Unknown(_)) => Status::not_found(e.to_string()),
-        ControlError::Registry(RegistryError::Exists(_)) => Status::already_exists(e.to_string()),
+        ControlError::Registry(RegistryError::Exists(_) | RegistryError::RoomCodeTaken(_)) => {
+            Status::already_exists(e.to_string())
+        }
         ControlError::Registry(RegistryError::Full(_) | RegistryError::BansFull(_)) => {
             Status::resource_exhausted(e.to_string())
         }
@@ -117,6 +119,9 @@ fn to_pb(r: &InstanceRecord) -> pb::Instance {
         max_users: r.max_users,
         snapshot_hz: r.snapshot_hz,
         empty_timeout_ms: r.empty_timeout_ms.unwrap_or(0),
+        private: r.allowed_users.is_some(),
+        allowed_users: r.allowed_users.as_ref().map_or(0, |a| a.len() as u32),
+        room_code: r.room_code.clone().unwrap_or_default(),
         entities: r.entities,
         tick_p99_us: r.tick_p99_us,
         labels: r.labels.clone().into_iter().collect(),
@@ -147,6 +152,10 @@ impl pb::control_server::Control for ControlService {
             snapshot_hz: Some(r.snapshot_hz).filter(|&hz| hz > 0),
             labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
             empty_timeout_ms: Some(r.empty_timeout_ms).filter(|&ms| ms > 0),
+            private: r.private,
+            allowed_user_ids: r.allowed_user_ids,
+            room_code: Some(r.room_code).filter(|c| !c.is_empty()),
+            generate_room_code: r.generate_room_code,
             persistent: r.persistent,
         };
         let config = lock(&self.shared).config.clone();

@@ -41,6 +41,7 @@ pub fn router(shared: Shared) -> Router {
     let permits = Arc::new(Semaphore::new(concurrent_max));
     let mut router = Router::new()
         .route("/v1/instances/{id}/join", post(join))
+        .route("/v1/rooms/{code}/join", post(join_room))
         .route("/v1/sessions/{token}", delete(leave))
         .route("/v1/instances", get(list))
         .route("/v1/instances/{id}", get(instance))
@@ -103,10 +104,44 @@ struct JoinQuery {
     topics: Option<String>,
 }
 
+/// What a join names: an instance, or a room code.
+#[derive(Debug, Clone)]
+enum JoinTo {
+    Instance(String),
+    RoomCode(String),
+}
+
 async fn join(
     State(shared): State<Shared>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(instance_id): Path<String>,
+    query: Result<Query<JoinQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let to = JoinTo::Instance(instance_id);
+    join_to(shared, remote, to, query, headers, body).await
+}
+
+/// `POST /v1/rooms/{code}/join`: the instance with that room code, for a
+/// token scoped to its location (or to it); a private instance adds the
+/// user to its allowlist.
+async fn join_room(
+    State(shared): State<Shared>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Path(code): Path<String>,
+    query: Result<Query<JoinQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let to = JoinTo::RoomCode(code);
+    join_to(shared, remote, to, query, headers, body).await
+}
+
+async fn join_to(
+    shared: Shared,
+    remote: SocketAddr,
+    to: JoinTo,
     query: Result<Query<JoinQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -117,7 +152,7 @@ async fn join(
         Err(e) => Err(e.body_text()),
     };
     let response = match topics {
-        Ok(topics) => join_inner(&shared, remote, instance_id, topics, headers, body).await,
+        Ok(topics) => join_inner(&shared, remote, to, topics, headers, body).await,
         Err(message) => error(StatusCode::BAD_REQUEST, "bad_query", message),
     };
     let mut c = lock(&shared);
@@ -131,7 +166,7 @@ async fn join(
 async fn join_inner(
     shared: &Shared,
     remote: SocketAddr,
-    instance_id: String,
+    to: JoinTo,
     topics: Topics,
     headers: HeaderMap,
     body: Body,
@@ -166,7 +201,7 @@ async fn join_inner(
     };
     let (session, token, shard, rx) = {
         let mut c = lock(shared);
-        match admit(&mut c, remote, &instance_id, topics, &headers, &offer) {
+        match admit(&mut c, remote, &to, topics, &headers, &offer) {
             Ok(v) => v,
             Err(r) => return *r,
         }
@@ -236,12 +271,13 @@ type Admitted = (
     oneshot::Receiver<Result<String, JoinRefused>>,
 );
 
-/// The checks of a join, in order: draining, rate, token, instance, scope,
-/// ban, seat; then the join goes to the instance's shard.
+/// The checks of a join, in order: draining, rate, token, instance (or
+/// room code), scope, ban, allowlist, seat; then the join goes to the
+/// instance's shard.
 fn admit(
     c: &mut super::Control,
     remote: SocketAddr,
-    instance_id: &str,
+    to: &JoinTo,
     topics: Topics,
     headers: &HeaderMap,
     offer: &[u8],
@@ -276,13 +312,25 @@ fn admit(
             )));
         }
     };
-    let Some(record) = c.registry.get(instance_id) else {
-        return Err(Box::new(error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("instance {instance_id} does not exist on this node"),
-        )));
+    let record = match to {
+        JoinTo::Instance(id) => c.registry.get(id).ok_or_else(|| {
+            Box::new(error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("instance {id} does not exist on this node"),
+            ))
+        })?,
+        JoinTo::RoomCode(code) => c.registry.by_room_code(code).ok_or_else(|| {
+            let shown: String = code.chars().take(16).collect();
+            Box::new(error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no instance on this node has room code {shown:?}"),
+            ))
+        })?,
     };
+    let instance_id = record.id.clone();
+    let instance_id = instance_id.as_str();
     let (shard, location) = (record.shard, record.location_id.clone());
     if !claims.scope.allows(instance_id, &location) {
         *c.metrics.auth_failures.entry("scope").or_default() += 1;
@@ -301,6 +349,38 @@ fn admit(
             "banned",
             format!("user {} is banned from this instance", claims.sub),
         )));
+    }
+    let by_code = matches!(to, JoinTo::RoomCode(_));
+    if let Some(allowed) = c
+        .registry
+        .get_mut(instance_id)
+        .and_then(|r| r.allowed_users.as_mut())
+        && !allowed.contains(&claims.sub)
+    {
+        if !by_code {
+            *c.metrics.auth_failures.entry("not_allowed").or_default() += 1;
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "not_allowed",
+                format!(
+                    "instance {instance_id} is private and user {} is not on its list",
+                    claims.sub
+                ),
+            )));
+        }
+        if allowed.len() >= super::ALLOWED_USERS_MAX {
+            *c.metrics.auth_failures.entry("not_allowed").or_default() += 1;
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "not_allowed",
+                format!(
+                    "instance {instance_id} is private and its list is full ({} users)",
+                    super::ALLOWED_USERS_MAX
+                ),
+            )));
+        }
+        // The room code lets the user in, now and when it comes back.
+        allowed.insert(claims.sub.clone());
     }
     let offer_sdp = match std::str::from_utf8(offer) {
         Ok(s) if s.starts_with("v=0") => s.to_string(),

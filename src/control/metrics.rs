@@ -11,7 +11,7 @@ use super::Control;
 type Counter = fn(&state::commands::ShardMetrics) -> u64;
 
 /// Every auth failure label (`AuthError::reason`, then the join checks).
-const AUTH_FAILURE_REASONS: [&str; 13] = [
+const AUTH_FAILURE_REASONS: [&str; 14] = [
     "missing",
     "too_large",
     "malformed",
@@ -25,6 +25,7 @@ const AUTH_FAILURE_REASONS: [&str; 13] = [
     "claims",
     "scope",
     "banned",
+    "not_allowed",
 ];
 
 /// Renders every metric of the node.

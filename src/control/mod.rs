@@ -132,6 +132,12 @@ pub struct CreateRequest {
     pub labels: BTreeMap<String, String>,
     /// `None`: the node's `instance.empty_timeout_ms`.
     pub empty_timeout_ms: Option<u64>,
+    /// Private: only these users (and room-code joiners) may join.
+    pub private: bool,
+    pub allowed_user_ids: Vec<String>,
+    /// Six digits, or `None`; `generate_room_code` makes one up.
+    pub room_code: Option<String>,
+    pub generate_room_code: bool,
     /// Runs until ended, even with nobody in it (the dev instance).
     pub persistent: bool,
 }
@@ -140,6 +146,16 @@ pub struct CreateRequest {
 pub const EMPTY_TIMEOUT_MS_MAX: u64 = crate::config::DURATION_MS_MAX;
 /// Shortest empty timeout an instance may ask for.
 pub const EMPTY_TIMEOUT_MS_MIN: u64 = 1000;
+/// Most user ids on one private instance's allowlist (room-code joiners
+/// beyond it are refused).
+pub const ALLOWED_USERS_MAX: usize = 4096;
+/// Longest user id on an allowlist, in bytes.
+pub const USER_ID_BYTES_MAX: usize = 256;
+
+/// Whether `code` is a room code: six ASCII digits.
+pub fn is_room_code(code: &str) -> bool {
+    code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit())
+}
 
 /// Longest accepted instance or location id.
 pub const ID_BYTES_MAX: usize = 128;
@@ -254,6 +270,45 @@ impl Control {
             }
             (false, ms) => Some(ms.unwrap_or(self.config.instance.empty_timeout_ms)),
         };
+        if request.allowed_user_ids.len() > ALLOWED_USERS_MAX {
+            return Err(ControlError::Invalid(format!(
+                "at most {ALLOWED_USERS_MAX} allowed_user_ids"
+            )));
+        }
+        if let Some(bad) = request
+            .allowed_user_ids
+            .iter()
+            .find(|u| u.is_empty() || u.len() > USER_ID_BYTES_MAX)
+        {
+            return Err(ControlError::Invalid(format!(
+                "allowed user id {:?} is not 1 to {USER_ID_BYTES_MAX} bytes",
+                bad.chars().take(40).collect::<String>()
+            )));
+        }
+        if !request.private && !request.allowed_user_ids.is_empty() {
+            return Err(ControlError::Invalid(
+                "allowed_user_ids are for a private instance (set private)".into(),
+            ));
+        }
+        let room_code = match (
+            request.room_code.filter(|c| !c.is_empty()),
+            request.generate_room_code,
+        ) {
+            (Some(_), true) => {
+                return Err(ControlError::Invalid(
+                    "room_code and generate_room_code exclude each other".into(),
+                ));
+            }
+            (Some(code), false) if !is_room_code(&code) => {
+                return Err(ControlError::Invalid(format!(
+                    "room_code {:?} is not six digits",
+                    code.chars().take(16).collect::<String>()
+                )));
+            }
+            (Some(code), false) => Some(code),
+            (None, true) => Some(self.new_room_code()?),
+            (None, false) => None,
+        };
         let snapshot_hz = request
             .snapshot_hz
             .unwrap_or_else(|| self.config.instance.default_snapshot_hz());
@@ -277,6 +332,10 @@ impl Control {
         let record = InstanceRecord {
             snapshot_hz,
             empty_timeout_ms,
+            allowed_users: request
+                .private
+                .then(|| request.allowed_user_ids.into_iter().collect()),
+            room_code,
             ..record
         };
         self.registry.insert(record)?;
@@ -296,6 +355,21 @@ impl Control {
         let (tx, rx) = oneshot::channel();
         self.pending_creates.insert(id.clone(), tx);
         Ok((id, shard, rx))
+    }
+
+    /// A room code no instance of the node uses.
+    fn new_room_code(&self) -> Result<String, ControlError> {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let code = format!("{:06}", rng.random_range(100_000..1_000_000u32));
+            if !self.registry.room_code_taken(&code) {
+                return Ok(code);
+            }
+        }
+        Err(ControlError::Invalid(
+            "no free room code found: too many instances have one".into(),
+        ))
     }
 
     /// Applies one event from a shard.

@@ -2,7 +2,7 @@
 //! Seats are reserved when a join is accepted for signaling and released
 //! when the session ends, so `max_users` holds even while peers connect.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use crate::commands::SessionId;
@@ -38,6 +38,11 @@ pub struct InstanceRecord {
     pub snapshot_hz: u32,
     /// Ends after this long with nobody in it; `None`: runs until ended.
     pub empty_timeout_ms: Option<u64>,
+    /// `Some`: private, only these users (and those who join with its room
+    /// code, who are added) may join.
+    pub allowed_users: Option<BTreeSet<String>>,
+    /// Six digits that a token scoped to its location can join it by.
+    pub room_code: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub lifecycle: Lifecycle,
     /// Seats reserved by joins in progress and joined sessions.
@@ -63,6 +68,8 @@ impl InstanceRecord {
             max_users,
             snapshot_hz: 0,
             empty_timeout_ms: None,
+            allowed_users: None,
+            room_code: None,
             labels,
             lifecycle: Lifecycle::Loading,
             seats: 0,
@@ -86,6 +93,8 @@ pub struct SessionRecord {
 pub enum RegistryError {
     #[error("instance {0} already exists")]
     Exists(String),
+    #[error("room code {0} is taken by another instance")]
+    RoomCodeTaken(String),
     #[error("the node hosts its maximum of {0} instances")]
     Full(usize),
     #[error("instance {0} does not exist")]
@@ -104,8 +113,11 @@ pub struct Registry {
     instances_max: usize,
     instances: BTreeMap<String, InstanceRecord>,
     sessions: HashMap<SessionId, SessionRecord>,
-    /// (instance, user) → banned until.
+    /// (instance, user) → banned until. Kept when the instance ends: a ban
+    /// holds for an instance created again with the same id.
     bans: HashMap<(String, String), Instant>,
+    /// Room code → instance id.
+    room_codes: HashMap<String, String>,
     next_session: SessionId,
 }
 
@@ -119,6 +131,7 @@ impl Registry {
             instances: BTreeMap::new(),
             sessions: HashMap::new(),
             bans: HashMap::new(),
+            room_codes: HashMap::new(),
             next_session: 1,
         }
     }
@@ -130,8 +143,24 @@ impl Registry {
         if self.instances.len() >= self.instances_max {
             return Err(RegistryError::Full(self.instances_max));
         }
+        if let Some(code) = &record.room_code {
+            if self.room_codes.contains_key(code) {
+                return Err(RegistryError::RoomCodeTaken(code.clone()));
+            }
+            self.room_codes.insert(code.clone(), record.id.clone());
+        }
         self.instances.insert(record.id.clone(), record);
         Ok(())
+    }
+
+    /// Whether a room code is in use.
+    pub fn room_code_taken(&self, code: &str) -> bool {
+        self.room_codes.contains_key(code)
+    }
+
+    /// The instance a room code names.
+    pub fn by_room_code(&self, code: &str) -> Option<&InstanceRecord> {
+        self.instances.get(self.room_codes.get(code)?)
     }
 
     pub fn get(&self, id: &str) -> Option<&InstanceRecord> {
@@ -154,10 +183,14 @@ impl Registry {
         self.instances.is_empty()
     }
 
-    /// Forgets an instance and its sessions.
+    /// Forgets an instance, its sessions and its room code (not its bans).
     pub fn remove(&mut self, id: &str) -> Option<InstanceRecord> {
         self.sessions.retain(|_, s| s.instance_id != id);
-        self.instances.remove(id)
+        let record = self.instances.remove(id)?;
+        if let Some(code) = &record.room_code {
+            self.room_codes.remove(code);
+        }
+        Some(record)
     }
 
     /// Reserves a seat; returns the seats now taken.

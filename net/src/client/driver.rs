@@ -135,6 +135,26 @@ impl Client {
         token: &str,
         topics: Option<&str>,
     ) -> Result<Client, ClientError> {
+        // Topic names and commas need no escaping in a query.
+        let path = match topics {
+            Some(t) => format!("/v1/instances/{instance_id}/join?topics={t}"),
+            None => format!("/v1/instances/{instance_id}/join"),
+        };
+        Client::join_at(http, &path, token).await
+    }
+
+    /// Joins the instance a 6-digit room code names
+    /// (`POST /v1/rooms/{code}/join`).
+    pub async fn join_room(
+        http: SocketAddr,
+        room_code: &str,
+        token: &str,
+    ) -> Result<Client, ClientError> {
+        Client::join_at(http, &format!("/v1/rooms/{room_code}/join"), token).await
+    }
+
+    /// Posts an offer to the join endpoint `path`.
+    async fn join_at(http: SocketAddr, path: &str, token: &str) -> Result<Client, ClientError> {
         let bind_ip = if http.ip().is_loopback() {
             http.ip()
         } else {
@@ -144,15 +164,11 @@ impl Client {
         let local = socket.local_addr()?;
         let (mut session, offer) = Session::new(local, Instant::now())?;
         let auth = format!("Bearer {token}");
-        let path = match topics {
-            Some(t) => format!("/v1/instances/{instance_id}/join?topics={t}"),
-            None => format!("/v1/instances/{instance_id}/join"),
-        };
         let headers = [
             ("content-type", "application/sdp"),
             ("authorization", auth.as_str()),
         ];
-        let r = http_request(http, "POST", &path, &headers, offer.into_bytes()).await?;
+        let r = http_request(http, "POST", path, &headers, offer.into_bytes()).await?;
         if r.status != 201 {
             return Err(ClientError::Refused {
                 status: r.status,

@@ -163,11 +163,31 @@ impl Harness {
         let empty_timeout = Duration::from_millis(self.shard_config().instance.empty_timeout_ms);
         let spec = InstanceSpec {
             id: id.into(),
+            kind: state::commands::InstanceKind::World,
             location_id: id.into(),
             scene: self
                 .scenes
                 .prepare(engine::Scene::demo())
                 .expect("the demo scene prepares"),
+            max_users,
+            snapshot_hz: self.shard_config().instance.default_snapshot_hz(),
+            labels: BTreeMap::new(),
+            empty_timeout: Some(empty_timeout),
+        };
+        self.command(Command::CreateInstance(spec));
+    }
+
+    /// Creates a media instance (members and actions, no scene, no tick).
+    pub fn create_media_instance(&mut self, id: &str, max_users: u32) {
+        let empty_timeout = Duration::from_millis(self.shard_config().instance.empty_timeout_ms);
+        let spec = InstanceSpec {
+            id: id.into(),
+            kind: state::commands::InstanceKind::Media,
+            location_id: id.into(),
+            scene: self
+                .scenes
+                .prepare(engine::Scene::media())
+                .expect("the media scene prepares"),
             max_users,
             snapshot_hz: self.shard_config().instance.default_snapshot_hz(),
             labels: BTreeMap::new(),

@@ -145,6 +145,7 @@ impl Node {
         if dev {
             let request = CreateRequest {
                 instance_id: Some(DEV_INSTANCE_ID.into()),
+                kind: state::commands::InstanceKind::World,
                 location_id: DEV_INSTANCE_ID.into(),
                 scene: match config_dev_scene.as_str() {
                     "" => SceneSource::Builtin("demo"),

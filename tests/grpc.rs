@@ -310,6 +310,28 @@ async fn an_instance_takes_its_own_empty_timeout_and_attendance_records_who_came
             "{ms} {persistent}: {bad:?}"
         );
     }
+    // A media instance: no scene, nothing simulated.
+    let party = api
+        .create_instance(pb::CreateInstanceRequest {
+            instance_id: "party".into(),
+            kind: "media".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((party.kind.as_str(), party.entities), ("media", 0));
+    for (kind, scene) in [("media", "social"), ("chat", "")] {
+        let bad = api
+            .create_instance(pb::CreateInstanceRequest {
+                kind: kind.into(),
+                scene: scene.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument, "{kind}: {bad:?}");
+    }
     let short = api
         .create_instance(pb::CreateInstanceRequest {
             instance_id: "short".into(),

@@ -788,3 +788,44 @@ fn a_client_that_stops_sending_messages_is_removed_though_its_transport_lives() 
     assert!(kicked(&h, c[1]).is_empty(), "bob's heartbeat keeps him in");
     assert!(!h.client(c[1]).is_closed());
 }
+
+#[test]
+fn a_media_instance_relays_actions_between_members_and_never_ticks() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 16);
+    h.create_media_instance("party", 8);
+    let (ann, bob) = (
+        h.join("party", "ann").unwrap(),
+        h.join("party", "bob").unwrap(),
+    );
+    assert!(h.run_until(Duration::from_secs(5), |h| {
+        h.client(ann).welcome().is_some() && h.client(bob).welcome().is_some()
+    }));
+    let w = h.client(ann).welcome().unwrap().clone();
+    assert_eq!(w.avatar, 0, "no avatar in a media instance");
+    let now = h.now();
+    let mute = Action {
+        topic: "media".into(),
+        action_type: "media.mute".into(),
+        target: Target::Everyone,
+        cache: Cache::ReplaceOwn,
+        payload: b"{\"audio\":true}".to_vec(),
+    };
+    h.client_mut(ann).send_action(&mute, now).unwrap();
+    let heard = |h: &Harness| {
+        seen(h, bob, |e| match e {
+            ClientEvent::Action(a) => Some((a.sender, a.action_type.clone())),
+            _ => None,
+        })
+    };
+    assert!(h.run_until(Duration::from_secs(5), |h| !heard(h).is_empty()));
+    assert_eq!(heard(&h), [(w.user_index, "media.mute".to_string())]);
+    h.run_for(Duration::from_secs(2));
+    // Seconds later: not one tick, no snapshot, no physics.
+    assert!(h.client(bob).latest_tick().is_none(), "no snapshot");
+    let party = h.shard.instance_mut("party").unwrap();
+    assert!(party.is_asleep());
+    assert_eq!(party.sim().world().tick().0, 0);
+    assert!(party.sim().physics().is_none());
+    assert_eq!(party.members().len(), 2);
+    assert_eq!(h.shard.metrics().ticks, 0);
+}

@@ -51,6 +51,7 @@ fn held_by_an_empty_instance(scene: &str) -> (isize, isize, isize) {
     let region = Region::new(GLOBAL);
     let spec = InstanceSpec {
         id: format!("{scene}-1"),
+        kind: state::commands::InstanceKind::World,
         location_id: scene.into(),
         scene: prepared.clone(),
         max_users: 10,

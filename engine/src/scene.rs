@@ -175,6 +175,20 @@ impl Scene {
     }
 
     /// The embedded demo scene.
+    /// The scene of a media instance (a voice/video channel): no entity,
+    /// no spawn point, nothing to simulate.
+    pub fn media() -> Scene {
+        Scene {
+            name: "media".into(),
+            bounds: Aabb {
+                min: Vec3::new(-1.0, -1.0, -1.0),
+                max: Vec3::new(1.0, 1.0, 1.0),
+            },
+            spawn_points: Vec::new(),
+            entities: Vec::new(),
+        }
+    }
+
     pub fn demo() -> Scene {
         embedded(DEMO_SCENE_JSON)
     }

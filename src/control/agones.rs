@@ -378,6 +378,7 @@ async fn on_game_server(
     };
     let request = CreateRequest {
         instance_id: Some(id.clone()),
+        kind: state::commands::InstanceKind::World,
         location_id: location.clone(),
         scene: SceneSource::Builtin(builtin),
         max_users: None,

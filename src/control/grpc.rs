@@ -122,6 +122,7 @@ fn to_pb(r: &InstanceRecord) -> pb::Instance {
         private: r.allowed_users.is_some(),
         allowed_users: r.allowed_users.as_ref().map_or(0, |a| a.len() as u32),
         room_code: r.room_code.clone().unwrap_or_default(),
+        kind: r.kind.to_string(),
         entities: r.entities,
         tick_p99_us: r.tick_p99_us,
         labels: r.labels.clone().into_iter().collect(),
@@ -135,6 +136,23 @@ impl pb::control_server::Control for ControlService {
         request: Request<pb::CreateInstanceRequest>,
     ) -> Result<Response<pb::Instance>, Status> {
         let r = request.into_inner();
+        let kind = match r.kind.as_str() {
+            "" | "world" => state::commands::InstanceKind::World,
+            "media" if r.scene.is_empty() && r.scene_json.is_empty() => {
+                state::commands::InstanceKind::Media
+            }
+            "media" => {
+                return Err(Status::invalid_argument(
+                    "a media instance has no scene (scene and scene_json must be empty)",
+                ));
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "kind {:?} is neither world nor media",
+                    other.chars().take(32).collect::<String>()
+                )));
+            }
+        };
         let scene = if !r.scene_json.is_empty() {
             SceneSource::Json(r.scene_json)
         } else if r.scene.is_empty() {
@@ -146,6 +164,7 @@ impl pb::control_server::Control for ControlService {
         };
         let create = CreateRequest {
             instance_id: Some(r.instance_id).filter(|s| !s.is_empty()),
+            kind,
             location_id: r.location_id,
             scene,
             max_users: Some(r.max_users).filter(|&m| m > 0),
@@ -160,10 +179,14 @@ impl pb::control_server::Control for ControlService {
         };
         let config = lock(&self.shared).config.clone();
         let source = create.scene.clone();
-        let scene = tokio::task::spawn_blocking(move || load_scene(&config, &source))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(status)?;
+        let scene = if kind == state::commands::InstanceKind::Media {
+            engine::Scene::media()
+        } else {
+            tokio::task::spawn_blocking(move || load_scene(&config, &source))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(status)?
+        };
         let (id, _shard, started) = lock(&self.shared).create(create, scene).map_err(status)?;
         match tokio::time::timeout(CREATE_TIMEOUT, started).await {
             Ok(Ok(Ok(()))) => {}

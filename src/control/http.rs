@@ -508,6 +508,7 @@ async fn leave(State(shared): State<Shared>, Path(token): Path<String>) -> Respo
 fn instance_json(r: &state::registry::InstanceRecord) -> serde_json::Value {
     json!({
         "instance_id": r.id,
+        "kind": r.kind,
         "location_id": r.location_id,
         "shard": r.shard,
         "lifecycle": r.lifecycle.label(),

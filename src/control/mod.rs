@@ -124,6 +124,8 @@ pub enum SceneSource {
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
     pub instance_id: Option<String>,
+    /// World (a scene) or media (members and actions only).
+    pub kind: state::commands::InstanceKind,
     pub location_id: String,
     pub scene: SceneSource,
     pub max_users: Option<u32>,
@@ -330,6 +332,7 @@ impl Control {
             request.labels.clone(),
         );
         let record = InstanceRecord {
+            kind: request.kind.label(),
             snapshot_hz,
             empty_timeout_ms,
             allowed_users: request
@@ -341,6 +344,7 @@ impl Control {
         self.registry.insert(record)?;
         let spec = InstanceSpec {
             id: id.clone(),
+            kind: request.kind,
             location_id: request.location_id,
             scene,
             max_users,

@@ -14,10 +14,31 @@ use tokio::sync::oneshot;
 /// A session (one WebRTC peer of one user) on the node; unique per node.
 pub type SessionId = u64;
 
+/// What an instance is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstanceKind {
+    /// A location's world: scene, simulation, snapshots, actions.
+    #[default]
+    World,
+    /// A voice/video channel for a party or group: members and actions
+    /// only; no scene, no physics, no tick.
+    Media,
+}
+
+impl InstanceKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            InstanceKind::World => "world",
+            InstanceKind::Media => "media",
+        }
+    }
+}
+
 /// What a new instance needs.
 #[derive(Debug)]
 pub struct InstanceSpec {
     pub id: String,
+    pub kind: InstanceKind,
     pub location_id: String,
     /// The scene, prepared once and shared by its instances on the node.
     pub scene: Arc<PreparedScene>,

@@ -36,6 +36,8 @@ pub struct InstanceRecord {
     pub max_users: u32,
     /// Snapshots per second (0 until the creator sets it).
     pub snapshot_hz: u32,
+    /// `world` or `media`.
+    pub kind: &'static str,
     /// Ends after this long with nobody in it; `None`: runs until ended.
     pub empty_timeout_ms: Option<u64>,
     /// `Some`: private, only these users (and those who join with its room
@@ -67,6 +69,7 @@ impl InstanceRecord {
             shard,
             max_users,
             snapshot_hz: 0,
+            kind: "world",
             empty_timeout_ms: None,
             allowed_users: None,
             room_code: None,

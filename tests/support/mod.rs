@@ -40,6 +40,7 @@ pub async fn create(node: &Node, id: &str, max_users: Option<u32>) -> usize {
         .create(
             CreateRequest {
                 instance_id: Some(id.into()),
+                kind: state::commands::InstanceKind::World,
                 location_id: format!("loc-{id}"),
                 scene: SceneSource::Builtin("demo"),
                 max_users,

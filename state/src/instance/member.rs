@@ -30,7 +30,8 @@ pub enum MemberState {
 /// What a joined member has.
 #[derive(Debug)]
 pub struct Joined {
-    pub avatar: EntityId,
+    /// `None` in a media instance.
+    pub avatar: Option<EntityId>,
     pub snapshots: ClientSnapshots,
     pub input: PeerInput,
     pub actions: TokenBucket,
@@ -109,7 +110,7 @@ impl Member {
 
     pub fn avatar(&self) -> Option<EntityId> {
         match &self.state {
-            MemberState::Joined(j) => Some(j.avatar),
+            MemberState::Joined(j) => j.avatar,
             MemberState::Connecting { .. } => None,
         }
     }

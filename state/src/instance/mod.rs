@@ -32,7 +32,9 @@ use net::quant::Quantizer;
 use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
 use net::{Channel, Decoder, Encoder, MessageKind};
 
-use crate::commands::{InstanceSpec, JoinRefused, LeaveReason, SessionId, ShardMetrics, Topics};
+use crate::commands::{
+    InstanceKind, InstanceSpec, JoinRefused, LeaveReason, SessionId, ShardMetrics, Topics,
+};
 pub use member::{Joined, Member, MemberState, STATE_BACKLOG_BYTES_MAX, SendFailed, TokenBucket};
 
 /// Member slots allocated when an instance starts; more grow on demand.
@@ -200,6 +202,7 @@ pub struct Departure {
 #[derive(Debug)]
 pub struct Instance {
     id: String,
+    kind: InstanceKind,
     max_users: u32,
     config: RuntimeConfig,
     sim: Simulation,
@@ -259,10 +262,16 @@ impl Instance {
         if let Some(e) = snapshot_hz_error(spec.snapshot_hz, config.tick_hz) {
             return Err(SimError::Config(e));
         }
-        let sim = Simulation::from_prepared(spec.scene, config.sim_config())?;
+        let mut sim = Simulation::from_prepared(spec.scene, config.sim_config())?;
         let quantizer = Quantizer::new(sim.bounds());
+        let media = spec.kind == InstanceKind::Media;
+        if media {
+            // Nothing to simulate, ever: no physics world, no clock.
+            sim.pause();
+        }
         Ok(Instance {
             id: spec.id,
+            kind: spec.kind,
             max_users: spec.max_users,
             frame: WorldFrame::with_capacity(sim.world().len()),
             sim,
@@ -275,7 +284,7 @@ impl Instance {
             empty_timeout: spec.empty_timeout,
             drain_until: None,
             next_silence_check: now,
-            asleep: false,
+            asleep: media,
             snapshot_rounds: 0,
             snapshot_hz: spec.snapshot_hz,
             tick_times: TickTimes::new(TICK_TIMES_SECONDS * config.tick_hz as usize),
@@ -289,6 +298,10 @@ impl Instance {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub fn kind(&self) -> InstanceKind {
+        self.kind
     }
 
     pub fn sim(&self) -> &Simulation {
@@ -317,9 +330,10 @@ impl Instance {
         self.asleep
     }
 
-    /// Restarts the clock of a sleeping instance, with a tick due at `now`.
+    /// Restarts the clock of a sleeping instance, with a tick due at `now`
+    /// (a media instance never ticks).
     fn wake(&mut self, now: Instant) {
-        if self.asleep {
+        if self.asleep && self.kind == InstanceKind::World {
             self.asleep = false;
             self.sim.resume(now);
         }
@@ -407,17 +421,23 @@ impl Instance {
             !self.members[i].is_joined(),
             "open: {user:?} already joined"
         );
-        let avatar = match self.sim.spawn_avatar(user) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(instance = %self.id, "cannot spawn an avatar: {e}");
-                self.remove_later(i, LeaveReason::ConnectFailed, io);
-                return false;
-            }
+        // A media instance has no world to stand in.
+        let avatar = match self.kind {
+            InstanceKind::Media => None,
+            InstanceKind::World => match self.sim.spawn_avatar(user) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(instance = %self.id, "cannot spawn an avatar: {e}");
+                    self.remove_later(i, LeaveReason::ConnectFailed, io);
+                    return false;
+                }
+            },
         };
         let bounds = *self.sim.bounds();
         let world = self.sim.world();
-        let avatar_id = world.network_id(avatar).map_or(0, |n| n.0);
+        let avatar_id = avatar
+            .and_then(|a| world.network_id(a).ok())
+            .map_or(0, |n| n.0);
         let mut owners: Vec<EntityOwner> = world
             .optional
             .owners
@@ -513,7 +533,9 @@ impl Instance {
         let MemberState::Joined(joined) = member.state else {
             return Some(departure);
         };
-        let _ = self.sim.despawn(joined.avatar);
+        if let Some(avatar) = joined.avatar {
+            let _ = self.sim.despawn(avatar);
+        }
         self.forget_cached_state(user);
         let tick = self.tick_now();
         let released = joined.input.release_all(&mut self.sim);

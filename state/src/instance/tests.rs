@@ -106,6 +106,7 @@ impl Bench {
         let now = Instant::now();
         let spec = InstanceSpec {
             id: "room".into(),
+            kind: crate::commands::InstanceKind::World,
             location_id: "room".into(),
             scene: std::sync::Arc::new(engine::PreparedScene::new(scene()).unwrap()),
             max_users,
@@ -892,6 +893,7 @@ fn snapshots_go_out_at_their_own_rate_while_physics_ticks_at_60_hz() {
     // A rate that does not divide the tick rate is refused at creation.
     let spec = InstanceSpec {
         id: "odd".into(),
+        kind: crate::commands::InstanceKind::World,
         location_id: "odd".into(),
         scene: std::sync::Arc::new(engine::PreparedScene::new(scene()).unwrap()),
         max_users: 4,

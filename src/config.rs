@@ -336,6 +336,13 @@ pub struct InstanceConfig {
     pub reliable_buffer_bytes_max: usize,
 }
 
+/// Shortest `instance.silence_timeout_ms` other than 0 (off): three
+/// heartbeats.
+pub const SILENCE_TIMEOUT_MS_MIN: u64 = 3_000;
+/// Largest `node.attendance_records_max` (a record is at most about 500
+/// bytes).
+pub const ATTENDANCE_RECORDS_MAX: usize = 1_000_000;
+
 /// Largest `instance.cached_action_bytes_max`: with the framing of
 /// [`net::messages::WELCOME_CACHED_ACTIONS_MAX`] actions (48 bytes each at
 /// most) and [`net::messages::WELCOME_OWNERS_MAX`] owners (8 bytes each)
@@ -693,6 +700,19 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "instance.cached_action_bytes_max must be at most {CACHED_ACTION_BYTES_MAX} \
                  (with the framing of 1,024 actions and 4,096 owners, what fits one Welcome)"
+            )));
+        }
+        if self.instance.silence_timeout_ms != 0
+            && self.instance.silence_timeout_ms < SILENCE_TIMEOUT_MS_MIN
+        {
+            return Err(ConfigError::Invalid(format!(
+                "instance.silence_timeout_ms must be 0 (off) or at least {SILENCE_TIMEOUT_MS_MIN} \
+                 (clients send a heartbeat a second)"
+            )));
+        }
+        if self.node.attendance_records_max > ATTENDANCE_RECORDS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "node.attendance_records_max must be at most {ATTENDANCE_RECORDS_MAX}"
             )));
         }
         if self.instance.max_users == 0 {

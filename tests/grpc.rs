@@ -263,6 +263,23 @@ async fn outside_dev_mode_every_call_needs_the_bearer_token() {
     }
     let listed = client.list_instances(call(Some(token))).await.unwrap();
     assert!(listed.into_inner().instances.is_empty());
+    // The HTTP routes that name users take the same token.
+    let http = node.http_addr;
+    let path = "/v1/instances/any/attendance";
+    for bearer in [None, Some("wrong")] {
+        let auth = bearer.map(|b| format!("Bearer {b}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let r = net::client::http_request(http, "GET", path, &headers, Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401, "{bearer:?}: {}", r.body);
+    }
+    let auth = format!("Bearer {token}");
+    let r = net::client::http_request(http, "GET", path, &[("authorization", &auth)], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
     node.stop();
 }
 
@@ -290,7 +307,10 @@ fn outside_dev_mode_the_control_api_needs_a_token_file() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_instance_takes_its_own_empty_timeout_and_attendance_records_who_came_and_went() {
-    let node = support::start(support::config(1));
+    let mut config = support::config(1);
+    // The node's default: instances without their own end after 1 s empty.
+    config.instance.empty_timeout_ms = 1_000;
+    let node = support::start(config);
     let http = node.http_addr;
     let mut api = ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
         .await
@@ -335,13 +355,14 @@ async fn an_instance_takes_its_own_empty_timeout_and_attendance_records_who_came
     let short = api
         .create_instance(pb::CreateInstanceRequest {
             instance_id: "short".into(),
-            empty_timeout_ms: 1_500,
+            empty_timeout_ms: 4_000,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(short.empty_timeout_ms, 1_500);
+    let short_created = std::time::Instant::now();
+    assert_eq!(short.empty_timeout_ms, 4_000);
     let kept = api
         .create_instance(pb::CreateInstanceRequest {
             instance_id: "kept".into(),
@@ -377,7 +398,8 @@ async fn an_instance_takes_its_own_empty_timeout_and_attendance_records_who_came
         let listed = api
             .list_attendance(pb::ListAttendanceRequest {
                 instance_id: "kept".into(),
-                user_id: String::new(),
+                user_id: "ann".into(),
+                limit: 10,
             })
             .await
             .unwrap()
@@ -409,7 +431,17 @@ async fn an_instance_takes_its_own_empty_timeout_and_attendance_records_who_came
         .unwrap();
     assert_eq!(r.status, 404);
 
-    // "short" ends 1.5 s after it was created with nobody in it; "kept" stays.
+    // "short" outlives the node's 1 s default, and ends about 4 s after it
+    // was created with nobody in it; "kept" stays.
+    tokio::time::sleep(Duration::from_millis(2_000).saturating_sub(short_created.elapsed())).await;
+    assert!(
+        api.get_instance(pb::GetInstanceRequest {
+            instance_id: "short".into(),
+        })
+        .await
+        .is_ok(),
+        "short ended at the node's default, not its own timeout"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let r = api

@@ -784,7 +784,7 @@ fn a_client_that_stops_sending_messages_is_removed_though_its_transport_lives() 
         })
     };
     assert_eq!(kicked(&h, c[0]), [KickReason::Silent]);
-    assert_eq!(left(&h, LeaveReason::TimedOut), 1);
+    assert_eq!(left(&h, LeaveReason::Silent), 1);
     assert!(kicked(&h, c[1]).is_empty(), "bob's heartbeat keeps him in");
     assert!(!h.client(c[1]).is_closed());
 }

@@ -23,6 +23,8 @@ pub const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest kick message and ban accepted.
 pub const KICK_MESSAGE_BYTES_MAX: usize = 256;
 pub const BAN_SECONDS_MAX: u64 = 10 * 365 * 24 * 3600;
+/// Most attendance records one `ListAttendance` returns.
+pub const ATTENDANCE_LIMIT_MAX: u32 = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct ControlService {
@@ -84,7 +86,7 @@ impl tonic::service::Interceptor for BearerCheck {
 }
 
 /// Equal bytes, in a time that depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for (i, &x) in a.iter().enumerate() {
         diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
@@ -226,9 +228,18 @@ impl pb::control_server::Control for ControlService {
         let c = lock(&self.shared);
         let instance = Some(r.instance_id.as_str()).filter(|s| !s.is_empty());
         let user = Some(r.user_id.as_str()).filter(|s| !s.is_empty());
+        if r.limit > ATTENDANCE_LIMIT_MAX {
+            return Err(Status::invalid_argument(format!(
+                "limit {} is over {ATTENDANCE_LIMIT_MAX}",
+                r.limit
+            )));
+        }
+        let limit = if r.limit == 0 { 1_000 } else { r.limit } as usize;
+        let matching = c.attendance.query(instance, user).count();
         let records = c
             .attendance
             .query(instance, user)
+            .skip(matching.saturating_sub(limit))
             .map(|a| pb::Attendance {
                 instance_id: a.instance_id.clone(),
                 user_id: a.user_id.clone(),

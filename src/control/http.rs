@@ -1,7 +1,9 @@
 //! HTTP on the control thread: WHIP-style signaling (RFC 9725)
-//! `POST /v1/instances/{id}/join` → `201` + SDP answer + `Location`,
-//! `DELETE /v1/sessions/{token}`; `GET /healthz`, `GET /v1/instances`,
-//! `GET /metrics`; and in dev mode `POST /v1/dev/token`.
+//! `POST /v1/instances/{id}/join` (or `/v1/rooms/{code}/join`) → `201` +
+//! SDP answer + `Location`, `DELETE /v1/sessions/{token}`; `GET /healthz`,
+//! `GET /v1/instances`, `GET /metrics`; for operators (the gRPC token)
+//! `GET /v1/instances/{id}` and `/v1/instances/{id}/attendance`; and in dev
+//! mode `POST /v1/dev/token`.
 //!
 //! Every error is JSON `{"error": code, "message": text}`.
 
@@ -528,10 +530,42 @@ async fn list(State(shared): State<Shared>) -> Response {
     axum::Json(json!({ "instances": instances })).into_response()
 }
 
-/// One instance and the users in it now (joined sessions, from their
-/// attendance records).
-async fn instance(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+/// Routes that name users answer an operator only: in dev mode anyone,
+/// else a caller with `Authorization: Bearer <grpc token>`. Returns the
+/// refusal, if it is one.
+fn not_operator(c: &super::Control, headers: &HeaderMap) -> Option<Response> {
+    if c.config.node.dev {
+        return None;
+    }
+    let Some(token) = &c.operator_token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route names users: it needs grpc.token_file set, and that token",
+        ));
+    };
+    let given = bearer(headers).unwrap_or("");
+    if super::grpc::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        None
+    } else {
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route names users: `Authorization: Bearer <the gRPC token>`",
+        ))
+    }
+}
+
+/// One instance and the users in it now (joined sessions).
+async fn instance(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let c = lock(&shared);
+    if let Some(r) = not_operator(&c, &headers) {
+        return r;
+    }
     let Some(record) = c.registry.get(&id) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -544,26 +578,29 @@ async fn instance(State(shared): State<Shared>, Path(id): Path<String>) -> Respo
         .registry
         .sessions()
         .filter(|s| s.instance_id == id && s.joined)
-        .map(|s| {
-            let joined_at_ms = c
-                .attendance
-                .query(Some(&id), Some(&s.user_id))
-                .filter(|a| a.left_at_ms.is_none())
-                .last()
-                .map(|a| a.joined_at_ms);
-            json!({ "user_id": s.user_id, "joined_at_ms": joined_at_ms })
-        })
+        .map(|s| json!({ "user_id": s.user_id, "joined_at_ms": s.joined_at_ms }))
         .collect();
     body["users_present"] = json!(users);
     axum::Json(body).into_response()
 }
 
 /// The attendance records of one instance, oldest first.
-async fn attendance(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
-    let c = lock(&shared);
-    let records: Vec<_> = c
-        .attendance
-        .query(Some(&id), None)
+async fn attendance(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    // Copied under the lock, serialized after it.
+    let (records, dropped) = {
+        let c = lock(&shared);
+        if let Some(r) = not_operator(&c, &headers) {
+            return r;
+        }
+        let records: Vec<_> = c.attendance.query(Some(&id), None).cloned().collect();
+        (records, c.attendance.dropped())
+    };
+    let records: Vec<_> = records
+        .iter()
         .map(|a| {
             json!({
                 "user_id": a.user_id,
@@ -574,7 +611,7 @@ async fn attendance(State(shared): State<Shared>, Path(id): Path<String>) -> Res
             })
         })
         .collect();
-    axum::Json(json!({ "instance_id": id, "records": records, "dropped": c.attendance.dropped() }))
+    axum::Json(json!({ "instance_id": id, "records": records, "dropped_on_node": dropped }))
         .into_response()
 }
 

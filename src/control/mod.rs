@@ -88,6 +88,9 @@ pub struct Control {
     scenes: SceneCache,
     /// Who was in which instance, when.
     pub attendance: state::attendance::Attendance,
+    /// The gRPC bearer token, which also guards the HTTP routes that name
+    /// users (`None`: dev mode, or no token configured).
+    pub operator_token: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -182,6 +185,7 @@ impl Control {
             next_instance: 1,
             scenes: SceneCache::default(),
             attendance: state::attendance::Attendance::new(config.node.attendance_records_max),
+            operator_token: config.grpc.token(config.node.dev).ok().flatten(),
             config,
         }
     }
@@ -428,14 +432,19 @@ impl Control {
                 user_id,
                 ..
             } => {
-                self.registry.session_joined(session);
+                self.registry.session_joined(session, unix_ms());
                 self.attendance
                     .joined(&instance_id, &user_id, session, unix_ms());
             }
             Event::SessionLeft {
-                session, reason, ..
+                session,
+                reason,
+                joined,
+                ..
             } => {
-                self.attendance.left(session, reason, unix_ms());
+                if joined {
+                    self.attendance.left(session, reason, unix_ms());
+                }
                 self.session_ended(session, reason);
             }
             Event::Stats {

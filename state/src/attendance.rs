@@ -47,7 +47,14 @@ impl Attendance {
             return;
         }
         if self.records.len() >= self.max {
-            self.records.pop_front();
+            // The oldest record of a session that left, so that those still
+            // in keep theirs; if everyone is still in, the oldest.
+            let i = self
+                .records
+                .iter()
+                .position(|r| r.left_at_ms.is_some())
+                .unwrap_or(0);
+            self.records.remove(i);
             self.dropped += 1;
         }
         self.records.push_back(AttendanceRecord {
@@ -123,7 +130,13 @@ mod tests {
         a.joined("hall", "cy", 3, 4_000);
         assert_eq!(a.len(), 2);
         assert_eq!(a.dropped(), 1);
-        assert_eq!(a.query(Some("room"), None).count(), 1, "ann's record went");
+        assert_eq!(
+            a.query(Some("room"), None)
+                .map(|r| r.session)
+                .collect::<Vec<_>>(),
+            [2],
+            "ann's closed record went, bob (still in) keeps his"
+        );
         assert_eq!(a.query(None, Some("cy")).count(), 1);
         assert!(a.query(None, None).all(|r| r.session != 1));
     }

@@ -202,6 +202,8 @@ pub enum LeaveReason {
     InstanceEnded,
     /// The same user joined again; the newer session took its place.
     Replaced,
+    /// Joined, but no message arrived for the instance's silence timeout.
+    Silent,
 }
 
 impl LeaveReason {
@@ -215,6 +217,7 @@ impl LeaveReason {
             LeaveReason::Congested => "congested",
             LeaveReason::InstanceEnded => "instance_ended",
             LeaveReason::Replaced => "replaced",
+            LeaveReason::Silent => "silent",
         }
     }
 }

@@ -89,6 +89,8 @@ pub struct SessionRecord {
     pub instance_id: String,
     pub user_id: String,
     pub joined: bool,
+    /// When it joined (Unix ms), once it has.
+    pub joined_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,6 +237,7 @@ impl Registry {
                 instance_id: instance_id.to_string(),
                 user_id: user_id.to_string(),
                 joined: false,
+                joined_at_ms: None,
             },
         );
         id
@@ -249,11 +252,13 @@ impl Registry {
         self.sessions.get(&id)
     }
 
-    pub fn session_joined(&mut self, id: SessionId) {
+    /// The session joined at `now_ms` (Unix ms).
+    pub fn session_joined(&mut self, id: SessionId, now_ms: u64) {
         if let Some(s) = self.sessions.get_mut(&id)
             && !s.joined
         {
             s.joined = true;
+            s.joined_at_ms = Some(now_ms);
             if let Some(r) = self.instances.get_mut(&s.instance_id) {
                 r.users += 1;
             }

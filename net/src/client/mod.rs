@@ -54,6 +54,8 @@ pub const ACK_DELAY_DEFAULT: Duration = Duration::from_millis(50);
 /// `Ping`: the server removes members it hears nothing from for its silence
 /// timeout (10 s by default).
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(1);
+/// The shortest heartbeat period [`Session::set_heartbeat`] takes.
+pub const HEARTBEAT_MIN: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -174,6 +176,8 @@ pub struct Session {
     ack_delay: Duration,
     /// `None`: no heartbeat (a test of the server's silence timeout).
     heartbeat: Option<Duration>,
+    /// The time stamp of the last heartbeat ping, whose Pong is swallowed.
+    heartbeat_ping: Option<u64>,
     /// When the application or the session last sent a frame.
     last_sent: Option<Instant>,
     created: Instant,
@@ -231,6 +235,7 @@ impl Session {
             ack_due: None,
             ack_delay: ACK_DELAY_DEFAULT,
             heartbeat: Some(HEARTBEAT_DEFAULT),
+            heartbeat_ping: None,
             last_sent: None,
             created: now,
             stats: SessionStats::default(),
@@ -280,9 +285,10 @@ impl Session {
     }
 
     /// Sets (or, with `None`, stops) the heartbeat: a `Ping` after this
-    /// long without sending anything, once welcomed.
+    /// long without sending anything, once welcomed (at least
+    /// [`HEARTBEAT_MIN`]). Its `Pong`s are not reported as events.
     pub fn set_heartbeat(&mut self, every: Option<Duration>) {
-        self.heartbeat = every;
+        self.heartbeat = every.map(|d| d.max(HEARTBEAT_MIN));
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -298,6 +304,7 @@ impl Session {
         }
         if self.heartbeat_due().is_some_and(|due| now >= due) && self.is_open() {
             let us = now.saturating_duration_since(self.created).as_micros() as u64;
+            self.heartbeat_ping = Some(us);
             if self.send_ping(us, now).is_err() {
                 // The channel refused it (its buffer is full): try again a
                 // heartbeat later rather than on every call.
@@ -310,6 +317,9 @@ impl Session {
     fn heartbeat_due(&self) -> Option<Instant> {
         let every = self.heartbeat?;
         self.welcome.as_ref()?;
+        if !self.is_open() {
+            return None;
+        }
         Some(self.last_sent.unwrap_or(self.created) + every)
     }
 
@@ -635,10 +645,18 @@ impl Session {
                     .unwrap_or(KickReason::Operator),
                 message: k.message.as_str().to_string(),
             },
-            Ok(ServerMessage::Pong(_, p)) => ClientEvent::Pong {
-                client_time_us: p.client_time_us.to_native(),
-                server_tick: p.server_tick.to_native(),
-            },
+            Ok(ServerMessage::Pong(_, p)) => {
+                let client_time_us = p.client_time_us.to_native();
+                if self.heartbeat_ping == Some(client_time_us) {
+                    // The answer to a heartbeat, not to the application.
+                    self.heartbeat_ping = None;
+                    return;
+                }
+                ClientEvent::Pong {
+                    client_time_us,
+                    server_tick: p.server_tick.to_native(),
+                }
+            }
             Ok(ServerMessage::VersionMismatch(_, v)) => ClientEvent::VersionMismatch {
                 server_version: v.server_version,
             },

@@ -144,7 +144,7 @@ impl Instance {
                 message: format!("no message for {} ms", timeout.as_millis()),
             };
             let _ = member.send(io, Channel::Actions, MessageKind::Kick, tick, &kick);
-            self.remove_later(i, LeaveReason::TimedOut, io);
+            self.remove_later(i, LeaveReason::Silent, io);
         }
     }
 

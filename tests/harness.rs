@@ -626,12 +626,33 @@ fn a_late_joiner_learns_which_network_ids_are_avatars_and_whose() {
     });
     told.sort();
     assert_eq!(told, avatars);
-    // Those ids are in its snapshots: it can tell avatars from the rest.
+    // Those ids are in its snapshots: it can tell avatars from the rest,
+    // and the rest are scene objects it knows by name.
     assert!(h.run_until(Duration::from_secs(5), |h| {
         avatars
             .iter()
             .all(|&(_, a)| h.client(cy).position_of(a).is_some())
     }));
+    let ids: Vec<u32> = h
+        .client(cy)
+        .entities()
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let others: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| avatars.iter().all(|&(_, a)| a != *id))
+        .filter(|&id| id != h.client(cy).welcome().unwrap().avatar)
+        .collect();
+    assert!(!others.is_empty(), "the demo scene's boxes are in view");
+    for id in others {
+        assert!(
+            h.client(cy).scene_name(id).is_some(),
+            "entity {id} in view is neither an avatar nor a named scene object"
+        );
+    }
 }
 
 #[test]

@@ -408,6 +408,21 @@ impl Simulation {
         self.world.despawn(id)
     }
 
+    /// The named scene entities still alive, with their network ids (for
+    /// clients to tell scene objects apart; unnetworked ones left out).
+    pub fn scene_names(&self) -> impl Iterator<Item = (crate::NetworkId, &str)> + '_ {
+        self.scene
+            .scene()
+            .entities
+            .iter()
+            .zip(&self.scene_entities)
+            .filter_map(|(e, &id)| {
+                let name = e.name.as_deref()?;
+                let network_id = self.world.network_id(id).ok()?;
+                (network_id != crate::NetworkId::NONE).then_some((network_id, name))
+            })
+    }
+
     /// A client takes an entity: a dynamic body becomes kinematic, moved by
     /// [`Simulation::move_held`] until [`Simulation::release`]. Returns
     /// whether the entity has a body (is moved through physics).

@@ -114,6 +114,22 @@ fn main() -> std::io::Result<()> {
         MessageKind::OwnershipRefused,
         frame(&mut enc, MessageKind::OwnershipRefused, &refused),
     ));
+    let names = EntityNames {
+        entities: vec![
+            EntityName {
+                network_id: 3,
+                name: "crate-3".into(),
+            },
+            EntityName {
+                network_id: 4,
+                name: "door".into(),
+            },
+        ],
+    };
+    server.push((
+        MessageKind::EntityNames,
+        frame(&mut enc, MessageKind::EntityNames, &names),
+    ));
     let requested = OwnershipRequested {
         network_id: 3,
         by: 1,

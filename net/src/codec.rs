@@ -13,11 +13,11 @@ use crate::frame::{
 };
 use crate::messages::{
     ACTION_PAYLOAD_BYTES_MAX, ACTION_TYPE_BYTES_MAX, ArchivedAction, ArchivedActionBroadcast,
-    ArchivedDraining, ArchivedInput, ArchivedKick, ArchivedOwnershipChanged,
+    ArchivedDraining, ArchivedEntityNames, ArchivedInput, ArchivedKick, ArchivedOwnershipChanged,
     ArchivedOwnershipRefused, ArchivedOwnershipRequest, ArchivedOwnershipRequested,
     ArchivedPeerJoined, ArchivedPeerLeft, ArchivedPing, ArchivedPong, ArchivedVersionMismatch,
-    ArchivedWelcome, INPUT_OWNED_MAX, TEXT_BYTES_MAX, WELCOME_CACHED_ACTIONS_MAX,
-    WELCOME_OWNERS_MAX, is_valid_topic,
+    ArchivedWelcome, ENTITY_NAME_BYTES_MAX, ENTITY_NAMES_MAX, INPUT_OWNED_MAX, TEXT_BYTES_MAX,
+    WELCOME_CACHED_ACTIONS_MAX, WELCOME_OWNERS_MAX, is_valid_topic,
 };
 
 /// Largest payload any kind may carry; the decoder's scratch buffer size.
@@ -46,6 +46,7 @@ pub enum ServerMessage<'a> {
     OwnershipChanged(FrameHeader, &'a ArchivedOwnershipChanged),
     OwnershipRefused(FrameHeader, &'a ArchivedOwnershipRefused),
     OwnershipRequested(FrameHeader, &'a ArchivedOwnershipRequested),
+    EntityNames(FrameHeader, &'a ArchivedEntityNames),
     Draining(FrameHeader, &'a ArchivedDraining),
     Kick(FrameHeader, &'a ArchivedKick),
     Pong(FrameHeader, &'a ArchivedPong),
@@ -143,6 +144,14 @@ impl Decoder {
             }
             MessageKind::OwnershipRequested => {
                 ServerMessage::OwnershipRequested(header, access(kind, payload)?)
+            }
+            MessageKind::EntityNames => {
+                let n: &ArchivedEntityNames = access(kind, payload)?;
+                check_count("entity names", n.entities.len(), ENTITY_NAMES_MAX)?;
+                for e in n.entities.iter() {
+                    check_count("entity name bytes", e.name.len(), ENTITY_NAME_BYTES_MAX)?;
+                }
+                ServerMessage::EntityNames(header, n)
             }
             MessageKind::Draining => ServerMessage::Draining(header, access(kind, payload)?),
             MessageKind::Kick => {

@@ -62,6 +62,7 @@ pub enum MessageKind {
     VersionMismatch = 73,
     OwnershipRefused = 74,
     OwnershipRequested = 75,
+    EntityNames = 76,
 }
 
 impl MessageKind {
@@ -84,6 +85,7 @@ impl MessageKind {
             73 => VersionMismatch,
             74 => OwnershipRefused,
             75 => OwnershipRequested,
+            76 => EntityNames,
             _ => return None,
         })
     }
@@ -115,6 +117,7 @@ impl MessageKind {
             MessageKind::Snapshot => crate::SNAPSHOT_DATAGRAM_BYTES_MAX - FRAME_HEADER_LEN,
             MessageKind::Action | MessageKind::ActionBroadcast => 8 * 1024,
             MessageKind::PeerJoined | MessageKind::Kick => 1024,
+            MessageKind::EntityNames => 64 * 1024,
             MessageKind::Welcome => 256 * 1024,
         }
     }

@@ -21,6 +21,10 @@ pub const TOPIC_BYTES_MAX: usize = 32;
 pub const TOPICS_PER_SESSION_MAX: usize = 16;
 /// Most owned entities listed in one [`Welcome`].
 pub const WELCOME_OWNERS_MAX: usize = 4096;
+/// Most entries in one [`EntityNames`].
+pub const ENTITY_NAMES_MAX: usize = 2048;
+/// Longest entity name, in bytes (the scene format's default limit).
+pub const ENTITY_NAME_BYTES_MAX: usize = 128;
 
 /// Whether `topic` is a valid topic name: 1 to [`TOPIC_BYTES_MAX`] bytes of
 /// lowercase ASCII letters, digits, `.`, `_` and `-`.
@@ -147,6 +151,24 @@ pub struct Welcome {
     /// Entities other than avatars that users own now (avatars are owned by
     /// their user: see [`PeerJoined::avatar`]).
     pub owners: Vec<EntityOwner>,
+}
+
+/// Server -> client on `actions`, after the [`Welcome`]: the scene names of
+/// the instance's named scene entities, in one or more messages. Any
+/// network id neither named here nor an avatar ([`PeerJoined::avatar`]) is
+/// an entity spawned while the instance ran.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct EntityNames {
+    pub entities: Vec<EntityName>,
+}
+
+/// A scene entity's network id and its name in the scene.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct EntityName {
+    pub network_id: u32,
+    pub name: String,
 }
 
 /// An entity and the user who owns it.

@@ -23,7 +23,7 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Event, Input as RtcInput, Output, Rtc};
 
 use crate::messages::{
-    Action, ActionBroadcast, EntityOwner, Input, KickReason, OwnedUpdate, OwnershipOp,
+    Action, ActionBroadcast, EntityName, EntityOwner, Input, KickReason, OwnedUpdate, OwnershipOp,
     OwnershipRefusal, OwnershipRequest, Ping,
 };
 use crate::quant::Quantizer;
@@ -126,6 +126,9 @@ pub enum ClientEvent {
         op: OwnershipOp,
         reason: OwnershipRefusal,
     },
+    /// Scene entities' names (after the `Welcome`); also in
+    /// [`Session::scene_name`].
+    EntityNames(Vec<EntityName>),
     /// Another user asks for an entity this client owns (it may transfer it).
     OwnershipRequested {
         network_id: u32,
@@ -174,6 +177,8 @@ pub struct Session {
     /// input goes out at this time unless one carries the ack before.
     ack_due: Option<Instant>,
     ack_delay: Duration,
+    /// Scene entity names by network id.
+    scene_names: std::collections::HashMap<u32, String>,
     /// `None`: no heartbeat (a test of the server's silence timeout).
     heartbeat: Option<Duration>,
     /// The time stamp of the last heartbeat ping, whose Pong is swallowed.
@@ -234,6 +239,7 @@ impl Session {
             closed: false,
             ack_due: None,
             ack_delay: ACK_DELAY_DEFAULT,
+            scene_names: std::collections::HashMap::new(),
             heartbeat: Some(HEARTBEAT_DEFAULT),
             heartbeat_ping: None,
             last_sent: None,
@@ -349,6 +355,11 @@ impl Session {
 
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// The scene name of a network id, if it is a named scene entity.
+    pub fn scene_name(&self, network_id: u32) -> Option<&str> {
+        self.scene_names.get(&network_id).map(String::as_str)
     }
 
     pub fn welcome(&self) -> Option<&WelcomeInfo> {
@@ -632,6 +643,20 @@ impl Session {
                     },
                     (Err(e), _) | (_, Err(e)) => ClientEvent::Invalid(e.to_string()),
                 }
+            }
+            Ok(ServerMessage::EntityNames(_, n)) => {
+                let entities: Vec<EntityName> = n
+                    .entities
+                    .iter()
+                    .map(|e| EntityName {
+                        network_id: e.network_id.to_native(),
+                        name: e.name.as_str().to_owned(),
+                    })
+                    .collect();
+                for e in &entities {
+                    self.scene_names.insert(e.network_id, e.name.clone());
+                }
+                ClientEvent::EntityNames(entities)
             }
             Ok(ServerMessage::OwnershipRequested(_, r)) => ClientEvent::OwnershipRequested {
                 network_id: r.network_id.to_native(),

@@ -479,6 +479,7 @@ impl Instance {
             actions: TokenBucket::full(self.config.actions_per_second_max, io.now),
         }));
         member.send_welcome(io, tick, &mut welcome);
+        send_scene_names(member, &self.sim, io, tick);
         for o in more_owners {
             let changed = net::messages::OwnershipChanged {
                 network_id: o.network_id,
@@ -677,6 +678,49 @@ impl Instance {
     pub fn cached_actions(&self) -> impl Iterator<Item = &ActionBroadcast> {
         self.cached_actions.iter()
     }
+}
+
+/// Sends a joining member the names of the named scene entities, in
+/// [`net::messages::EntityNames`] messages of at most
+/// [`net::messages::ENTITY_NAMES_MAX`] entries and about 48 KiB. Names
+/// longer than [`net::messages::ENTITY_NAME_BYTES_MAX`] (a scene loaded with
+/// a higher `name_bytes_max`) are left out: clients would refuse them.
+fn send_scene_names(member: &mut Member, sim: &Simulation, io: &mut Io<'_>, tick: u32) {
+    use net::messages::{ENTITY_NAME_BYTES_MAX, ENTITY_NAMES_MAX, EntityName, EntityNames};
+    const CHUNK_BYTES: usize = 48 * 1024;
+    let mut chunk = EntityNames {
+        entities: Vec::new(),
+    };
+    let mut bytes = 0;
+    let flush = |chunk: &mut EntityNames, member: &mut Member, io: &mut Io<'_>| {
+        if !chunk.entities.is_empty() {
+            let _ = member.send(
+                io,
+                Channel::Actions,
+                MessageKind::EntityNames,
+                tick,
+                &*chunk,
+            );
+            chunk.entities.clear();
+        }
+    };
+    for (network_id, name) in sim.scene_names() {
+        if name.len() > ENTITY_NAME_BYTES_MAX {
+            continue;
+        }
+        // Each entry: a 12-byte root and its name, padded.
+        let size = 16 + name.len();
+        if chunk.entities.len() == ENTITY_NAMES_MAX || bytes + size > CHUNK_BYTES {
+            flush(&mut chunk, member, io);
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.entities.push(EntityName {
+            network_id: network_id.0,
+            name: name.to_owned(),
+        });
+    }
+    flush(&mut chunk, member, io);
 }
 
 /// What a cached action counts against `cached_action_bytes_max`.

@@ -160,34 +160,25 @@ impl Harness {
 
     /// Creates an instance of the embedded demo scene.
     pub fn create_instance(&mut self, id: &str, max_users: u32) {
-        let empty_timeout = Duration::from_millis(self.shard_config().instance.empty_timeout_ms);
-        let spec = InstanceSpec {
-            id: id.into(),
-            kind: state::commands::InstanceKind::World,
-            location_id: id.into(),
-            scene: self
-                .scenes
-                .prepare(engine::Scene::demo())
-                .expect("the demo scene prepares"),
-            max_users,
-            snapshot_hz: self.shard_config().instance.default_snapshot_hz(),
-            labels: BTreeMap::new(),
-            empty_timeout: Some(empty_timeout),
-        };
-        self.command(Command::CreateInstance(spec));
+        self.create(id, max_users, state::commands::InstanceKind::World);
     }
 
     /// Creates a media instance (members and actions, no scene, no tick).
     pub fn create_media_instance(&mut self, id: &str, max_users: u32) {
+        self.create(id, max_users, state::commands::InstanceKind::Media);
+    }
+
+    fn create(&mut self, id: &str, max_users: u32, kind: state::commands::InstanceKind) {
         let empty_timeout = Duration::from_millis(self.shard_config().instance.empty_timeout_ms);
+        let scene = match kind {
+            state::commands::InstanceKind::World => engine::Scene::demo(),
+            state::commands::InstanceKind::Media => engine::Scene::media(),
+        };
         let spec = InstanceSpec {
             id: id.into(),
-            kind: state::commands::InstanceKind::Media,
+            kind,
             location_id: id.into(),
-            scene: self
-                .scenes
-                .prepare(engine::Scene::media())
-                .expect("the media scene prepares"),
+            scene: self.scenes.prepare(scene).expect("the scene prepares"),
             max_users,
             snapshot_hz: self.shard_config().instance.default_snapshot_hz(),
             labels: BTreeMap::new(),

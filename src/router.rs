@@ -162,7 +162,9 @@ impl Shard {
         m.instances_asleep = self
             .instances
             .iter()
-            .filter(|(_, h)| h.instance.is_asleep())
+            .filter(|(_, h)| {
+                h.instance.is_asleep() && h.instance.kind() == state::commands::InstanceKind::World
+            })
             .count() as u32;
         m.peers = self.conns.len() as u32;
         m.timers = (self.conns.timers_len() + self.timers.len()) as u32;

@@ -536,6 +536,7 @@ async fn private_instances_room_codes_and_bans_that_outlive_the_instance() {
     }
     let taken = api
         .create_instance(pb::CreateInstanceRequest {
+            location_id: "club".into(),
             room_code: "424242".into(),
             ..Default::default()
         })
@@ -581,10 +582,35 @@ async fn private_instances_room_codes_and_bans_that_outlive_the_instance() {
         .unwrap()
         .into_inner();
     assert_eq!(vip.allowed_users, 2, "bob was added by the room code");
-    // A token for another location cannot use the code.
+    // A token for another location cannot use the code, nor learn it exists.
     let eve_elsewhere = location_token(http, "eve", "other").await;
     let (status, body) = refused(Client::join_room(http, "424242", &eve_elsewhere).await);
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains("vip"), "{body}");
+    // A room-code join that fails puts nobody on the list.
+    let cy_club = location_token(http, "cy", "club").await;
+    let auth = format!("Bearer {cy_club}");
+    let r = net::client::http_request(
+        http,
+        "POST",
+        "/v1/rooms/424242/join",
+        &[
+            ("content-type", "application/sdp"),
+            ("authorization", &auth),
+        ],
+        b"v=0\r\nnot an offer".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    let vip = api
+        .get_instance(pb::GetInstanceRequest {
+            instance_id: "vip".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vip.allowed_users, 2, "cy's failed join did not add her");
 
     // A ban outlives the instance: "vip" ends and is created again, and bob
     // is still refused.

@@ -849,4 +849,18 @@ fn a_media_instance_relays_actions_between_members_and_never_ticks() {
     assert!(party.sim().physics().is_none());
     assert_eq!(party.members().len(), 2);
     assert_eq!(h.shard.metrics().ticks, 0);
+    // A member that falls silent is removed all the same.
+    h.client_mut(bob).set_heartbeat(None);
+    h.run_for(Duration::from_secs(12));
+    let kicked = seen(&h, bob, |e| match e {
+        ClientEvent::Kicked { reason, .. } => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(kicked, [KickReason::Silent]);
+    assert!(
+        seen(&h, ann, |e| matches!(e, ClientEvent::Kicked { .. })
+            .then_some(()))
+        .is_empty()
+    );
+    assert_eq!(h.shard.metrics().ticks, 0, "still not one tick");
 }

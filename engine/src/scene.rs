@@ -174,9 +174,8 @@ impl Scene {
         validate(file, limits)
     }
 
-    /// The embedded demo scene.
-    /// The scene of a media instance (a voice/video channel): no entity,
-    /// no spawn point, nothing to simulate.
+    /// The scene of a media instance (members and actions only): no
+    /// entity, no spawn point, nothing to simulate.
     pub fn media() -> Scene {
         Scene {
             name: "media".into(),
@@ -189,6 +188,7 @@ impl Scene {
         }
     }
 
+    /// The embedded demo scene.
     pub fn demo() -> Scene {
         embedded(DEMO_SCENE_JSON)
     }

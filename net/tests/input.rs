@@ -61,6 +61,18 @@ fn move_to(network_id: u32, p: [f32; 3]) -> Input {
     }
 }
 
+/// The test scene's ball: its one networked body.
+fn networked_body(sim: &Simulation) -> engine::EntityId {
+    sim.world()
+        .optional
+        .bodies
+        .ids()
+        .iter()
+        .copied()
+        .find(|&e| sim.world().network_id(e).unwrap().0 != 0)
+        .unwrap()
+}
+
 fn net_id(sim: &Simulation, e: engine::EntityId) -> u32 {
     sim.world().network_id(e).unwrap().0
 }
@@ -132,15 +144,7 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
         })
         .unwrap();
     let nf = net_id(&sim, flag);
-    let ball = sim
-        .world()
-        .optional
-        .bodies
-        .ids()
-        .iter()
-        .copied()
-        .find(|&e| sim.world().network_id(e).unwrap().0 != 0)
-        .unwrap();
+    let ball = networked_body(&sim);
     let nball = net_id(&sim, ball);
     let (mut alice, mut bob) = (Peer::new(0), Peer::new(1));
     let members = |u: u32| u < 2;
@@ -316,15 +320,7 @@ fn ownership_is_granted_once_and_owned_props_move_at_bounded_speed() {
 #[test]
 fn a_held_body_stops_falling_follows_its_owner_and_falls_when_released() {
     let mut sim = sim();
-    let ball = sim
-        .world()
-        .optional
-        .bodies
-        .ids()
-        .iter()
-        .copied()
-        .find(|&e| sim.world().network_id(e).unwrap().0 != 0)
-        .unwrap();
+    let ball = networked_body(&sim);
     let nball = net_id(&sim, ball);
     let mut alice = Peer::new(0);
     let start = sim.world().transform(ball).unwrap().position;

@@ -100,9 +100,8 @@ fn status(e: ControlError) -> Status {
         ControlError::Registry(RegistryError::Exists(_) | RegistryError::RoomCodeTaken(_)) => {
             Status::already_exists(e.to_string())
         }
-        ControlError::Registry(RegistryError::Full(_) | RegistryError::BansFull(_)) => {
-            Status::resource_exhausted(e.to_string())
-        }
+        ControlError::Registry(RegistryError::Full(_) | RegistryError::BansFull(_))
+        | ControlError::RoomCodesExhausted => Status::resource_exhausted(e.to_string()),
         ControlError::Invalid(_) | ControlError::Scene(_) => {
             Status::invalid_argument(e.to_string())
         }

@@ -201,7 +201,7 @@ async fn join_inner(
             );
         }
     };
-    let (session, token, shard, rx) = {
+    let (session, token, shard, rx, grant) = {
         let mut c = lock(shared);
         match admit(&mut c, remote, &to, topics, &headers, &offer) {
             Ok(v) => v,
@@ -229,6 +229,18 @@ async fn join_inner(
         }
     };
     pending.armed = false;
+    if let Some((instance_id, user_id)) = grant {
+        // The room code let the user in: it may come back by id.
+        let mut c = lock(shared);
+        if let Some(allowed) = c
+            .registry
+            .get_mut(&instance_id)
+            .and_then(|r| r.allowed_users.as_mut())
+            && allowed.len() < super::ALLOWED_USERS_MAX
+        {
+            allowed.insert(user_id);
+        }
+    }
     let mut response = (StatusCode::CREATED, answer).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -266,12 +278,26 @@ impl Drop for PendingJoin {
     }
 }
 
+/// An admitted join: its session, resource token, shard, the shard's
+/// answer to come, and the (instance, user) a room code admits to a
+/// private instance's list once the join succeeds.
 type Admitted = (
     u64,
     String,
     usize,
     oneshot::Receiver<Result<String, JoinRefused>>,
+    Option<(String, String)>,
 );
+
+/// The answer to a room code that names nothing this token may join.
+fn no_room(code: &str) -> Response {
+    let shown: String = code.chars().take(16).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no instance on this node that this token may join has room code {shown:?}"),
+    )
+}
 
 /// The checks of a join, in order: draining, rate, token, instance (or
 /// room code), scope, ban, allowlist, seat; then the join goes to the
@@ -322,20 +348,21 @@ fn admit(
                 format!("instance {id} does not exist on this node"),
             ))
         })?,
-        JoinTo::RoomCode(code) => c.registry.by_room_code(code).ok_or_else(|| {
-            let shown: String = code.chars().take(16).collect();
-            Box::new(error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no instance on this node has room code {shown:?}"),
-            ))
-        })?,
+        JoinTo::RoomCode(code) => c
+            .registry
+            .by_room_code(code)
+            .ok_or_else(|| Box::new(no_room(code)))?,
     };
     let instance_id = record.id.clone();
     let instance_id = instance_id.as_str();
     let (shard, location) = (record.shard, record.location_id.clone());
     if !claims.scope.allows(instance_id, &location) {
         *c.metrics.auth_failures.entry("scope").or_default() += 1;
+        if let JoinTo::RoomCode(code) = to {
+            // Which instance, or location, a code belongs to is not told
+            // to a token that may not join it: it reads as no such code.
+            return Err(Box::new(no_room(code)));
+        }
         let message = match &claims.scope {
             Scope::Instance(i) => format!("the token is for instance {i}, not {instance_id}"),
             Scope::Location(l) => {
@@ -353,10 +380,11 @@ fn admit(
         )));
     }
     let by_code = matches!(to, JoinTo::RoomCode(_));
+    let mut grant = None;
     if let Some(allowed) = c
         .registry
-        .get_mut(instance_id)
-        .and_then(|r| r.allowed_users.as_mut())
+        .get(instance_id)
+        .and_then(|r| r.allowed_users.as_ref())
         && !allowed.contains(&claims.sub)
     {
         if !by_code {
@@ -381,8 +409,9 @@ fn admit(
                 ),
             )));
         }
-        // The room code lets the user in, now and when it comes back.
-        allowed.insert(claims.sub.clone());
+        // The room code lets the user in; once the join succeeds, also
+        // when it comes back by id.
+        grant = Some((instance_id.to_owned(), claims.sub.clone()));
     }
     let offer_sdp = match std::str::from_utf8(offer) {
         Ok(s) if s.starts_with("v=0") => s.to_string(),
@@ -454,7 +483,7 @@ fn admit(
             e.to_string(),
         )));
     }
-    Ok((session, token, shard, rx))
+    Ok((session, token, shard, rx, grant))
 }
 
 fn refusal(refused: JoinRefused) -> Response {
@@ -584,19 +613,48 @@ async fn instance(
     axum::Json(body).into_response()
 }
 
-/// The attendance records of one instance, oldest first.
+/// The query of `GET /v1/instances/{id}/attendance`.
+#[derive(Debug, serde::Deserialize)]
+struct AttendanceQuery {
+    /// The newest this many records; absent or 0: 1,000.
+    limit: Option<u32>,
+}
+
+/// The newest attendance records of one instance, oldest first.
 async fn attendance(
     State(shared): State<Shared>,
     Path(id): Path<String>,
+    query: Result<Query<AttendanceQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let max = super::grpc::ATTENDANCE_LIMIT_MAX;
+    let limit = match query {
+        Ok(Query(AttendanceQuery {
+            limit: None | Some(0),
+        })) => 1_000,
+        Ok(Query(AttendanceQuery { limit: Some(n) })) if n <= max => n,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("limit is at most {max}"),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_query", e.body_text()),
+    } as usize;
     // Copied under the lock, serialized after it.
     let (records, dropped) = {
         let c = lock(&shared);
         if let Some(r) = not_operator(&c, &headers) {
             return r;
         }
-        let records: Vec<_> = c.attendance.query(Some(&id), None).cloned().collect();
+        let matching = c.attendance.query(Some(&id), None).count();
+        let records: Vec<_> = c
+            .attendance
+            .query(Some(&id), None)
+            .skip(matching.saturating_sub(limit))
+            .cloned()
+            .collect();
         (records, c.attendance.dropped())
     };
     let records: Vec<_> = records

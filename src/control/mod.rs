@@ -61,6 +61,8 @@ pub enum ControlError {
     ShardUnavailable(usize),
     #[error("the node is draining")]
     Draining,
+    #[error("no free room code found: too many instances have one")]
+    RoomCodesExhausted,
     #[error("timed out waiting for shard {0}")]
     Timeout(usize),
 }
@@ -88,8 +90,8 @@ pub struct Control {
     scenes: SceneCache,
     /// Who was in which instance, when.
     pub attendance: state::attendance::Attendance,
-    /// The gRPC bearer token, which also guards the HTTP routes that name
-    /// users (`None`: dev mode, or no token configured).
+    /// The gRPC bearer token (`grpc.token_file`), which also guards the
+    /// HTTP routes that name users outside dev mode; `None` without a file.
     pub operator_token: Option<String>,
 }
 
@@ -296,6 +298,14 @@ impl Control {
                 "allowed_user_ids are for a private instance (set private)".into(),
             ));
         }
+        if (request.generate_room_code
+            || request.room_code.as_deref().is_some_and(|c| !c.is_empty()))
+            && request.location_id.is_empty()
+        {
+            return Err(ControlError::Invalid(
+                "a room code is for tokens scoped to a location: set location_id".into(),
+            ));
+        }
         let room_code = match (
             request.room_code.filter(|c| !c.is_empty()),
             request.generate_room_code,
@@ -375,9 +385,7 @@ impl Control {
                 return Ok(code);
             }
         }
-        Err(ControlError::Invalid(
-            "no free room code found: too many instances have one".into(),
-        ))
+        Err(ControlError::RoomCodesExhausted)
     }
 
     /// Applies one event from a shard.

@@ -20,8 +20,9 @@ pub enum InstanceKind {
     /// A location's world: scene, simulation, snapshots, actions.
     #[default]
     World,
-    /// A voice/video channel for a party or group: members and actions
-    /// only; no scene, no physics, no tick.
+    /// A room for a party or group, for their voice/video channel:
+    /// members and actions only; no scene, no physics, no tick (the node
+    /// forwards no media yet).
     Media,
 }
 

@@ -54,6 +54,9 @@ pub const ACK_DELAY_DEFAULT: Duration = Duration::from_millis(50);
 /// `Ping`: the server removes members it hears nothing from for its silence
 /// timeout (10 s by default).
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(1);
+/// Set in the `client_time_us` of heartbeat pings, whose Pongs are not
+/// reported: application pings leave this bit clear.
+pub const HEARTBEAT_PING_TAG: u64 = 1 << 63;
 /// The shortest heartbeat period [`Session::set_heartbeat`] takes.
 pub const HEARTBEAT_MIN: Duration = Duration::from_millis(100);
 
@@ -181,8 +184,6 @@ pub struct Session {
     scene_names: std::collections::HashMap<u32, String>,
     /// `None`: no heartbeat (a test of the server's silence timeout).
     heartbeat: Option<Duration>,
-    /// The time stamp of the last heartbeat ping, whose Pong is swallowed.
-    heartbeat_ping: Option<u64>,
     /// When the application or the session last sent a frame.
     last_sent: Option<Instant>,
     created: Instant,
@@ -241,7 +242,6 @@ impl Session {
             ack_delay: ACK_DELAY_DEFAULT,
             scene_names: std::collections::HashMap::new(),
             heartbeat: Some(HEARTBEAT_DEFAULT),
-            heartbeat_ping: None,
             last_sent: None,
             created: now,
             stats: SessionStats::default(),
@@ -310,8 +310,7 @@ impl Session {
         }
         if self.heartbeat_due().is_some_and(|due| now >= due) && self.is_open() {
             let us = now.saturating_duration_since(self.created).as_micros() as u64;
-            self.heartbeat_ping = Some(us);
-            if self.send_ping(us, now).is_err() {
+            if self.send_ping(us | HEARTBEAT_PING_TAG, now).is_err() {
                 // The channel refused it (its buffer is full): try again a
                 // heartbeat later rather than on every call.
                 self.last_sent = Some(now);
@@ -672,9 +671,8 @@ impl Session {
             },
             Ok(ServerMessage::Pong(_, p)) => {
                 let client_time_us = p.client_time_us.to_native();
-                if self.heartbeat_ping == Some(client_time_us) {
+                if client_time_us & HEARTBEAT_PING_TAG != 0 {
                     // The answer to a heartbeat, not to the application.
-                    self.heartbeat_ping = None;
                     return;
                 }
                 ClientEvent::Pong {

@@ -688,19 +688,28 @@ impl Instance {
 fn send_scene_names(member: &mut Member, sim: &Simulation, io: &mut Io<'_>, tick: u32) {
     use net::messages::{ENTITY_NAME_BYTES_MAX, ENTITY_NAMES_MAX, EntityName, EntityNames};
     const CHUNK_BYTES: usize = 48 * 1024;
+    // With a Welcome of at most 256 KiB, well within the reliable buffer
+    // a member may have queued (`reliable_buffer_bytes_max`, 1 MiB).
+    const JOIN_BYTES_MAX: usize = 256 * 1024;
+    let mut total = 0;
     let mut chunk = EntityNames {
         entities: Vec::new(),
     };
     let mut bytes = 0;
     let flush = |chunk: &mut EntityNames, member: &mut Member, io: &mut Io<'_>| {
         if !chunk.entities.is_empty() {
-            let _ = member.send(
-                io,
-                Channel::Actions,
-                MessageKind::EntityNames,
-                tick,
-                &*chunk,
-            );
+            if member
+                .send(
+                    io,
+                    Channel::Actions,
+                    MessageKind::EntityNames,
+                    tick,
+                    &*chunk,
+                )
+                .is_err()
+            {
+                *io.metrics.dropped.entry("entity_names").or_default() += 1;
+            }
             chunk.entities.clear();
         }
     };
@@ -710,6 +719,12 @@ fn send_scene_names(member: &mut Member, sim: &Simulation, io: &mut Io<'_>, tick
         }
         // Each entry: a 12-byte root and its name, padded.
         let size = 16 + name.len();
+        total += size;
+        if total > JOIN_BYTES_MAX {
+            // A scene this large names too much to send at every join.
+            *io.metrics.dropped.entry("entity_names_cut").or_default() += 1;
+            break;
+        }
         if chunk.entities.len() == ENTITY_NAMES_MAX || bytes + size > CHUNK_BYTES {
             flush(&mut chunk, member, io);
             bytes = 0;

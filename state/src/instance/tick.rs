@@ -7,7 +7,7 @@ use net::snapshot::WorldFrame;
 use net::{Channel, MessageKind};
 
 use super::{Instance, Io, TickReport};
-use crate::commands::{EndReason, InstanceStats, LeaveReason};
+use crate::commands::{EndReason, InstanceKind, InstanceStats, LeaveReason};
 
 /// How often an instance looks for silent members.
 const SILENCE_CHECK_PERIOD: Duration = Duration::from_secs(1);
@@ -34,7 +34,16 @@ impl Instance {
     pub fn wake_at(&self) -> Option<Instant> {
         let tick = self.sim.next_tick_due();
         let empty = self.empty_deadline();
-        [tick, empty, self.drain_until].into_iter().flatten().min()
+        // A media instance never ticks: its members' silence is checked on
+        // a timer of its own.
+        let silence = (self.kind == InstanceKind::Media
+            && !self.members.is_empty()
+            && self.config.silence_timeout.is_some())
+        .then_some(self.next_silence_check);
+        [tick, empty, self.drain_until, silence]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Runs the ticks due at `io.now`, then sends every joined member its
@@ -45,7 +54,9 @@ impl Instance {
             panic!("fault injected into {}'s tick", self.id);
         }
         if self.asleep {
-            // A timer queued before it fell asleep: nothing to run.
+            // A timer queued before it fell asleep: nothing to run; or a
+            // media instance, whose only timer is the silence check.
+            self.check_silence(io);
             return TickReport::default();
         }
         let period = self.sim.config().tick_duration();
@@ -81,10 +92,7 @@ impl Instance {
             self.asleep = true;
             return report;
         }
-        if io.now >= self.next_silence_check {
-            self.next_silence_check = io.now + SILENCE_CHECK_PERIOD;
-            self.remove_silent(io);
-        }
+        self.check_silence(io);
         // Snapshots go out on ticks that are multiples of the interval; a
         // late call that ran several ticks sends one if it passed such a tick.
         let every = (self.config.tick_hz / self.snapshot_hz.max(1)).max(1);
@@ -121,6 +129,14 @@ impl Instance {
             }
         }
         report
+    }
+
+    /// Looks for silent members once a [`SILENCE_CHECK_PERIOD`].
+    fn check_silence(&mut self, io: &mut Io<'_>) {
+        if io.now >= self.next_silence_check {
+            self.next_silence_check = io.now + SILENCE_CHECK_PERIOD;
+            self.remove_silent(io);
+        }
     }
 
     /// Removes the joined members the instance has heard no message from

@@ -157,6 +157,10 @@ pub struct HttpConfig {
     pub join_timeout_ms: u64,
     /// Requests handled at once by the HTTP server (503 beyond).
     pub concurrent_requests_max: usize,
+    /// Origins (`https://game.example:8443`) whose pages may call the
+    /// signaling endpoints from a browser (CORS); `*`, any origin, in dev
+    /// mode only.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -168,6 +172,7 @@ impl Default for HttpConfig {
             join_rate_ips_max: 65_536,
             join_timeout_ms: 5_000,
             concurrent_requests_max: 1_024,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -334,6 +339,28 @@ pub struct InstanceConfig {
     /// Bytes queued on one peer's reliable channel before it counts as
     /// congested and is disconnected.
     pub reliable_buffer_bytes_max: usize,
+}
+
+/// Most entries in `http.cors_origins`.
+pub const CORS_ORIGINS_MAX: usize = 64;
+
+/// Why `origin` is not a web origin as browsers send it in `Origin`
+/// (`scheme://host` or `scheme://host:port`, lowercase, no path), if it
+/// is not.
+pub fn origin_error(origin: &str) -> Option<&'static str> {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Some("an origin is scheme://host[:port]");
+    };
+    if scheme != "http" && scheme != "https" {
+        return Some("the scheme must be http or https");
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Some("an origin has a host and no path (no trailing slash)");
+    }
+    if origin.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some("browsers send origins in lowercase");
+    }
+    None
 }
 
 /// Shortest `instance.silence_timeout_ms` other than 0 (off): three
@@ -675,6 +702,25 @@ impl Config {
                 "node.dev serves a token endpoint and must stay on loopback: set node.dev = false \
                  and configure auth keys to listen on a public address",
             );
+        }
+        if self.http.cors_origins.len() > CORS_ORIGINS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "http.cors_origins lists at most {CORS_ORIGINS_MAX} origins"
+            )));
+        }
+        for origin in &self.http.cors_origins {
+            if origin == "*" {
+                if !self.node.dev {
+                    return bad(
+                        "http.cors_origins \"*\" (any origin) is for dev mode only: list the \
+                         origins of the pages that join",
+                    );
+                }
+            } else if let Some(e) = origin_error(origin) {
+                return Err(ConfigError::Invalid(format!(
+                    "http.cors_origins {origin:?}: {e}"
+                )));
+            }
         }
         if !(100..=60_000).contains(&self.agones.health_interval_ms) {
             return bad("agones.health_interval_ms must be within 100..=60000");

@@ -343,3 +343,97 @@ async fn joins_beyond_the_per_address_rate_get_429() {
     }
     assert_eq!(statuses, [201, 201, 201, 429]);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_page_on_an_allowed_origin_can_join_across_origins_and_others_cannot() {
+    let game = "http://game.test:3000";
+    let mut config = support::config(1);
+    config.http.cors_origins = vec![game.into()];
+    let node = support::start(config);
+    support::wait_running(&node, "demo").await;
+    let http = node.http_addr;
+    let preflight = |origin: &'static str| async move {
+        http_request(
+            http,
+            "OPTIONS",
+            "/v1/instances/demo/join",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                ),
+            ],
+            Vec::new(),
+        )
+        .await
+        .unwrap()
+    };
+    let ok = preflight("http://game.test:3000").await;
+    assert_eq!(ok.status, 204, "{}", ok.body);
+    assert_eq!(ok.header("access-control-allow-origin"), Some(game));
+    assert!(
+        ok.header("access-control-allow-methods")
+            .unwrap()
+            .contains("POST")
+    );
+    assert!(
+        ok.header("access-control-allow-headers")
+            .unwrap()
+            .contains("authorization")
+    );
+    let other = preflight("http://evil.test").await;
+    expect(&other, 403, "cors_origin", "not in http.cors_origins");
+
+    // The join itself: the answer carries the origin and exposes Location.
+    let token = net::client::dev_token(http, "ann", "demo").await.unwrap();
+    let auth = format!("Bearer {token}");
+    let offer = offer();
+    let r = http_request(
+        http,
+        "POST",
+        "/v1/instances/demo/join",
+        &[
+            ("origin", game),
+            ("content-type", "application/sdp"),
+            ("authorization", &auth),
+        ],
+        offer.into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), Some(game));
+    assert_eq!(r.header("access-control-expose-headers"), Some("location"));
+    let location = r.location.clone().unwrap();
+    let r = http_request(http, "DELETE", &location, &[("origin", game)], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("access-control-allow-origin"), Some(game));
+    // Other routes and other origins get no CORS headers.
+    let r = http_request(http, "GET", "/healthz", &[("origin", game)], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn cors_origins_are_checked_and_any_origin_is_for_dev_mode_only() {
+    let mut c = instanceserver::config::Config::default();
+    for (origins, dev, ok) in [
+        (vec!["https://game.example"], false, true),
+        (vec!["http://localhost:3000"], false, true),
+        (vec!["*"], true, true),
+        (vec!["*"], false, false),
+        (vec!["https://game.example/"], false, false),
+        (vec!["game.example"], false, false),
+        (vec!["HTTPS://Game.example"], false, false),
+        (vec!["ftp://game.example"], false, false),
+    ] {
+        c.node.dev = dev;
+        c.http.cors_origins = origins.iter().map(|s| s.to_string()).collect();
+        assert_eq!(c.validate().is_ok(), ok, "{origins:?} dev={dev}");
+    }
+}

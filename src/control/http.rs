@@ -41,6 +41,7 @@ pub fn router(shared: Shared) -> Router {
         )
     };
     let permits = Arc::new(Semaphore::new(concurrent_max));
+    let cors = Arc::new(lock(&shared).config.http.cors_origins.clone());
     let mut router = Router::new()
         .route("/v1/instances/{id}/join", post(join))
         .route("/v1/rooms/{code}/join", post(join_room))
@@ -58,6 +59,10 @@ pub fn router(shared: Shared) -> Router {
     router
         .layer(DefaultBodyLimit::max(offer_max.max(DEV_TOKEN_BODY_BYTES_MAX) + 1))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let cors = cors.clone();
+            async move { with_cors(&cors, request, next).await }
+        }))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
             let permits = permits.clone();
             async move {
                 match permits.try_acquire_owned() {
@@ -71,6 +76,74 @@ pub fn router(shared: Shared) -> Router {
             }
         }))
         .with_state(shared)
+}
+
+/// Whether a path is a signaling endpoint a page on another origin may
+/// call (join, room join, leave).
+fn is_signaling(path: &str) -> bool {
+    let p: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(
+        p.as_slice(),
+        ["v1", "instances", _, "join"] | ["v1", "rooms", _, "join"] | ["v1", "sessions", _]
+    )
+}
+
+/// CORS on the signaling endpoints for the origins `http.cors_origins`
+/// allows (`*`: any, dev mode only): preflights answered here, responses
+/// given `Access-Control-Allow-Origin` and `Location` exposed. Requests
+/// without an `Origin`, or to other routes, pass untouched.
+async fn with_cors(allowed: &[String], request: Request, next: Next) -> Response {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(origin) = origin.filter(|_| is_signaling(request.uri().path())) else {
+        return next.run(request).await;
+    };
+    let ok = allowed.iter().any(|a| a == "*" || *a == origin);
+    if request.method() == axum::http::Method::OPTIONS {
+        if !ok {
+            return error(
+                StatusCode::FORBIDDEN,
+                "cors_origin",
+                format!("origin {origin:?} is not in http.cors_origins"),
+            );
+        }
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        allow_origin(h, &origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST, DELETE, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        return r;
+    }
+    let mut r = next.run(request).await;
+    if ok {
+        allow_origin(r.headers_mut(), &origin);
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("location"),
+        );
+    }
+    r
+}
+
+/// `Access-Control-Allow-Origin: <origin>`, varying by origin.
+fn allow_origin(h: &mut HeaderMap, origin: &str) {
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
 }
 
 /// A JSON error response.

@@ -16,7 +16,19 @@ use crate::messages::{Action, Cache, OwnedUpdate, Target};
 pub struct HttpResponse {
     pub status: u16,
     pub location: Option<String>,
+    /// Every header, names lowercase.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Longest HTTP response body the client reads.
@@ -58,6 +70,11 @@ pub async fn http_request(
         .get("location")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
     let body = http_body_util::Limited::new(response.into_body(), HTTP_BODY_BYTES_MAX)
         .collect()
         .await
@@ -66,6 +83,7 @@ pub async fn http_request(
     Ok(HttpResponse {
         status,
         location,
+        headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }

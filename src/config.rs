@@ -354,11 +354,36 @@ pub fn origin_error(origin: &str) -> Option<&'static str> {
     if scheme != "http" && scheme != "https" {
         return Some("the scheme must be http or https");
     }
-    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
-        return Some("an origin has a host and no path (no trailing slash)");
+    if !origin.is_ascii() {
+        return Some("browsers send hosts in ASCII (punycode, xn--...)");
     }
     if origin.bytes().any(|b| b.is_ascii_uppercase()) {
         return Some("browsers send origins in lowercase");
+    }
+    if rest
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b"/?#@".contains(&b))
+    {
+        return Some("an origin has a host, an optional port and nothing else (no path, no user)");
+    }
+    // An IPv6 host is bracketed: its colons are not the port's.
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (rest, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (rest, None),
+    };
+    if host.is_empty() {
+        return Some("an origin needs a host");
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Some("the port must be 1 to 65535"),
+            Ok(443) if scheme == "https" => {
+                return Some("browsers leave the default port (:443) out");
+            }
+            Ok(80) if scheme == "http" => return Some("browsers leave the default port (:80) out"),
+            Ok(_) => {}
+        }
     }
     None
 }

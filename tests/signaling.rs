@@ -385,6 +385,40 @@ async fn a_page_on_an_allowed_origin_can_join_across_origins_and_others_cannot()
     );
     let other = preflight("http://evil.test").await;
     expect(&other, 403, "cors_origin", "not in http.cors_origins");
+    // A leave's preflight, and a room join's with a query.
+    for (path, method) in [
+        ("/v1/sessions/abc", "DELETE"),
+        ("/v1/rooms/123456/join?topics=chat", "POST"),
+    ] {
+        let r = http_request(
+            http,
+            "OPTIONS",
+            path,
+            &[("origin", game), ("access-control-request-method", method)],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 204, "{path}: {}", r.body);
+        assert!(
+            r.header("access-control-allow-methods")
+                .unwrap()
+                .contains(method)
+        );
+    }
+    // An error is readable by the page too.
+    let r = http_request(
+        http,
+        "POST",
+        "/v1/instances/demo/join",
+        &[("origin", game), ("content-type", "application/sdp")],
+        b"v=0".to_vec(),
+    )
+    .await
+    .unwrap();
+    expect(&r, 401, "unauthorized", "");
+    assert_eq!(r.header("access-control-allow-origin"), Some(game));
+    assert_eq!(r.header("vary"), Some("origin"));
 
     // The join itself: the answer carries the origin and exposes Location.
     let token = net::client::dev_token(http, "ann", "demo").await.unwrap();
@@ -431,6 +465,15 @@ fn cors_origins_are_checked_and_any_origin_is_for_dev_mode_only() {
         (vec!["game.example"], false, false),
         (vec!["HTTPS://Game.example"], false, false),
         (vec!["ftp://game.example"], false, false),
+        (vec!["https://game.example:8443"], false, true),
+        (vec!["http://[::1]:3000"], false, true),
+        (vec!["https://game.example:443"], false, false),
+        (vec!["http://game.example:80"], false, false),
+        (vec!["http://game.example:"], false, false),
+        (vec!["http://game.example:99999"], false, false),
+        (vec!["https://user@game.example"], false, false),
+        (vec!["https://bücher.example"], false, false),
+        (vec!["https://game.example\t"], false, false),
     ] {
         c.node.dev = dev;
         c.http.cors_origins = origins.iter().map(|s| s.to_string()).collect();

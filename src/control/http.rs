@@ -56,12 +56,10 @@ pub fn router(shared: Shared) -> Router {
     }
     // The handlers check sizes themselves (413 with a JSON body); this only
     // stops a body far beyond any limit from being buffered.
+    // The last layer is the outermost: CORS sees every answer (a `busy`
+    // one too) and answers preflights without taking a permit.
     router
         .layer(DefaultBodyLimit::max(offer_max.max(DEV_TOKEN_BODY_BYTES_MAX) + 1))
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
-            let cors = cors.clone();
-            async move { with_cors(&cors, request, next).await }
-        }))
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             let permits = permits.clone();
             async move {
@@ -75,40 +73,48 @@ pub fn router(shared: Shared) -> Router {
                 }
             }
         }))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let cors = cors.clone();
+            async move { with_cors(&cors, dev, request, next).await }
+        }))
         .with_state(shared)
 }
 
 /// Whether a path is a signaling endpoint a page on another origin may
-/// call (join, room join, leave).
-fn is_signaling(path: &str) -> bool {
+/// call (join, room join, leave; in dev mode the token endpoint too).
+fn is_signaling(path: &str, dev: bool) -> bool {
     let p: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    matches!(
-        p.as_slice(),
-        ["v1", "instances", _, "join"] | ["v1", "rooms", _, "join"] | ["v1", "sessions", _]
-    )
+    match p.as_slice() {
+        ["v1", "instances", _, "join"] | ["v1", "rooms", _, "join"] | ["v1", "sessions", _] => true,
+        ["v1", "dev", "token"] => dev,
+        _ => false,
+    }
 }
 
 /// CORS on the signaling endpoints for the origins `http.cors_origins`
 /// allows (`*`: any, dev mode only): preflights answered here, responses
 /// given `Access-Control-Allow-Origin` and `Location` exposed. Requests
 /// without an `Origin`, or to other routes, pass untouched.
-async fn with_cors(allowed: &[String], request: Request, next: Next) -> Response {
+async fn with_cors(allowed: &[String], dev: bool, request: Request, next: Next) -> Response {
     let origin = request
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let Some(origin) = origin.filter(|_| is_signaling(request.uri().path())) else {
+    let Some(origin) = origin.filter(|_| is_signaling(request.uri().path(), dev)) else {
         return next.run(request).await;
     };
     let ok = allowed.iter().any(|a| a == "*" || *a == origin);
     if request.method() == axum::http::Method::OPTIONS {
         if !ok {
-            return error(
+            let mut r = error(
                 StatusCode::FORBIDDEN,
                 "cors_origin",
                 format!("origin {origin:?} is not in http.cors_origins"),
             );
+            r.headers_mut()
+                .append(header::VARY, HeaderValue::from_static("origin"));
+            return r;
         }
         let mut r = StatusCode::NO_CONTENT.into_response();
         let h = r.headers_mut();
@@ -134,15 +140,18 @@ async fn with_cors(allowed: &[String], request: Request, next: Next) -> Response
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static("location"),
         );
+    } else {
+        r.headers_mut()
+            .append(header::VARY, HeaderValue::from_static("origin"));
     }
     r
 }
 
 /// `Access-Control-Allow-Origin: <origin>`, varying by origin.
 fn allow_origin(h: &mut HeaderMap, origin: &str) {
+    h.append(header::VARY, HeaderValue::from_static("origin"));
     if let Ok(v) = HeaderValue::from_str(origin) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        h.append(header::VARY, HeaderValue::from_static("origin"));
     }
 }
 

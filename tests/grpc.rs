@@ -13,13 +13,20 @@ use net::client::{Client, ClientEvent, dev_token};
 use net::messages::KickReason;
 use tonic::Code;
 
+/// A gRPC client of the node's control API.
+async fn control_api(
+    node: &instanceserver::node::Node,
+) -> ControlClient<tonic::transport::Channel> {
+    ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn create_list_kick_ban_end_and_drain_through_grpc() {
     let node = support::start(support::config(2));
     let http = node.http_addr;
-    let mut api = ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut api = control_api(&node).await;
 
     let created = api
         .create_instance(pb::CreateInstanceRequest {
@@ -246,9 +253,7 @@ async fn outside_dev_mode_every_call_needs_the_bearer_token() {
     let dir = tempfile::tempdir().unwrap();
     let token = "a-control-api-token-of-48-bytes-0123456789abcdef";
     let node = support::start(secured(token, dir.path()));
-    let mut client = ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut client = control_api(&node).await;
     let call = |bearer: Option<&str>| {
         let mut r = tonic::Request::new(pb::ListInstancesRequest::default());
         if let Some(b) = bearer {
@@ -312,9 +317,7 @@ async fn an_instance_takes_its_own_empty_timeout_and_attendance_records_who_came
     config.instance.empty_timeout_ms = 1_000;
     let node = support::start(config);
     let http = node.http_addr;
-    let mut api = ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut api = control_api(&node).await;
     for (ms, persistent) in [(10, false), (u64::MAX, false), (5_000, true)] {
         let bad = api
             .create_instance(pb::CreateInstanceRequest {
@@ -496,9 +499,7 @@ fn refused(r: Result<Client, net::client::ClientError>) -> (u16, String) {
 async fn private_instances_room_codes_and_bans_that_outlive_the_instance() {
     let node = support::start(support::config(1));
     let http = node.http_addr;
-    let mut api = ControlClient::connect(format!("http://{}", node.grpc_addr.unwrap()))
-        .await
-        .unwrap();
+    let mut api = control_api(&node).await;
     let vip = api
         .create_instance(pb::CreateInstanceRequest {
             instance_id: "vip".into(),

@@ -496,6 +496,14 @@ fn a_faulty_instance_ends_alone() {
     assert!(h.join("c", "dee").is_ok());
 }
 
+/// Why client `c` was kicked, each time it was.
+fn kicks(h: &Harness, c: usize) -> Vec<KickReason> {
+    seen(h, c, |e| match e {
+        ClientEvent::Kicked { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
 /// Every event client `c` has seen so far that `pick` picks.
 fn seen<T>(h: &Harness, c: usize, pick: impl Fn(&ClientEvent) -> Option<T>) -> Vec<T> {
     h.clients[c].events.iter().filter_map(pick).collect()
@@ -766,11 +774,7 @@ fn a_user_who_joins_twice_replaces_the_older_session() {
     // The instance is full, but ann's second session takes her first one's seat.
     let again = h.join("room", "ann").unwrap();
     assert!(h.run_until(Duration::from_secs(5), |h| joined(h, again)));
-    let kicked = seen(&h, c[0], |e| match e {
-        ClientEvent::Kicked { reason, .. } => Some(*reason),
-        _ => None,
-    });
-    assert_eq!(kicked, [KickReason::Replaced]);
+    assert_eq!(kicks(&h, c[0]), [KickReason::Replaced]);
     assert_eq!(left(&h, LeaveReason::Replaced), 1);
     let bob_heard: Vec<_> = seen(&h, c[1], |e| match e {
         ClientEvent::PeerLeft { user_index } => Some(("left", *user_index)),
@@ -798,15 +802,9 @@ fn a_client_that_stops_sending_messages_is_removed_though_its_transport_lives() 
     h.client_mut(c[0]).set_heartbeat(None);
     h.client_mut(c[1]).set_ack_delay(an_hour);
     h.run_for(Duration::from_secs(12));
-    let kicked = |h: &Harness, i: usize| {
-        seen(h, i, |e| match e {
-            ClientEvent::Kicked { reason, .. } => Some(*reason),
-            _ => None,
-        })
-    };
-    assert_eq!(kicked(&h, c[0]), [KickReason::Silent]);
+    assert_eq!(kicks(&h, c[0]), [KickReason::Silent]);
     assert_eq!(left(&h, LeaveReason::Silent), 1);
-    assert!(kicked(&h, c[1]).is_empty(), "bob's heartbeat keeps him in");
+    assert!(kicks(&h, c[1]).is_empty(), "bob's heartbeat keeps him in");
     assert!(!h.client(c[1]).is_closed());
 }
 
@@ -852,11 +850,7 @@ fn a_media_instance_relays_actions_between_members_and_never_ticks() {
     // A member that falls silent is removed all the same.
     h.client_mut(bob).set_heartbeat(None);
     h.run_for(Duration::from_secs(12));
-    let kicked = seen(&h, bob, |e| match e {
-        ClientEvent::Kicked { reason, .. } => Some(*reason),
-        _ => None,
-    });
-    assert_eq!(kicked, [KickReason::Silent]);
+    assert_eq!(kicks(&h, bob), [KickReason::Silent]);
     assert!(
         seen(&h, ann, |e| matches!(e, ClientEvent::Kicked { .. })
             .then_some(()))

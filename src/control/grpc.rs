@@ -23,6 +23,9 @@ pub const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest kick message and ban accepted.
 pub const KICK_MESSAGE_BYTES_MAX: usize = 256;
 pub const BAN_SECONDS_MAX: u64 = 10 * 365 * 24 * 3600;
+/// Attendance records one `ListAttendance` (or HTTP `/attendance`)
+/// returns when the request sets no limit.
+pub const ATTENDANCE_LIMIT_DEFAULT: u32 = 1_000;
 /// Most attendance records one `ListAttendance` returns.
 pub const ATTENDANCE_LIMIT_MAX: u32 = 10_000;
 
@@ -233,12 +236,14 @@ impl pb::control_server::Control for ControlService {
                 r.limit
             )));
         }
-        let limit = if r.limit == 0 { 1_000 } else { r.limit } as usize;
-        let matching = c.attendance.query(instance, user).count();
+        let limit = if r.limit == 0 {
+            ATTENDANCE_LIMIT_DEFAULT
+        } else {
+            r.limit
+        } as usize;
         let records = c
             .attendance
-            .query(instance, user)
-            .skip(matching.saturating_sub(limit))
+            .newest(instance, user, limit)
             .map(|a| pb::Attendance {
                 instance_id: a.instance_id.clone(),
                 user_id: a.user_id.clone(),

@@ -713,7 +713,7 @@ async fn attendance(
     let limit = match query {
         Ok(Query(AttendanceQuery {
             limit: None | Some(0),
-        })) => 1_000,
+        })) => super::grpc::ATTENDANCE_LIMIT_DEFAULT,
         Ok(Query(AttendanceQuery { limit: Some(n) })) if n <= max => n,
         Ok(_) => {
             return error(
@@ -730,11 +730,9 @@ async fn attendance(
         if let Some(r) = not_operator(&c, &headers) {
             return r;
         }
-        let matching = c.attendance.query(Some(&id), None).count();
         let records: Vec<_> = c
             .attendance
-            .query(Some(&id), None)
-            .skip(matching.saturating_sub(limit))
+            .newest(Some(&id), None, limit)
             .cloned()
             .collect();
         (records, c.attendance.dropped())

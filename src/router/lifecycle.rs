@@ -78,9 +78,9 @@ impl Shard {
         hosted.instance.can_join_as(&request.user_id)?;
         let replacing = hosted
             .instance
-            .members()
-            .iter()
-            .any(|m| m.user_id == request.user_id && m.leaving.is_none());
+            .older_sessions(&request.user_id)
+            .next()
+            .is_some();
         // It wakes: its next figures go out even if it sleeps again soon.
         hosted.reported_asleep = false;
         if self.conns.len() >= self.config.conn.conns_max {

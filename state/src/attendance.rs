@@ -93,6 +93,18 @@ impl Attendance {
         })
     }
 
+    /// The newest `limit` records [`Attendance::query`] picks, oldest first.
+    pub fn newest<'a>(
+        &'a self,
+        instance_id: Option<&'a str>,
+        user_id: Option<&'a str>,
+        limit: usize,
+    ) -> impl Iterator<Item = &'a AttendanceRecord> + 'a {
+        let matching = self.query(instance_id, user_id).count();
+        self.query(instance_id, user_id)
+            .skip(matching.saturating_sub(limit))
+    }
+
     /// Records dropped to stay within the limit.
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -139,5 +151,7 @@ mod tests {
         );
         assert_eq!(a.query(None, Some("cy")).count(), 1);
         assert!(a.query(None, None).all(|r| r.session != 1));
+        let newest: Vec<_> = a.newest(None, None, 1).map(|r| r.session).collect();
+        assert_eq!(newest, [3]);
     }
 }

@@ -83,7 +83,7 @@ impl Instance {
             Outcome::Broadcast(action) => {
                 let target = action.target;
                 if let Target::User(u) = target
-                    && !self.is_joined_member(u)
+                    && !super::is_listening_member(&self.members, u)
                 {
                     *refused.entry("action_unknown_user").or_default() += 1;
                     return;
@@ -104,11 +104,7 @@ impl Instance {
             }
             Outcome::Ownership { network_id, op } => {
                 let members = &self.members;
-                let is_member = |u: u32| {
-                    members
-                        .binary_search_by_key(&UserIndex(u), |m| m.user)
-                        .is_ok_and(|j| members[j].is_listening())
-                };
+                let is_member = |u: u32| super::is_listening_member(members, u);
                 let owned_max = self.config.owned_entities_max;
                 let result = net::input::change_ownership(
                     &mut self.sim,

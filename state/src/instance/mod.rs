@@ -359,16 +359,19 @@ impl Instance {
             reason: KickReason::Replaced,
             message: "the same user joined again from another session".into(),
         };
-        let older: Vec<UserIndex> = self
-            .members
-            .iter()
-            .filter(|m| m.user_id == user_id && m.leaving.is_none())
-            .map(|m| m.user)
-            .collect();
+        let older: Vec<UserIndex> = self.older_sessions(user_id).map(|m| m.user).collect();
         for &user in &older {
             self.kick(user, &kick, LeaveReason::Replaced, io);
         }
         older.len()
+    }
+
+    /// The sessions of `user_id` a new join of it replaces: its members not
+    /// already on their way out.
+    pub fn older_sessions<'a>(&'a self, user_id: &'a str) -> impl Iterator<Item = &'a Member> {
+        self.members
+            .iter()
+            .filter(move |m| m.user_id == user_id && m.leaving.is_none())
     }
 
     /// Whether `user_id` would be admitted now, its own older sessions
@@ -377,11 +380,7 @@ impl Instance {
         if self.drain_until.is_some() {
             return Err(JoinRefused::Draining);
         }
-        let replaced = self
-            .members
-            .iter()
-            .filter(|m| m.user_id == user_id && m.leaving.is_none())
-            .count();
+        let replaced = self.older_sessions(user_id).count();
         if self.members.len() - replaced >= self.max_users as usize {
             return Err(JoinRefused::InstanceFull(self.id.clone()));
         }
@@ -634,17 +633,11 @@ impl Instance {
         let max = self.config.cached_actions_max;
         let bytes_max = self.config.cached_action_bytes_max;
         if action.cache == Cache::ReplaceOwn {
-            let mut removed = 0;
-            self.cached_actions.retain(|a| {
-                let same = a.cache == Cache::ReplaceOwn
+            self.drop_cached(|a| {
+                a.cache == Cache::ReplaceOwn
                     && a.sender == action.sender
-                    && a.action_type == action.action_type;
-                if same {
-                    removed += cached_size(a);
-                }
-                !same
+                    && a.action_type == action.action_type
             });
-            self.cached_bytes -= removed;
         }
         let size = cached_size(&action);
         if max == 0 || size > bytes_max {
@@ -663,13 +656,18 @@ impl Instance {
     /// Drops what a leaving user cached as its own state
     /// ([`Cache::ReplaceOwn`]); its [`Cache::Keep`] actions stay.
     fn forget_cached_state(&mut self, user: UserIndex) {
+        self.drop_cached(|a| a.cache == Cache::ReplaceOwn && a.sender == user.0);
+    }
+
+    /// Drops the cached actions `drop` picks, keeping the byte count.
+    fn drop_cached(&mut self, drop: impl Fn(&ActionBroadcast) -> bool) {
         let mut removed = 0;
         self.cached_actions.retain(|a| {
-            let own = a.cache == Cache::ReplaceOwn && a.sender == user.0;
-            if own {
+            let gone = drop(a);
+            if gone {
                 removed += cached_size(a);
             }
-            !own
+            !gone
         });
         self.cached_bytes -= removed;
     }
@@ -743,12 +741,12 @@ fn cached_size(a: &ActionBroadcast) -> usize {
     a.topic.len() + a.action_type.len() + a.payload.len()
 }
 
-impl Instance {
-    /// Whether `user` is a member that has joined (a transfer target).
-    fn is_joined_member(&self, user: u32) -> bool {
-        self.member(UserIndex(user))
-            .is_some_and(|m| m.is_listening())
-    }
+/// Whether `user` is one of `members` (sorted by user index) that has
+/// joined and is not leaving: one an action or a transfer may target.
+fn is_listening_member(members: &[Member], user: u32) -> bool {
+    members
+        .binary_search_by_key(&UserIndex(user), |m| m.user)
+        .is_ok_and(|j| members[j].is_listening())
 }
 
 #[cfg(test)]

@@ -1,0 +1,546 @@
+// The browser client: joins an instance over HTTP signaling and WebRTC,
+// keeps the view from snapshots, sends inputs, acknowledgements, heartbeats
+// and actions, and reconnects with backoff after a drop.
+
+import {
+  ProtocolError,
+  decodeServerMessage,
+  encodeAction,
+  encodeInput,
+  encodeOwnershipRequest,
+  encodePing,
+  INPUT_OWNED_MAX,
+  isValidTopic,
+  TOPICS_PER_SESSION_MAX,
+} from './protocol.js';
+import { SnapshotReceiver } from './snapshot.js';
+import { Interpolator, InterpolatedView, INTERPOLATION_DELAY_MS } from './interp.js';
+
+/** A small event emitter: `on(name, fn)` returns a function that unsubscribes. */
+export class Emitter {
+  constructor() {
+    this.handlers = new Map();
+  }
+
+  on(name, fn) {
+    if (!this.handlers.has(name)) this.handlers.set(name, new Set());
+    this.handlers.get(name).add(fn);
+    return () => this.off(name, fn);
+  }
+
+  off(name, fn) {
+    this.handlers.get(name)?.delete(fn);
+  }
+
+  emit(name, value) {
+    for (const fn of this.handlers.get(name) ?? []) {
+      try {
+        fn(value);
+      } catch (e) {
+        // A handler's bug must not stop the client.
+        console.error(`instanceserver: a '${name}' handler threw`, e);
+      }
+    }
+  }
+}
+
+/** A join the server refused, or that did not complete. */
+export class JoinError extends Error {
+  /** @param {number} status HTTP status (0: no answer) @param {string} code @param {string} message */
+  constructor(status, code, message, retryAfterMs = null) {
+    super(`${code}: ${message}`);
+    this.name = 'JoinError';
+    this.status = status;
+    this.code = code;
+    this.retryAfterMs = retryAfterMs;
+  }
+
+  /** Whether trying again later may succeed (busy, draining elsewhere, timeouts, network errors). */
+  get retryable() {
+    return this.status === 0 || this.status === 429 || this.status === 503 || this.status === 504;
+  }
+}
+
+export const DEFAULTS = Object.freeze({
+  heartbeatMs: 1000,
+  /** No message from the server for this long counts as a drop. */
+  silenceMs: 5000,
+  /** Re-send a changed owned update for this long (the state channel is lossy). */
+  resendMs: 300,
+  joinTimeoutMs: 15000,
+  reconnect: Object.freeze({ attempts: 8, baseMs: 500, maxMs: 10000 }),
+});
+
+const now = () => (typeof performance !== 'undefined' ? performance.now() : Date.now());
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * One user's connection to one instance. Create it with `Client.join`.
+ *
+ * Events (`client.on(name, fn)`): `joined` (the Welcome, also after a
+ * reconnect), `snapshot` ({tick, entities}), `action`, `peerjoined`,
+ * `peerleft`, `ownership` ({networkId, owner}), `ownershiprefused`,
+ * `ownershiprequested`, `names`, `draining` ({graceMs}), `kicked`
+ * ({reason, message}), `reconnecting` ({attempt, delayMs, cause}),
+ * `error` (a ProtocolError or a failed send), `closed` ({reason}),
+ * `stats` (once a second).
+ */
+export class Client extends Emitter {
+  /**
+   * Joins and resolves once the server's Welcome arrived.
+   * @param {object} options
+   * @param {string} [options.server] base URL of the node (default: the page's origin)
+   * @param {string} [options.instance] instance id to join
+   * @param {string} [options.room] or a room code
+   * @param {string|(() => Promise<string>|string)} options.token the join JWT, or a function giving a fresh one (called for every attempt)
+   * @param {string[]} [options.topics] action topics to receive (default: all)
+   * @param {number} [options.interpolationDelayMs] render delay (default 100)
+   * @param {number} [options.inputHz] inputs and acks per second (default: the snapshot rate)
+   * @param {false|{attempts?: number, baseMs?: number, maxMs?: number}} [options.reconnect]
+   */
+  static async join(options) {
+    const client = new Client(options);
+    await client.connectWithRetry(null);
+    return client;
+  }
+
+  constructor(options) {
+    super();
+    if (!options || (!options.instance && !options.room)) throw new TypeError('Client.join needs an instance id or a room code');
+    if (options.token === undefined) throw new TypeError('Client.join needs a token');
+    const topics = options.topics ?? null;
+    if (topics !== null) {
+      if (!Array.isArray(topics) || topics.length === 0 || topics.length > TOPICS_PER_SESSION_MAX || !topics.every(isValidTopic)) {
+        throw new TypeError(`topics: 1 to ${TOPICS_PER_SESSION_MAX} of 1 to 32 bytes of a-z 0-9 . _ -`);
+      }
+    }
+    this.options = {
+      ...DEFAULTS,
+      ...options,
+      reconnect: options.reconnect === false ? false : { ...DEFAULTS.reconnect, ...(options.reconnect ?? {}) },
+    };
+    this.server = (options.server ?? globalThis.location?.origin ?? '').replace(/\/$/, '');
+    this.topics = topics;
+    this.PeerConnection = options.RTCPeerConnection ?? globalThis.RTCPeerConnection;
+    if (!this.PeerConnection) throw new TypeError('no RTCPeerConnection in this environment');
+    this.interpolator = new Interpolator({ delayMs: options.interpolationDelayMs ?? INTERPOLATION_DELAY_MS });
+    this.owned = new Map();
+    this.ended = false;
+    this.conn = null;
+    this.resetState();
+    this.totals = { bytesIn: 0, snapshots: 0, inputsSent: 0, acksSent: 0, pingsSent: 0, invalid: 0 };
+    this.stats = { rttMs: null, snapshotsPerSecond: 0, bytesPerSecond: 0, entities: 0, interpolationDelayMs: 0, reconnects: 0 };
+    this.window = { at: now(), bytes: 0, snapshots: 0 };
+  }
+
+  /** Per-connection state, cleared on every (re)join. */
+  resetState() {
+    /** The Welcome: {userId, userIndex, avatar, tickHz, snapshotHz, boundsMin, boundsMax, ...} */
+    this.welcome = null;
+    this.snapshots = new SnapshotReceiver();
+    this.interpolator.stored = 0;
+    this.interpolator.offset = null;
+    /** userIndex → {userIndex, userId, name, avatar} of the other members. */
+    this.peers = new Map();
+    /** networkId → userIndex of entities (not avatars) someone owns. */
+    this.owners = new Map();
+    /** networkId → scene name. */
+    this.names = new Map();
+    this.sequence = { state: 0, actions: 0 };
+    this.lastAcked = 0;
+  }
+
+  /** This user's index in the instance (stamped on its actions). */
+  get userIndex() {
+    return this.welcome?.userIndex ?? null;
+  }
+
+  /** Network id of this user's avatar. */
+  get avatar() {
+    return this.welcome?.avatar ?? null;
+  }
+
+  get connected() {
+    return this.conn !== null && this.conn.open && this.welcome !== null;
+  }
+
+  async token() {
+    const t = this.options.token;
+    return typeof t === 'function' ? await t() : t;
+  }
+
+  /** Joins, retrying `busy`/timeouts with backoff when reconnection is on. */
+  async connectWithRetry(cause) {
+    const policy = this.options.reconnect;
+    let attempt = 0;
+    for (;;) {
+      try {
+        await this.connect();
+        if (cause !== null) this.stats.reconnects++;
+        return;
+      } catch (e) {
+        const retryable = e instanceof JoinError ? e.retryable : true;
+        attempt++;
+        if (this.ended || !policy || !retryable || attempt > policy.attempts) {
+          if (cause !== null) this.close({ reason: 'reconnect_failed', error: e });
+          throw e;
+        }
+        const backoff = Math.min(policy.maxMs, policy.baseMs * 2 ** (attempt - 1));
+        const delayMs = Math.max(e.retryAfterMs ?? 0, Math.round(backoff * (0.5 + Math.random() / 2)));
+        this.emit('reconnecting', { attempt, delayMs, cause: cause ?? e });
+        await sleep(delayMs);
+        if (this.ended) throw e;
+      }
+    }
+  }
+
+  /** One join: peer connection, offer, HTTP join, answer, channels, Welcome. */
+  async connect() {
+    this.resetState();
+    const pc = new this.PeerConnection();
+    const state = pc.createDataChannel('state', { ordered: false, maxRetransmits: 0 });
+    const actions = pc.createDataChannel('actions');
+    state.binaryType = 'arraybuffer';
+    actions.binaryType = 'arraybuffer';
+    const conn = { pc, state, actions, open: false, lastHeard: now(), timers: [], location: null };
+    this.conn = conn;
+    let welcomed;
+    let failed;
+    const welcome = new Promise((resolve, reject) => {
+      welcomed = resolve;
+      failed = reject;
+    });
+    conn.failJoin = (e) => failed(e);
+    const onMessage = (channel) => (ev) => {
+      if (this.conn !== conn) return;
+      conn.lastHeard = now();
+      this.receive(channel, ev.data, welcomed);
+    };
+    state.onmessage = onMessage('state');
+    actions.onmessage = onMessage('actions');
+    const onClose = () => this.dropped(conn, 'channel closed');
+    state.onclose = onClose;
+    actions.onclose = onClose;
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed' || pc.connectionState === 'closed') this.dropped(conn, `peer connection ${pc.connectionState}`);
+    };
+    const opened = Promise.all([state, actions].map((ch) => new Promise((resolve) => {
+      if (ch.readyState === 'open') resolve();
+      else ch.addEventListener('open', () => resolve(), { once: true });
+    })));
+    try {
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      // No need to wait for ICE gathering: the server is ICE-lite and
+      // learns this peer's address from its connectivity checks.
+      const answer = await this.signal(pc.localDescription.sdp, conn);
+      await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+      let timer;
+      const timeout = new Promise((_, reject) => {
+        timer = setTimeout(
+          () => reject(new JoinError(0, 'timeout', `no Welcome within ${this.options.joinTimeoutMs} ms`)),
+          this.options.joinTimeoutMs,
+        );
+      });
+      try {
+        await Promise.race([Promise.all([opened, welcome]), timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+      conn.open = true;
+    } catch (e) {
+      this.teardown(conn, false);
+      throw e;
+    }
+    this.startTimers(conn);
+    this.emit('joined', this.welcome);
+  }
+
+  /** The HTTP join: returns the SDP answer. */
+  async signal(sdp, conn) {
+    const path = this.options.room
+      ? `/v1/rooms/${encodeURIComponent(this.options.room)}/join`
+      : `/v1/instances/${encodeURIComponent(this.options.instance)}/join`;
+    const query = this.topics ? `?topics=${this.topics.join(',')}` : '';
+    let response;
+    try {
+      response = await fetch(`${this.server}${path}${query}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/sdp', authorization: `Bearer ${await this.token()}` },
+        body: sdp,
+      });
+    } catch (e) {
+      throw new JoinError(0, 'network', String(e?.message ?? e));
+    }
+    const text = await response.text();
+    if (response.status !== 201) {
+      let code = 'http_error';
+      let message = text.slice(0, 200);
+      try {
+        const body = JSON.parse(text);
+        code = body.error ?? code;
+        message = body.message ?? message;
+      } catch {
+        // not JSON: keep the text
+      }
+      const retryAfter = Number(response.headers.get('retry-after'));
+      throw new JoinError(response.status, code, message, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : null);
+    }
+    const location = response.headers.get('location');
+    conn.location = location ? new URL(location, `${this.server || globalThis.location?.origin}/`).toString() : null;
+    return text;
+  }
+
+  startTimers(conn) {
+    const inputEvery = 1000 / (this.options.inputHz ?? (this.welcome.snapshotHz || this.welcome.tickHz || 30));
+    conn.timers.push(setInterval(() => this.inputTick(conn), inputEvery));
+    conn.timers.push(setInterval(() => this.heartbeat(conn), this.options.heartbeatMs));
+    conn.timers.push(setInterval(() => this.statsTick(), 1000));
+  }
+
+  receive(channel, data, welcomed) {
+    if (!(data instanceof ArrayBuffer)) {
+      this.invalid(new ProtocolError('a text message on a data channel'));
+      return;
+    }
+    this.totals.bytesIn += data.byteLength;
+    this.window.bytes += data.byteLength;
+    let m;
+    try {
+      m = decodeServerMessage(data, channel);
+    } catch (e) {
+      if (e instanceof ProtocolError && e.version !== undefined) {
+        this.close({ reason: 'version_mismatch', serverVersion: e.version });
+        return;
+      }
+      this.invalid(e);
+      return;
+    }
+    switch (m.kind) {
+      case 'Snapshot':
+        if (this.welcome === null) return;
+        try {
+          const entities = this.snapshots.apply(m.tick, data, m.payloadStart, m.payloadEnd);
+          this.interpolator.push(now(), m.tick, this.welcome.tickHz, this.welcome.boundsMin, entities);
+          this.totals.snapshots++;
+          this.window.snapshots++;
+          this.emit('snapshot', { tick: m.tick, entities });
+        } catch (e) {
+          // Stale (reordered) snapshots are expected on the unordered channel.
+          if (!String(e.message).startsWith('snapshot older')) this.invalid(e);
+        }
+        return;
+      case 'Welcome':
+        this.welcome = m;
+        for (const o of m.owners) this.owners.set(o.networkId, o.owner);
+        welcomed(m);
+        for (const a of m.cachedActions) this.emit('action', { ...a, cached: true });
+        return;
+      case 'ActionBroadcast':
+        this.emit('action', m);
+        return;
+      case 'PeerJoined':
+        this.peers.set(m.userIndex, { userIndex: m.userIndex, userId: m.userId, name: m.name, avatar: m.avatar });
+        this.emit('peerjoined', this.peers.get(m.userIndex));
+        return;
+      case 'PeerLeft': {
+        const peer = this.peers.get(m.userIndex) ?? { userIndex: m.userIndex };
+        this.peers.delete(m.userIndex);
+        for (const [id, owner] of this.owners) if (owner === m.userIndex) this.owners.delete(id);
+        this.emit('peerleft', peer);
+        return;
+      }
+      case 'OwnershipChanged':
+        if (m.owner === null) this.owners.delete(m.networkId);
+        else this.owners.set(m.networkId, m.owner);
+        this.emit('ownership', { networkId: m.networkId, owner: m.owner });
+        return;
+      case 'OwnershipRefused':
+        this.emit('ownershiprefused', m);
+        return;
+      case 'OwnershipRequested':
+        this.emit('ownershiprequested', m);
+        return;
+      case 'EntityNames':
+        for (const e of m.entities) this.names.set(e.networkId, e.name);
+        this.emit('names', m.entities);
+        return;
+      case 'Draining':
+        this.emit('draining', { graceMs: m.graceMs });
+        return;
+      case 'Kick':
+        this.emit('kicked', { reason: m.reason, message: m.message });
+        this.close({ reason: 'kicked', kick: m.reason, message: m.message });
+        return;
+      case 'Pong':
+        this.stats.rttMs = Math.max(0, now() - m.clientTimeUs / 1000);
+        return;
+      case 'VersionMismatch':
+        this.close({ reason: 'version_mismatch', serverVersion: m.serverVersion });
+        return;
+      default:
+    }
+  }
+
+  invalid(e) {
+    this.totals.invalid++;
+    this.emit('error', e);
+  }
+
+  send(channel, bytes) {
+    const conn = this.conn;
+    if (!conn || !conn.open) throw new Error('not connected');
+    const ch = channel === 'state' ? conn.state : conn.actions;
+    // The state channel is lossy anyway: skip rather than queue behind a stall.
+    if (channel === 'state' && ch.bufferedAmount > 64 * 1024) return false;
+    ch.send(bytes);
+    return true;
+  }
+
+  nextSequence(channel) {
+    this.sequence[channel] = (this.sequence[channel] + 1) >>> 0;
+    return this.sequence[channel];
+  }
+
+  /** Sends this tick's owned updates, or an empty Input when only an acknowledgement is due. */
+  inputTick(conn) {
+    if (this.conn !== conn || !conn.open) return;
+    const t = now();
+    const updates = [];
+    for (const [networkId, u] of this.owned) {
+      if (t - u.changedAt > this.options.resendMs) continue;
+      if (updates.length === INPUT_OWNED_MAX) break;
+      updates.push({ networkId, position: u.position, rotation: u.rotation });
+    }
+    const ack = this.snapshots.latest ?? 0;
+    if (updates.length === 0 && ack === this.lastAcked) return;
+    if (this.send('state', encodeInput(this.nextSequence('state'), ack, updates))) {
+      this.lastAcked = ack;
+      if (updates.length > 0) this.totals.inputsSent++;
+      else this.totals.acksSent++;
+    }
+  }
+
+  heartbeat(conn) {
+    if (this.conn !== conn || !conn.open) return;
+    if (now() - conn.lastHeard > this.options.silenceMs) {
+      this.dropped(conn, `nothing from the server for ${this.options.silenceMs} ms`);
+      return;
+    }
+    const ack = this.snapshots.latest ?? 0;
+    if (this.send('state', encodePing(this.nextSequence('state'), ack, now() * 1000))) this.totals.pingsSent++;
+  }
+
+  statsTick() {
+    const t = now();
+    const s = (t - this.window.at) / 1000;
+    if (s <= 0) return;
+    this.stats.snapshotsPerSecond = this.window.snapshots / s;
+    this.stats.bytesPerSecond = this.window.bytes / s;
+    this.stats.entities = this.snapshots.entities.count;
+    this.window = { at: t, bytes: 0, snapshots: 0 };
+    this.emit('stats', { ...this.stats });
+  }
+
+  /**
+   * Moves an entity this user owns (its avatar, or one it took): sent with
+   * the next inputs, and re-sent for a short while so a lost datagram
+   * does not lose it. `rotation` is a unit quaternion [x, y, z, w].
+   */
+  setOwned(networkId, position, rotation = [0, 0, 0, 1]) {
+    if (!position.every(Number.isFinite) || !rotation.every(Number.isFinite)) throw new TypeError('position and rotation must be finite');
+    const u = this.owned.get(networkId);
+    if (u && u.position.every((v, i) => v === position[i]) && u.rotation.every((v, i) => v === rotation[i])) return;
+    this.owned.set(networkId, { position: [...position], rotation: [...rotation], changedAt: now() });
+  }
+
+  /** Walks this user's avatar toward `position` (metres). */
+  moveAvatar(position, rotation) {
+    if (this.avatar === null) throw new Error('not joined');
+    this.setOwned(this.avatar, position, rotation);
+  }
+
+  /** Stops sending updates for an entity (after releasing it). */
+  forgetOwned(networkId) {
+    this.owned.delete(networkId);
+  }
+
+  /** Sends an action: `{topic, actionType, target?, cache?, payload?}` (see encodeAction). */
+  sendAction(action) {
+    this.send('actions', encodeAction(this.nextSequence('actions'), action));
+  }
+
+  /** A chat line to everyone: topic `chat`, type `message`, the text as UTF-8. */
+  chat(text) {
+    this.sendAction({ topic: 'chat', actionType: 'message', payload: String(text) });
+  }
+
+  /** Asks for authority: `op` is 'take', 'release' or {kind: 'transfer', to: userIndex}. */
+  requestOwnership(networkId, op = 'take') {
+    this.send('actions', encodeOwnershipRequest(this.nextSequence('actions'), networkId, op));
+  }
+
+  /** The view interpolated for local time `nowMs` into `out` (an InterpolatedView). */
+  sample(out = this.view ?? (this.view = new InterpolatedView()), nowMs = now()) {
+    this.interpolator.sample(nowMs, out);
+    this.stats.interpolationDelayMs = out.behindMs;
+    return out;
+  }
+
+  /** Render delay behind the newest snapshot, ms. */
+  set interpolationDelayMs(ms) {
+    this.interpolator.delayMs = ms;
+  }
+
+  get interpolationDelayMs() {
+    return this.interpolator.delayMs;
+  }
+
+  dropped(conn, cause) {
+    if (this.conn !== conn || this.ended) return;
+    if (!conn.open) {
+      conn.failJoin?.(new JoinError(0, 'dropped', cause));
+      return;
+    }
+    this.teardown(conn, false);
+    this.conn = null;
+    if (!this.options.reconnect) {
+      this.close({ reason: 'dropped', cause });
+      return;
+    }
+    this.connectWithRetry(cause).catch(() => {});
+  }
+
+  teardown(conn, sayGoodbye) {
+    conn.open = false;
+    for (const t of conn.timers) clearInterval(t);
+    conn.timers = [];
+    for (const ch of [conn.state, conn.actions]) {
+      ch.onmessage = null;
+      ch.onclose = null;
+    }
+    conn.pc.onconnectionstatechange = null;
+    if (sayGoodbye && conn.location) {
+      // The session URL is the secret: DELETE needs no token.
+      fetch(conn.location, { method: 'DELETE', keepalive: true }).catch(() => {});
+    }
+    try {
+      conn.pc.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  close(info) {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.conn) this.teardown(this.conn, info.reason === 'left');
+    this.conn = null;
+    this.emit('closed', info);
+  }
+
+  /** Leaves the instance (DELETE of the session) and closes. */
+  leave() {
+    this.close({ reason: 'left' });
+  }
+}

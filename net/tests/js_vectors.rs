@@ -192,13 +192,41 @@ fn server_messages() -> Vec<Value> {
         }));
     }
     let refusals = [
-        (OwnershipOp::Take, OwnershipRefusal::UnknownEntity, json!({"kind": "unknown_entity"})),
-        (OwnershipOp::Take, OwnershipRefusal::Avatar, json!({"kind": "avatar"})),
-        (OwnershipOp::Take, OwnershipRefusal::OwnedBy(3), json!({"kind": "owned_by", "value": 3})),
-        (OwnershipOp::Release, OwnershipRefusal::NotOwner, json!({"kind": "not_owner"})),
-        (OwnershipOp::Transfer { to: 9 }, OwnershipRefusal::UnknownUser(9), json!({"kind": "unknown_user", "value": 9})),
-        (OwnershipOp::Take, OwnershipRefusal::SceneBody, json!({"kind": "scene_body"})),
-        (OwnershipOp::Take, OwnershipRefusal::TooMany(16), json!({"kind": "too_many", "value": 16})),
+        (
+            OwnershipOp::Take,
+            OwnershipRefusal::UnknownEntity,
+            json!({"kind": "unknown_entity"}),
+        ),
+        (
+            OwnershipOp::Take,
+            OwnershipRefusal::Avatar,
+            json!({"kind": "avatar"}),
+        ),
+        (
+            OwnershipOp::Take,
+            OwnershipRefusal::OwnedBy(3),
+            json!({"kind": "owned_by", "value": 3}),
+        ),
+        (
+            OwnershipOp::Release,
+            OwnershipRefusal::NotOwner,
+            json!({"kind": "not_owner"}),
+        ),
+        (
+            OwnershipOp::Transfer { to: 9 },
+            OwnershipRefusal::UnknownUser(9),
+            json!({"kind": "unknown_user", "value": 9}),
+        ),
+        (
+            OwnershipOp::Take,
+            OwnershipRefusal::SceneBody,
+            json!({"kind": "scene_body"}),
+        ),
+        (
+            OwnershipOp::Take,
+            OwnershipRefusal::TooMany(16),
+            json!({"kind": "too_many", "value": 16}),
+        ),
     ];
     for (i, (op, reason, expect)) in refusals.into_iter().enumerate() {
         out.push(json!({
@@ -335,7 +363,13 @@ fn client_messages() -> Vec<Value> {
         "frame": frame(MessageKind::Input, u32::MAX, 1234, &Input { owned }),
     }));
     let actions = [
-        ("chat", "message", Target::Everyone, Cache::No, b"hi there".to_vec()),
+        (
+            "chat",
+            "message",
+            Target::Everyone,
+            Cache::No,
+            b"hi there".to_vec(),
+        ),
         (
             "a.topic_of-32-bytes-exactly.....",
             "an action type over eight bytes",
@@ -508,7 +542,10 @@ fn snapshot_run() -> Value {
         if acks.len() >= 2 {
             server.ack(acks[acks.len() - 2]);
         }
-        let bytes = server.encode(&mut enc, &frame, Vec3::ZERO, t).unwrap().to_vec();
+        let bytes = server
+            .encode(&mut enc, &frame, Vec3::ZERO, t)
+            .unwrap()
+            .to_vec();
         let ServerMessage::Snapshot(h, payload) =
             decoder.decode_server(&bytes, Channel::State).unwrap()
         else {

@@ -161,6 +161,9 @@ pub struct HttpConfig {
     /// signaling endpoints from a browser (CORS); `*`, any origin, in dev
     /// mode only.
     pub cors_origins: Vec<String>,
+    /// Serve the demo page at `/` and the browser SDK under `/web/`
+    /// (files built into the binary).
+    pub web: bool,
 }
 
 impl Default for HttpConfig {
@@ -173,6 +176,7 @@ impl Default for HttpConfig {
             join_timeout_ms: 5_000,
             concurrent_requests_max: 1_024,
             cors_origins: Vec::new(),
+            web: true,
         }
     }
 }

@@ -29,6 +29,14 @@ impl std::fmt::Debug for PreparedScene {
     }
 }
 
+/// Two prepared scenes are equal when their scenes are (the shapes are
+/// built from the scene).
+impl PartialEq for PreparedScene {
+    fn eq(&self, other: &Self) -> bool {
+        self.scene == other.scene
+    }
+}
+
 impl PreparedScene {
     /// Builds the shapes of `scene`; fails on a triangle mesh parry refuses.
     pub fn new(scene: Scene) -> Result<Self, SimError> {
@@ -49,6 +57,83 @@ impl PreparedScene {
 
     pub fn scene(&self) -> &Scene {
         &self.scene
+    }
+
+    /// What a client needs to draw the scene, as JSON: its name and
+    /// bounds, the avatar's capsule, and every entity with a collider or a
+    /// network id, with the network id clients know it by (`null` for
+    /// fixed geometry, which is never replicated), its kind of body, its
+    /// transform as loaded and its shape (triangle meshes with their
+    /// vertices and triangles). Network ids are those [`crate::Simulation::new`]
+    /// gives: 1, 2, ... to the networked entities in scene order.
+    pub fn client_description(&self, avatar: &crate::AvatarConfig) -> serde_json::Value {
+        use serde_json::json;
+        // Numbers as the scene file wrote them (0.3, not 0.30000001192...).
+        let f = |v: f32| -> f64 { v.to_string().parse().unwrap_or(f64::from(v)) };
+        let f3 = |v: [f32; 3]| v.map(f);
+        let scene = &self.scene;
+        let mut next_network_id = 1u32;
+        let mut entities = Vec::new();
+        for e in &scene.entities {
+            let network_id = e.networked.then(|| {
+                next_network_id += 1;
+                next_network_id - 1
+            });
+            let Some(b) = &e.body else {
+                if let Some(id) = network_id {
+                    entities.push(json!({
+                        "name": e.name, "network_id": id, "body": null, "shape": null,
+                        "position": f3(e.transform.position.to_array()),
+                        "rotation": e.transform.rotation.to_array().map(f),
+                    }));
+                }
+                continue;
+            };
+            let shape = match b.collider.shape {
+                crate::Shape::Cuboid { half_extents } => {
+                    json!({"shape": "cuboid", "half_extents": f3(half_extents.to_array())})
+                }
+                crate::Shape::Ball { radius } => json!({"shape": "ball", "radius": f(radius)}),
+                crate::Shape::Capsule {
+                    half_height,
+                    radius,
+                } => {
+                    json!({"shape": "capsule", "half_height": f(half_height), "radius": f(radius)})
+                }
+                crate::Shape::Cylinder {
+                    half_height,
+                    radius,
+                } => {
+                    json!({"shape": "cylinder", "half_height": f(half_height), "radius": f(radius)})
+                }
+                crate::Shape::TriMesh { .. } => {
+                    let (vertices, indices): (Vec<[f64; 3]>, &[[u32; 3]]) = match &b.mesh {
+                        Some(m) => (
+                            m.vertices.iter().map(|v| f3(v.to_array())).collect(),
+                            &m.indices,
+                        ),
+                        None => (Vec::new(), &[]),
+                    };
+                    json!({"shape": "trimesh", "vertices": vertices, "indices": indices})
+                }
+            };
+            let kind = match b.body.kind {
+                crate::BodyKind::Fixed => "fixed",
+                crate::BodyKind::Dynamic => "dynamic",
+                crate::BodyKind::Kinematic => "kinematic",
+            };
+            entities.push(json!({
+                "name": e.name, "network_id": network_id, "body": kind, "shape": shape,
+                "position": f3(e.transform.position.to_array()),
+                "rotation": e.transform.rotation.to_array().map(f),
+            }));
+        }
+        json!({
+            "name": scene.name,
+            "bounds": {"min": f3(scene.bounds.min.to_array()), "max": f3(scene.bounds.max.to_array())},
+            "avatar": {"shape": "capsule", "half_height": f(avatar.half_height_m), "radius": f(avatar.radius_m)},
+            "entities": entities,
+        })
     }
 
     /// The shape of scene entity `index`, if it has a body.
@@ -109,6 +194,48 @@ impl SceneCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client draws networked entities by the ids the description gives:
+    /// they must be the ids the simulation gave them.
+    #[test]
+    fn the_client_description_names_entities_by_their_network_ids() {
+        for name in ["demo", "social"] {
+            let prepared = Arc::new(PreparedScene::new(Scene::builtin(name).unwrap()).unwrap());
+            let config = crate::SimConfig::default();
+            let d = prepared.client_description(&config.avatar);
+            let sim = crate::Simulation::from_prepared(prepared.clone(), config).unwrap();
+            let world = sim.world();
+            let mut networked = 0;
+            for e in d["entities"].as_array().unwrap() {
+                let Some(id) = e["network_id"].as_u64() else {
+                    assert_eq!(e["body"], "fixed", "{e}");
+                    continue;
+                };
+                networked += 1;
+                let entity = world.by_network_id(crate::NetworkId(id as u32)).unwrap();
+                let at = world.transform(entity).unwrap().position.to_array();
+                let said: Vec<f32> = serde_json::from_value(e["position"].clone()).unwrap();
+                assert_eq!(said, at.to_vec(), "{name}: entity {id}");
+            }
+            assert!(networked > 0);
+            let in_world = (1..=u32::MAX)
+                .take_while(|&n| world.by_network_id(crate::NetworkId(n)).is_some())
+                .count();
+            assert_eq!(networked, in_world, "{name}");
+            assert_eq!(d["avatar"]["radius"], 0.3);
+        }
+        // Triangle meshes come with their vertices.
+        let social = PreparedScene::new(Scene::builtin("social").unwrap()).unwrap();
+        let d = social.client_description(&crate::SimConfig::default().avatar);
+        let mesh = d["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["shape"]["shape"] == "trimesh")
+            .expect("the social scene has a trimesh stage");
+        assert!(mesh["shape"]["vertices"].as_array().unwrap().len() >= 3);
+        assert!(!mesh["shape"]["indices"].as_array().unwrap().is_empty());
+    }
 
     #[test]
     fn instances_of_one_scene_share_it_until_the_last_is_gone() {

@@ -32,12 +32,13 @@ use super::{Shared, lock};
 pub const DEV_TOKEN_BODY_BYTES_MAX: usize = 4096;
 
 pub fn router(shared: Shared) -> Router {
-    let (offer_max, dev, concurrent_max) = {
+    let (offer_max, dev, concurrent_max, web) = {
         let c = lock(&shared);
         (
             c.config.http.offer_bytes_max,
             c.config.node.dev,
             c.config.http.concurrent_requests_max,
+            c.config.http.web,
         )
     };
     let permits = Arc::new(Semaphore::new(concurrent_max));
@@ -49,10 +50,14 @@ pub fn router(shared: Shared) -> Router {
         .route("/v1/instances", get(list))
         .route("/v1/instances/{id}", get(instance))
         .route("/v1/instances/{id}/attendance", get(attendance))
+        .route("/v1/instances/{id}/scene", get(scene))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics));
     if dev {
         router = router.route("/v1/dev/token", post(dev_token));
+    }
+    if web {
+        router = router.merge(super::web::routes());
     }
     // The handlers check sizes themselves (413 with a JSON body); this only
     // stops a body far beyond any limit from being buffered.
@@ -85,7 +90,10 @@ pub fn router(shared: Shared) -> Router {
 fn is_signaling(path: &str, dev: bool) -> bool {
     let p: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match p.as_slice() {
-        ["v1", "instances", _, "join"] | ["v1", "rooms", _, "join"] | ["v1", "sessions", _] => true,
+        ["v1", "instances", _, "join"]
+        | ["v1", "instances", _, "scene"]
+        | ["v1", "rooms", _, "join"]
+        | ["v1", "sessions", _] => true,
         ["v1", "dev", "token"] => dev,
         _ => false,
     }
@@ -121,7 +129,7 @@ async fn with_cors(allowed: &[String], dev: bool, request: Request, next: Next) 
         allow_origin(h, &origin);
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("POST, DELETE, OPTIONS"),
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
         );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -693,6 +701,36 @@ async fn instance(
         .collect();
     body["users_present"] = json!(users);
     axum::Json(body).into_response()
+}
+
+/// `GET /v1/instances/{id}/scene`: what a client draws the instance's
+/// scene from (`PreparedScene::client_description`). Public, like the
+/// instance list: scenes are content, not user data.
+async fn scene(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    let (scene, avatar) = {
+        let c = lock(&shared);
+        let Some(record) = c.registry.get(&id) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("instance {id} does not exist on this node"),
+            );
+        };
+        let Some(scene) = record.scene.clone() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no_scene",
+                format!("instance {id} is a media instance: it has no scene"),
+            );
+        };
+        (scene, c.config.instance.runtime().sim_config().avatar)
+    };
+    // Built outside the lock: a scene with large meshes takes a while.
+    let mut response = axum::Json(scene.client_description(&avatar)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// The query of `GET /v1/instances/{id}/attendance`.

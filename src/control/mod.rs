@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;
+pub mod web;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -353,6 +354,7 @@ impl Control {
                 .private
                 .then(|| request.allowed_user_ids.into_iter().collect()),
             room_code,
+            scene: (request.kind == state::commands::InstanceKind::World).then(|| scene.clone()),
             ..record
         };
         self.registry.insert(record)?;

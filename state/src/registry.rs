@@ -53,6 +53,9 @@ pub struct InstanceRecord {
     pub users: u32,
     pub entities: u32,
     pub tick_p99_us: u32,
+    /// A world instance's scene (what `GET /v1/instances/{id}/scene`
+    /// describes); `None` for media instances.
+    pub scene: Option<std::sync::Arc<engine::PreparedScene>>,
 }
 
 impl InstanceRecord {
@@ -79,6 +82,7 @@ impl InstanceRecord {
             users: 0,
             entities: 0,
             tick_p99_us: 0,
+            scene: None,
         }
     }
 }

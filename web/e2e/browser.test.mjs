@@ -1,0 +1,251 @@
+// Browser end-to-end tests: a real node (the instanceserver binary), real
+// headless Chromium (Debian's package, driven by playwright-core), real
+// WebRTC on loopback. Run from the repository root after a build:
+//
+//   cargo build --bin instanceserver && (cd web && npm ci) && node --test web/e2e/
+//
+// Environment: E2E_SERVER_BIN (default target/debug/instanceserver),
+// E2E_CHROMIUM (default /usr/bin/chromium), E2E_SCREENSHOTS (default
+// target/browser-screenshots). Each test saves a screenshot there.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join, normalize, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, '../..');
+const bin = process.env.E2E_SERVER_BIN ?? join(repo, 'target/debug/instanceserver');
+const shots = process.env.E2E_SCREENSHOTS ?? join(repo, 'target/browser-screenshots');
+mkdirSync(shots, { recursive: true });
+
+/** Polls `fn` (in Node) until it returns a truthy value; fails after `ms`. */
+async function until(what, fn, ms = 20000) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    last = await fn();
+    if (last) return last;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out after ${ms} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+/** A free TCP port on loopback. */
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+    s.on('error', rej);
+  });
+}
+
+let node;
+let nodeLog = '';
+let nodeUrl;
+let gameServer;
+let gameUrl;
+let browser;
+
+/** The second origin: a game's own web server that ships the SDK (web/) itself. */
+function startGameServer(port) {
+  const types = { '.html': 'text/html', '.js': 'text/javascript' };
+  const web = resolve(repo, 'web');
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    const file = path === '/' ? join(web, 'demo/index.html') : normalize(join(web, path.replace(/^\/web\//, '')));
+    if (!file.startsWith(web) || !path.match(/^\/($|web\/)/)) {
+      res.writeHead(404).end();
+      return;
+    }
+    try {
+      const body = readFileSync(file);
+      res.writeHead(200, { 'content-type': types[file.slice(file.lastIndexOf('.'))] ?? 'application/octet-stream' }).end(body);
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  return new Promise((res) => server.listen(port, '127.0.0.1', () => res(server)));
+}
+
+before(async () => {
+  const [httpPort, gamePort] = [await freePort(), await freePort()];
+  nodeUrl = `http://127.0.0.1:${httpPort}`;
+  // Another origin than the node's: another host name and port.
+  gameUrl = `http://localhost:${gamePort}`;
+  node = spawn(bin, [
+    '--http-listen', `127.0.0.1:${httpPort}`,
+    '--udp-port-base', '0',
+    '--shards', '1',
+    '--set', 'grpc.enabled=false',
+    '--set', 'node.dev=true',
+    // Chromium runs on the node's cores here: its waits are not the shard's load.
+    '--set', 'shard.overload_counts_cpu_wait=false',
+    '--set', `http.cors_origins=${gameUrl}`,
+  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  node.stdout.on('data', (d) => { nodeLog += d; });
+  node.stderr.on('data', (d) => { nodeLog += d; });
+  node.on('exit', (code) => {
+    if (code !== null && code !== 0) console.error(`the node exited with ${code}:\n${nodeLog}`);
+  });
+  await until('the node to answer /healthz', async () => {
+    if (node.exitCode !== null) throw new Error(`the node exited with ${node.exitCode}:\n${nodeLog}`);
+    try {
+      return (await fetch(`${nodeUrl}/healthz`)).ok;
+    } catch {
+      return false;
+    }
+  });
+  gameServer = await startGameServer(gamePort);
+  browser = await chromium.launch({
+    executablePath: process.env.E2E_CHROMIUM ?? '/usr/bin/chromium',
+    args: [
+      '--no-sandbox',
+      '--use-angle=swiftshader',
+      '--enable-unsafe-swiftshader',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--use-fake-ui-for-media-stream',
+      '--use-fake-device-for-media-stream',
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  gameServer?.close();
+  node?.kill('SIGTERM');
+});
+
+/** Opens the demo page at `url` and waits until it has joined and holds a view. */
+async function openDemo(url, name) {
+  const page = await browser.newPage({ viewport: { width: 960, height: 600 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.errors = errors;
+  await page.goto(`${url}${url.includes('?') ? '&' : '?'}name=${name}`);
+  await until(`${name} to join`, () =>
+    page.evaluate(() => {
+      const d = window.demo;
+      if (d?.error) throw new Error(d.error);
+      return d?.client?.connected && d.client.snapshots.entities.count > 0;
+    }).catch((e) => {
+      throw new Error(`${name}: ${e.message}\nnode log:\n${nodeLog.slice(-2000)}`);
+    }),
+  );
+  return page;
+}
+
+const info = (page) =>
+  page.evaluate(() => {
+    const c = window.demo.client;
+    return {
+      userIndex: c.userIndex,
+      avatar: c.avatar,
+      peers: [...c.peers.values()].map((p) => ({ name: p.name, avatar: p.avatar })),
+      chat: window.demo.chat,
+      rendering: window.demo.rendering,
+      stats: c.stats,
+    };
+  });
+
+const positionOf = (page, id) => page.evaluate((id) => window.demo.positionOf(id), id);
+
+test('two pages join one instance, see each other move, and chat', async () => {
+  const a = await openDemo(`${nodeUrl}/`, 'ann');
+  const b = await openDemo(`${nodeUrl}/`, 'bob');
+  const ia = await info(a);
+  await until('each page to list the other', async () => {
+    const [x, y] = [await info(a), await info(b)];
+    return x.peers.some((p) => p.name === 'bob') && y.peers.some((p) => p.name === 'ann');
+  });
+  const before = await positionOf(b, ia.avatar);
+  assert.ok(before, "B holds A's avatar");
+  // A walks forward for a second and a half.
+  await a.keyboard.down('KeyW');
+  await a.waitForTimeout(1500);
+  await a.keyboard.up('KeyW');
+  const moved = await until("B to see A's avatar move", async () => {
+    const now = await positionOf(b, ia.avatar);
+    const d = Math.hypot(now[0] - before[0], now[2] - before[2]);
+    return d > 1 ? d : false;
+  });
+  assert.ok(moved > 1, `A's avatar moved ${moved} m as B sees it`);
+  // A's own view agrees with B's within a snapshot's motion.
+  const [pa, pb] = [await positionOf(a, ia.avatar), await positionOf(b, ia.avatar)];
+  await until('both to agree', async () => {
+    const [x, y] = [await positionOf(a, ia.avatar), await positionOf(b, ia.avatar)];
+    return Math.hypot(x[0] - y[0], x[2] - y[2]) < 0.05;
+  });
+  assert.ok(pa && pb);
+  // A chats; B shows it under A's name.
+  await a.fill('#say', 'hello from ann');
+  await a.press('#say', 'Enter');
+  await until('B to receive the chat line', async () => (await info(b)).chat.some((l) => l.who === 'ann' && l.text === 'hello from ann'));
+  const ib = await info(b);
+  assert.ok(ib.rendering, 'B draws the scene (WebGL)');
+  assert.ok(ib.stats.snapshotsPerSecond > 5, `B gets snapshots: ${ib.stats.snapshotsPerSecond}/s`);
+  assert.ok(ib.stats.rttMs !== null && ib.stats.rttMs < 1000, `B measured its round trip: ${ib.stats.rttMs} ms`);
+  await a.screenshot({ path: join(shots, 'two-pages-a.png') });
+  await b.screenshot({ path: join(shots, 'two-pages-b.png') });
+  assert.deepEqual([...a.errors, ...b.errors], []);
+  await a.close();
+  // A's page is gone: B is told it left.
+  await until('B to see A leave', async () => !(await info(b)).peers.some((p) => p.name === 'ann'));
+  await b.close();
+});
+
+test('a page served from another origin joins through CORS', async () => {
+  const home = await openDemo(`${nodeUrl}/`, 'host');
+  const page = await openDemo(`${gameUrl}/?server=${encodeURIComponent(nodeUrl)}`, 'guest');
+  assert.equal(new URL(page.url()).origin, gameUrl);
+  await until('the host to see the guest', async () => (await info(home)).peers.some((p) => p.name === 'guest'));
+  await page.fill('#say', 'hi across origins');
+  await page.press('#say', 'Enter');
+  await until('the host to get the chat line', async () => (await info(home)).chat.some((l) => l.text === 'hi across origins'));
+  await page.screenshot({ path: join(shots, 'cross-origin.png') });
+  assert.deepEqual(page.errors, []);
+  await page.close();
+  await home.close();
+});
+
+test('an origin not in http.cors_origins is refused before any join', async () => {
+  const otherPort = await freePort();
+  const other = await startGameServer(otherPort);
+  try {
+    const page = await browser.newPage();
+    // 127.0.0.1 on another port: a third origin the node does not list.
+    await page.goto(`http://127.0.0.1:${otherPort}/?server=${encodeURIComponent(nodeUrl)}&name=mallory&token=x`);
+    const error = await until('the page to report the refusal', () => page.evaluate(() => window.demo?.error));
+    assert.match(error, /fetch|network|failed/i);
+    await page.screenshot({ path: join(shots, 'cors-refused.png') });
+    await page.close();
+  } finally {
+    other.close();
+  }
+});
+
+test('the client reconnects after its connection drops', async () => {
+  const page = await openDemo(`${nodeUrl}/`, 'dora');
+  const first = (await info(page)).userIndex;
+  // Close the peer connection under the client, as a network drop would.
+  await page.evaluate(() => window.demo.client.conn.pc.close());
+  const events = await until('the client to join again', () =>
+    page.evaluate(() => (window.demo.client.connected && window.demo.client.stats.reconnects > 0 ? window.demo.client.stats.reconnects : 0)),
+  );
+  assert.equal(events, 1);
+  const again = await info(page);
+  assert.notEqual(again.userIndex, null);
+  assert.notEqual(again.userIndex, first, 'a new session, with a new user index');
+  await page.screenshot({ path: join(shots, 'reconnected.png') });
+  await page.close();
+});

@@ -159,3 +159,41 @@ fn offers_past_the_limit_or_without_data_channels_are_refused() {
         Err(net::conn::AcceptError::BadOffer(_))
     ));
 }
+
+/// Until the node forwards media, an offer with audio and video tracks is
+/// answered with those sections `inactive` (no media flows either way);
+/// its data channels open as usual.
+#[test]
+fn audio_and_video_in_an_offer_are_answered_inactive_and_the_channels_still_open() {
+    use str0m::media::{Direction, MediaKind};
+    let mut p = Pair::new(config());
+    let now = p.now;
+    let mut rtc = str0m::Rtc::builder().build(now);
+    rtc.add_local_candidate(
+        str0m::Candidate::host("10.0.1.3:50000".parse().unwrap(), "udp").unwrap(),
+    );
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    api.add_channel("actions".into());
+    let (offer, _) = api.apply().unwrap();
+    let offer = offer.to_sdp_string();
+    assert!(offer.contains("a=sendrecv") && offer.contains("a=sendonly"));
+    let (_, answer) = p.conns.accept(&offer, now).unwrap();
+    let sections: Vec<&str> = answer.split("m=").skip(1).collect();
+    let media: Vec<&&str> = sections
+        .iter()
+        .filter(|s| s.starts_with("audio") || s.starts_with("video"))
+        .collect();
+    assert_eq!(media.len(), 2, "{answer}");
+    for s in media {
+        assert!(s.contains("a=inactive"), "{s}");
+        assert!(
+            !s.contains("a=sendrecv") && !s.contains("a=recvonly") && !s.contains("a=sendonly"),
+            "{s}"
+        );
+    }
+    assert!(answer.contains("m=application"));
+    // And the usual client, whose offer has data channels only, opens.
+    assert!(p.open(), "{:?}", p.server_events);
+}

@@ -249,3 +249,36 @@ test('the client reconnects after its connection drops', async () => {
   await page.screenshot({ path: join(shots, 'reconnected.png') });
   await page.close();
 });
+
+test('an offer with a microphone track is answered inactive and its data channels open', async () => {
+  const page = await browser.newPage();
+  await page.goto(`${nodeUrl}/healthz`);
+  const result = await page.evaluate(async () => {
+    const token = (await (await fetch('/v1/dev/token', { method: 'POST', body: JSON.stringify({ sub: 'mic', instance: 'demo' }) })).json()).token;
+    const pc = new RTCPeerConnection();
+    const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+    pc.addTrack(mic.getAudioTracks()[0], mic);
+    const ch = pc.createDataChannel('actions');
+    pc.createDataChannel('state', { ordered: false, maxRetransmits: 0 });
+    const opened = new Promise((resolve) => { ch.onopen = resolve; });
+    await pc.setLocalDescription(await pc.createOffer());
+    const r = await fetch('/v1/instances/demo/join', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/sdp' },
+      body: pc.localDescription.sdp,
+    });
+    const answer = await r.text();
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+    await Promise.race([opened, new Promise((_, no) => setTimeout(() => no(new Error('no open')), 10000))]);
+    const audio = answer.split('m=').find((s) => s.startsWith('audio'));
+    const transceiver = pc.getTransceivers()[0];
+    const out = { status: r.status, audio, direction: transceiver.currentDirection, open: ch.readyState };
+    pc.close();
+    return out;
+  });
+  assert.equal(result.status, 201);
+  assert.match(result.audio, /a=inactive/);
+  assert.equal(result.direction, 'inactive', 'Chromium sends no audio');
+  assert.equal(result.open, 'open');
+  await page.close();
+});

@@ -247,7 +247,7 @@ impl Connections {
         if self.conns.len() >= self.config.conns_max {
             return Err(AcceptError::Full(self.config.conns_max));
         }
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
+        let offer = SdpOffer::from_sdp_string(&media_inactive(offer_sdp))
             .map_err(|e| AcceptError::BadOffer(e.to_string()))?;
         let ufrag = self.random_token(ICE_UFRAG_LEN);
         let creds = IceCreds {
@@ -529,4 +529,47 @@ fn queue_transmit(
     } else {
         stats.send_queue_full += 1;
     }
+}
+
+/// The offer with each audio and video section made `inactive`: the node
+/// forwards no media yet, so it answers them inactive and no media flows
+/// (rather than accepting tracks it would drop packet by packet). The data
+/// channels' section is left alone. Direction attributes of a media
+/// section are dropped and `a=inactive` takes the place of the first.
+fn media_inactive(offer: &str) -> std::borrow::Cow<'_, str> {
+    if !offer.contains("m=audio") && !offer.contains("m=video") {
+        return std::borrow::Cow::Borrowed(offer);
+    }
+    let mut out = String::with_capacity(offer.len() + 64);
+    let mut media = false;
+    let mut placed = false;
+    for line in offer.split_inclusive('\n') {
+        let text = line.trim_end_matches(['\r', '\n']);
+        if let Some(rest) = text.strip_prefix("m=") {
+            if media && !placed {
+                out.push_str("a=inactive\r\n");
+            }
+            media = rest.starts_with("audio ") || rest.starts_with("video ");
+            placed = false;
+        } else if media
+            && matches!(
+                text,
+                "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+            )
+        {
+            if !placed {
+                out.push_str("a=inactive\r\n");
+                placed = true;
+            }
+            continue;
+        }
+        out.push_str(line);
+    }
+    if media && !placed {
+        if !out.ends_with('\n') {
+            out.push_str("\r\n");
+        }
+        out.push_str("a=inactive\r\n");
+    }
+    std::borrow::Cow::Owned(out)
 }

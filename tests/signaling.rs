@@ -480,3 +480,115 @@ fn cors_origins_are_checked_and_any_origin_is_for_dev_mode_only() {
         assert_eq!(c.validate().is_ok(), ok, "{origins:?} dev={dev}");
     }
 }
+
+/// The demo page and the SDK come from the binary; the scene a page draws
+/// is described at `/v1/instances/{id}/scene`, readable across origins.
+#[tokio::test(flavor = "current_thread")]
+async fn the_demo_page_the_sdk_and_the_scene_description_are_served() {
+    let game = "http://game.test:3000";
+    let mut config = support::config(1);
+    config.http.cors_origins = vec![game.into()];
+    let node = support::start(config);
+    support::wait_running(&node, "demo").await;
+    let http = node.http_addr;
+    let get = |path: &'static str, headers: Vec<(&'static str, &'static str)>| async move {
+        http_request(http, "GET", path, &headers, Vec::new())
+            .await
+            .unwrap()
+    };
+    let page = get("/", vec![]).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page.body.contains("/web/demo/demo.js"), "{}", page.body);
+    let sdk = get("/web/instanceserver.js", vec![]).await;
+    assert_eq!(sdk.status, 200);
+    assert_eq!(
+        sdk.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(sdk.body.contains("export { Client"));
+    assert_eq!(sdk.header("x-content-type-options"), Some("nosniff"));
+    for missing in ["/web/nope.js", "/web/../Cargo.toml", "/web/lib/"] {
+        assert_eq!(get(missing, vec![]).await.status, 404, "{missing}");
+    }
+
+    let scene = get("/v1/instances/demo/scene", vec![("origin", game)]).await;
+    assert_eq!(scene.status, 200, "{}", scene.body);
+    assert_eq!(scene.header("access-control-allow-origin"), Some(game));
+    let d: serde_json::Value = serde_json::from_str(&scene.body).unwrap();
+    assert_eq!(d["name"], "demo");
+    assert_eq!(d["avatar"]["shape"], "capsule");
+    let entities = d["entities"].as_array().unwrap();
+    let networked = entities.iter().filter(|e| e["network_id"].is_u64()).count();
+    assert_eq!(networked, 220, "the demo's 220 boxes and balls");
+    assert!(
+        entities
+            .iter()
+            .any(|e| e["name"] == "floor" && e["network_id"].is_null())
+    );
+    let missing = get("/v1/instances/nope/scene", vec![]).await;
+    expect(&missing, 404, "not_found", "nope");
+
+    // Off with http.web: no page, no SDK; the API is unchanged.
+    let mut config = support::config(1);
+    config.http.web = false;
+    let quiet = support::start(config);
+    support::wait_running(&quiet, "demo").await;
+    for path in ["/", "/web/instanceserver.js"] {
+        let r = http_request(quiet.http_addr, "GET", path, &[], Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "{path}");
+    }
+}
+
+/// A `busy` answer reaches a page on an allowed origin readable: CORS is
+/// the outermost layer.
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_answer_carries_the_cors_headers() {
+    use tokio::io::AsyncWriteExt;
+    let game = "http://game.test:3000";
+    let mut config = support::config(1);
+    config.http.cors_origins = vec![game.into()];
+    config.http.concurrent_requests_max = 1;
+    let node = support::start(config);
+    support::wait_running(&node, "demo").await;
+    let http = node.http_addr;
+    // A join whose body is still on its way holds the only permit.
+    let mut slow = tokio::net::TcpStream::connect(http).await.unwrap();
+    slow.write_all(
+        b"POST /v1/instances/demo/join HTTP/1.1\r\nhost: x\r\ncontent-type: application/sdp\r\n\
+          content-length: 1000\r\n\r\nv=0\r\n",
+    )
+    .await
+    .unwrap();
+    slow.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http_request(
+            http,
+            "POST",
+            "/v1/instances/demo/join",
+            &[("origin", game), ("content-type", "application/sdp")],
+            b"v=0".to_vec(),
+        )
+        .await
+        .unwrap();
+        if r.status == 503 {
+            expect(&r, 503, "busy", "http.concurrent_requests_max");
+            assert_eq!(r.header("access-control-allow-origin"), Some(game));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never busy: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(slow);
+}

@@ -439,7 +439,10 @@ async fn a_page_on_an_allowed_origin_can_join_across_origins_and_others_cannot()
     .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.header("access-control-allow-origin"), Some(game));
-    assert_eq!(r.header("access-control-expose-headers"), Some("location"));
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("location, retry-after")
+    );
     let location = r.location.clone().unwrap();
     let r = http_request(http, "DELETE", &location, &[("origin", game)], Vec::new())
         .await
@@ -580,6 +583,12 @@ async fn a_busy_answer_carries_the_cors_headers() {
         if r.status == 503 {
             expect(&r, 503, "busy", "http.concurrent_requests_max");
             assert_eq!(r.header("access-control-allow-origin"), Some(game));
+            // A page can read when to try again.
+            assert_eq!(r.header("retry-after"), Some("1"));
+            assert_eq!(
+                r.header("access-control-expose-headers"),
+                Some("location, retry-after")
+            );
             break;
         }
         assert!(

@@ -105,6 +105,8 @@ export interface JoinOptions {
   joinTimeoutMs?: number;
   reconnect?: false | { attempts?: number; baseMs?: number; maxMs?: number };
   RTCPeerConnection?: typeof RTCPeerConnection;
+  /** Handlers subscribed before joining, so they hear the first join's events too. */
+  on?: { [K in keyof ClientEvents]?: (value: ClientEvents[K]) => void };
 }
 
 export class Emitter<E = ClientEvents> {
@@ -126,7 +128,8 @@ export class ProtocolError extends Error {
 export class Client extends Emitter<ClientEvents> {
   static join(options: JoinOptions): Promise<Client>;
   constructor(options: JoinOptions);
-  connectWithRetry(cause: unknown): Promise<void>;
+  /** Joins a client made with `new Client(options)`, once its handlers are on. */
+  start(): Promise<void>;
   readonly welcome: Welcome | null;
   readonly userIndex: number | null;
   readonly avatar: number | null;

@@ -18,6 +18,9 @@ pub struct PreparedScene {
     scene: Scene,
     /// The collider shape of every scene entity with a body, by entity index.
     shapes: Vec<Option<SharedShape>>,
+    /// `client_description` serialized, for the avatar it was made with:
+    /// built at the first request, then served as it is.
+    client_json: std::sync::OnceLock<(crate::AvatarConfig, Arc<[u8]>)>,
 }
 
 impl std::fmt::Debug for PreparedScene {
@@ -52,18 +55,40 @@ impl PreparedScene {
                     .map_err(|source| SimError::Physics { index, source })
             })
             .collect::<Result<_, _>>()?;
-        Ok(PreparedScene { scene, shapes })
+        Ok(PreparedScene {
+            scene,
+            shapes,
+            client_json: std::sync::OnceLock::new(),
+        })
     }
 
     pub fn scene(&self) -> &Scene {
         &self.scene
     }
 
+    /// [`Self::client_description`] as JSON bytes, built once per scene
+    /// (a scene's triangle meshes make it large) and shared after; built
+    /// afresh for an avatar other than the first one asked for.
+    pub fn client_description_json(&self, avatar: &crate::AvatarConfig) -> Arc<[u8]> {
+        let make = || -> Arc<[u8]> {
+            serde_json::to_vec(&self.client_description(avatar))
+                .expect("a JSON value serializes")
+                .into()
+        };
+        let (cached_for, json) = self.client_json.get_or_init(|| (*avatar, make()));
+        if cached_for == avatar {
+            json.clone()
+        } else {
+            make()
+        }
+    }
+
     /// What a client needs to draw the scene, as JSON: its name and
     /// bounds, the avatar's capsule, and every entity with a collider or a
-    /// network id, with the network id clients know it by (`null` for
-    /// fixed geometry, which is never replicated), its kind of body, its
-    /// transform as loaded and its shape (triangle meshes with their
+    /// network id, with the network id clients know it by (`null` for an
+    /// entity the scene does not mark `networked`: it is never
+    /// replicated), its kind of body, its transform as loaded and its
+    /// shape (triangle meshes with their
     /// vertices and triangles). Network ids are those [`crate::Simulation::new`]
     /// gives: 1, 2, ... to the networked entities in scene order.
     pub fn client_description(&self, avatar: &crate::AvatarConfig) -> serde_json::Value {
@@ -235,6 +260,22 @@ mod tests {
             .expect("the social scene has a trimesh stage");
         assert!(mesh["shape"]["vertices"].as_array().unwrap().len() >= 3);
         assert!(!mesh["shape"]["indices"].as_array().unwrap().is_empty());
+        // The JSON is built once and shared; another avatar gets its own.
+        let avatar = crate::SimConfig::default().avatar;
+        let first = social.client_description_json(&avatar);
+        assert!(Arc::ptr_eq(
+            &first,
+            &social.client_description_json(&avatar)
+        ));
+        let parsed: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(parsed, d);
+        let wide = crate::AvatarConfig {
+            radius_m: 0.5,
+            ..avatar
+        };
+        let other: serde_json::Value =
+            serde_json::from_slice(&social.client_description_json(&wide)).unwrap();
+        assert_eq!(other["avatar"]["radius"], 0.5);
     }
 
     #[test]

@@ -70,11 +70,16 @@ pub fn router(shared: Shared) -> Router {
             async move {
                 match permits.try_acquire_owned() {
                     Ok(_permit) => next.run(request).await,
-                    Err(_) => error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "busy",
-                        format!("more than {concurrent_max} requests in progress (http.concurrent_requests_max)"),
-                    ),
+                    Err(_) => {
+                        let mut r = error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "busy",
+                            format!("more than {concurrent_max} requests in progress (http.concurrent_requests_max)"),
+                        );
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        r
+                    }
                 }
             }
         }))
@@ -101,7 +106,7 @@ fn is_signaling(path: &str, dev: bool) -> bool {
 
 /// CORS on the signaling endpoints for the origins `http.cors_origins`
 /// allows (`*`: any, dev mode only): preflights answered here, responses
-/// given `Access-Control-Allow-Origin` and `Location` exposed. Requests
+/// given `Access-Control-Allow-Origin`, `Location` and `Retry-After` exposed. Requests
 /// without an `Origin`, or to other routes, pass untouched.
 async fn with_cors(allowed: &[String], dev: bool, request: Request, next: Next) -> Response {
     let origin = request
@@ -146,7 +151,7 @@ async fn with_cors(allowed: &[String], dev: bool, request: Request, next: Next) 
         allow_origin(r.headers_mut(), &origin);
         r.headers_mut().insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("location"),
+            HeaderValue::from_static("location, retry-after"),
         );
     } else {
         r.headers_mut()
@@ -725,11 +730,16 @@ async fn scene(State(shared): State<Shared>, Path(id): Path<String>) -> Response
         };
         (scene, c.config.instance.runtime().sim_config().avatar)
     };
-    // Built outside the lock: a scene with large meshes takes a while.
-    let mut response = axum::Json(scene.client_description(&avatar)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Outside the lock: the first request for a scene with large meshes
+    // builds its JSON, which takes a while; later ones share it.
+    let json = scene.client_description_json(&avatar);
+    let mut response = axum::body::Body::from(axum::body::Bytes::from_owner(json)).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 

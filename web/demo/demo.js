@@ -250,14 +250,16 @@ async function main() {
   client.on('action', (a) => {
     if (a.topic === 'chat' && a.actionType === 'message') addChat(nameOf(client, a.sender), new TextDecoder().decode(a.payload));
   });
-  client.on('reconnecting', (r) => status(`connection lost; reconnecting (attempt ${r.attempt}, in ${(r.delayMs / 1000).toFixed(1)} s)`));
+  client.on('reconnecting', (r) => status(r.attempt === 0
+    ? 'connection lost; reconnecting…'
+    : `connection lost; reconnecting (attempt ${r.attempt} failed, next in ${(r.delayMs / 1000).toFixed(1)} s)`));
   client.on('kicked', (k) => status(`removed from the instance: ${k.reason}${k.message ? ` (${k.message})` : ''}`));
   client.on('draining', (d) => status(`the node is shutting down in ${(d.graceMs / 1000).toFixed(0)} s`));
   client.on('closed', (c) => {
     if (c.reason !== 'kicked') status(`disconnected: ${c.reason}`);
   });
   client.on('stats', () => showStats(client));
-  await client.connectWithRetry(null);
+  await client.start();
   $('say').addEventListener('keydown', (e) => {
     if (e.key !== 'Enter' || !$('say').value.trim()) return;
     const text = $('say').value.trim();

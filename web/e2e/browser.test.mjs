@@ -221,12 +221,36 @@ test('a page served from another origin joins through CORS', async () => {
 test('an origin not in http.cors_origins is refused before any join', async () => {
   const otherPort = await freePort();
   const other = await startGameServer(otherPort);
+  const origin = `http://127.0.0.1:${otherPort}`;
   try {
     const page = await browser.newPage();
     // 127.0.0.1 on another port: a third origin the node does not list.
-    await page.goto(`http://127.0.0.1:${otherPort}/?server=${encodeURIComponent(nodeUrl)}&name=mallory&token=x`);
-    const error = await until('the page to report the refusal', () => page.evaluate(() => window.demo?.error));
-    assert.match(error, /fetch|network|failed/i);
+    await page.goto(`${origin}/?server=${encodeURIComponent(nodeUrl)}&name=mallory&token=x`);
+    const shown = await until('the page to report the refusal', () => page.evaluate(() => window.demo?.error));
+    assert.match(shown, /fetch|network|failed/i);
+    // The join itself, straight from the page: the browser's preflight is
+    // refused, so the POST is never sent.
+    const outcome = await page.evaluate(async (server) => {
+      try {
+        const r = await fetch(`${server}/v1/instances/demo/join`, {
+          method: 'POST',
+          headers: { authorization: 'Bearer x', 'content-type': 'application/sdp' },
+          body: 'v=0\r\n',
+        });
+        return `answered ${r.status}`;
+      } catch (e) {
+        return `refused: ${e.message}`;
+      }
+    }, nodeUrl);
+    assert.match(outcome, /^refused: /);
+    // What the browser was told: 403 cors_origin to its preflight.
+    const preflight = await fetch(`${nodeUrl}/v1/instances/demo/join`, {
+      method: 'OPTIONS',
+      headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization, content-type' },
+    });
+    assert.equal(preflight.status, 403);
+    assert.equal((await preflight.json()).error, 'cors_origin');
+    assert.equal(preflight.headers.get('access-control-allow-origin'), null);
     await page.screenshot({ path: join(shots, 'cors-refused.png') });
     await page.close();
   } finally {
@@ -238,11 +262,21 @@ test('the client reconnects after its connection drops', async () => {
   const page = await openDemo(`${nodeUrl}/`, 'dora');
   const first = (await info(page)).userIndex;
   // Close the peer connection under the client, as a network drop would.
-  await page.evaluate(() => window.demo.client.conn.pc.close());
+  const droppedAt = Date.now();
+  await page.evaluate(() => {
+    const c = window.demo.client;
+    window.causes = [];
+    c.on('reconnecting', (r) => window.causes.push(String(r.cause?.message ?? r.cause)));
+    c.conn.pc.close();
+  });
   const events = await until('the client to join again', () =>
     page.evaluate(() => (window.demo.client.connected && window.demo.client.stats.reconnects > 0 ? window.demo.client.stats.reconnects : 0)),
   );
   assert.equal(events, 1);
+  // The drop was seen when the channels closed, not by the 5 s silence check.
+  const causes = await page.evaluate(() => window.causes);
+  assert.match(causes[0] ?? '', /channel closed|peer connection closed/, `causes: ${causes}`);
+  assert.ok(Date.now() - droppedAt < 5000, `rejoined after ${Date.now() - droppedAt} ms`);
   const again = await info(page);
   assert.notEqual(again.userIndex, null);
   assert.notEqual(again.userIndex, first, 'a new session, with a new user index');
@@ -280,5 +314,50 @@ test('an offer with a microphone track is answered inactive and its data channel
   assert.match(result.audio, /a=inactive/);
   assert.equal(result.direction, 'inactive', 'Chromium sends no audio');
   assert.equal(result.open, 'open');
+  await page.close();
+});
+
+test('handlers passed at join hear the cached actions; leave() during a join fails it and frees the seat', async () => {
+  const page = await browser.newPage();
+  await page.goto(`${nodeUrl}/healthz`);
+  const result = await page.evaluate(async () => {
+    const { Client } = await import('/web/instanceserver.js');
+    const token = async (sub) => (await (await fetch('/v1/dev/token', { method: 'POST', body: JSON.stringify({ sub, instance: 'demo' }) })).json()).token;
+    // Ann leaves a cached action in the instance.
+    const ann = await Client.join({ instance: 'demo', token: await token('ann-cache') });
+    ann.sendAction({ topic: 'game', actionType: 'flag', cache: 'keep', payload: 'red' });
+    await new Promise((r) => setTimeout(r, 500));
+    // Bob's handlers are on before his first join: the Welcome's replay reaches them.
+    const heard = [];
+    let joined = 0;
+    const bob = await Client.join({
+      instance: 'demo',
+      token: await token('bob-cache'),
+      on: { action: (a) => heard.push({ type: a.actionType, cached: a.cached === true, text: new TextDecoder().decode(a.payload) }), joined: () => joined++ },
+    });
+    // Carol leaves while her join is under way.
+    const carol = new Client({ instance: 'demo', token: await token('carol-cache'), reconnect: false });
+    const pending = carol.start();
+    setTimeout(() => carol.leave(), 0);
+    let failure = null;
+    try {
+      await pending;
+    } catch (e) {
+      failure = { name: e.name, code: e.code };
+    }
+    bob.leave();
+    ann.leave();
+    return { heard, joined, failure, carolConnected: carol.connected };
+  });
+  assert.deepEqual(result.heard, [{ type: 'flag', cached: true, text: 'red' }]);
+  assert.equal(result.joined, 1);
+  assert.deepEqual(result.failure, { name: 'JoinError', code: 'left' });
+  assert.equal(result.carolConnected, false);
+  // Nobody is left holding a seat: carol's session, if the node made one, was deleted.
+  await until('the instance to empty', async () => {
+    const r = await (await fetch(`${nodeUrl}/v1/instances/demo`)).json();
+    assert.ok(Array.isArray(r.users_present), JSON.stringify(r));
+    return !r.users_present.some((u) => u.user_id.endsWith('-cache'));
+  });
   await page.close();
 });

@@ -97,11 +97,21 @@ export class Client extends Emitter {
    * @param {number} [options.interpolationDelayMs] render delay (default 100)
    * @param {number} [options.inputHz] inputs and acks per second (default: the snapshot rate)
    * @param {false|{attempts?: number, baseMs?: number, maxMs?: number}} [options.reconnect]
+   * @param {Object<string, Function>} [options.on] event handlers, subscribed
+   *   before joining so they hear the first join's events too (`joined`, the
+   *   cached actions, the members already in)
    */
   static async join(options) {
     const client = new Client(options);
-    await client.connectWithRetry(null);
+    await client.start();
     return client;
+  }
+
+  /** Joins a client made with `new Client(options)` after its handlers are on. */
+  async start() {
+    if (this.started) throw new Error('start() once per client');
+    this.started = true;
+    await this.connectWithRetry(null);
   }
 
   constructor(options) {
@@ -126,11 +136,16 @@ export class Client extends Emitter {
     this.interpolator = new Interpolator({ delayMs: options.interpolationDelayMs ?? INTERPOLATION_DELAY_MS });
     this.owned = new Map();
     this.ended = false;
+    this.started = false;
     this.conn = null;
     this.resetState();
     this.totals = { bytesIn: 0, snapshots: 0, inputsSent: 0, acksSent: 0, pingsSent: 0, invalid: 0 };
     this.stats = { rttMs: null, snapshotsPerSecond: 0, bytesPerSecond: 0, entities: 0, interpolationDelayMs: 0, reconnects: 0 };
     this.window = { at: now(), bytes: 0, snapshots: 0 };
+    for (const [name, fn] of Object.entries(options.on ?? {})) {
+      if (typeof fn !== 'function') throw new TypeError(`on.${name} must be a function`);
+      this.on(name, fn);
+    }
   }
 
   /** Per-connection state, cleared on every (re)join. */
@@ -148,6 +163,9 @@ export class Client extends Emitter {
     this.names = new Map();
     this.sequence = { state: 0, actions: 0 };
     this.lastAcked = 0;
+    // Owned entities belong to the old session: the new one owns its own
+    // avatar (a new network id) and nothing else.
+    this.owned?.clear();
   }
 
   /** This user's index in the instance (stamped on its actions). */
@@ -186,7 +204,8 @@ export class Client extends Emitter {
           throw e;
         }
         const backoff = Math.min(policy.maxMs, policy.baseMs * 2 ** (attempt - 1));
-        const delayMs = Math.max(e.retryAfterMs ?? 0, Math.round(backoff * (0.5 + Math.random() / 2)));
+        // Retry-After counts, but never beyond maxMs.
+        const delayMs = Math.min(policy.maxMs, Math.max(e.retryAfterMs ?? 0, Math.round(backoff * (0.5 + Math.random() / 2))));
         this.emit('reconnecting', { attempt, delayMs, cause: cause ?? e });
         await sleep(delayMs);
         if (this.ended) throw e;
@@ -210,7 +229,22 @@ export class Client extends Emitter {
       welcomed = resolve;
       failed = reject;
     });
-    conn.failJoin = (e) => failed(e);
+    // Without this a join failed before anyone awaits `welcome` would log
+    // an unhandled rejection; it is awaited below.
+    welcome.catch(() => {});
+    // A closed RTCPeerConnection never settles the promises of its pending
+    // operations: each step races this, rejected when the join fails.
+    let abort;
+    const aborted = new Promise((_, reject) => {
+      abort = reject;
+    });
+    aborted.catch(() => {});
+    const step = (p) => Promise.race([p, aborted]);
+    conn.failJoin = (e) => {
+      conn.failure ??= e;
+      failed(e);
+      abort(e);
+    };
     const onMessage = (channel) => (ev) => {
       if (this.conn !== conn) return;
       conn.lastHeard = now();
@@ -229,12 +263,15 @@ export class Client extends Emitter {
       else ch.addEventListener('open', () => resolve(), { once: true });
     })));
     try {
-      const offer = await pc.createOffer();
-      await pc.setLocalDescription(offer);
+      const offer = await step(pc.createOffer());
+      await step(pc.setLocalDescription(offer));
       // No need to wait for ICE gathering: the server is ICE-lite and
       // learns this peer's address from its connectivity checks.
+      // Not raced: once the node answers, its session's Location is known
+      // and a failed join DELETEs it.
       const answer = await this.signal(pc.localDescription.sdp, conn);
-      await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+      if (conn.failure) throw conn.failure;
+      await step(pc.setRemoteDescription({ type: 'answer', sdp: answer }));
       let timer;
       const timeout = new Promise((_, reject) => {
         timer = setTimeout(
@@ -249,11 +286,15 @@ export class Client extends Emitter {
       }
       conn.open = true;
     } catch (e) {
-      this.teardown(conn, false);
-      throw e;
+      // A session the server made (201) but this client gives up on is
+      // DELETEd, so it does not hold a seat until its silence timeout.
+      this.teardown(conn, true);
+      if (this.conn === conn) this.conn = null;
+      throw conn.failure ?? e;
     }
     this.startTimers(conn);
     this.emit('joined', this.welcome);
+    for (const a of this.welcome.cachedActions) this.emit('action', { ...a, cached: true });
   }
 
   /** The HTTP join: returns the SDP answer. */
@@ -334,7 +375,6 @@ export class Client extends Emitter {
         this.welcome = m;
         for (const o of m.owners) this.owners.set(o.networkId, o.owner);
         welcomed(m);
-        for (const a of m.cachedActions) this.emit('action', { ...a, cached: true });
         return;
       case 'ActionBroadcast':
         this.emit('action', m);
@@ -448,6 +488,8 @@ export class Client extends Emitter {
    * does not lose it. `rotation` is a unit quaternion [x, y, z, w].
    */
   setOwned(networkId, position, rotation = [0, 0, 0, 1]) {
+    if (!Number.isInteger(networkId) || networkId < 0 || networkId > 0xffffffff) throw new TypeError(`networkId ${networkId} is not a u32`);
+    if (position?.length !== 3 || rotation?.length !== 4) throw new TypeError('position is [x, y, z], rotation [x, y, z, w]');
     if (!position.every(Number.isFinite) || !rotation.every(Number.isFinite)) throw new TypeError('position and rotation must be finite');
     const u = this.owned.get(networkId);
     if (u && u.position.every((v, i) => v === position[i]) && u.rotation.every((v, i) => v === rotation[i])) return;
@@ -508,6 +550,8 @@ export class Client extends Emitter {
       this.close({ reason: 'dropped', cause });
       return;
     }
+    // Attempt 0: the drop itself, so a page can say so at once.
+    this.emit('reconnecting', { attempt: 0, delayMs: 0, cause });
     this.connectWithRetry(cause).catch(() => {});
   }
 
@@ -520,7 +564,8 @@ export class Client extends Emitter {
       ch.onclose = null;
     }
     conn.pc.onconnectionstatechange = null;
-    if (sayGoodbye && conn.location) {
+    if (sayGoodbye && conn.location && !conn.deleted) {
+      conn.deleted = true;
       // The session URL is the secret: DELETE needs no token.
       fetch(conn.location, { method: 'DELETE', keepalive: true }).catch(() => {});
     }
@@ -534,8 +579,14 @@ export class Client extends Emitter {
   close(info) {
     if (this.ended) return;
     this.ended = true;
-    if (this.conn) this.teardown(this.conn, info.reason === 'left');
+    const conn = this.conn;
     this.conn = null;
+    if (conn) {
+      // A join under way fails with the reason (a kick before the Welcome,
+      // a version mismatch, leave()); its own catch DELETEs the session.
+      if (!conn.open) conn.failJoin?.(new JoinError(0, info.reason, info.message ?? `closed: ${info.reason}`));
+      this.teardown(conn, info.reason === 'left');
+    }
     this.emit('closed', info);
   }
 

@@ -107,7 +107,8 @@ export function isValidTopic(topic) {
 }
 
 const utf8 = new TextEncoder();
-const utf8Strict = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a leading U+FEFF is part of the string, as in Rust.
+const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 // ---------------------------------------------------------------- reading
 
@@ -175,10 +176,10 @@ export class ArchiveReader {
     const offset = this.i32(at);
     const len = this.u32(at + 4);
     const items = at + offset;
-    if (len > 0) {
-      if ((items - this.start) % itemAlign !== 0) throw new ProtocolError('vector items not aligned');
-      this.check(items, len * itemSize);
-    }
+    // Empty vectors too: a typed array over them needs an aligned,
+    // in-bounds start.
+    if ((items - this.start) % itemAlign !== 0) throw new ProtocolError('vector items not aligned');
+    this.check(items, len * itemSize);
     return { items, len };
   }
 
@@ -473,6 +474,12 @@ function finite(v, what) {
   return v;
 }
 
+/** A u32 field: an integer in 0..=0xffffffff, or ProtocolError. */
+function u32(v, what) {
+  if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new ProtocolError(`${what} must be an integer in 0..=4294967295, not ${v}`);
+  return v;
+}
+
 /**
  * An `Input` frame: `owned` is a list of `{networkId, position: [x,y,z],
  * rotation: [x,y,z,w]}` (at most 16); `ack` the newest snapshot tick
@@ -485,7 +492,7 @@ export function encodeInput(sequence, ack, owned = []) {
   const items = w.pos;
   for (const u of owned) {
     const { view } = w.root(32, 4);
-    view.setUint32(0, u.networkId >>> 0, true);
+    view.setUint32(0, u32(u.networkId, 'networkId'), true);
     for (let i = 0; i < 3; i++) view.setFloat32(4 + 4 * i, finite(u.position[i], 'position'), true);
     for (let i = 0; i < 4; i++) view.setFloat32(16 + 4 * i, finite(u.rotation[i], 'rotation'), true);
   }
@@ -494,11 +501,12 @@ export function encodeInput(sequence, ack, owned = []) {
   return w.finish(Kind.Input, sequence, ack);
 }
 
-/** A `Ping` frame carrying `clientTimeUs` (an integer ≥ 0). */
+/** A `Ping` frame carrying `clientTimeUs` (a finite number ≥ 0, floored). */
 export function encodePing(sequence, ack, clientTimeUs) {
+  if (!Number.isFinite(clientTimeUs) || clientTimeUs < 0) throw new ProtocolError(`clientTimeUs must be a finite number >= 0, not ${clientTimeUs}`);
   const w = new FrameWriter(FRAME_HEADER_LEN + 8);
   const { view } = w.root(8, 8);
-  view.setBigUint64(0, BigInt(Math.max(0, Math.floor(clientTimeUs))), true);
+  view.setBigUint64(0, BigInt(Math.floor(clientTimeUs)), true);
   return w.finish(Kind.Ping, sequence, ack);
 }
 
@@ -507,9 +515,9 @@ function writeTarget(view, field, target) {
   const kind = typeof t === 'string' ? t : t.kind;
   if (kind === 'everyone') view.setUint8(field, Target.Everyone);
   else if (kind === 'server') view.setUint8(field, Target.Server);
-  else if (kind === 'user' && Number.isInteger(t.user) && t.user >= 0) {
+  else if (kind === 'user') {
     view.setUint8(field, Target.User);
-    view.setUint32(field + 4, t.user, true);
+    view.setUint32(field + 4, u32(t.user, 'target user'), true);
   } else throw new ProtocolError(`unknown action target ${JSON.stringify(t)}`);
 }
 
@@ -550,13 +558,13 @@ export function encodeAction(sequence, action) {
 export function encodeOwnershipRequest(sequence, networkId, op) {
   const w = new FrameWriter(FRAME_HEADER_LEN + 12);
   const { view } = w.root(12, 4);
-  view.setUint32(0, networkId >>> 0, true);
+  view.setUint32(0, u32(networkId, 'networkId'), true);
   const kind = typeof op === 'string' ? op : op?.kind;
   if (kind === 'take') view.setUint8(4, OwnershipOp.Take);
   else if (kind === 'release') view.setUint8(4, OwnershipOp.Release);
-  else if (kind === 'transfer' && Number.isInteger(op.to) && op.to >= 0) {
+  else if (kind === 'transfer') {
     view.setUint8(4, OwnershipOp.Transfer);
-    view.setUint32(8, op.to, true);
+    view.setUint32(8, u32(op.to, 'transfer to'), true);
   } else throw new ProtocolError(`unknown ownership op ${JSON.stringify(op)}`);
   return w.finish(Kind.OwnershipRequest, sequence, 0);
 }

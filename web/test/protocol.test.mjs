@@ -163,7 +163,7 @@ test('a snapshot that cannot be applied leaves the state unchanged', () => {
   const late = run.snapshots.find((s) => s.tick > first.tick + 5 && bytes(s.frame).length < 400);
   const fresh = new SnapshotReceiver();
   const lb = buffer(late.frame);
-  assert.throws(() => fresh.apply(late.tick, lb, 16, lb.byteLength), /baseline/);
+  assert.throws(() => fresh.apply(late.tick, lb, 16, lb.byteLength), (e) => e instanceof ProtocolError && /^(unknown baseline|baseline index past the table)$/.test(e.message));
   assert.equal(fresh.latest, null);
   assert.equal(fresh.entities.count, 0);
   // A truncated one.
@@ -171,6 +171,56 @@ test('a snapshot that cannot be applied leaves the state unchanged', () => {
   assert.throws(() => r.apply(run.snapshots[1].tick, cut.slice(0, cut.length - 8).buffer, 16, cut.length - 8), ProtocolError);
   assert.deepEqual(viewOf(r.entities), before);
   assert.equal(r.latest, first.tick);
+});
+
+/** The snapshot root's sections: [field offset, item size, name]. */
+const SECTIONS = [[0, 4, 'baselines'], [8, 1, 'ids'], [16, 1, 'masks'], [24, 1, 'posI8'], [32, 2, 'posI16'],
+  [40, 4, 'posU32'], [48, 2, 'rotations'], [56, 2, 'linear'], [64, 2, 'angular'], [72, 1, 'removed']];
+
+test('a snapshot whose sections are misaligned, even empty ones, or whose varints are bad is refused', () => {
+  const run = vectors.snapshotRun;
+  // An empty section of 2- or 4-byte items: a typed array over it needs an aligned start too.
+  let found = null;
+  for (const s of run.snapshots) {
+    const b = bytes(s.frame);
+    const root = b.length - 80;
+    const v = new DataView(b.buffer);
+    const empty = SECTIONS.find(([field, size]) => size > 1 && v.getUint32(root + field + 4, true) === 0);
+    if (empty) {
+      found = { s, b, root, field: empty[0] };
+      break;
+    }
+  }
+  assert.ok(found, 'the run has a snapshot with an empty multi-byte section');
+  const { s, b, root, field } = found;
+  const v = new DataView(b.buffer);
+  v.setInt32(root + field, v.getInt32(root + field, true) + 1, true);
+  assert.throws(() => new SnapshotReceiver().apply(s.tick, b.buffer, 16, b.length), /not aligned/);
+  // Past the end, though empty.
+  v.setInt32(root + field, b.length, true);
+  assert.throws(() => new SnapshotReceiver().apply(s.tick, b.buffer, 16, b.length), /outside/);
+
+  // An id varint that runs past 32 bits.
+  const first = run.snapshots[0];
+  const f = bytes(first.frame);
+  const fv = new DataView(f.buffer);
+  const froot = f.length - 80;
+  const idsAt = froot + 8 + fv.getInt32(froot + 8, true);
+  const idsLen = fv.getUint32(froot + 8 + 4, true);
+  assert.ok(idsLen >= 5, 'the first snapshot sends at least five bytes of ids');
+  f.fill(0xff, idsAt, idsAt + 5);
+  const r = new SnapshotReceiver();
+  assert.throws(() => r.apply(first.tick, f.buffer, 16, f.length), (e) => e instanceof ProtocolError && /^bad /.test(e.message));
+  assert.equal(r.latest, null);
+  assert.equal(r.entities.count, 0);
+});
+
+test('a string starting with a byte order mark keeps it, as Rust does', () => {
+  const kick = bytes(vectors.server.find((v) => v.name === 'kick operator').frame);
+  // The message is inline (8 bytes after the reason's tag): U+FEFF then 'a'.
+  kick.set([0xef, 0xbb, 0xbf, 0x61, 0xff, 0xff, 0xff, 0xff], 16 + 4);
+  const m = decodeServerMessage(kick.buffer, 'actions');
+  assert.equal(m.message, '\ufeffa');
 });
 
 test('quantised positions and rotations come back in metres and unit quaternions', () => {

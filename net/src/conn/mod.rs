@@ -544,7 +544,8 @@ fn media_inactive(offer: &str) -> std::borrow::Cow<'_, str> {
     let mut media = false;
     let mut placed = false;
     for line in offer.split_inclusive('\n') {
-        let text = line.trim_end_matches(['\r', '\n']);
+        // Trailing blanks too: `a=sendrecv \r\n` is still a direction.
+        let text = line.trim_end();
         if let Some(rest) = text.strip_prefix("m=") {
             if media && !placed {
                 out.push_str("a=inactive\r\n");
@@ -572,4 +573,49 @@ fn media_inactive(offer: &str) -> std::borrow::Cow<'_, str> {
         out.push_str("a=inactive\r\n");
     }
     std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod media_inactive_tests {
+    use super::media_inactive;
+
+    fn directions(sdp: &str) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for line in sdp.lines() {
+            if let Some(m) = line.strip_prefix("m=") {
+                out.push((m.split(' ').next().unwrap().to_owned(), Vec::new()));
+            } else if let Some(last) = out.last_mut() {
+                let l = line.trim_end();
+                if matches!(l, "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive") {
+                    last.1.push(l.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_media_section_gets_exactly_one_inactive_and_data_is_left_alone() {
+        let offer = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendrecv \r\na=rtpmap:111 opus/48000/2\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\na=sendrecv\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=rtpmap:96 VP8/90000";
+        let out = media_inactive(offer);
+        assert_eq!(
+            directions(&out),
+            vec![
+                ("audio".to_owned(), vec!["a=inactive".to_owned()]),
+                ("application".to_owned(), vec!["a=sendrecv".to_owned()]),
+                // The last section had no direction and no final newline.
+                ("video".to_owned(), vec!["a=inactive".to_owned()]),
+            ]
+        );
+        assert!(out.contains("a=rtpmap:96 VP8/90000\r\na=inactive\r\n"));
+        // Nothing to change: the offer is borrowed as it is.
+        let data_only = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+        assert!(matches!(
+            media_inactive(data_only),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 }

@@ -224,6 +224,10 @@ pub struct WebRtcConfig {
     pub connect_timeout_ms: u64,
     /// A connected peer silent for this long is removed.
     pub idle_timeout_ms: u64,
+    /// Members may publish audio and video tracks, which the node forwards
+    /// to the other members of their instance; off: media sections of
+    /// offers are answered inactive.
+    pub media: bool,
 }
 
 impl Default for WebRtcConfig {
@@ -236,6 +240,7 @@ impl Default for WebRtcConfig {
             public_ports: Vec::new(),
             connect_timeout_ms: 10_000,
             idle_timeout_ms: 10_000,
+            media: true,
         }
     }
 }
@@ -441,6 +446,7 @@ impl Config {
                 idle_timeout: self.webrtc.idle_timeout(),
                 send_queue_len: self.shard.send_queue_len,
                 conns_max: self.shard.peers_max,
+                media: self.webrtc.media,
             },
             instance: self.instance.runtime(),
             overload: crate::router::load::OverloadConfig {

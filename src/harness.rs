@@ -209,11 +209,24 @@ impl Harness {
         user: &str,
         topics: Topics,
     ) -> Result<usize, JoinRefused> {
+        self.join_publishing(instance, user, topics, &[])
+    }
+
+    /// [`Harness::join_with`], publishing `tracks` from the join offer on
+    /// (see [`Session::published`]).
+    pub fn join_publishing(
+        &mut self,
+        instance: &str,
+        user: &str,
+        topics: Topics,
+        tracks: &[net::messages::TrackKind],
+    ) -> Result<usize, JoinRefused> {
         let index = self.clients.len();
         let addr: SocketAddr = format!("10.0.1.{}:{}", 1 + index / 50_000, 1024 + index % 50_000)
             .parse()
             .expect("a valid address");
-        let (mut session, offer) = Session::new(addr, self.now).expect("a client offer");
+        let (mut session, offer) =
+            Session::with_tracks(addr, tracks, self.now).expect("a client offer");
         let session_id = self.next_session;
         self.next_session += 1;
         let (tx, mut rx) = tokio::sync::oneshot::channel();

@@ -286,12 +286,17 @@ impl Shard {
     fn flush(&mut self, now: Instant) {
         for _round in 0..FLUSH_ROUNDS_MAX {
             self.conns.flush(now);
-            let Some(event) = self.conns.poll_event() else {
-                return;
-            };
-            self.conn_event(event, now);
+            let mut any = false;
             while let Some(event) = self.conns.poll_event() {
+                any = true;
                 self.conn_event(event, now);
+            }
+            while let Some((conn, mid, rtp)) = self.conns.poll_rtp() {
+                any = true;
+                self.forward_rtp(conn, mid, &rtp, now);
+            }
+            if !any {
+                return;
             }
         }
         tracing::warn!(
@@ -329,6 +334,23 @@ impl Shard {
                     i.handle_message(link.user, channel, &data, io)
                 });
             }
+            ConnEvent::Published(conn, mid, kind) => {
+                if let Some(&link) = self.links.get(&conn) {
+                    self.call(link.instance, now, |i, io| {
+                        i.publish(link.user, mid, kind, io)
+                    });
+                }
+            }
+            ConnEvent::Unpublished(conn, mid) => {
+                if let Some(&link) = self.links.get(&conn) {
+                    self.call(link.instance, now, |i, io| i.unpublish(link.user, mid, io));
+                }
+            }
+            ConnEvent::Offer(conn, sdp) => {
+                if let Some(&link) = self.links.get(&conn) {
+                    self.call(link.instance, now, |i, io| i.send_offer(link.user, sdp, io));
+                }
+            }
             ConnEvent::Closed(conn, reason) => {
                 let reason = match reason {
                     CloseReason::Remote => LeaveReason::Left,
@@ -338,6 +360,22 @@ impl Shard {
                 self.forget(conn, reason, now);
             }
         }
+    }
+
+    /// One packet of a published track, to the publisher's instance.
+    fn forward_rtp(
+        &mut self,
+        conn: ConnKey,
+        mid: net::conn::Mid,
+        rtp: &net::conn::RtpIn,
+        now: Instant,
+    ) {
+        let Some(&link) = self.links.get(&conn) else {
+            return self.count_drop("rtp_after_leave");
+        };
+        self.call(link.instance, now, |i, io| {
+            i.forward_rtp(link.user, mid, rtp, io)
+        });
     }
 
     fn count_drop(&mut self, reason: &'static str) {

@@ -197,5 +197,7 @@ export function readFrame(buffer: ArrayBuffer, channel?: 'state' | 'actions'): {
 export function decodeServerMessage(buffer: ArrayBuffer, channel?: 'state' | 'actions'): { kind: string; sequence: number; tick: number; [field: string]: unknown };
 export function encodeInput(sequence: number, ack: number, owned?: { networkId: number; position: Vec3; rotation: Quat }[]): Uint8Array;
 export function encodePing(sequence: number, ack: number, clientTimeUs: number): Uint8Array;
+export function encodeSdp(sequence: number, type: 'offer' | 'answer', sdp: string): Uint8Array;
+export const SDP_BYTES_MAX: number;
 export function encodeAction(sequence: number, action: ActionOut): Uint8Array;
 export function encodeOwnershipRequest(sequence: number, networkId: number, op: OwnershipOp): Uint8Array;

@@ -14,7 +14,9 @@ export {
   encodeInput,
   encodeOwnershipRequest,
   encodePing,
+  encodeSdp,
   isValidTopic,
+  SDP_BYTES_MAX,
   readFrame,
 } from './lib/protocol.js';
 export {

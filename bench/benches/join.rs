@@ -23,6 +23,7 @@ fn layer() -> Connections {
             idle_timeout: Duration::from_secs(10),
             send_queue_len: 1024,
             conns_max: 16,
+            media: true,
         },
         7,
     )

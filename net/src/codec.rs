@@ -15,8 +15,9 @@ use crate::messages::{
     ACTION_PAYLOAD_BYTES_MAX, ACTION_TYPE_BYTES_MAX, ArchivedAction, ArchivedActionBroadcast,
     ArchivedDraining, ArchivedEntityNames, ArchivedInput, ArchivedKick, ArchivedOwnershipChanged,
     ArchivedOwnershipRefused, ArchivedOwnershipRequest, ArchivedOwnershipRequested,
-    ArchivedPeerJoined, ArchivedPeerLeft, ArchivedPing, ArchivedPong, ArchivedVersionMismatch,
-    ArchivedWelcome, ENTITY_NAME_BYTES_MAX, ENTITY_NAMES_MAX, INPUT_OWNED_MAX, TEXT_BYTES_MAX,
+    ArchivedPeerJoined, ArchivedPeerLeft, ArchivedPing, ArchivedPong, ArchivedSdp,
+    ArchivedTrackAdded, ArchivedTrackRemoved, ArchivedVersionMismatch, ArchivedWelcome,
+    ENTITY_NAME_BYTES_MAX, ENTITY_NAMES_MAX, INPUT_OWNED_MAX, SDP_BYTES_MAX, TEXT_BYTES_MAX,
     WELCOME_CACHED_ACTIONS_MAX, WELCOME_OWNERS_MAX, is_valid_topic,
 };
 
@@ -31,6 +32,7 @@ pub enum ClientMessage<'a> {
     Action(FrameHeader, &'a ArchivedAction),
     OwnershipRequest(FrameHeader, &'a ArchivedOwnershipRequest),
     Ping(FrameHeader, &'a ArchivedPing),
+    Sdp(FrameHeader, &'a ArchivedSdp),
 }
 
 /// A validated message from the server, read in place (what clients and
@@ -51,6 +53,9 @@ pub enum ServerMessage<'a> {
     Kick(FrameHeader, &'a ArchivedKick),
     Pong(FrameHeader, &'a ArchivedPong),
     VersionMismatch(FrameHeader, &'a ArchivedVersionMismatch),
+    Sdp(FrameHeader, &'a ArchivedSdp),
+    TrackAdded(FrameHeader, &'a ArchivedTrackAdded),
+    TrackRemoved(FrameHeader, &'a ArchivedTrackRemoved),
 }
 
 /// Decodes frames. Holds one aligned scratch buffer, used only when a
@@ -97,6 +102,7 @@ impl Decoder {
                 ClientMessage::OwnershipRequest(header, access(kind, payload)?)
             }
             MessageKind::Ping => ClientMessage::Ping(header, access(kind, payload)?),
+            MessageKind::Sdp => ClientMessage::Sdp(header, access_sdp(kind, payload)?),
             _ => return Err(ProtocolError::WrongDirection(kind)),
         })
     }
@@ -163,6 +169,11 @@ impl Decoder {
             MessageKind::VersionMismatch => {
                 ServerMessage::VersionMismatch(header, access(kind, payload)?)
             }
+            MessageKind::ServerSdp => ServerMessage::Sdp(header, access_sdp(kind, payload)?),
+            MessageKind::TrackAdded => ServerMessage::TrackAdded(header, access(kind, payload)?),
+            MessageKind::TrackRemoved => {
+                ServerMessage::TrackRemoved(header, access(kind, payload)?)
+            }
             _ => return Err(ProtocolError::WrongDirection(kind)),
         })
     }
@@ -206,6 +217,12 @@ where
         kind,
         reason: e.to_string(),
     })
+}
+
+fn access_sdp(kind: MessageKind, payload: &[u8]) -> Result<&ArchivedSdp, ProtocolError> {
+    let sdp: &ArchivedSdp = access(kind, payload)?;
+    check_count("sdp bytes", sdp.sdp.len(), SDP_BYTES_MAX)?;
+    Ok(sdp)
 }
 
 fn check_count(what: &'static str, count: usize, max: usize) -> Result<(), ProtocolError> {

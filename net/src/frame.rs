@@ -7,7 +7,7 @@ use crate::error::ProtocolError;
 
 /// The protocol version this build speaks. See `docs/protocol.md` for what a
 /// peer of another version is told.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Bytes in a [`FrameHeader`]. Sixteen, so an archive that follows it in a
 /// 16-byte aligned buffer is itself 16-byte aligned.
@@ -49,6 +49,7 @@ pub enum MessageKind {
     Action = 2,
     OwnershipRequest = 3,
     Ping = 4,
+    Sdp = 5,
     // server -> client
     Welcome = 64,
     Snapshot = 65,
@@ -63,6 +64,9 @@ pub enum MessageKind {
     OwnershipRefused = 74,
     OwnershipRequested = 75,
     EntityNames = 76,
+    ServerSdp = 77,
+    TrackAdded = 78,
+    TrackRemoved = 79,
 }
 
 impl MessageKind {
@@ -73,6 +77,7 @@ impl MessageKind {
             2 => Action,
             3 => OwnershipRequest,
             4 => Ping,
+            5 => Sdp,
             64 => Welcome,
             65 => Snapshot,
             66 => ActionBroadcast,
@@ -86,6 +91,9 @@ impl MessageKind {
             74 => OwnershipRefused,
             75 => OwnershipRequested,
             76 => EntityNames,
+            77 => ServerSdp,
+            78 => TrackAdded,
+            79 => TrackRemoved,
             _ => return None,
         })
     }
@@ -114,6 +122,9 @@ impl MessageKind {
             | MessageKind::OwnershipRefused
             | MessageKind::OwnershipRequested => 64,
             MessageKind::PeerLeft | MessageKind::Draining | MessageKind::VersionMismatch => 64,
+            MessageKind::TrackAdded | MessageKind::TrackRemoved => 64,
+            // The SDP and its archive's string header.
+            MessageKind::Sdp | MessageKind::ServerSdp => crate::messages::SDP_BYTES_MAX + 64,
             MessageKind::Snapshot => crate::SNAPSHOT_DATAGRAM_BYTES_MAX - FRAME_HEADER_LEN,
             MessageKind::Action | MessageKind::ActionBroadcast => 8 * 1024,
             MessageKind::PeerJoined | MessageKind::Kick => 1024,

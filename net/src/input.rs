@@ -97,6 +97,9 @@ pub enum Outcome {
     /// An ownership request, for the instance to decide with
     /// [`change_ownership`] (a transfer needs to know who is a member).
     Ownership { network_id: u32, op: OwnershipOp },
+    /// An SDP offer or answer renegotiating the member's media, for the
+    /// instance and the connection layer.
+    Sdp(crate::messages::Sdp),
 }
 
 /// The input state of one peer.
@@ -151,6 +154,13 @@ impl PeerInput {
                 }
                 Outcome::Input { applied, refused }
             }
+            ClientMessage::Sdp(_, sdp) => Outcome::Sdp(crate::messages::Sdp {
+                kind: match sdp.kind {
+                    crate::messages::ArchivedSdpKind::Offer => crate::messages::SdpKind::Offer,
+                    crate::messages::ArchivedSdpKind::Answer => crate::messages::SdpKind::Answer,
+                },
+                sdp: sdp.sdp.as_str().to_owned(),
+            }),
             ClientMessage::Ping(_, ping) => Outcome::Pong(Pong {
                 client_time_us: ping.client_time_us.to_native(),
                 server_tick: sim.world().tick().0,

@@ -25,6 +25,8 @@ pub const WELCOME_OWNERS_MAX: usize = 4096;
 pub const ENTITY_NAMES_MAX: usize = 2048;
 /// Longest entity name, in bytes (the scene format's default limit).
 pub const ENTITY_NAME_BYTES_MAX: usize = 128;
+/// Longest SDP in an [`Sdp`] message, in bytes (as the HTTP join's offer).
+pub const SDP_BYTES_MAX: usize = 64 * 1024;
 
 /// Whether `topic` is a valid topic name: 1 to [`TOPIC_BYTES_MAX`] bytes of
 /// lowercase ASCII letters, digits, `.`, `_` and `-`.
@@ -298,6 +300,54 @@ pub enum KickReason {
 pub struct Kick {
     pub reason: KickReason,
     pub message: String,
+}
+
+/// Either direction on `actions`: an SDP offer or answer that renegotiates
+/// the media of an open session (`docs/media.md`). The server offers when
+/// it has tracks to add to or remove from what it sends the client; the
+/// client offers when it adds or removes tracks it publishes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Sdp {
+    pub kind: SdpKind,
+    pub sdp: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq))]
+pub enum SdpKind {
+    Offer,
+    Answer,
+}
+
+/// Audio or video.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, PartialEq))]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+/// Server -> client on `actions`: a member publishes a track. The server's
+/// offer that adds it to what this client receives names it in its
+/// `a=msid` line: stream id `track-<track>`. Replayed to joiners after the
+/// `Welcome`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct TrackAdded {
+    /// Instance-wide track id, never reused in the instance.
+    pub track: u32,
+    /// User index of the publisher.
+    pub publisher: u32,
+    pub kind: TrackKind,
+}
+
+/// Server -> client on `actions`: a track is no longer published (its
+/// publisher removed it or left).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct TrackRemoved {
+    pub track: u32,
 }
 
 /// Server -> client on `state`: answer to a [`Ping`].

@@ -9,7 +9,7 @@ mod pair;
 use std::time::Duration;
 
 use net::client::ClientEvent;
-use net::conn::{CloseReason, ConnEvent, SendError};
+use net::conn::{CloseReason, ConnConfig, ConnEvent, SendError};
 use net::messages::{Input, Pong};
 use net::{Channel, Encoder, MessageKind};
 use pair::{Pair, config};
@@ -160,13 +160,16 @@ fn offers_past_the_limit_or_without_data_channels_are_refused() {
     ));
 }
 
-/// Until the node forwards media, an offer with audio and video tracks is
-/// answered with those sections `inactive` (no media flows either way);
-/// its data channels open as usual.
+/// With media off (`webrtc.media = false`), an offer with audio and video
+/// tracks is answered with those sections `inactive` (no media flows
+/// either way); its data channels open as usual.
 #[test]
-fn audio_and_video_in_an_offer_are_answered_inactive_and_the_channels_still_open() {
+fn with_media_off_audio_and_video_are_answered_inactive_and_the_channels_still_open() {
     use str0m::media::{Direction, MediaKind};
-    let mut p = Pair::new(config());
+    let mut p = Pair::new(ConnConfig {
+        media: false,
+        ..config()
+    });
     let now = p.now;
     let mut rtc = str0m::Rtc::builder().build(now);
     rtc.add_local_candidate(

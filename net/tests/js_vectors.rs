@@ -305,12 +305,44 @@ fn server_messages() -> Vec<Value> {
         "frame": frame(MessageKind::VersionMismatch, 1, 0, &VersionMismatch { server_version: 3 }),
         "expect": {"kind": "VersionMismatch", "sequence": 1, "tick": 0, "serverVersion": 3}
     }));
+    for (i, (kind, name, sdp)) in [
+        (SdpKind::Offer, "offer", "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=msid:track-7 track-7\r\na=sendonly\r\n"),
+        (SdpKind::Answer, "answer", "v=0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.push(json!({
+            "name": format!("server sdp {i}"), "channel": "actions",
+            "frame": frame(MessageKind::ServerSdp, 13 + i as u32, 14,
+                           &Sdp { kind, sdp: sdp.to_owned() }),
+            "expect": {"kind": "ServerSdp", "sequence": 13 + i as u32, "tick": 14,
+                       "type": name, "sdp": sdp}
+        }));
+    }
+    for (i, (kind, name)) in [(TrackKind::Audio, "audio"), (TrackKind::Video, "video")]
+        .into_iter()
+        .enumerate()
+    {
+        out.push(json!({
+            "name": format!("track added {i}"), "channel": "actions",
+            "frame": frame(MessageKind::TrackAdded, 15, 16,
+                           &TrackAdded { track: 7 + i as u32, publisher: 3, kind }),
+            "expect": {"kind": "TrackAdded", "sequence": 15, "tick": 16,
+                       "track": 7 + i as u32, "publisher": 3, "media": name}
+        }));
+    }
+    out.push(json!({
+        "name": "track removed", "channel": "actions",
+        "frame": frame(MessageKind::TrackRemoved, 17, 18, &TrackRemoved { track: 4_000_000_000 }),
+        "expect": {"kind": "TrackRemoved", "sequence": 17, "tick": 18, "track": 4_000_000_000u32}
+    }));
     // Every server kind is covered (snapshots are in their own section).
     let kinds: std::collections::BTreeSet<_> = out
         .iter()
         .map(|v| v["expect"]["kind"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(kinds.len(), 12, "{kinds:?}");
+    assert_eq!(kinds.len(), 15, "{kinds:?}");
     // And every frame decodes on the Rust side.
     for v in &out {
         let bytes = unhex(v["frame"].as_str().unwrap());
@@ -414,6 +446,19 @@ fn client_messages() -> Vec<Value> {
         "encode": {"kind": "Ping", "sequence": 2, "ack": 77, "clientTimeUs": 123_456_789_012u64},
         "frame": frame(MessageKind::Ping, 2, 77, &Ping { client_time_us: 123_456_789_012 }),
     }));
+    for (i, (kind, name, sdp)) in [
+        (SdpKind::Offer, "offer", "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=msid:track-7 track-7\r\na=sendonly\r\n"),
+        (SdpKind::Answer, "answer", "v=0\r\n"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out.push(json!({
+            "name": format!("sdp {i}"),
+            "encode": {"kind": "Sdp", "sequence": 4 + i as u32, "type": name, "sdp": sdp},
+            "frame": frame(MessageKind::Sdp, 4 + i as u32, 0, &Sdp { kind, sdp: sdp.to_owned() }),
+        }));
+    }
     out
 }
 

@@ -105,7 +105,7 @@ pub fn render(c: &Control) -> String {
         "Entries in each shard's timer heap.",
         |m| m.timers,
     );
-    let counters: [(&str, &str, Counter); 9] = [
+    let counters: [(&str, &str, Counter); 13] = [
         (
             "instanceserver_inputs_total",
             "Input frames accepted (acknowledgements and owned-entity updates).",
@@ -144,6 +144,26 @@ pub fn render(c: &Control) -> String {
             "instanceserver_shard_stalls_total",
             "Times a shard ran behind schedule for stall_report_ms.",
             |m| m.stalls,
+        ),
+        (
+            "instanceserver_media_tracks_published_total",
+            "Audio and video tracks members published.",
+            |m| m.media_tracks_published,
+        ),
+        (
+            "instanceserver_media_packets_in_total",
+            "RTP packets received on published tracks.",
+            |m| m.media_packets_in,
+        ),
+        (
+            "instanceserver_media_packets_forwarded_total",
+            "RTP packets forwarded to receivers.",
+            |m| m.media_packets_forwarded,
+        ),
+        (
+            "instanceserver_media_bytes_forwarded_total",
+            "RTP payload bytes forwarded to receivers.",
+            |m| m.media_bytes_forwarded,
         ),
     ];
     for (name, help, get) in counters {

@@ -275,6 +275,13 @@ pub struct ShardMetrics {
     pub ticks: u64,
     pub skipped_ticks: u64,
     pub stalls: u64,
+    /// Tracks members published (counted when published).
+    pub media_tracks_published: u64,
+    /// RTP packets received on published tracks.
+    pub media_packets_in: u64,
+    /// RTP packets written to receivers, and their payload bytes.
+    pub media_packets_forwarded: u64,
+    pub media_bytes_forwarded: u64,
 }
 
 impl ShardMetrics {

@@ -1,9 +1,9 @@
-// The wire protocol (version 3): frame headers, and the rkyv archives of
+// The wire protocol (version 4): frame headers, and the rkyv archives of
 // every message, read in place and written byte for byte as the server's
 // Rust encoder writes them. docs/protocol.md is the specification.
 
 /** The protocol version this SDK speaks (the first byte of every frame). */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 /** Bytes of the frame header before the payload. */
 export const FRAME_HEADER_LEN = 16;
 
@@ -13,6 +13,7 @@ export const Kind = Object.freeze({
   Action: 2,
   OwnershipRequest: 3,
   Ping: 4,
+  Sdp: 5,
   Welcome: 64,
   Snapshot: 65,
   ActionBroadcast: 66,
@@ -26,7 +27,15 @@ export const Kind = Object.freeze({
   OwnershipRefused: 74,
   OwnershipRequested: 75,
   EntityNames: 76,
+  ServerSdp: 77,
+  TrackAdded: 78,
+  TrackRemoved: 79,
 });
+
+/** Longest SDP in an Sdp message, in bytes. */
+export const SDP_BYTES_MAX = 65536;
+const SDP_TYPES = ['offer', 'answer'];
+const TRACK_KINDS = ['audio', 'video'];
 
 const KIND_NAMES = new Map(Object.entries(Kind).map(([k, v]) => [v, k]));
 
@@ -49,6 +58,10 @@ export const PAYLOAD_LIMITS = Object.freeze({
   [Kind.OwnershipRefused]: 64,
   [Kind.OwnershipRequested]: 64,
   [Kind.EntityNames]: 65536,
+  [Kind.Sdp]: SDP_BYTES_MAX + 64,
+  [Kind.ServerSdp]: SDP_BYTES_MAX + 64,
+  [Kind.TrackAdded]: 64,
+  [Kind.TrackRemoved]: 64,
 });
 
 /** The channel each kind travels on. */
@@ -381,6 +394,18 @@ export function decodeServerMessage(buffer, channel) {
       return { ...base, clientTimeUs: r.u64(at), serverTick: r.u32(at + 8) };
     case Kind.VersionMismatch:
       return { ...base, serverVersion: r.u8(r.root(1, 1)) };
+    case Kind.ServerSdp: {
+      at = r.root(12, 4);
+      const type = SDP_TYPES[r.tag(at, SDP_TYPES.length, 'SdpKind')];
+      const bytes = r.strBytes(at + 4);
+      if (bytes.length > SDP_BYTES_MAX) throw new ProtocolError(`an SDP of ${bytes.length} bytes`);
+      return { ...base, type, sdp: r.str(at + 4) };
+    }
+    case Kind.TrackAdded:
+      at = r.root(12, 4);
+      return { ...base, track: r.u32(at), publisher: r.u32(at + 4), media: TRACK_KINDS[r.tag(at + 8, TRACK_KINDS.length, 'TrackKind')] };
+    case Kind.TrackRemoved:
+      return { ...base, track: r.u32(r.root(4, 4)) };
     default:
       throw new ProtocolError(`unexpected kind ${f.kindName}`);
   }
@@ -567,4 +592,22 @@ export function encodeOwnershipRequest(sequence, networkId, op) {
     view.setUint32(8, u32(op.to, 'transfer to'), true);
   } else throw new ProtocolError(`unknown ownership op ${JSON.stringify(op)}`);
   return w.finish(Kind.OwnershipRequest, sequence, 0);
+}
+
+/**
+ * An `Sdp` frame: `type` is `'offer'` or `'answer'`, `sdp` the
+ * description's text (at most SDP_BYTES_MAX bytes of UTF-8).
+ */
+export function encodeSdp(sequence, type, sdp) {
+  const tag = SDP_TYPES.indexOf(type);
+  if (tag < 0) throw new ProtocolError(`unknown SDP type ${JSON.stringify(type)}`);
+  if (typeof sdp !== 'string') throw new ProtocolError('the SDP must be a string');
+  const bytes = utf8.encode(sdp);
+  if (bytes.length > SDP_BYTES_MAX) throw new ProtocolError(`an SDP of ${bytes.length} bytes is over ${SDP_BYTES_MAX}`);
+  const w = new FrameWriter(FRAME_HEADER_LEN + 32 + bytes.length);
+  const dataAt = w.stringData(bytes);
+  const { at, view } = w.root(12, 4);
+  view.setUint8(0, tag);
+  w.putString(view, at, 4, bytes, dataAt);
+  return w.finish(Kind.Sdp, sequence, 0);
 }

@@ -10,6 +10,7 @@ import {
   encodeInput,
   encodeOwnershipRequest,
   encodePing,
+  encodeSdp,
   readFrame,
   ProtocolError,
 } from '../lib/protocol.js';
@@ -58,6 +59,9 @@ test('the encoder writes client messages byte for byte as the Rust encoder does'
         break;
       case 'Ping':
         out = encodePing(e.sequence, e.ack, e.clientTimeUs);
+        break;
+      case 'Sdp':
+        out = encodeSdp(e.sequence, e.type, e.sdp);
         break;
       default:
         assert.fail(`unknown kind ${e.kind}`);

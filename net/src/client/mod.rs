@@ -17,14 +17,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use engine::Vec3;
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input as RtcInput, Output, Rtc};
 
 use crate::messages::{
     Action, ActionBroadcast, EntityName, EntityOwner, Input, KickReason, OwnedUpdate, OwnershipOp,
-    OwnershipRefusal, OwnershipRequest, Ping,
+    OwnershipRefusal, OwnershipRequest, Ping, Sdp, SdpKind, TrackKind,
 };
 use crate::quant::Quantizer;
 use crate::snapshot::{EntityState, SnapshotReceiver};
@@ -151,6 +154,31 @@ pub enum ClientEvent {
     VersionMismatch {
         server_version: u8,
     },
+    /// A member publishes a track (replayed after the `Welcome` for the
+    /// tracks published before this client joined).
+    TrackAdded {
+        track: u32,
+        publisher: u32,
+        kind: TrackKind,
+    },
+    TrackRemoved {
+        track: u32,
+    },
+    /// The server's offer added a track this client now receives on `mid`.
+    Receiving {
+        track: u32,
+        mid: Mid,
+    },
+    /// An RTP packet of a track this client receives (`track` from the
+    /// m-line's `a=msid` stream id).
+    Rtp {
+        track: Option<u32>,
+        mid: Mid,
+        seq_no: u64,
+        time: u32,
+        marker: bool,
+        payload: std::sync::Arc<[u8]>,
+    },
     /// A message the client could not decode (counted, dropped).
     Invalid(String),
     /// The peer connection closed.
@@ -163,6 +191,17 @@ pub struct Session {
     rtc: Rtc,
     local: SocketAddr,
     pending: Option<SdpPendingOffer>,
+    /// This client's offer of a track it added after joining, waiting for
+    /// the server's answer.
+    media_pending: Option<SdpPendingOffer>,
+    /// Mids of the tracks this client publishes.
+    published: Vec<(Mid, TrackKind)>,
+    /// Mids of the tracks it receives, with their instance track ids.
+    receiving: Vec<(Mid, u32)>,
+    /// Server offers ignored because one of this client's own was waiting.
+    pub offers_ignored: u64,
+    /// The server's offers and answers received, not yet handled.
+    server_sdps: VecDeque<(SdpKind, String)>,
     state: Option<ChannelId>,
     actions: Option<ChannelId>,
     encoder: Encoder,
@@ -205,8 +244,18 @@ pub struct SessionStats {
 impl Session {
     /// A client whose UDP socket is `local`; returns it with its SDP offer.
     pub fn new(local: SocketAddr, now: Instant) -> Result<(Session, String), ClientError> {
+        Session::with_tracks(local, &[], now)
+    }
+
+    /// A client that publishes `tracks` from the start (their m-lines are
+    /// in the join offer): see [`Session::write_rtp`].
+    pub fn with_tracks(
+        local: SocketAddr,
+        tracks: &[TrackKind],
+        now: Instant,
+    ) -> Result<(Session, String), ClientError> {
         str0m::crypto::from_feature_flags().install_process_default();
-        let mut rtc = Rtc::builder().build(now);
+        let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
         let candidate =
             Candidate::host(local, "udp").map_err(|e| ClientError::Rtc(e.to_string()))?;
         rtc.add_local_candidate(candidate);
@@ -218,6 +267,21 @@ impl Session {
             ..ChannelConfig::default()
         });
         api.add_channel("actions".into());
+        let published: Vec<(Mid, TrackKind)> = tracks
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| {
+                let stream = format!("publish-{i}");
+                let mid = api.add_media(
+                    media_kind(kind),
+                    Direction::SendOnly,
+                    Some(stream.clone()),
+                    Some(stream),
+                    None,
+                );
+                (mid, kind)
+            })
+            .collect();
         let (offer, pending) = api
             .apply()
             .ok_or_else(|| ClientError::Rtc("no offer to make".into()))?;
@@ -225,6 +289,11 @@ impl Session {
             rtc,
             local,
             pending: Some(pending),
+            media_pending: None,
+            published,
+            receiving: Vec::new(),
+            offers_ignored: 0,
+            server_sdps: VecDeque::new(),
             state: None,
             actions: None,
             encoder: Encoder::default(),
@@ -482,6 +551,117 @@ impl Session {
         self.send_raw(channel, &bytes, now)
     }
 
+    /// Mids of the tracks this client publishes, in the order added.
+    pub fn published(&self) -> &[(Mid, TrackKind)] {
+        &self.published
+    }
+
+    /// Adds a track to publish after joining: the offer goes to the server
+    /// over `actions`; packets flow once its answer is applied.
+    pub fn add_track(&mut self, kind: TrackKind, now: Instant) -> Result<Mid, ClientError> {
+        if self.media_pending.is_some() {
+            return Err(ClientError::Rtc(
+                "an offer is already waiting for its answer".into(),
+            ));
+        }
+        let stream = format!("publish-{}", self.published.len());
+        let mut api = self.rtc.sdp_api();
+        let mid = api.add_media(
+            media_kind(kind),
+            Direction::SendOnly,
+            Some(stream.clone()),
+            Some(stream),
+            None,
+        );
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| ClientError::Rtc("no offer to make".into()))?;
+        self.media_pending = Some(pending);
+        self.published.push((mid, kind));
+        let msg = Sdp {
+            kind: SdpKind::Offer,
+            sdp: offer.to_sdp_string(),
+        };
+        self.send(Channel::Actions, MessageKind::Sdp, 0, &msg, now)?;
+        Ok(mid)
+    }
+
+    /// Sends one RTP packet on a published track: Opus for audio, VP8 for
+    /// video, `seq_no` counting up from 1, `time` in the codec's clock.
+    pub fn write_rtp(
+        &mut self,
+        mid: Mid,
+        seq_no: u64,
+        time: u32,
+        marker: bool,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        let kind = self
+            .published
+            .iter()
+            .find(|(m, _)| *m == mid)
+            .map(|(_, k)| *k)
+            .ok_or_else(|| ClientError::Rtc(format!("{mid} is not published")))?;
+        let codec = match kind {
+            TrackKind::Audio => Codec::Opus,
+            TrackKind::Video => Codec::Vp8,
+        };
+        let pt = self
+            .rtc
+            .codec_config()
+            .iter()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| p.pt())
+            .ok_or_else(|| ClientError::Rtc(format!("no {codec:?} negotiated")))?;
+        let mut api = self.rtc.direct_api();
+        let stream = api
+            .stream_tx_by_mid(mid, None)
+            .ok_or_else(|| ClientError::Rtc(format!("{mid} has no stream yet")))?;
+        stream.write_rtp(
+            RtpWrite::new(pt, seq_no.into(), time, now, payload.to_vec())
+                .marker(marker)
+                .nackable(kind == TrackKind::Video),
+        );
+        self.pump(now);
+        Ok(())
+    }
+
+    fn server_sdp(&mut self, kind: SdpKind, sdp: &str, now: Instant) -> Result<(), String> {
+        match kind {
+            SdpKind::Offer => {
+                if self.media_pending.is_some() {
+                    // Both offered: the server gives way and offers again.
+                    self.offers_ignored += 1;
+                    return Ok(());
+                }
+                let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+                let answer = self
+                    .rtc
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .map_err(|e| e.to_string())?;
+                let msg = Sdp {
+                    kind: SdpKind::Answer,
+                    sdp: answer.to_sdp_string(),
+                };
+                self.send(Channel::Actions, MessageKind::Sdp, 0, &msg, now)
+                    .map_err(|e| e.to_string())
+            }
+            SdpKind::Answer => {
+                let pending = self
+                    .media_pending
+                    .take()
+                    .ok_or("an answer with no offer waiting")?;
+                let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+                self.rtc
+                    .sdp_api()
+                    .accept_answer(pending, answer)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     /// Closes the peer connection (the server sees the channels close).
     pub fn close(&mut self, now: Instant) {
         let _ = self.rtc.close();
@@ -514,7 +694,15 @@ impl Session {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
                     self.wake = t;
-                    return;
+                    if self.server_sdps.is_empty() {
+                        return;
+                    }
+                    while let Some((kind, sdp)) = self.server_sdps.pop_front() {
+                        if let Err(e) = self.server_sdp(kind, &sdp, now) {
+                            self.push_event(ClientEvent::Invalid(format!("server {kind:?}: {e}")));
+                        }
+                    }
+                    // What applying them changed (new media) is polled next.
                 }
                 Ok(Output::Transmit(t)) => self.transmits.push_back(t),
                 Ok(Output::Event(e)) => self.rtc_event(e),
@@ -548,6 +736,43 @@ impl Session {
                 self.message(channel, &d.data);
             }
             Event::ChannelClose(_) => self.close_now(),
+            Event::MediaAdded(m)
+                if matches!(m.direction, Direction::RecvOnly | Direction::SendRecv)
+                    && !self.published.iter().any(|(p, _)| *p == m.mid) =>
+            {
+                let track = self.rtc.media(m.mid).and_then(|x| {
+                    x.stream_id()
+                        .strip_prefix("track-")
+                        .and_then(|n| n.parse::<u32>().ok())
+                });
+                if let Some(track) = track {
+                    self.receiving.push((m.mid, track));
+                    self.push_event(ClientEvent::Receiving { track, mid: m.mid });
+                }
+            }
+            Event::RtpPacket(p) => {
+                let Some(mid) = self
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&p.header.ssrc)
+                    .map(|s| s.mid())
+                else {
+                    return;
+                };
+                let track = self
+                    .receiving
+                    .iter()
+                    .find(|(m, _)| *m == mid)
+                    .map(|(_, t)| *t);
+                self.push_event(ClientEvent::Rtp {
+                    track,
+                    mid,
+                    seq_no: *p.seq_no,
+                    time: p.header.timestamp,
+                    marker: p.header.marker,
+                    payload: p.payload,
+                });
+            }
             Event::IceConnectionStateChange(str0m::IceConnectionState::Disconnected) => {
                 self.close_now()
             }
@@ -683,7 +908,33 @@ impl Session {
             Ok(ServerMessage::VersionMismatch(_, v)) => ClientEvent::VersionMismatch {
                 server_version: v.server_version,
             },
+            Ok(ServerMessage::TrackAdded(_, t)) => ClientEvent::TrackAdded {
+                track: t.track.to_native(),
+                publisher: t.publisher.to_native(),
+                kind: rkyv::deserialize::<TrackKind, rkyv::rancor::Error>(&t.kind)
+                    .unwrap_or(TrackKind::Audio),
+            },
+            Ok(ServerMessage::TrackRemoved(_, t)) => ClientEvent::TrackRemoved {
+                track: t.track.to_native(),
+            },
+            Ok(ServerMessage::Sdp(_, s)) => {
+                let kind = match s.kind {
+                    crate::messages::ArchivedSdpKind::Offer => SdpKind::Offer,
+                    crate::messages::ArchivedSdpKind::Answer => SdpKind::Answer,
+                };
+                // Handled once polling is done (answering sends a frame).
+                self.server_sdps
+                    .push_back((kind, s.sdp.as_str().to_owned()));
+                return;
+            }
         };
         self.push_event(event);
+    }
+}
+
+fn media_kind(kind: TrackKind) -> MediaKind {
+    match kind {
+        TrackKind::Audio => MediaKind::Audio,
+        TrackKind::Video => MediaKind::Video,
     }
 }

@@ -17,6 +17,7 @@
 //! ICE username fragment in its STUN request → connection.
 
 mod dtls;
+mod media;
 mod peer;
 
 use std::cmp::Reverse;
@@ -32,10 +33,13 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, IceCreds, Input, Rtc, RtcConfig};
 
 use crate::Channel;
+use crate::messages::TrackKind;
 use crate::slab::{Key, Slab};
 use peer::Conn;
 
-pub use peer::CONN_ADDRS_MAX;
+pub use media::{RtpDrop, track_stream_id};
+pub use peer::{CONN_ADDRS_MAX, RtpIn};
+pub use str0m::media::Mid;
 
 /// A connection's key: it goes stale when the connection is removed.
 pub type ConnKey = Key;
@@ -64,6 +68,9 @@ pub struct ConnConfig {
     pub send_queue_len: usize,
     /// Connections at most.
     pub conns_max: usize,
+    /// Whether clients may publish and receive audio and video (RTP mode);
+    /// without it their offers' media sections are answered inactive.
+    pub media: bool,
 }
 
 /// What the layer tells its user.
@@ -75,6 +82,15 @@ pub enum ConnEvent {
     Message(ConnKey, Channel, Vec<u8>),
     /// The connection is gone, and its key with it.
     Closed(ConnKey, CloseReason),
+    /// The client publishes a track on `Mid` (its join offer or a later one).
+    Published(ConnKey, Mid, TrackKind),
+    /// The client stopped publishing the track on `Mid`.
+    Unpublished(ConnKey, Mid),
+    /// An offer of the layer's that adds or removes tracks sent to the
+    /// client ([`Connections::send_track`]): its user sends it over the
+    /// `actions` channel and hands the answer to
+    /// [`Connections::accept_media_answer`].
+    Offer(ConnKey, String),
 }
 
 /// Why the layer closed a connection by itself.
@@ -159,6 +175,9 @@ pub struct Connections {
     timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ConnEvent>,
+    /// RTP packets of published tracks, apart from the events: a queue of
+    /// large entries whose capacity is reused (no allocation per packet).
+    rtp_in: VecDeque<(ConnKey, Mid, RtpIn)>,
     dirty: Vec<ConnKey>,
     /// The buffer `dirty` is swapped into while it is polled (no allocation per flush).
     flushing: Vec<ConnKey>,
@@ -178,6 +197,7 @@ impl Connections {
         });
         let rtc_config = Rtc::builder()
             .set_ice_lite(true)
+            .set_rtp_mode(config.media)
             .set_crypto_provider(provider);
         Connections {
             config,
@@ -190,6 +210,7 @@ impl Connections {
             timers: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            rtp_in: VecDeque::new(),
             dirty: Vec::new(),
             flushing: Vec::new(),
             stats: ConnStats::default(),
@@ -247,8 +268,12 @@ impl Connections {
         if self.conns.len() >= self.config.conns_max {
             return Err(AcceptError::Full(self.config.conns_max));
         }
-        let offer = SdpOffer::from_sdp_string(&media_inactive(offer_sdp))
-            .map_err(|e| AcceptError::BadOffer(e.to_string()))?;
+        let offer = if self.config.media {
+            SdpOffer::from_sdp_string(offer_sdp)
+        } else {
+            SdpOffer::from_sdp_string(&media_inactive(offer_sdp))
+        }
+        .map_err(|e| AcceptError::BadOffer(e.to_string()))?;
         let ufrag = self.random_token(ICE_UFRAG_LEN);
         let creds = IceCreds {
             ufrag: ufrag.clone(),
@@ -389,6 +414,12 @@ impl Connections {
         self.events.pop_front()
     }
 
+    /// The next RTP packet a client published: `(connection, mid, packet)`.
+    #[must_use]
+    pub fn poll_rtp(&mut self) -> Option<(ConnKey, Mid, RtpIn)> {
+        self.rtp_in.pop_front()
+    }
+
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
@@ -409,6 +440,63 @@ impl Connections {
             self.dirty.push(key);
         }
         written
+    }
+
+    /// Adds instance track `track` to what `key` is sent: the layer offers
+    /// it ([`ConnEvent::Offer`]) once the connection is open and no other
+    /// offer of its waits, together with every change queued meanwhile.
+    pub fn send_track(&mut self, key: ConnKey, track: u32, kind: TrackKind) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.media.send_track(track, kind);
+            self.mark_dirty(key);
+        }
+    }
+
+    /// Stops sending `track` to `key` (an offer that makes it inactive).
+    pub fn stop_track(&mut self, key: ConnKey, track: u32) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.media.stop_track(track);
+            self.mark_dirty(key);
+        }
+    }
+
+    /// The client's answer to the layer's last offer to it.
+    pub fn accept_media_answer(&mut self, key: ConnKey, answer: &str) -> Result<(), String> {
+        let conn = self.conns.get_mut(key).ok_or("no such connection")?;
+        let result = conn.media.accept_answer(&mut conn.rtc, answer);
+        self.mark_dirty(key);
+        result
+    }
+
+    /// A client's offer that adds or removes tracks it publishes; returns
+    /// the answer. An offer of the layer's waiting for its answer is
+    /// dropped and made again later.
+    pub fn accept_media_offer(&mut self, key: ConnKey, offer: &str) -> Result<String, String> {
+        let conn = self.conns.get_mut(key).ok_or("no such connection")?;
+        let result = conn.media.accept_offer(&mut conn.rtc, offer);
+        self.mark_dirty(key);
+        result
+    }
+
+    /// Forwards a published packet on `track` to `key`: the payload is
+    /// shared, not copied; the sequence numbers are renumbered from 1 for
+    /// this receiver and the payload type mapped to its own.
+    pub fn write_rtp(&mut self, key: ConnKey, track: u32, rtp: &RtpIn) -> Result<(), RtpDrop> {
+        let conn = self.conns.get_mut(key).ok_or(RtpDrop::Gone)?;
+        let p = &rtp.packet;
+        conn.media.write_rtp(
+            &mut conn.rtc,
+            track,
+            &rtp.params,
+            p.seq_no,
+            p.header.timestamp,
+            p.header.marker,
+            &p.header.ext_vals,
+            &p.payload,
+            p.timestamp,
+        )?;
+        self.mark_dirty(key);
+        Ok(())
     }
 
     /// Bytes waiting on a channel of `key` (0 when it is not open or gone).
@@ -455,14 +543,24 @@ impl Connections {
             return; // Removed after it was marked.
         };
         let (transmits, stats, events) = (&mut self.transmits, &mut self.stats, &mut self.events);
+        let rtp_in = &mut self.rtp_in;
         let queue_max = self.config.send_queue_len;
         let alive = conn.pump(
             |t| queue_transmit(transmits, stats, queue_max, t),
             |said| events.push_back(peer::event(key, said)),
+            |mid, rtp| rtp_in.push_back((key, mid, rtp)),
             &mut self.drops,
         );
         if !alive {
             return self.remove(key, Some(CloseReason::Remote));
+        }
+        // An offer goes over `actions`: only once the channels are open.
+        if conn.is_open()
+            && conn.media.wants_offer()
+            && let Some(offer) = conn.media.offer(&mut conn.rtc)
+        {
+            self.events
+                .push_back(peer::event(key, peer::media_event(offer)));
         }
         let at = conn.wake_at(&self.config).max(now);
         if conn.scheduled.is_none_or(|s| at < s) {
@@ -493,6 +591,7 @@ impl Connections {
             conn.pump(
                 |t| queue_transmit(transmits, stats, queue_max, t),
                 |_| {},
+                |_, _| {},
                 &mut self.drops,
             );
         }

@@ -6,11 +6,16 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::channel::ChannelId;
+use str0m::format::PayloadParams;
+use str0m::media::Mid;
 use str0m::net::Transmit;
+use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, Output, Rtc};
 
+use super::media::{ConnMedia, MediaSaid};
 use super::{ConnConfig, ConnKey, Drops, SendError};
 use crate::Channel;
+use crate::messages::TrackKind;
 
 /// Remote addresses remembered per connection (ICE may try several
 /// candidates); past it a connection keeps its newest.
@@ -37,6 +42,17 @@ pub(super) enum Phase {
 pub(super) enum Said {
     Opened,
     Message(Channel, Vec<u8>),
+    Published(Mid, TrackKind),
+    Unpublished(Mid),
+    Offer(String),
+}
+
+/// An RTP packet a client published, with its codec.
+#[derive(Debug, PartialEq)]
+pub struct RtpIn {
+    pub packet: RtpPacket,
+    /// The packet's payload type as this connection negotiated it.
+    pub params: PayloadParams,
 }
 
 #[derive(Debug)]
@@ -52,6 +68,7 @@ pub(super) struct Conn {
     pub scheduled: Option<Instant>,
     /// Written to or fed since it was last polled.
     pub dirty: bool,
+    pub media: ConnMedia,
 }
 
 impl Conn {
@@ -69,6 +86,7 @@ impl Conn {
             rtc_wake: now,
             scheduled: None,
             dirty: false,
+            media: ConnMedia::default(),
         }
     }
 
@@ -140,6 +158,7 @@ impl Conn {
         &mut self,
         mut transmit: impl FnMut(Transmit),
         mut said: impl FnMut(Said),
+        mut rtp: impl FnMut(Mid, RtpIn),
         drops: &mut Drops,
     ) -> bool {
         self.dirty = false;
@@ -171,6 +190,40 @@ impl Conn {
                     _ => drops.count("message_before_join"),
                 },
                 Event::ChannelClose(id) if self.channel_of(id).is_some() => return false,
+                Event::MediaAdded(m) => {
+                    if let Some(s) = self.media.added(m.mid, m.kind, m.direction) {
+                        said(media_said(s));
+                    }
+                }
+                Event::MediaChanged(m) => {
+                    let kind = self.rtc.media(m.mid).map(|x| x.kind());
+                    if let Some(s) = kind.and_then(|k| self.media.changed(m.mid, k, m.direction)) {
+                        said(media_said(s));
+                    }
+                }
+                Event::RtpPacket(packet) => {
+                    let ssrc = packet.header.ssrc;
+                    let pt = packet.header.payload_type;
+                    let Some(mid) = self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                        drops.count("rtp_unknown_stream");
+                        continue;
+                    };
+                    if !self.is_open() || !self.media.published.iter().any(|(m, _)| *m == mid) {
+                        drops.count("rtp_not_published");
+                        continue;
+                    }
+                    let Some(params) = self
+                        .rtc
+                        .codec_config()
+                        .iter()
+                        .find(|p| p.pt() == pt)
+                        .copied()
+                    else {
+                        drops.count("rtp_unknown_pt");
+                        continue;
+                    };
+                    rtp(mid, RtpIn { packet, params });
+                }
                 Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                     return false;
                 }
@@ -203,10 +256,26 @@ impl Conn {
     }
 }
 
+pub(super) fn media_event(s: MediaSaid) -> Said {
+    media_said(s)
+}
+
+fn media_said(s: MediaSaid) -> Said {
+    match s {
+        MediaSaid::Published(mid, kind) => Said::Published(mid, kind),
+        MediaSaid::Unpublished(mid) => Said::Unpublished(mid),
+        MediaSaid::Offer(sdp) => Said::Offer(sdp),
+    }
+}
+
 /// A key and what its connection said, as the layer queues it.
 pub(super) fn event(key: ConnKey, said: Said) -> super::ConnEvent {
+    use super::ConnEvent;
     match said {
-        Said::Opened => super::ConnEvent::Opened(key),
-        Said::Message(channel, data) => super::ConnEvent::Message(key, channel, data),
+        Said::Opened => ConnEvent::Opened(key),
+        Said::Message(channel, data) => ConnEvent::Message(key, channel, data),
+        Said::Published(mid, kind) => ConnEvent::Published(key, mid, kind),
+        Said::Unpublished(mid) => ConnEvent::Unpublished(key, mid),
+        Said::Offer(sdp) => ConnEvent::Offer(key, sdp),
     }
 }

@@ -19,6 +19,7 @@ pub fn config() -> ConnConfig {
         idle_timeout: Duration::from_secs(10),
         send_queue_len: 4096,
         conns_max: 16,
+        media: true,
     }
 }
 

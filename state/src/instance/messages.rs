@@ -48,7 +48,9 @@ impl Instance {
         // the server write to other members.
         if matches!(
             msg,
-            ClientMessage::Action(..) | ClientMessage::OwnershipRequest(..)
+            ClientMessage::Action(..)
+                | ClientMessage::OwnershipRequest(..)
+                | ClientMessage::Sdp(..)
         ) && !joined
             .actions
             .take(io.now, self.config.actions_per_second_max)
@@ -102,6 +104,7 @@ impl Instance {
                     &action,
                 );
             }
+            Outcome::Sdp(sdp) => self.member_sdp(i, sdp, io),
             Outcome::Ownership { network_id, op } => {
                 let members = &self.members;
                 let is_member = |u: u32| super::is_listening_member(members, u);

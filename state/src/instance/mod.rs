@@ -14,6 +14,7 @@
 //! ```
 
 mod ending;
+mod media;
 mod member;
 mod messages;
 mod tick;
@@ -35,6 +36,7 @@ use net::{Channel, Decoder, Encoder, MessageKind};
 use crate::commands::{
     InstanceKind, InstanceSpec, JoinRefused, LeaveReason, SessionId, ShardMetrics, Topics,
 };
+pub use media::{Track, Tracks};
 pub use member::{Joined, Member, MemberState, STATE_BACKLOG_BYTES_MAX, SendFailed, TokenBucket};
 
 /// Member slots allocated when an instance starts; more grow on demand.
@@ -139,6 +141,27 @@ pub trait Outbox {
     fn write(&mut self, to: ConnKey, channel: Channel, frame: &[u8]) -> Result<usize, SendError>;
     /// Bytes waiting on a channel of `to`.
     fn buffered(&mut self, to: ConnKey, channel: Channel) -> usize;
+    /// Offers instance track `track` to `to` (see `Connections::send_track`).
+    fn send_track(&mut self, _to: ConnKey, _track: u32, _kind: net::messages::TrackKind) {}
+    /// Stops sending `track` to `to`.
+    fn stop_track(&mut self, _to: ConnKey, _track: u32) {}
+    /// A member's offer; returns the answer.
+    fn accept_media_offer(&mut self, _to: ConnKey, _offer: &str) -> Result<String, String> {
+        media::no_media()
+    }
+    /// A member's answer to the layer's offer.
+    fn accept_media_answer(&mut self, _to: ConnKey, _answer: &str) -> Result<(), String> {
+        media::no_media()
+    }
+    /// Forwards one packet of `track` to `to`.
+    fn write_rtp(
+        &mut self,
+        _to: ConnKey,
+        _track: u32,
+        _rtp: &net::conn::RtpIn,
+    ) -> Result<(), net::conn::RtpDrop> {
+        media::no_rtp()
+    }
 }
 
 /// A member the instance wants disconnected (it was told why, if joined).
@@ -174,6 +197,31 @@ impl Outbox for net::conn::Connections {
 
     fn buffered(&mut self, to: ConnKey, channel: Channel) -> usize {
         net::conn::Connections::buffered(self, to, channel)
+    }
+
+    fn send_track(&mut self, to: ConnKey, track: u32, kind: net::messages::TrackKind) {
+        net::conn::Connections::send_track(self, to, track, kind);
+    }
+
+    fn stop_track(&mut self, to: ConnKey, track: u32) {
+        net::conn::Connections::stop_track(self, to, track);
+    }
+
+    fn accept_media_offer(&mut self, to: ConnKey, offer: &str) -> Result<String, String> {
+        net::conn::Connections::accept_media_offer(self, to, offer)
+    }
+
+    fn accept_media_answer(&mut self, to: ConnKey, answer: &str) -> Result<(), String> {
+        net::conn::Connections::accept_media_answer(self, to, answer)
+    }
+
+    fn write_rtp(
+        &mut self,
+        to: ConnKey,
+        track: u32,
+        rtp: &net::conn::RtpIn,
+    ) -> Result<(), net::conn::RtpDrop> {
+        net::conn::Connections::write_rtp(self, to, track, rtp)
     }
 }
 
@@ -212,6 +260,8 @@ pub struct Instance {
     /// index (which only grows): looked up by binary search.
     members: Vec<Member>,
     cached_actions: VecDeque<ActionBroadcast>,
+    /// Tracks its members publish.
+    tracks: Tracks,
     /// Bytes of topic, type and payload in `cached_actions`.
     cached_bytes: usize,
     /// User indices are never reused within an instance, so ownership
@@ -278,6 +328,7 @@ impl Instance {
             quantizer,
             members: Vec::with_capacity((spec.max_users as usize).min(MEMBERS_PREALLOCATED_MAX)),
             cached_actions: VecDeque::new(),
+            tracks: Tracks::default(),
             cached_bytes: 0,
             next_user_index: 0,
             empty_since: Some(now),
@@ -513,6 +564,7 @@ impl Instance {
             let _ =
                 self.members[i].send(io, Channel::Actions, MessageKind::PeerJoined, tick, &theirs);
         }
+        self.introduce_tracks(i, io);
         true
     }
 
@@ -537,6 +589,7 @@ impl Instance {
             let _ = self.sim.despawn(avatar);
         }
         self.forget_cached_state(user);
+        self.unpublish_all(user, io);
         let tick = self.tick_now();
         let released = joined.input.release_all(&mut self.sim);
         self.tell_everyone(

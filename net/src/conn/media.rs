@@ -1,0 +1,321 @@
+//! The media of one connection (str0m in RTP mode): the tracks its client
+//! publishes, the tracks the node forwards to it, and the SDP exchanges
+//! that add and remove the latter.
+//!
+//! The node offers when it has tracks to add or remove: one offer at a
+//! time, carrying every change queued since the last one. The client
+//! offers when it adds or removes tracks it publishes. When both offer at
+//! once the node gives way: it drops its own offer, answers the client's,
+//! and offers its changes again afterwards (the client may ignore an offer
+//! that arrives while its own waits; `docs/media.md`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+
+use crate::messages::TrackKind;
+
+/// A track the node sends this connection.
+#[derive(Debug)]
+pub(super) struct SentTrack {
+    /// The instance's track id.
+    pub track: u32,
+    pub kind: TrackKind,
+    /// Its m-line, once offered.
+    pub mid: Option<Mid>,
+    /// Whether the client has answered the offer that added it.
+    pub negotiated: bool,
+    /// Forwarded sequence numbers: the first packet's source number and
+    /// the number it went out as; later ones keep their distance.
+    seq_base: Option<(u64, u64)>,
+    /// The last source payload type and the one it maps to here.
+    pt_map: Option<(Pt, Pt)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Add(u32, TrackKind),
+    Remove(u32),
+}
+
+/// What a connection's media did (the layer turns it into events).
+#[derive(Debug, PartialEq)]
+pub(super) enum MediaSaid {
+    /// The client publishes a track on `mid`.
+    Published(Mid, TrackKind),
+    /// The client stopped publishing the track on `mid`.
+    Unpublished(Mid),
+    /// An offer of the node's for the client (sent over `actions`).
+    Offer(String),
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ConnMedia {
+    /// Mids the client publishes on, with their kind.
+    pub published: Vec<(Mid, TrackKind)>,
+    pub sent: Vec<SentTrack>,
+    queued: Vec<Change>,
+    pending: Option<(SdpPendingOffer, Vec<Change>)>,
+}
+
+/// Why a forwarded packet was not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtpDrop {
+    /// The connection is gone.
+    Gone,
+    /// The track is not (yet) negotiated with this client.
+    NotNegotiated,
+    /// The client's answer left out the packet's codec.
+    NoCodec,
+    /// Negotiated, but str0m has no send stream for it.
+    NoStream,
+}
+
+impl RtpDrop {
+    pub fn label(self) -> &'static str {
+        match self {
+            RtpDrop::Gone => "rtp_conn_gone",
+            RtpDrop::NotNegotiated => "rtp_not_negotiated",
+            RtpDrop::NoCodec => "rtp_no_codec",
+            RtpDrop::NoStream => "rtp_no_stream",
+        }
+    }
+}
+
+pub(super) fn track_kind(kind: MediaKind) -> TrackKind {
+    match kind {
+        MediaKind::Audio => TrackKind::Audio,
+        MediaKind::Video => TrackKind::Video,
+    }
+}
+
+fn media_kind(kind: TrackKind) -> MediaKind {
+    match kind {
+        TrackKind::Audio => MediaKind::Audio,
+        TrackKind::Video => MediaKind::Video,
+    }
+}
+
+/// The `a=msid` stream id of the m-line that carries instance track `track`.
+pub fn track_stream_id(track: u32) -> String {
+    format!("track-{track}")
+}
+
+impl ConnMedia {
+    /// A media section the negotiation added (str0m's `MediaAdded`).
+    pub fn added(&mut self, mid: Mid, kind: MediaKind, direction: Direction) -> Option<MediaSaid> {
+        if let Some(t) = self.sent.iter_mut().find(|t| t.mid == Some(mid)) {
+            t.negotiated = true;
+            return None;
+        }
+        self.changed(mid, kind, direction)
+    }
+
+    /// A media section's direction changed (or it was just added).
+    pub fn changed(
+        &mut self,
+        mid: Mid,
+        kind: MediaKind,
+        direction: Direction,
+    ) -> Option<MediaSaid> {
+        if self.sent.iter().any(|t| t.mid == Some(mid)) {
+            return None;
+        }
+        let receiving = matches!(direction, Direction::RecvOnly | Direction::SendRecv);
+        let known = self.published.iter().position(|(m, _)| *m == mid);
+        match (receiving, known) {
+            (true, None) => {
+                let kind = track_kind(kind);
+                self.published.push((mid, kind));
+                Some(MediaSaid::Published(mid, kind))
+            }
+            (false, Some(i)) => {
+                self.published.swap_remove(i);
+                Some(MediaSaid::Unpublished(mid))
+            }
+            _ => None,
+        }
+    }
+
+    /// Queues a track to add to what this connection is sent.
+    pub fn send_track(&mut self, track: u32, kind: TrackKind) {
+        self.queued.retain(|c| *c != Change::Remove(track));
+        if !self.sent.iter().any(|t| t.track == track) {
+            self.queued.push(Change::Add(track, kind));
+        }
+    }
+
+    /// Queues a track to stop sending.
+    pub fn stop_track(&mut self, track: u32) {
+        let before = self.queued.len();
+        self.queued
+            .retain(|c| !matches!(c, Change::Add(t, _) if *t == track));
+        if self.queued.len() == before && self.sent.iter().any(|t| t.track == track) {
+            self.queued.push(Change::Remove(track));
+        }
+    }
+
+    /// Whether an offer is due: changes queued and none waiting.
+    pub fn wants_offer(&self) -> bool {
+        self.pending.is_none() && !self.queued.is_empty()
+    }
+
+    /// Makes the offer carrying the queued changes.
+    pub fn offer(&mut self, rtc: &mut Rtc) -> Option<MediaSaid> {
+        if !self.wants_offer() {
+            return None;
+        }
+        let changes = std::mem::take(&mut self.queued);
+        let mut api = rtc.sdp_api();
+        let mut added = Vec::new();
+        for &change in &changes {
+            match change {
+                Change::Add(track, kind) => {
+                    let stream = track_stream_id(track);
+                    let mid = api.add_media(
+                        media_kind(kind),
+                        Direction::SendOnly,
+                        Some(stream.clone()),
+                        Some(stream),
+                        None,
+                    );
+                    added.push(SentTrack {
+                        track,
+                        kind,
+                        mid: Some(mid),
+                        negotiated: false,
+                        seq_base: None,
+                        pt_map: None,
+                    });
+                }
+                Change::Remove(track) => {
+                    if let Some(mid) = self
+                        .sent
+                        .iter()
+                        .find(|t| t.track == track)
+                        .and_then(|t| t.mid)
+                    {
+                        api.set_direction(mid, Direction::Inactive);
+                    }
+                }
+            }
+        }
+        let (offer, pending) = api.apply()?;
+        for change in &changes {
+            if let Change::Remove(track) = change {
+                self.sent.retain(|t| t.track != *track);
+            }
+        }
+        self.sent.extend(added);
+        self.pending = Some((pending, changes));
+        Some(MediaSaid::Offer(offer.to_sdp_string()))
+    }
+
+    /// The client's answer to the node's offer.
+    pub fn accept_answer(&mut self, rtc: &mut Rtc, answer: &str) -> Result<(), String> {
+        let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| e.to_string())?;
+        let (pending, changes) = self
+            .pending
+            .take()
+            .ok_or_else(|| "no offer of the node's is waiting for an answer".to_owned())?;
+        rtc.sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| e.to_string())?;
+        // str0m announces no `MediaAdded` for m-lines of its own offer.
+        for change in changes {
+            if let Change::Add(track, _) = change
+                && let Some(t) = self.sent.iter_mut().find(|t| t.track == track)
+            {
+                t.negotiated = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The client's offer: the node's own waiting offer, if any, is
+    /// dropped and its changes queued again. Returns the answer.
+    pub fn accept_offer(&mut self, rtc: &mut Rtc, offer: &str) -> Result<String, String> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| e.to_string())?;
+        if let Some((_, changes)) = self.pending.take() {
+            for change in changes {
+                match change {
+                    Change::Add(track, _) => {
+                        // Offered, never answered: it goes back in the queue.
+                        if let Some(i) = self.sent.iter().position(|t| t.track == track) {
+                            let t = self.sent.swap_remove(i);
+                            self.queued.insert(0, Change::Add(t.track, t.kind));
+                        }
+                    }
+                    Change::Remove(_) => self.queued.insert(0, change),
+                }
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| e.to_string())?;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Writes one forwarded packet on `track`'s stream. `source` is the
+    /// packet's codec at its publisher.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_rtp(
+        &mut self,
+        rtc: &mut Rtc,
+        track: u32,
+        source: &PayloadParams,
+        seq_no: SeqNo,
+        time: u32,
+        marker: bool,
+        ext_vals: &ExtensionValues,
+        payload: &Arc<[u8]>,
+        wallclock: Instant,
+    ) -> Result<(), RtpDrop> {
+        let sent = self
+            .sent
+            .iter_mut()
+            .find(|t| t.track == track)
+            .ok_or(RtpDrop::NotNegotiated)?;
+        let mid = sent
+            .mid
+            .filter(|_| sent.negotiated)
+            .ok_or(RtpDrop::NotNegotiated)?;
+        let pt = match sent.pt_map {
+            Some((from, to)) if from == source.pt() => to,
+            _ => {
+                // The same codec and settings, else the same codec and clock.
+                let spec = source.spec();
+                let codecs = rtc.codec_config();
+                let to = codecs
+                    .iter()
+                    .find(|p| p.spec() == spec)
+                    .or_else(|| {
+                        codecs.iter().find(|p| {
+                            p.spec().codec == spec.codec && p.spec().clock_rate == spec.clock_rate
+                        })
+                    })
+                    .map(|p| p.pt())
+                    .ok_or(RtpDrop::NoCodec)?;
+                sent.pt_map = Some((source.pt(), to));
+                to
+            }
+        };
+        let (from, to) = *sent.seq_base.get_or_insert((*seq_no, 1));
+        let out: SeqNo = (to + (*seq_no).saturating_sub(from)).into();
+        let nackable = sent.kind == TrackKind::Video;
+        let mut api = rtc.direct_api();
+        let stream = api.stream_tx_by_mid(mid, None).ok_or(RtpDrop::NoStream)?;
+        let mut write = RtpWrite::new(pt, out, time, wallclock, payload.clone())
+            .marker(marker)
+            .nackable(nackable);
+        write = write.ext_vals(ext_vals.clone());
+        stream.write_rtp(write);
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! The instance's side of its members' voice and video: which tracks are
+//! published, by whom, and forwarding each packet of one to the other
+//! members. The connection layer negotiates and writes (see
+//! `net::conn`'s media); this decides who gets what.
+
+use engine::UserIndex;
+use net::conn::{Mid, RtpDrop, RtpIn};
+use net::messages::{Sdp, SdpKind, TrackAdded, TrackKind, TrackRemoved};
+use net::{Channel, MessageKind};
+
+use super::{Instance, Io};
+
+/// A track a member publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Track {
+    /// Instance-wide, never reused.
+    pub id: u32,
+    pub publisher: UserIndex,
+    /// Its m-line in the publisher's connection.
+    pub mid: Mid,
+    pub kind: TrackKind,
+}
+
+/// The published tracks of an instance.
+#[derive(Debug, Default)]
+pub struct Tracks {
+    next_id: u32,
+    list: Vec<Track>,
+}
+
+impl Tracks {
+    pub fn iter(&self) -> impl Iterator<Item = &Track> {
+        self.list.iter()
+    }
+
+    fn find(&self, publisher: UserIndex, mid: Mid) -> Option<&Track> {
+        self.list
+            .iter()
+            .find(|t| t.publisher == publisher && t.mid == mid)
+    }
+}
+
+impl Instance {
+    pub fn tracks(&self) -> &Tracks {
+        &self.tracks
+    }
+
+    /// Member `user` publishes a track on `mid`: it is announced to the
+    /// others (`TrackAdded`) and offered to each of them.
+    pub fn publish(&mut self, user: UserIndex, mid: Mid, kind: TrackKind, io: &mut Io<'_>) {
+        if self.member(user).is_none() || self.tracks.find(user, mid).is_some() {
+            return;
+        }
+        let track = Track {
+            id: self.tracks.next_id,
+            publisher: user,
+            mid,
+            kind,
+        };
+        self.tracks.next_id += 1;
+        self.tracks.list.push(track);
+        io.metrics.media_tracks_published += 1;
+        let tick = self.tick_now();
+        let added = TrackAdded {
+            track: track.id,
+            publisher: user.0,
+            kind,
+        };
+        for m in &mut self.members {
+            // Members still connecting are offered it when they open.
+            if m.user == user || !m.is_listening() {
+                continue;
+            }
+            let _ = m.send(io, Channel::Actions, MessageKind::TrackAdded, tick, &added);
+            io.out.send_track(m.link, track.id, kind);
+        }
+    }
+
+    /// Member `user` stopped publishing the track on `mid`.
+    pub fn unpublish(&mut self, user: UserIndex, mid: Mid, io: &mut Io<'_>) {
+        if let Some(i) = self
+            .tracks
+            .list
+            .iter()
+            .position(|t| t.publisher == user && t.mid == mid)
+        {
+            let track = self.tracks.list.remove(i);
+            self.track_gone(track, io);
+        }
+    }
+
+    /// Every track of a member who left.
+    pub(super) fn unpublish_all(&mut self, user: UserIndex, io: &mut Io<'_>) {
+        while let Some(i) = self.tracks.list.iter().position(|t| t.publisher == user) {
+            let track = self.tracks.list.remove(i);
+            self.track_gone(track, io);
+        }
+    }
+
+    fn track_gone(&mut self, track: Track, io: &mut Io<'_>) {
+        let tick = self.tick_now();
+        let removed = TrackRemoved { track: track.id };
+        for m in &mut self.members {
+            if m.user == track.publisher || !m.is_listening() {
+                continue;
+            }
+            let _ = m.send(
+                io,
+                Channel::Actions,
+                MessageKind::TrackRemoved,
+                tick,
+                &removed,
+            );
+            io.out.stop_track(m.link, track.id);
+        }
+    }
+
+    /// A joiner learns of the tracks published before it came and is
+    /// offered them.
+    pub(super) fn introduce_tracks(&mut self, i: usize, io: &mut Io<'_>) {
+        let tick = self.tick_now();
+        let member = &mut self.members[i];
+        let me = member.user;
+        for t in self.tracks.list.iter().filter(|t| t.publisher != me) {
+            let added = TrackAdded {
+                track: t.id,
+                publisher: t.publisher.0,
+                kind: t.kind,
+            };
+            let _ = member.send(io, Channel::Actions, MessageKind::TrackAdded, tick, &added);
+            io.out.send_track(member.link, t.id, t.kind);
+        }
+    }
+
+    /// One packet of the track member `user` publishes on `mid`: written to
+    /// every other listening member (its payload shared, not copied).
+    pub fn forward_rtp(&mut self, user: UserIndex, mid: Mid, rtp: &RtpIn, io: &mut Io<'_>) {
+        let Some(track) = self.tracks.find(user, mid).copied() else {
+            *io.metrics.dropped.entry("rtp_no_track").or_default() += 1;
+            return;
+        };
+        io.metrics.media_packets_in += 1;
+        let bytes = rtp.packet.payload.len() as u64;
+        for m in &self.members {
+            if m.user == user || !m.is_listening() {
+                continue;
+            }
+            match io.out.write_rtp(m.link, track.id, rtp) {
+                Ok(()) => {
+                    io.metrics.media_packets_forwarded += 1;
+                    io.metrics.media_bytes_forwarded += bytes;
+                }
+                Err(e) => *io.metrics.dropped.entry(e.label()).or_default() += 1,
+            }
+        }
+    }
+
+    /// The connection layer's offer for member `user` (tracks added or
+    /// removed): sent over `actions`.
+    pub fn send_offer(&mut self, user: UserIndex, sdp: String, io: &mut Io<'_>) {
+        let tick = self.tick_now();
+        let Some(i) = self.members.binary_search_by_key(&user, |m| m.user).ok() else {
+            return;
+        };
+        let offer = Sdp {
+            kind: SdpKind::Offer,
+            sdp,
+        };
+        let _ = self.members[i].send(io, Channel::Actions, MessageKind::ServerSdp, tick, &offer);
+    }
+
+    /// A member's offer or answer.
+    pub(super) fn member_sdp(&mut self, i: usize, sdp: Sdp, io: &mut Io<'_>) {
+        let tick = self.tick_now();
+        let link = self.members[i].link;
+        match sdp.kind {
+            SdpKind::Offer => match io.out.accept_media_offer(link, &sdp.sdp) {
+                Ok(answer) => {
+                    let answer = Sdp {
+                        kind: SdpKind::Answer,
+                        sdp: answer,
+                    };
+                    let _ = self.members[i].send(
+                        io,
+                        Channel::Actions,
+                        MessageKind::ServerSdp,
+                        tick,
+                        &answer,
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(instance = %self.id, "a member's offer refused: {e}");
+                    *io.metrics.refused_messages.entry("sdp_offer").or_default() += 1;
+                }
+            },
+            SdpKind::Answer => {
+                if let Err(e) = io.out.accept_media_answer(link, &sdp.sdp) {
+                    tracing::debug!(instance = %self.id, "a member's answer refused: {e}");
+                    *io.metrics.refused_messages.entry("sdp_answer").or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
+/// What the [`super::Outbox`] does with media when it is not the
+/// connection layer (tests that record frames): nothing.
+pub(super) fn no_media<T>() -> Result<T, String> {
+    Err("this outbox carries no media".into())
+}
+
+pub(super) fn no_rtp() -> Result<(), RtpDrop> {
+    Err(RtpDrop::Gone)
+}

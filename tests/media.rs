@@ -1,0 +1,247 @@
+//! Voice and video through the shard (issue 12): members publish tracks,
+//! the shard forwards each packet to the other members of the instance.
+//! Real str0m peers (ICE, DTLS-SRTP, SCTP) on the harness's network.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use instanceserver::config::Config;
+use instanceserver::harness::{Harness, Network};
+use net::client::ClientEvent;
+use net::messages::TrackKind;
+use state::commands::Topics;
+
+/// Opus at 50 packets a second: 20 ms of 48 kHz audio each.
+const OPUS_TICKS_PER_PACKET: u32 = 960;
+
+fn joined(h: &Harness, c: usize) -> bool {
+    h.client(c).welcome().is_some()
+}
+
+/// The track ids client `c` is receiving (the server's offers applied).
+fn receiving(h: &Harness, c: usize) -> Vec<u32> {
+    h.clients[c]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Receiving { track, .. } => Some(*track),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (packet index carried in the payload, sequence number) of what `c`
+/// received on `track`.
+fn received(h: &Harness, c: usize, track: u32) -> Vec<(u32, u64)> {
+    h.clients[c]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Rtp {
+                track: Some(t),
+                seq_no,
+                payload,
+                ..
+            } if *t == track => Some((
+                u32::from_be_bytes(payload[..4].try_into().unwrap()),
+                *seq_no,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ann publishes a synthetic Opus track for five seconds; Bob and Carol
+/// each get at least 95% of its packets, in order of their sequence
+/// numbers, which count up with Ann's.
+fn audio_reaches_both_subscribers(media_instance: bool, network: Network, seed: u64) {
+    let mut h = Harness::new(Config::default(), network, seed);
+    if media_instance {
+        h.create_media_instance("room", 8);
+    } else {
+        h.create_instance("room", 8);
+    }
+    let ann = h
+        .join_publishing("room", "ann", Topics::All, &[TrackKind::Audio])
+        .unwrap();
+    let bob = h.join("room", "bob").unwrap();
+    let carol = h.join("room", "carol").unwrap();
+    assert!(
+        h.run_until(Duration::from_secs(10), |h| {
+            [ann, bob, carol].iter().all(|&c| joined(h, c))
+                && !receiving(h, bob).is_empty()
+                && !receiving(h, carol).is_empty()
+        }),
+        "seed {seed}: joined and offered the track: bob {:?}, carol {:?}",
+        receiving(&h, bob),
+        receiving(&h, carol)
+    );
+    // Both were told who publishes it.
+    for c in [bob, carol] {
+        let added: Vec<_> = h.clients[c]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::TrackAdded {
+                    track,
+                    publisher,
+                    kind,
+                } => Some((*track, *publisher, *kind)),
+                _ => None,
+            })
+            .collect();
+        let ann_index = h.client(ann).welcome().unwrap().user_index;
+        assert_eq!(
+            added,
+            vec![(receiving(&h, c)[0], ann_index, TrackKind::Audio)]
+        );
+    }
+    let track = receiving(&h, bob)[0];
+    let mid = h.client(ann).published()[0].0;
+    const PACKETS: u32 = 250;
+    for i in 0..PACKETS {
+        let mut payload = vec![0u8; 80];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        let now = h.now();
+        h.client_mut(ann)
+            .write_rtp(
+                mid,
+                u64::from(i) + 1,
+                i * OPUS_TICKS_PER_PACKET,
+                false,
+                &payload,
+                now,
+            )
+            .unwrap();
+        h.run_for(Duration::from_millis(20));
+    }
+    h.run_for(Duration::from_secs(1));
+    for c in [bob, carol] {
+        let got = received(&h, c, track);
+        let mut indices: Vec<u32> = got.iter().map(|(i, _)| *i).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        assert!(
+            indices.len() as u32 * 100 >= PACKETS * 95,
+            "seed {seed}: client {c} got {} of {PACKETS} packets",
+            indices.len()
+        );
+        // Sequence numbers keep their distance: renumbered from the
+        // first forwarded packet, never shuffled.
+        let (first_index, first_seq) = got[0];
+        for &(i, seq) in &got {
+            assert_eq!(
+                seq - first_seq,
+                u64::from(i - first_index),
+                "seed {seed}: packet {i} went out as {seq}"
+            );
+        }
+    }
+    // Ann hears nothing of her own.
+    assert!(receiving(&h, ann).is_empty());
+    let m = h.shard.metrics();
+    assert_eq!(m.media_tracks_published, 1);
+    assert_eq!(m.media_packets_in, u64::from(PACKETS));
+    assert!(m.media_packets_forwarded >= u64::from(PACKETS) * 2 * 95 / 100);
+}
+
+#[test]
+fn an_opus_track_reaches_every_other_member_of_a_world_instance() {
+    audio_reaches_both_subscribers(false, Network::perfect(), 1);
+}
+
+#[test]
+fn an_opus_track_reaches_every_other_member_of_a_media_instance() {
+    audio_reaches_both_subscribers(true, Network::perfect(), 2);
+}
+
+#[test]
+fn forwarding_keeps_up_with_a_jittery_network() {
+    let jitter = Network {
+        loss: 0.0,
+        delay_min: Duration::from_millis(5),
+        delay_max: Duration::from_millis(40),
+    };
+    audio_reaches_both_subscribers(false, jitter, 3);
+}
+
+/// Sends `n` packets of 20 ms on `mid`, numbered from `first`.
+fn publish_for(h: &mut Harness, c: usize, mid: net::conn::Mid, first: u32, n: u32) {
+    for i in first..first + n {
+        let mut payload = vec![0u8; 40];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        let now = h.now();
+        h.client_mut(c)
+            .write_rtp(
+                mid,
+                u64::from(i) + 1,
+                i * OPUS_TICKS_PER_PACKET,
+                false,
+                &payload,
+                now,
+            )
+            .unwrap();
+        h.run_for(Duration::from_millis(20));
+    }
+}
+
+fn track_events(h: &Harness, c: usize) -> (Vec<(u32, u32)>, Vec<u32>) {
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    for e in &h.clients[c].events {
+        match e {
+            ClientEvent::TrackAdded {
+                track, publisher, ..
+            } => added.push((*track, *publisher)),
+            ClientEvent::TrackRemoved { track } => removed.push(*track),
+            _ => {}
+        }
+    }
+    (added, removed)
+}
+
+/// Bob joins without media and adds a microphone later (his offer over
+/// `actions`); Ann, already in, is offered it and hears him. Dave joins
+/// after: he is told of the track and offered it at once. When Bob
+/// leaves, the others are told the track is gone.
+#[test]
+fn a_track_added_after_joining_reaches_members_already_in_and_late_joiners() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 4);
+    h.create_instance("room", 8);
+    let ann = h.join("room", "ann").unwrap();
+    let bob = h.join("room", "bob").unwrap();
+    assert!(h.run_until(Duration::from_secs(10), |h| joined(h, ann)
+        && joined(h, bob)));
+    let now = h.now();
+    let mid = h.client_mut(bob).add_track(TrackKind::Audio, now).unwrap();
+    assert!(
+        h.run_until(Duration::from_secs(5), |h| !receiving(h, ann).is_empty()),
+        "ann is offered bob's new track"
+    );
+    let track = receiving(&h, ann)[0];
+    let bob_index = h.client(bob).welcome().unwrap().user_index;
+    assert_eq!(track_events(&h, ann).0, vec![(track, bob_index)]);
+    publish_for(&mut h, bob, mid, 0, 50);
+    let dave = h.join("room", "dave").unwrap();
+    assert!(
+        h.run_until(Duration::from_secs(10), |h| joined(h, dave)
+            && receiving(h, dave) == vec![track]),
+        "dave is offered the track on joining"
+    );
+    assert_eq!(track_events(&h, dave).0, vec![(track, bob_index)]);
+    publish_for(&mut h, bob, mid, 50, 50);
+    h.run_for(Duration::from_millis(200));
+    assert!(received(&h, ann, track).len() >= 95, "ann hears bob");
+    let dave_got = received(&h, dave, track);
+    assert!(dave_got.len() >= 48, "dave hears bob: {}", dave_got.len());
+    // Dave's numbering starts at 1 with the first packet he was sent.
+    assert_eq!(dave_got[0].1, 1);
+    h.client_mut(bob).close(now);
+    assert!(
+        h.run_until(Duration::from_secs(5), |h| track_events(h, ann).1
+            == vec![track]
+            && track_events(h, dave).1 == vec![track]),
+        "the others are told the track is gone"
+    );
+}

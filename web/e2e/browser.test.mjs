@@ -284,36 +284,69 @@ test('the client reconnects after its connection drops', async () => {
   await page.close();
 });
 
-test('an offer with a microphone track is answered inactive and its data channels open', async () => {
+test('a microphone published by one page is heard by another, and one published after joining too', async () => {
   const page = await browser.newPage();
+  page.on('pageerror', (e) => console.error(e.message));
   await page.goto(`${nodeUrl}/healthz`);
   const result = await page.evaluate(async () => {
-    const token = (await (await fetch('/v1/dev/token', { method: 'POST', body: JSON.stringify({ sub: 'mic', instance: 'demo' }) })).json()).token;
-    const pc = new RTCPeerConnection();
-    const mic = await navigator.mediaDevices.getUserMedia({ audio: true });
-    pc.addTrack(mic.getAudioTracks()[0], mic);
-    const ch = pc.createDataChannel('actions');
-    pc.createDataChannel('state', { ordered: false, maxRetransmits: 0 });
-    const opened = new Promise((resolve) => { ch.onopen = resolve; });
-    await pc.setLocalDescription(await pc.createOffer());
-    const r = await fetch('/v1/instances/demo/join', {
-      method: 'POST',
-      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/sdp' },
-      body: pc.localDescription.sdp,
-    });
-    const answer = await r.text();
-    await pc.setRemoteDescription({ type: 'answer', sdp: answer });
-    await Promise.race([opened, new Promise((_, no) => setTimeout(() => no(new Error('no open')), 10000))]);
-    const audio = answer.split('m=').find((s) => s.startsWith('audio'));
-    const transceiver = pc.getTransceivers()[0];
-    const out = { status: r.status, audio, direction: transceiver.currentDirection, open: ch.readyState };
-    pc.close();
+    const { Client } = await import('/web/instanceserver.js');
+    const token = async (sub) => (await (await fetch('/v1/dev/token', { method: 'POST', body: JSON.stringify({ sub, instance: 'demo' }) })).json()).token;
+    const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+    const until = async (what, fn, ms = 10000) => {
+      const end = Date.now() + ms;
+      while (Date.now() < end) {
+        if (fn()) return;
+        await wait(100);
+      }
+      throw new Error(`timed out waiting for ${what}`);
+    };
+    /** Audio packets `client` has received, over all its inbound streams. */
+    const packetsIn = async (client) => {
+      let n = 0;
+      (await client.conn.pc.getStats()).forEach((r) => {
+        if (r.type === 'inbound-rtp' && r.kind === 'audio') n += r.packetsReceived;
+      });
+      return n;
+    };
+    const fake = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const mic = fake.getAudioTracks()[0];
+    // Ann publishes from her join offer on.
+    const ann = await Client.join({ instance: 'demo', token: await token('ann-voice'), publish: [mic] });
+    const heardByBob = [];
+    const heardByAnn = [];
+    ann.on('track', (t) => heardByAnn.push(t));
+    const bob = await Client.join({ instance: 'demo', token: await token('bob-voice'), on: { track: (t) => heardByBob.push(t) } });
+    await until('bob to receive ann\'s track', () => heardByBob.length > 0);
+    await wait(2000);
+    const first = await packetsIn(bob);
+    await wait(1500);
+    const second = await packetsIn(bob);
+    // Bob publishes after joining: an offer of his over the actions channel.
+    await bob.publish(mic.clone());
+    await until('ann to receive bob\'s track', () => heardByAnn.length > 0);
+    await wait(2000);
+    const annIn = await packetsIn(ann);
+    const out = {
+      first,
+      second,
+      annIn,
+      bobHeard: heardByBob.map((t) => ({ publisher: t.publisher, media: t.media, kind: t.mediaTrack.kind })),
+      annHeard: heardByAnn.map((t) => ({ publisher: t.publisher, media: t.media })),
+      ann: ann.userIndex,
+      bob: bob.userIndex,
+      tracksBobKnows: [...bob.tracks.values()].map((t) => t.publisher),
+    };
+    ann.leave();
+    bob.leave();
     return out;
   });
-  assert.equal(result.status, 201);
-  assert.match(result.audio, /a=inactive/);
-  assert.equal(result.direction, 'inactive', 'Chromium sends no audio');
-  assert.equal(result.open, 'open');
+  assert.deepEqual(result.bobHeard, [{ publisher: result.ann, media: 'audio', kind: 'audio' }]);
+  // 50 packets a second of Opus: over a second and a half, well over 30.
+  assert.ok(result.first > 0, `bob received ${result.first} audio packets`);
+  assert.ok(result.second - result.first > 30, `bob's packets grew from ${result.first} to ${result.second}`);
+  assert.deepEqual(result.annHeard, [{ publisher: result.bob, media: 'audio' }]);
+  assert.ok(result.annIn > 30, `ann received ${result.annIn} audio packets from bob`);
+  assert.deepEqual(result.tracksBobKnows, [result.ann]);
   await page.close();
 });
 

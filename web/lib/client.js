@@ -9,6 +9,7 @@ import {
   encodeInput,
   encodeOwnershipRequest,
   encodePing,
+  encodeSdp,
   INPUT_OWNED_MAX,
   isValidTopic,
   TOPICS_PER_SESSION_MAX,
@@ -83,7 +84,9 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * `ownershiprequested`, `names`, `draining` ({graceMs}), `kicked`
  * ({reason, message}), `reconnecting` ({attempt, delayMs, cause}),
  * `error` (a ProtocolError or a failed send), `closed` ({reason}),
- * `stats` (once a second).
+ * `stats` (once a second); media: `trackadded` ({track, publisher,
+ * media}), `trackremoved` ({track}), `track` ({track, publisher, media,
+ * mediaTrack, stream}: a remote track is playing).
  */
 export class Client extends Emitter {
   /**
@@ -97,6 +100,8 @@ export class Client extends Emitter {
    * @param {number} [options.interpolationDelayMs] render delay (default 100)
    * @param {number} [options.inputHz] inputs and acks per second (default: the snapshot rate)
    * @param {false|{attempts?: number, baseMs?: number, maxMs?: number}} [options.reconnect]
+   * @param {MediaStreamTrack[]} [options.publish] tracks to publish from the
+   *   join on (a microphone, a camera): no extra round trip
    * @param {Object<string, Function>} [options.on] event handlers, subscribed
    *   before joining so they hear the first join's events too (`joined`, the
    *   cached actions, the members already in)
@@ -135,6 +140,8 @@ export class Client extends Emitter {
     if (!this.PeerConnection) throw new TypeError('no RTCPeerConnection in this environment');
     this.interpolator = new Interpolator({ delayMs: options.interpolationDelayMs ?? INTERPOLATION_DELAY_MS });
     this.owned = new Map();
+    /** The local tracks this client publishes (again after a reconnect). */
+    this.publishing = [...(options.publish ?? [])];
     this.ended = false;
     this.started = false;
     this.conn = null;
@@ -161,6 +168,8 @@ export class Client extends Emitter {
     this.owners = new Map();
     /** networkId → scene name. */
     this.names = new Map();
+    /** Track id → {track, publisher, media, mediaTrack?, stream?}: the tracks others publish. */
+    this.tracks = new Map();
     this.sequence = { state: 0, actions: 0 };
     this.lastAcked = 0;
     // Owned entities belong to the old session: the new one owns its own
@@ -221,7 +230,15 @@ export class Client extends Emitter {
     const actions = pc.createDataChannel('actions');
     state.binaryType = 'arraybuffer';
     actions.binaryType = 'arraybuffer';
-    const conn = { pc, state, actions, open: false, lastHeard: now(), timers: [], location: null };
+    for (const track of this.publishing) pc.addTransceiver(track, { direction: 'sendonly' });
+    const conn = {
+      pc, state, actions, open: false, lastHeard: now(), timers: [], location: null,
+      // SDP exchanges after the join run one at a time, in order.
+      sdpChain: Promise.resolve(),
+      // The node's answer to this client's offer, when one waits.
+      answerWaiting: null,
+    };
+    pc.ontrack = (ev) => this.remoteTrack(conn, ev);
     this.conn = conn;
     let welcomed;
     let failed;
@@ -418,8 +435,106 @@ export class Client extends Emitter {
       case 'VersionMismatch':
         this.close({ reason: 'version_mismatch', serverVersion: m.serverVersion });
         return;
+      case 'TrackAdded': {
+        const t = { track: m.track, publisher: m.publisher, media: m.media };
+        this.tracks.set(m.track, { ...this.tracks.get(m.track), ...t });
+        this.emit('trackadded', t);
+        return;
+      }
+      case 'TrackRemoved':
+        this.tracks.delete(m.track);
+        this.emit('trackremoved', { track: m.track });
+        return;
+      case 'ServerSdp': {
+        const conn = this.conn;
+        if (!conn) return;
+        if (m.type === 'answer') {
+          // Not queued: the offer it answers holds the queue until it comes.
+          this.serverSdp(conn, m.type, m.sdp).catch((e) => {
+            conn.answerWaiting?.reject(e);
+            conn.answerWaiting = null;
+            this.invalid(e);
+          });
+        } else {
+          conn.sdpChain = conn.sdpChain.then(() => this.serverSdp(conn, m.type, m.sdp)).catch((e) => this.invalid(e));
+        }
+        return;
+      }
       default:
     }
+  }
+
+  /** The node's offer (tracks to receive) or its answer to this client's offer. */
+  async serverSdp(conn, type, sdp) {
+    if (this.conn !== conn) return;
+    const { pc } = conn;
+    if (type === 'answer') {
+      if (pc.signalingState !== 'have-local-offer') throw new ProtocolError('an answer with no offer waiting');
+      await pc.setRemoteDescription({ type: 'answer', sdp });
+      conn.answerWaiting?.resolve();
+      conn.answerWaiting = null;
+      return;
+    }
+    // Both offered at once: the node gives way and offers again later.
+    if (pc.signalingState !== 'stable') return;
+    await pc.setRemoteDescription({ type: 'offer', sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    if (this.conn !== conn) return;
+    // Straight on the channel: this may run before the join has resolved.
+    conn.actions.send(encodeSdp(this.nextSequence('actions'), 'answer', pc.localDescription.sdp));
+  }
+
+  /** A track the node sends: its m-line's stream id is `track-<id>`. */
+  remoteTrack(conn, ev) {
+    if (this.conn !== conn) return;
+    const stream = ev.streams[0];
+    const id = Number(/^track-(\d+)$/.exec(stream?.id ?? '')?.[1]);
+    if (!Number.isInteger(id)) return;
+    const t = { ...this.tracks.get(id), track: id, mediaTrack: ev.track, stream };
+    this.tracks.set(id, t);
+    this.emit('track', t);
+  }
+
+  /**
+   * Publishes a local track (a microphone's, a camera's) to the other
+   * members; resolves once the node has answered. Published again after a
+   * reconnect, until `unpublish`.
+   */
+  async publish(track) {
+    const conn = this.conn;
+    if (!conn || !conn.open) throw new Error('not connected');
+    if (this.publishing.includes(track)) return;
+    this.publishing.push(track);
+    conn.pc.addTransceiver(track, { direction: 'sendonly' });
+    await this.renegotiate(conn);
+  }
+
+  /** Stops publishing a track; resolves once the node has answered. */
+  async unpublish(track) {
+    this.publishing = this.publishing.filter((t) => t !== track);
+    const conn = this.conn;
+    if (!conn || !conn.open) return;
+    const transceiver = conn.pc.getTransceivers().find((t) => t.sender.track === track);
+    if (!transceiver) return;
+    transceiver.sender.replaceTrack(null);
+    transceiver.direction = 'inactive';
+    await this.renegotiate(conn);
+  }
+
+  /** This client's offer over `actions`, in turn with the node's. */
+  renegotiate(conn) {
+    const run = async () => {
+      if (this.conn !== conn) throw new Error('not connected');
+      const answered = new Promise((resolve, reject) => {
+        conn.answerWaiting = { resolve, reject };
+      });
+      await conn.pc.setLocalDescription(await conn.pc.createOffer());
+      this.send('actions', encodeSdp(this.nextSequence('actions'), 'offer', conn.pc.localDescription.sdp));
+      await answered;
+    };
+    const done = conn.sdpChain.then(run);
+    conn.sdpChain = done.catch(() => {});
+    return done;
   }
 
   invalid(e) {
@@ -557,6 +672,9 @@ export class Client extends Emitter {
 
   teardown(conn, sayGoodbye) {
     conn.open = false;
+    conn.answerWaiting?.reject(new Error('the connection closed'));
+    conn.answerWaiting = null;
+    conn.pc.ontrack = null;
     for (const t of conn.timers) clearInterval(t);
     conn.timers = [];
     for (const ch of [conn.state, conn.actions]) {

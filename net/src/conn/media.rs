@@ -311,10 +311,21 @@ impl ConnMedia {
         let nackable = sent.kind == TrackKind::Video;
         let mut api = rtc.direct_api();
         let stream = api.stream_tx_by_mid(mid, None).ok_or(RtpDrop::NoStream)?;
-        let mut write = RtpWrite::new(pt, out, time, wallclock, payload.clone())
+        // What describes the media goes on; what describes the publisher's
+        // transport (its mid and rids, its congestion-control numbers) is
+        // this connection's own, which str0m writes.
+        let ext = ExtensionValues {
+            audio_level: ext_vals.audio_level,
+            voice_activity: ext_vals.voice_activity,
+            video_orientation: ext_vals.video_orientation,
+            video_content_type: ext_vals.video_content_type,
+            abs_capture_time: ext_vals.abs_capture_time,
+            ..ExtensionValues::default()
+        };
+        let write = RtpWrite::new(pt, out, time, wallclock, payload.clone())
             .marker(marker)
-            .nackable(nackable);
-        write = write.ext_vals(ext_vals.clone());
+            .nackable(nackable)
+            .ext_vals(ext);
         stream.write_rtp(write);
         Ok(())
     }

@@ -1,6 +1,7 @@
 // The demo page: joins an instance (by default `demo`, with a dev token),
 // draws it, moves this user's avatar with WASD or the arrow keys, and
-// shows chat, the users present and connection statistics.
+// shows chat, the users present (speaking or not, each with a mute
+// button), a microphone button and connection statistics.
 //
 // Query parameters: `instance` (default demo), `token` (a JWT; without it
 // the page asks the node for a dev token, which only a dev node gives),
@@ -26,6 +27,12 @@ const demo = {
   scene: null,
   chat: [],
   rendering: false,
+  /** Names speaking now, and every name heard speaking since the page opened. */
+  speaking: [],
+  spoke: [],
+  /** User indices whose audio this page muted. */
+  mutedUsers: new Set(),
+  mic: null,
   /** The interpolated position of an entity, or null. */
   positionOf(networkId) {
     const view = demo.client?.snapshots.entities;
@@ -70,13 +77,106 @@ function showUsers(client) {
   list.replaceChildren();
   const me = document.createElement('li');
   me.className = 'me';
+  me.dataset.user = 'me';
   me.textContent = `${name} (you)`;
   list.append(me);
   for (const p of client.peers.values()) {
     const li = document.createElement('li');
+    li.dataset.user = String(p.userIndex);
     li.textContent = p.name || p.userId;
+    const mute = document.createElement('button');
+    mute.textContent = demo.mutedUsers.has(p.userIndex) ? 'unmute' : 'mute';
+    mute.title = 'Mute this user for you';
+    mute.addEventListener('click', () => {
+      if (demo.mutedUsers.has(p.userIndex)) demo.mutedUsers.delete(p.userIndex);
+      else demo.mutedUsers.add(p.userIndex);
+      applyMutes(client);
+      showUsers(client);
+    });
+    li.append(mute);
     list.append(li);
   }
+  showSpeaking();
+}
+
+// ---------------------------------------------------------------- voice
+
+/** <audio> elements playing the remote tracks, by track id. */
+const players = new Map();
+
+function play(client, t) {
+  let el = players.get(t.track);
+  if (!el) {
+    el = document.createElement('audio');
+    el.autoplay = true;
+    players.set(t.track, el);
+    $('audio').append(el);
+  }
+  el.srcObject = t.stream ?? new MediaStream([t.mediaTrack]);
+  el.dataset.publisher = String(t.publisher);
+  applyMutes(client);
+  el.play().catch(() => {
+    status('click anywhere to hear the others (the browser blocks sound until then)');
+    window.addEventListener('click', () => el.play().catch(() => {}), { once: true });
+  });
+}
+
+function stopPlaying(track) {
+  players.get(track)?.remove();
+  players.delete(track);
+}
+
+function applyMutes(client) {
+  for (const [track, el] of players) {
+    const publisher = client.tracks.get(track)?.publisher ?? Number(el.dataset.publisher);
+    el.muted = demo.mutedUsers.has(publisher);
+  }
+}
+
+/** The microphone button: publish, then mute and unmute. */
+async function toggleMic(client) {
+  if (!demo.mic) {
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      demo.mic = stream.getAudioTracks()[0];
+      await client.publish(demo.mic);
+    } catch (e) {
+      demo.mic = null;
+      $('mic').textContent = 'Microphone: unavailable';
+      addChat('*', `no microphone: ${e.message}`);
+      return;
+    }
+  } else {
+    client.setMuted(!client.muted);
+  }
+  $('mic').textContent = client.muted ? 'Microphone: muted (click to unmute)' : 'Microphone: on (click to mute)';
+}
+
+const SPEAKING_LEVEL = 0.02;
+
+function showSpeaking() {
+  for (const li of $('userlist').children) {
+    const who = li.dataset.user === 'me' ? name : li.firstChild.textContent;
+    li.classList.toggle('speaking', demo.speaking.includes(who));
+  }
+}
+
+/** Polls the audio levels a few times a second for the speaking indicators. */
+function watchSpeaking(client) {
+  setInterval(async () => {
+    const levels = await client.audioLevels().catch(() => null);
+    if (!levels) return;
+    const now = [];
+    if ((levels.local ?? 0) > SPEAKING_LEVEL) now.push(name);
+    for (const [track, level] of levels.remote) {
+      const publisher = client.tracks.get(track)?.publisher;
+      const peer = client.peers.get(publisher);
+      if (peer && level > SPEAKING_LEVEL && !demo.mutedUsers.has(publisher)) now.push(peer.name || peer.userId);
+    }
+    demo.speaking = now;
+    for (const n of now) if (!demo.spoke.includes(n)) demo.spoke.push(n);
+    showSpeaking();
+  }, 250);
 }
 
 // ---------------------------------------------------------------- movement
@@ -259,6 +359,12 @@ async function main() {
     if (c.reason !== 'kicked') status(`disconnected: ${c.reason}`);
   });
   client.on('stats', () => showStats(client));
+  client.on('track', (t) => play(client, t));
+  client.on('trackremoved', (t) => stopPlaying(t.track));
+  client.on('joined', () => {
+    // A new session after a reconnect: the node offers the tracks again.
+    for (const track of [...players.keys()]) if (!client.tracks.has(track)) stopPlaying(track);
+  });
   await client.start();
   $('say').addEventListener('keydown', (e) => {
     if (e.key !== 'Enter' || !$('say').value.trim()) return;
@@ -271,6 +377,8 @@ async function main() {
       addChat('*', `not sent: ${err.message}`);
     }
   });
+  $('mic').addEventListener('click', () => toggleMic(client));
+  watchSpeaking(client);
   window.addEventListener('pagehide', () => client.leave());
   startRendering(client);
 }

@@ -116,6 +116,8 @@ before(async () => {
       '--no-first-run',
       '--use-fake-ui-for-media-stream',
       '--use-fake-device-for-media-stream',
+      // Remote audio plays without a click, as after a user's first one.
+      '--autoplay-policy=no-user-gesture-required',
     ],
   });
 });
@@ -348,6 +350,42 @@ test('a microphone published by one page is heard by another, and one published 
   assert.ok(result.annIn > 30, `ann received ${result.annIn} audio packets from bob`);
   assert.deepEqual(result.tracksBobKnows, [result.ann]);
   await page.close();
+});
+
+test('on the demo page, one user talks, the other sees who speaks, hears it, and can mute', async () => {
+  const a = await openDemo(`${nodeUrl}/`, 'vera');
+  const b = await openDemo(`${nodeUrl}/`, 'walt');
+  await until('each page to list the other', async () => {
+    const [x, y] = [await info(a), await info(b)];
+    return x.peers.some((p) => p.name === 'walt') && y.peers.some((p) => p.name === 'vera');
+  });
+  await a.click('#mic');
+  await until('vera\'s microphone to be on', () => a.evaluate(() => document.getElementById('mic').textContent.startsWith('Microphone: on')));
+  // Chromium's fake microphone beeps: walt's page shows vera speaking.
+  await until('walt to see vera speak', () => b.evaluate(() => window.demo.spoke.includes('vera')), 20000);
+  await until('vera to see herself speak', () => a.evaluate(() => window.demo.spoke.includes('vera')), 20000);
+  const playing = await b.evaluate(() => [...document.querySelectorAll('#audio audio')].map((el) => ({ paused: el.paused, muted: el.muted })));
+  assert.deepEqual(playing, [{ paused: false, muted: false }]);
+  await until('the indicator to light', () => b.evaluate(() => document.querySelector('#userlist li.speaking')?.textContent.startsWith('vera')), 20000);
+  await b.screenshot({ path: join(shots, 'voice-speaking.png') });
+  // Walt mutes vera for himself: her audio element is muted.
+  await b.click('#userlist li:not(.me) button');
+  assert.deepEqual(await b.evaluate(() => [...document.querySelectorAll('#audio audio')].map((el) => el.muted)), [true]);
+  await b.click('#userlist li:not(.me) button');
+  // Vera mutes her microphone: she sends silence, and stops showing as speaking.
+  await a.click('#mic');
+  assert.match(await a.evaluate(() => document.getElementById('mic').textContent), /muted/);
+  await a.waitForTimeout(1500);
+  const quiet = [];
+  for (let i = 0; i < 8; i++) {
+    quiet.push(await b.evaluate(() => window.demo.speaking.includes('vera')));
+    await b.waitForTimeout(250);
+  }
+  assert.deepEqual(quiet, new Array(8).fill(false));
+  await a.screenshot({ path: join(shots, 'voice-muted.png') });
+  assert.deepEqual([...a.errors, ...b.errors], []);
+  await a.close();
+  await b.close();
 });
 
 test('handlers passed at join hear the cached actions; leave() during a join fails it and frees the seat', async () => {

@@ -142,6 +142,7 @@ export class Client extends Emitter {
     this.owned = new Map();
     /** The local tracks this client publishes (again after a reconnect). */
     this.publishing = [...(options.publish ?? [])];
+    this.muted = false;
     this.ended = false;
     this.started = false;
     this.conn = null;
@@ -519,6 +520,36 @@ export class Client extends Emitter {
     transceiver.sender.replaceTrack(null);
     transceiver.direction = 'inactive';
     await this.renegotiate(conn);
+  }
+
+  /** Mutes (or unmutes) every track this client publishes: they send silence or black. */
+  setMuted(muted) {
+    for (const t of this.publishing) t.enabled = !muted;
+    this.muted = muted;
+  }
+
+  /**
+   * Audio levels (0 to 1) from the peer connection's statistics: the
+   * remote tracks' by track id, and this client's own microphone's as
+   * `local` (null without one).
+   */
+  async audioLevels() {
+    const conn = this.conn;
+    const out = { remote: new Map(), local: null };
+    if (!conn) return out;
+    const byMid = new Map();
+    (await conn.pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'audio' && r.mid !== undefined) byMid.set(r.mid, r.audioLevel ?? 0);
+      if (r.type === 'media-source' && r.kind === 'audio') out.local = Math.max(out.local ?? 0, r.audioLevel ?? 0);
+    });
+    if (this.muted) out.local = 0;
+    for (const tr of conn.pc.getTransceivers()) {
+      if (!byMid.has(tr.mid)) continue;
+      for (const t of this.tracks.values()) {
+        if (t.mediaTrack === tr.receiver.track) out.remote.set(t.track, byMid.get(tr.mid));
+      }
+    }
+    return out;
   }
 
   /** This client's offer over `actions`, in turn with the node's. */

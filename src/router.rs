@@ -346,6 +346,11 @@ impl Shard {
                     self.call(link.instance, now, |i, io| i.unpublish(link.user, mid, io));
                 }
             }
+            ConnEvent::KeyframeRequest(conn, track) => {
+                if let Some(&link) = self.links.get(&conn) {
+                    self.call(link.instance, now, |i, io| i.keyframe_request(track, io));
+                }
+            }
             ConnEvent::Offer(conn, sdp) => {
                 if let Some(&link) = self.links.get(&conn) {
                     self.call(link.instance, now, |i, io| i.send_offer(link.user, sdp, io));

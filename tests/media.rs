@@ -245,3 +245,137 @@ fn a_track_added_after_joining_reaches_members_already_in_and_late_joiners() {
         "the others are told the track is gone"
     );
 }
+
+/// Video over a network that loses 5% of datagrams both ways: the node
+/// NACKs the publisher's losses and answers the receiver's NACKs from its
+/// per-receiver cache, so the receiver ends up with (nearly) every packet,
+/// where plain forwarding would leave it about a tenth short.
+#[test]
+fn lost_video_packets_are_nacked_and_retransmitted() {
+    let lossy = Network {
+        loss: 0.05,
+        delay_min: Duration::from_millis(10),
+        delay_max: Duration::from_millis(12),
+    };
+    let seed = 5;
+    let mut h = Harness::new(Config::default(), lossy, seed);
+    h.create_instance("room", 8);
+    let ann = h
+        .join_publishing("room", "ann", Topics::All, &[TrackKind::Video])
+        .unwrap();
+    let bob = h.join("room", "bob").unwrap();
+    assert!(h.run_until(Duration::from_secs(20), |h| joined(h, ann)
+        && joined(h, bob)
+        && !receiving(h, bob).is_empty()));
+    let track = receiving(&h, bob)[0];
+    let mid = h.client(ann).published()[0].0;
+    const PACKETS: u32 = 400;
+    // 100 packets a second of "VP8": frames of four packets, 25 frames/s.
+    for i in 0..PACKETS {
+        let mut payload = vec![0u8; 300];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        let now = h.now();
+        h.client_mut(ann)
+            .write_rtp(
+                mid,
+                u64::from(i) + 1,
+                (i / 4) * 3600,
+                i % 4 == 3,
+                &payload,
+                now,
+            )
+            .unwrap();
+        h.run_for(Duration::from_millis(10));
+    }
+    h.run_for(Duration::from_secs(2));
+    let mut got: Vec<u32> = received(&h, bob, track).iter().map(|(i, _)| *i).collect();
+    got.sort_unstable();
+    got.dedup();
+    // Packets lost before the receiver's first one cannot be asked for.
+    let from = got[0];
+    let expected = PACKETS - from;
+    assert!(
+        got.len() as u32 * 100 >= expected * 99,
+        "seed {seed}: bob got {} of {expected} packets ({} lost on the way)",
+        got.len(),
+        h.network_counts().1
+    );
+}
+
+fn keyframe_requests(h: &Harness, c: usize) -> usize {
+    h.clients[c]
+        .events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::KeyframeRequested { .. }))
+        .count()
+}
+
+/// A receiver's keyframe request (PLI) reaches the video's publisher;
+/// another within 500 ms is answered by the same keyframe, so it is not
+/// relayed; one after that is.
+#[test]
+fn keyframe_requests_reach_the_publisher_at_most_twice_a_second() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 6);
+    h.create_instance("room", 8);
+    let ann = h
+        .join_publishing("room", "ann", Topics::All, &[TrackKind::Video])
+        .unwrap();
+    let bob = h.join("room", "bob").unwrap();
+    let carol = h.join("room", "carol").unwrap();
+    assert!(
+        h.run_until(Duration::from_secs(10), |h| !receiving(h, bob).is_empty()
+            && !receiving(h, carol).is_empty())
+    );
+    let mid = h.client(ann).published()[0].0;
+    // Some video first: a receiver asks for keyframes of a stream it has.
+    for i in 0..20u32 {
+        let now = h.now();
+        let payload = i.to_be_bytes();
+        h.client_mut(ann)
+            .write_rtp(mid, u64::from(i) + 1, i * 3000, true, &payload, now)
+            .unwrap();
+        h.run_for(Duration::from_millis(33));
+    }
+    let before = keyframe_requests(&h, ann);
+    let mid_at = |h: &Harness, c: usize| match h.clients[c]
+        .events
+        .iter()
+        .find(|e| matches!(e, ClientEvent::Receiving { .. }))
+    {
+        Some(ClientEvent::Receiving { mid, .. }) => *mid,
+        _ => unreachable!(),
+    };
+    let (bob_mid, carol_mid) = (mid_at(&h, bob), mid_at(&h, carol));
+    let now = h.now();
+    h.client_mut(bob).request_keyframe(bob_mid, now).unwrap();
+    h.run_for(Duration::from_millis(100));
+    assert_eq!(
+        keyframe_requests(&h, ann),
+        before + 1,
+        "bob's request reached ann"
+    );
+    let now = h.now();
+    h.client_mut(carol)
+        .request_keyframe(carol_mid, now)
+        .unwrap();
+    h.run_for(Duration::from_millis(100));
+    assert_eq!(
+        keyframe_requests(&h, ann),
+        before + 1,
+        "carol's, 100 ms later, did not"
+    );
+    h.run_for(Duration::from_millis(500));
+    let now = h.now();
+    h.client_mut(carol)
+        .request_keyframe(carol_mid, now)
+        .unwrap();
+    h.run_for(Duration::from_millis(100));
+    assert_eq!(
+        keyframe_requests(&h, ann),
+        before + 2,
+        "carol's, 700 ms later, did"
+    );
+    let m = h.shard.metrics();
+    assert_eq!(m.media_keyframe_requests, 2 + before as u64);
+    assert_eq!(m.media_keyframe_requests_coalesced, 1);
+}

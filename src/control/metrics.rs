@@ -105,7 +105,7 @@ pub fn render(c: &Control) -> String {
         "Entries in each shard's timer heap.",
         |m| m.timers,
     );
-    let counters: [(&str, &str, Counter); 13] = [
+    let counters: [(&str, &str, Counter); 15] = [
         (
             "instanceserver_inputs_total",
             "Input frames accepted (acknowledgements and owned-entity updates).",
@@ -164,6 +164,16 @@ pub fn render(c: &Control) -> String {
             "instanceserver_media_bytes_forwarded_total",
             "RTP payload bytes forwarded to receivers.",
             |m| m.media_bytes_forwarded,
+        ),
+        (
+            "instanceserver_media_keyframe_requests_total",
+            "Receivers' keyframe requests relayed to publishers.",
+            |m| m.media_keyframe_requests,
+        ),
+        (
+            "instanceserver_media_keyframe_requests_coalesced_total",
+            "Keyframe requests not relayed: one went to the publisher less than 500 ms before.",
+            |m| m.media_keyframe_requests_coalesced,
         ),
     ];
     for (name, help, get) in counters {

@@ -282,6 +282,10 @@ pub struct ShardMetrics {
     /// RTP packets written to receivers, and their payload bytes.
     pub media_packets_forwarded: u64,
     pub media_bytes_forwarded: u64,
+    /// Receivers' keyframe requests relayed to publishers, and those
+    /// answered by a request relayed shortly before.
+    pub media_keyframe_requests: u64,
+    pub media_keyframe_requests_coalesced: u64,
 }
 
 impl ShardMetrics {

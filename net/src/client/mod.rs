@@ -179,6 +179,10 @@ pub enum ClientEvent {
         marker: bool,
         payload: std::sync::Arc<[u8]>,
     },
+    /// The node asks for a keyframe of the track this client publishes on `mid`.
+    KeyframeRequested {
+        mid: Mid,
+    },
     /// A message the client could not decode (counted, dropped).
     Invalid(String),
     /// The peer connection closed.
@@ -627,6 +631,17 @@ impl Session {
         Ok(())
     }
 
+    /// Asks for a keyframe (a PLI) of a track this client receives.
+    pub fn request_keyframe(&mut self, mid: Mid, now: Instant) -> Result<(), ClientError> {
+        let mut api = self.rtc.direct_api();
+        let stream = api
+            .stream_rx_by_mid(mid, None)
+            .ok_or_else(|| ClientError::Rtc(format!("nothing received on {mid}")))?;
+        stream.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+        self.pump(now);
+        Ok(())
+    }
+
     fn server_sdp(&mut self, kind: SdpKind, sdp: &str, now: Instant) -> Result<(), String> {
         match kind {
             SdpKind::Offer => {
@@ -749,6 +764,9 @@ impl Session {
                     self.receiving.push((m.mid, track));
                     self.push_event(ClientEvent::Receiving { track, mid: m.mid });
                 }
+            }
+            Event::KeyframeRequest(r) => {
+                self.push_event(ClientEvent::KeyframeRequested { mid: r.mid });
             }
             Event::RtpPacket(p) => {
                 let Some(mid) = self

@@ -142,6 +142,14 @@ impl ConnMedia {
         }
     }
 
+    /// The instance track a mid of this connection's sends.
+    pub fn sent_track(&self, mid: Mid) -> Option<u32> {
+        self.sent
+            .iter()
+            .find(|t| t.mid == Some(mid))
+            .map(|t| t.track)
+    }
+
     /// Queues a track to add to what this connection is sent.
     pub fn send_track(&mut self, track: u32, kind: TrackKind) {
         self.queued.retain(|c| *c != Change::Remove(track));

@@ -91,6 +91,9 @@ pub enum ConnEvent {
     /// `actions` channel and hands the answer to
     /// [`Connections::accept_media_answer`].
     Offer(ConnKey, String),
+    /// The client asks for a keyframe (PLI or FIR) of instance track `u32`,
+    /// which the layer sends it.
+    KeyframeRequest(ConnKey, u32),
 }
 
 /// Why the layer closed a connection by itself.
@@ -497,6 +500,21 @@ impl Connections {
         )?;
         self.mark_dirty(key);
         Ok(())
+    }
+
+    /// Asks the client of `key` for a keyframe (a PLI) of the track it
+    /// publishes on `mid`. False when there is no such stream.
+    pub fn request_keyframe(&mut self, key: ConnKey, mid: Mid) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let mut api = conn.rtc.direct_api();
+        let Some(stream) = api.stream_rx_by_mid(mid, None) else {
+            return false;
+        };
+        stream.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
+        self.mark_dirty(key);
+        true
     }
 
     /// Bytes waiting on a channel of `key` (0 when it is not open or gone).

@@ -45,6 +45,8 @@ pub(super) enum Said {
     Published(Mid, TrackKind),
     Unpublished(Mid),
     Offer(String),
+    /// The client asks for a keyframe of the track the node sends it.
+    KeyframeRequest(u32),
 }
 
 /// An RTP packet a client published, with its codec.
@@ -201,6 +203,10 @@ impl Conn {
                         said(media_said(s));
                     }
                 }
+                Event::KeyframeRequest(r) => match self.media.sent_track(r.mid) {
+                    Some(track) => said(Said::KeyframeRequest(track)),
+                    None => drops.count("keyframe_request_unknown_mid"),
+                },
                 Event::RtpPacket(packet) => {
                     let ssrc = packet.header.ssrc;
                     let pt = packet.header.payload_type;
@@ -277,5 +283,6 @@ pub(super) fn event(key: ConnKey, said: Said) -> super::ConnEvent {
         Said::Published(mid, kind) => ConnEvent::Published(key, mid, kind),
         Said::Unpublished(mid) => ConnEvent::Unpublished(key, mid),
         Said::Offer(sdp) => ConnEvent::Offer(key, sdp),
+        Said::KeyframeRequest(track) => ConnEvent::KeyframeRequest(key, track),
     }
 }

@@ -3,12 +3,18 @@
 //! members. The connection layer negotiates and writes (see
 //! `net::conn`'s media); this decides who gets what.
 
+use std::time::{Duration, Instant};
+
 use engine::UserIndex;
 use net::conn::{Mid, RtpDrop, RtpIn};
 use net::messages::{Sdp, SdpKind, TrackAdded, TrackKind, TrackRemoved};
 use net::{Channel, MessageKind};
 
 use super::{Instance, Io};
+
+/// Keyframe requests relayed to a track's publisher at most this often
+/// (receivers' PLIs and FIRs in between are answered by the same keyframe).
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A track a member publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +25,8 @@ pub struct Track {
     /// Its m-line in the publisher's connection.
     pub mid: Mid,
     pub kind: TrackKind,
+    /// When a keyframe was last asked of the publisher.
+    keyframe_asked: Option<Instant>,
 }
 
 /// The published tracks of an instance.
@@ -56,6 +64,7 @@ impl Instance {
             publisher: user,
             mid,
             kind,
+            keyframe_asked: None,
         };
         self.tracks.next_id += 1;
         self.tracks.list.push(track);
@@ -152,6 +161,27 @@ impl Instance {
                 }
                 Err(e) => *io.metrics.dropped.entry(e.label()).or_default() += 1,
             }
+        }
+    }
+
+    /// A receiver asks for a keyframe of `track`: relayed to its publisher
+    /// as a PLI, at most once per [`KEYFRAME_REQUEST_INTERVAL`].
+    pub fn keyframe_request(&mut self, track: u32, io: &mut Io<'_>) {
+        let Some(t) = self.tracks.list.iter_mut().find(|t| t.id == track) else {
+            return;
+        };
+        if t.keyframe_asked
+            .is_some_and(|at| io.now.saturating_duration_since(at) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            io.metrics.media_keyframe_requests_coalesced += 1;
+            return;
+        }
+        let Some(publisher) = self.members.iter().find(|m| m.user == t.publisher) else {
+            return;
+        };
+        if io.out.request_keyframe(publisher.link, t.mid) {
+            t.keyframe_asked = Some(io.now);
+            io.metrics.media_keyframe_requests += 1;
         }
     }
 

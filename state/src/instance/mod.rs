@@ -153,6 +153,10 @@ pub trait Outbox {
     fn accept_media_answer(&mut self, _to: ConnKey, _answer: &str) -> Result<(), String> {
         media::no_media()
     }
+    /// Asks `to` for a keyframe of the track it publishes on `mid`.
+    fn request_keyframe(&mut self, _to: ConnKey, _mid: net::conn::Mid) -> bool {
+        false
+    }
     /// Forwards one packet of `track` to `to`.
     fn write_rtp(
         &mut self,
@@ -222,6 +226,10 @@ impl Outbox for net::conn::Connections {
         rtp: &net::conn::RtpIn,
     ) -> Result<(), net::conn::RtpDrop> {
         net::conn::Connections::write_rtp(self, to, track, rtp)
+    }
+
+    fn request_keyframe(&mut self, to: ConnKey, mid: net::conn::Mid) -> bool {
+        net::conn::Connections::request_keyframe(self, to, mid)
     }
 }
 

@@ -342,6 +342,12 @@ pub struct InstanceConfig {
     pub actions_per_second_max: u32,
     /// Entities one user may own at once, its avatar aside.
     pub owned_entities_max: u32,
+    /// Tracks one member may publish at once (`docs/media.md`).
+    pub media_tracks_per_member_max: u32,
+    /// Members of one instance publishing audio at once.
+    pub media_audio_publishers_max: u32,
+    /// Members of one instance publishing video at once.
+    pub media_video_publishers_max: u32,
     /// A joined peer that sends no message for this long is removed; 0:
     /// never (the transport's `webrtc.idle_timeout_ms` still applies).
     pub silence_timeout_ms: u64,
@@ -427,6 +433,9 @@ impl Default for InstanceConfig {
             avatar_speed_max_mps: 10.0,
             actions_per_second_max: 60,
             owned_entities_max: 16,
+            media_tracks_per_member_max: 4,
+            media_audio_publishers_max: 50,
+            media_video_publishers_max: 16,
             silence_timeout_ms: 10_000,
             reliable_buffer_bytes_max: 1024 * 1024,
         }
@@ -478,6 +487,11 @@ impl InstanceConfig {
             invalid_messages_max: self.invalid_messages_max,
             actions_per_second_max: self.actions_per_second_max,
             owned_entities_max: self.owned_entities_max,
+            media: state::instance::MediaLimits {
+                tracks_per_member_max: self.media_tracks_per_member_max,
+                audio_publishers_max: self.media_audio_publishers_max,
+                video_publishers_max: self.media_video_publishers_max,
+            },
             silence_timeout: (self.silence_timeout_ms > 0)
                 .then(|| Duration::from_millis(self.silence_timeout_ms)),
             reliable_buffer_bytes_max: self.reliable_buffer_bytes_max,

@@ -379,3 +379,154 @@ fn keyframe_requests_reach_the_publisher_at_most_twice_a_second() {
     assert_eq!(m.media_keyframe_requests, 2 + before as u64);
     assert_eq!(m.media_keyframe_requests_coalesced, 1);
 }
+
+fn actions_of(h: &Harness, c: usize, topic: &str) -> Vec<(String, String)> {
+    h.clients[c]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Action(a) if a.topic == topic => Some((
+                a.action_type.clone(),
+                String::from_utf8_lossy(&a.payload).into_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Tracks per member and publishers per instance are capped: a track over
+/// a cap is not announced nor forwarded, and its publisher is told why.
+#[test]
+fn tracks_over_the_media_limits_are_refused_and_their_publisher_told() {
+    let mut config = Config::default();
+    config.instance.media_tracks_per_member_max = 1;
+    config.instance.media_video_publishers_max = 1;
+    let mut h = Harness::new(config, Network::perfect(), 7);
+    h.create_instance("room", 8);
+    // Two tracks where one is allowed.
+    let ann = h
+        .join_publishing(
+            "room",
+            "ann",
+            Topics::All,
+            &[TrackKind::Audio, TrackKind::Audio],
+        )
+        .unwrap();
+    let vic = h
+        .join_publishing("room", "vic", Topics::All, &[TrackKind::Video])
+        .unwrap();
+    // A second video publisher where one is allowed.
+    let wes = h
+        .join_publishing("room", "wes", Topics::All, &[TrackKind::Video])
+        .unwrap();
+    let bob = h.join("room", "bob").unwrap();
+    assert!(h.run_until(Duration::from_secs(10), |h| {
+        [ann, vic, wes, bob].iter().all(|&c| joined(h, c)) && receiving(h, bob).len() == 2
+    }));
+    h.run_for(Duration::from_secs(1));
+    let (added, _) = track_events(&h, bob);
+    let index = |c: usize| h.client(c).welcome().unwrap().user_index;
+    let publishers: Vec<u32> = added.iter().map(|(_, p)| *p).collect();
+    assert_eq!(publishers, vec![index(ann), index(vic)], "{added:?}");
+    assert_eq!(receiving(&h, bob).len(), 2);
+    let told = |c| actions_of(&h, c, "media");
+    assert_eq!(told(ann).len(), 1, "{:?}", told(ann));
+    assert_eq!(told(ann)[0].0, "track_refused");
+    assert!(
+        told(ann)[0]
+            .1
+            .ends_with("over instance.media_tracks_per_member_max"),
+        "{:?}",
+        told(ann)
+    );
+    assert!(
+        told(wes)[0]
+            .1
+            .ends_with("over instance.media_video_publishers_max")
+    );
+    assert!(told(vic).is_empty());
+    let m = h.shard.metrics();
+    assert_eq!(m.media_tracks_published, 2);
+    assert_eq!(m.refused_messages["media_tracks_per_member_max"], 1);
+    assert_eq!(m.refused_messages["media_video_publishers_max"], 1);
+}
+
+/// A member that publishes in its join offer but never connects is never
+/// announced: nobody is offered a track that will never play.
+#[test]
+fn a_publisher_that_never_connects_is_never_announced() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 8);
+    h.create_instance("room", 8);
+    let bob = h.join("room", "bob").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, bob)));
+    let ghost = h
+        .join_publishing("room", "ghost", Topics::All, &[TrackKind::Audio])
+        .unwrap();
+    h.clients[ghost].stopped = true;
+    h.run_for(Duration::from_secs(15));
+    assert_eq!(track_events(&h, bob), (vec![], vec![]));
+    assert!(receiving(&h, bob).is_empty());
+    // A later joiner is not told of it either.
+    let carol = h.join("room", "carol").unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, carol)));
+    h.run_for(Duration::from_millis(500));
+    assert_eq!(track_events(&h, carol), (vec![], vec![]));
+}
+
+/// The member offers (adds a microphone) while the node's offer to it is on
+/// the way: the member ignores the node's offer, the node drops it, answers
+/// the member's, and offers again; in the end both tracks flow, and the
+/// member's later removal reaches the others.
+#[test]
+fn crossed_offers_end_with_both_sides_agreed() {
+    let slow = Network {
+        loss: 0.0,
+        delay_min: Duration::from_millis(30),
+        delay_max: Duration::from_millis(30),
+    };
+    let mut h = Harness::new(Config::default(), slow, 9);
+    h.create_instance("room", 8);
+    let ann = h
+        .join_publishing("room", "ann", Topics::All, &[TrackKind::Audio])
+        .unwrap();
+    assert!(h.run_until(Duration::from_secs(5), |h| joined(h, ann)));
+    let bob = h.join("room", "bob").unwrap();
+    // Bob's channels open as the node sends him its Welcome and its offer
+    // of Ann's track, 30 ms away: his own offer crosses it.
+    assert!(h.run_until(Duration::from_secs(5), |h| {
+        h.clients[bob].events.contains(&ClientEvent::Connected)
+    }));
+    let now = h.now();
+    let bob_mid = h.client_mut(bob).add_track(TrackKind::Audio, now).unwrap();
+    assert!(
+        h.run_until(Duration::from_secs(5), |h| !receiving(h, bob).is_empty()
+            && !receiving(h, ann).is_empty()),
+        "bob receives {:?}, ann {:?}",
+        receiving(&h, bob),
+        receiving(&h, ann)
+    );
+    assert_eq!(h.client(bob).offers_ignored, 1, "the offers crossed");
+    let ann_mid = h.client(ann).published()[0].0;
+    let (from_ann, from_bob) = (receiving(&h, bob)[0], receiving(&h, ann)[0]);
+    for i in 0..50u32 {
+        let now = h.now();
+        let payload = i.to_be_bytes();
+        for (c, mid) in [(ann, ann_mid), (bob, bob_mid)] {
+            h.client_mut(c)
+                .write_rtp(mid, u64::from(i) + 1, i * 960, false, &payload, now)
+                .unwrap();
+        }
+        h.run_for(Duration::from_millis(20));
+    }
+    h.run_for(Duration::from_millis(200));
+    assert_eq!(received(&h, bob, from_ann).len(), 50);
+    assert_eq!(received(&h, ann, from_bob).len(), 50);
+    // Bob stops publishing: Ann is told the track is gone.
+    let now = h.now();
+    h.client_mut(bob).remove_track(bob_mid, now).unwrap();
+    assert!(
+        h.run_until(Duration::from_secs(5), |h| track_events(h, ann).1
+            == vec![from_bob]),
+        "ann is told bob's track is gone"
+    );
+}

@@ -84,6 +84,19 @@ export interface ClientEvents {
   error: Error;
   closed: { reason: 'left' | 'kicked' | 'dropped' | 'reconnect_failed' | 'version_mismatch'; [k: string]: unknown };
   stats: ClientStats;
+  /** A member publishes a track (also for those published before this client joined). */
+  trackadded: { track: number; publisher: number; media: 'audio' | 'video' };
+  trackremoved: { track: number };
+  /** A remote track is playing: give `stream` to an <audio> or <video> element. */
+  track: RemoteTrack;
+}
+
+export interface RemoteTrack {
+  track: number;
+  publisher?: number;
+  media?: 'audio' | 'video';
+  mediaTrack: MediaStreamTrack;
+  stream: MediaStream;
 }
 
 export interface JoinOptions {
@@ -103,6 +116,10 @@ export interface JoinOptions {
   /** No message from the server for this long counts as a drop (default 5,000). */
   silenceMs?: number;
   joinTimeoutMs?: number;
+  /** A media offer of this client's not answered in this time fails (default 10,000). */
+  answerTimeoutMs?: number;
+  /** Tracks to publish from the join on (in the join offer). */
+  publish?: MediaStreamTrack[];
   reconnect?: false | { attempts?: number; baseMs?: number; maxMs?: number };
   RTCPeerConnection?: typeof RTCPeerConnection;
   /** Handlers subscribed before joining, so they hear the first join's events too. */
@@ -130,6 +147,16 @@ export class Client extends Emitter<ClientEvents> {
   constructor(options: JoinOptions);
   /** Joins a client made with `new Client(options)`, once its handlers are on. */
   start(): Promise<void>;
+  /** Publishes a local track; resolves once the node answered. */
+  publish(track: MediaStreamTrack): Promise<void>;
+  unpublish(track: MediaStreamTrack): Promise<void>;
+  /** Mutes every published track (they send silence or black). */
+  setMuted(muted: boolean): void;
+  readonly muted: boolean;
+  /** Audio levels 0..1: others' tracks by track id, and this client's microphone. */
+  audioLevels(): Promise<{ remote: Map<number, number>; local: number | null }>;
+  /** Others' tracks by track id. */
+  readonly tracks: Map<number, Partial<RemoteTrack> & { track: number }>;
   readonly welcome: Welcome | null;
   readonly userIndex: number | null;
   readonly avatar: number | null;

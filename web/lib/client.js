@@ -69,6 +69,8 @@ export const DEFAULTS = Object.freeze({
   /** Re-send a changed owned update for this long (the state channel is lossy). */
   resendMs: 300,
   joinTimeoutMs: 15000,
+  /** A media offer of this client's not answered in this time fails (`publish`). */
+  answerTimeoutMs: 10000,
   reconnect: Object.freeze({ attempts: 8, baseMs: 500, maxMs: 10000 }),
 });
 
@@ -147,7 +149,7 @@ export class Client extends Emitter {
     this.started = false;
     this.conn = null;
     this.resetState();
-    this.totals = { bytesIn: 0, snapshots: 0, inputsSent: 0, acksSent: 0, pingsSent: 0, invalid: 0 };
+    this.totals = { bytesIn: 0, snapshots: 0, inputsSent: 0, acksSent: 0, pingsSent: 0, invalid: 0, offersIgnored: 0 };
     this.stats = { rttMs: null, snapshotsPerSecond: 0, bytesPerSecond: 0, entities: 0, interpolationDelayMs: 0, reconnects: 0 };
     this.window = { at: now(), bytes: 0, snapshots: 0 };
     for (const [name, fn] of Object.entries(options.on ?? {})) {
@@ -456,6 +458,11 @@ export class Client extends Emitter {
             conn.answerWaiting = null;
             this.invalid(e);
           });
+        } else if (conn.offering || conn.pc.signalingState !== 'stable') {
+          // Both offered at once: decided on arrival, as the node decides on
+          // its side. The node gives way, answers this client's offer and
+          // offers its changes again.
+          this.totals.offersIgnored++;
         } else {
           conn.sdpChain = conn.sdpChain.then(() => this.serverSdp(conn, m.type, m.sdp)).catch((e) => this.invalid(e));
         }
@@ -476,8 +483,6 @@ export class Client extends Emitter {
       conn.answerWaiting = null;
       return;
     }
-    // Both offered at once: the node gives way and offers again later.
-    if (pc.signalingState !== 'stable') return;
     await pc.setRemoteDescription({ type: 'offer', sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     if (this.conn !== conn) return;
@@ -505,9 +510,10 @@ export class Client extends Emitter {
     const conn = this.conn;
     if (!conn || !conn.open) throw new Error('not connected');
     if (this.publishing.includes(track)) return;
-    this.publishing.push(track);
+    if (this.muted) track.enabled = false;
     conn.pc.addTransceiver(track, { direction: 'sendonly' });
     await this.renegotiate(conn);
+    this.publishing.push(track);
   }
 
   /** Stops publishing a track; resolves once the node has answered. */
@@ -537,16 +543,17 @@ export class Client extends Emitter {
     const conn = this.conn;
     const out = { remote: new Map(), local: null };
     if (!conn) return out;
-    const byMid = new Map();
     (await conn.pc.getStats()).forEach((r) => {
-      if (r.type === 'inbound-rtp' && r.kind === 'audio' && r.mid !== undefined) byMid.set(r.mid, r.audioLevel ?? 0);
       if (r.type === 'media-source' && r.kind === 'audio') out.local = Math.max(out.local ?? 0, r.audioLevel ?? 0);
     });
     if (this.muted) out.local = 0;
-    for (const tr of conn.pc.getTransceivers()) {
-      if (!byMid.has(tr.mid)) continue;
+    for (const receiver of conn.pc.getReceivers()) {
+      if (receiver.track.kind !== 'audio') continue;
       for (const t of this.tracks.values()) {
-        if (t.mediaTrack === tr.receiver.track) out.remote.set(t.track, byMid.get(tr.mid));
+        if (t.mediaTrack !== receiver.track) continue;
+        // The level of the newest packets, from the audio level extension.
+        const level = receiver.getSynchronizationSources()[0]?.audioLevel ?? 0;
+        out.remote.set(t.track, level);
       }
     }
     return out;
@@ -554,16 +561,31 @@ export class Client extends Emitter {
 
   /** This client's offer over `actions`, in turn with the node's. */
   renegotiate(conn) {
+    // From now on a node offer is ignored (the node gives way to this one).
+    conn.offering = (conn.offering ?? 0) + 1;
     const run = async () => {
       if (this.conn !== conn) throw new Error('not connected');
+      let timer;
       const answered = new Promise((resolve, reject) => {
         conn.answerWaiting = { resolve, reject };
+        timer = setTimeout(() => reject(new Error(`no answer to the offer within ${this.options.answerTimeoutMs} ms`)), this.options.answerTimeoutMs);
       });
-      await conn.pc.setLocalDescription(await conn.pc.createOffer());
-      this.send('actions', encodeSdp(this.nextSequence('actions'), 'offer', conn.pc.localDescription.sdp));
-      await answered;
+      try {
+        await conn.pc.setLocalDescription(await conn.pc.createOffer());
+        this.send('actions', encodeSdp(this.nextSequence('actions'), 'offer', conn.pc.localDescription.sdp));
+        await answered;
+      } catch (e) {
+        // Back to stable, so the node's next offer is taken.
+        if (conn.pc.signalingState === 'have-local-offer') await conn.pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+        throw e;
+      } finally {
+        clearTimeout(timer);
+        conn.answerWaiting = null;
+      }
     };
-    const done = conn.sdpChain.then(run);
+    const done = conn.sdpChain.then(run).finally(() => {
+      conn.offering -= 1;
+    });
     conn.sdpChain = done.catch(() => {});
     return done;
   }

@@ -582,12 +582,43 @@ impl Session {
             .ok_or_else(|| ClientError::Rtc("no offer to make".into()))?;
         self.media_pending = Some(pending);
         self.published.push((mid, kind));
+        self.send_media_offer(offer.to_sdp_string(), now)?;
+        Ok(mid)
+    }
+
+    /// Stops publishing the track on `mid` (an offer making it inactive).
+    pub fn remove_track(&mut self, mid: Mid, now: Instant) -> Result<(), ClientError> {
+        if self.media_pending.is_some() {
+            return Err(ClientError::Rtc(
+                "an offer is already waiting for its answer".into(),
+            ));
+        }
+        let i = self
+            .published
+            .iter()
+            .position(|(m, _)| *m == mid)
+            .ok_or_else(|| ClientError::Rtc(format!("{mid} is not published")))?;
+        let mut api = self.rtc.sdp_api();
+        api.set_direction(mid, Direction::Inactive);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| ClientError::Rtc("no offer to make".into()))?;
+        self.media_pending = Some(pending);
+        self.published.remove(i);
+        self.send_media_offer(offer.to_sdp_string(), now)
+    }
+
+    fn send_media_offer(&mut self, sdp: String, now: Instant) -> Result<(), ClientError> {
         let msg = Sdp {
             kind: SdpKind::Offer,
-            sdp: offer.to_sdp_string(),
+            sdp,
         };
-        self.send(Channel::Actions, MessageKind::Sdp, 0, &msg, now)?;
-        Ok(mid)
+        let sent = self.send(Channel::Actions, MessageKind::Sdp, 0, &msg, now);
+        if sent.is_err() {
+            // No answer will come: later offers must not wait for one.
+            self.media_pending = None;
+        }
+        sent
     }
 
     /// Sends one RTP packet on a published track: Opus for audio, VP8 for

@@ -26,15 +26,25 @@ pub(super) struct SentTrack {
     /// The instance's track id.
     pub track: u32,
     pub kind: TrackKind,
-    /// Its m-line, once offered.
-    pub mid: Option<Mid>,
-    /// Whether the client has answered the offer that added it.
-    pub negotiated: bool,
+    /// Its m-line.
+    pub mid: Mid,
+    pub state: SentState,
     /// Forwarded sequence numbers: the first packet's source number and
     /// the number it went out as; later ones keep their distance.
     seq_base: Option<(u64, u64)>,
     /// The last source payload type and the one it maps to here.
     pt_map: Option<(Pt, Pt)>,
+}
+
+/// Where a sent track's m-line stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SentState {
+    /// In the node's offer, not answered yet.
+    Offered,
+    /// Answered: packets flow.
+    Live,
+    /// Stopped in the node's offer, not answered yet (no packets).
+    Stopping,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +84,9 @@ pub enum RtpDrop {
     NoCodec,
     /// Negotiated, but str0m has no send stream for it.
     NoStream,
+    /// Older than the first packet forwarded to this receiver (reordered):
+    /// its number would go before the receiver's first.
+    BeforeFirst,
 }
 
 impl RtpDrop {
@@ -83,6 +96,7 @@ impl RtpDrop {
             RtpDrop::NotNegotiated => "rtp_not_negotiated",
             RtpDrop::NoCodec => "rtp_no_codec",
             RtpDrop::NoStream => "rtp_no_stream",
+            RtpDrop::BeforeFirst => "rtp_before_first",
         }
     }
 }
@@ -109,10 +123,6 @@ pub fn track_stream_id(track: u32) -> String {
 impl ConnMedia {
     /// A media section the negotiation added (str0m's `MediaAdded`).
     pub fn added(&mut self, mid: Mid, kind: MediaKind, direction: Direction) -> Option<MediaSaid> {
-        if let Some(t) = self.sent.iter_mut().find(|t| t.mid == Some(mid)) {
-            t.negotiated = true;
-            return None;
-        }
         self.changed(mid, kind, direction)
     }
 
@@ -123,7 +133,7 @@ impl ConnMedia {
         kind: MediaKind,
         direction: Direction,
     ) -> Option<MediaSaid> {
-        if self.sent.iter().any(|t| t.mid == Some(mid)) {
+        if self.sent.iter().any(|t| t.mid == mid) {
             return None;
         }
         let receiving = matches!(direction, Direction::RecvOnly | Direction::SendRecv);
@@ -144,16 +154,22 @@ impl ConnMedia {
 
     /// The instance track a mid of this connection's sends.
     pub fn sent_track(&self, mid: Mid) -> Option<u32> {
-        self.sent
-            .iter()
-            .find(|t| t.mid == Some(mid))
-            .map(|t| t.track)
+        self.sent.iter().find(|t| t.mid == mid).map(|t| t.track)
     }
 
     /// Queues a track to add to what this connection is sent.
     pub fn send_track(&mut self, track: u32, kind: TrackKind) {
+        let before = self.queued.len();
         self.queued.retain(|c| *c != Change::Remove(track));
-        if !self.sent.iter().any(|t| t.track == track) {
+        if self.queued.len() != before {
+            return; // Its removal was still queued: it simply stays.
+        }
+        let known = self
+            .sent
+            .iter()
+            .any(|t| t.track == track && t.state != SentState::Stopping)
+            || self.queued.contains(&Change::Add(track, kind));
+        if !known {
             self.queued.push(Change::Add(track, kind));
         }
     }
@@ -163,7 +179,14 @@ impl ConnMedia {
         let before = self.queued.len();
         self.queued
             .retain(|c| !matches!(c, Change::Add(t, _) if *t == track));
-        if self.queued.len() == before && self.sent.iter().any(|t| t.track == track) {
+        if self.queued.len() != before {
+            return; // Never offered.
+        }
+        let sent = self
+            .sent
+            .iter()
+            .any(|t| t.track == track && t.state != SentState::Stopping);
+        if sent && !self.queued.contains(&Change::Remove(track)) {
             self.queued.push(Change::Remove(track));
         }
     }
@@ -173,14 +196,14 @@ impl ConnMedia {
         self.pending.is_none() && !self.queued.is_empty()
     }
 
-    /// Makes the offer carrying the queued changes.
+    /// Makes the offer carrying the queued changes. A stopped m-line is
+    /// never used again (RFC 8843); the client may recycle it.
     pub fn offer(&mut self, rtc: &mut Rtc) -> Option<MediaSaid> {
         if !self.wants_offer() {
             return None;
         }
         let changes = std::mem::take(&mut self.queued);
         let mut api = rtc.sdp_api();
-        let mut added = Vec::new();
         for &change in &changes {
             match change {
                 Change::Add(track, kind) => {
@@ -192,56 +215,51 @@ impl ConnMedia {
                         Some(stream),
                         None,
                     );
-                    added.push(SentTrack {
+                    self.sent.push(SentTrack {
                         track,
                         kind,
-                        mid: Some(mid),
-                        negotiated: false,
+                        mid,
+                        state: SentState::Offered,
                         seq_base: None,
                         pt_map: None,
                     });
                 }
                 Change::Remove(track) => {
-                    if let Some(mid) = self
-                        .sent
-                        .iter()
-                        .find(|t| t.track == track)
-                        .and_then(|t| t.mid)
-                    {
-                        api.set_direction(mid, Direction::Inactive);
+                    if let Some(t) = self.sent.iter_mut().find(|t| t.track == track) {
+                        api.stop_media(t.mid);
+                        t.state = SentState::Stopping;
                     }
                 }
             }
         }
-        let (offer, pending) = api.apply()?;
-        for change in &changes {
-            if let Change::Remove(track) = change {
-                self.sent.retain(|t| t.track != *track);
-            }
-        }
-        self.sent.extend(added);
+        let Some((offer, pending)) = api.apply() else {
+            // Nothing to negotiate (stops of m-lines already stopped).
+            self.sent.retain(|t| t.state != SentState::Stopping);
+            return None;
+        };
         self.pending = Some((pending, changes));
         Some(MediaSaid::Offer(offer.to_sdp_string()))
     }
 
-    /// The client's answer to the node's offer.
+    /// The client's answer to the node's offer. When str0m refuses it, the
+    /// offer's changes are queued again.
     pub fn accept_answer(&mut self, rtc: &mut Rtc, answer: &str) -> Result<(), String> {
         let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| e.to_string())?;
         let (pending, changes) = self
             .pending
             .take()
             .ok_or_else(|| "no offer of the node's is waiting for an answer".to_owned())?;
-        rtc.sdp_api()
-            .accept_answer(pending, answer)
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = rtc.sdp_api().accept_answer(pending, answer) {
+            self.requeue(changes);
+            return Err(e.to_string());
+        }
         // str0m announces no `MediaAdded` for m-lines of its own offer.
-        for change in changes {
-            if let Change::Add(track, _) = change
-                && let Some(t) = self.sent.iter_mut().find(|t| t.track == track)
-            {
-                t.negotiated = true;
+        for t in &mut self.sent {
+            if t.state == SentState::Offered {
+                t.state = SentState::Live;
             }
         }
+        self.sent.retain(|t| t.state != SentState::Stopping);
         Ok(())
     }
 
@@ -250,24 +268,35 @@ impl ConnMedia {
     pub fn accept_offer(&mut self, rtc: &mut Rtc, offer: &str) -> Result<String, String> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| e.to_string())?;
         if let Some((_, changes)) = self.pending.take() {
-            for change in changes {
-                match change {
-                    Change::Add(track, _) => {
-                        // Offered, never answered: it goes back in the queue.
-                        if let Some(i) = self.sent.iter().position(|t| t.track == track) {
-                            let t = self.sent.swap_remove(i);
-                            self.queued.insert(0, Change::Add(t.track, t.kind));
-                        }
-                    }
-                    Change::Remove(_) => self.queued.insert(0, change),
-                }
-            }
+            self.requeue(changes);
         }
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| e.to_string())?;
         Ok(answer.to_sdp_string())
+    }
+
+    /// An offer of the node's that will not be answered: its additions go
+    /// back in the queue (their m-lines were never agreed). Its stops
+    /// stand: str0m keeps a stopped m-line stopped and says so in every
+    /// later offer and answer.
+    fn requeue(&mut self, changes: Vec<Change>) {
+        let mut again = Vec::new();
+        for change in changes {
+            if let Change::Add(track, kind) = change {
+                self.sent
+                    .retain(|t| !(t.track == track && t.state == SentState::Offered));
+                let before = self.queued.len();
+                self.queued.retain(|c| *c != Change::Remove(track));
+                if self.queued.len() == before {
+                    again.push(Change::Add(track, kind));
+                }
+            }
+        }
+        self.sent.retain(|t| t.state != SentState::Stopping);
+        again.append(&mut self.queued);
+        self.queued = again;
     }
 
     /// Writes one forwarded packet on `track`'s stream. `source` is the
@@ -288,23 +317,30 @@ impl ConnMedia {
         let sent = self
             .sent
             .iter_mut()
-            .find(|t| t.track == track)
+            .find(|t| t.track == track && t.state == SentState::Live)
             .ok_or(RtpDrop::NotNegotiated)?;
-        let mid = sent
-            .mid
-            .filter(|_| sent.negotiated)
-            .ok_or(RtpDrop::NotNegotiated)?;
+        let mid = sent.mid;
         let pt = match sent.pt_map {
             Some((from, to)) if from == source.pt() => to,
             _ => {
-                // The same codec and settings, else the same codec and clock.
+                // Among the payload types the receiver accepted on this
+                // m-line: the same codec and settings, else the same codec
+                // and clock.
                 let spec = source.spec();
+                let accepted = rtc
+                    .media(mid)
+                    .map(|m| m.remote_pts().to_vec())
+                    .unwrap_or_default();
                 let codecs = rtc.codec_config();
-                let to = codecs
-                    .iter()
+                let candidates = || {
+                    codecs
+                        .iter()
+                        .filter(|p| accepted.is_empty() || accepted.contains(&p.pt()))
+                };
+                let to = candidates()
                     .find(|p| p.spec() == spec)
                     .or_else(|| {
-                        codecs.iter().find(|p| {
+                        candidates().find(|p| {
                             p.spec().codec == spec.codec && p.spec().clock_rate == spec.clock_rate
                         })
                     })
@@ -315,7 +351,10 @@ impl ConnMedia {
             }
         };
         let (from, to) = *sent.seq_base.get_or_insert((*seq_no, 1));
-        let out: SeqNo = (to + (*seq_no).saturating_sub(from)).into();
+        if *seq_no < from {
+            return Err(RtpDrop::BeforeFirst);
+        }
+        let out: SeqNo = (to + (*seq_no - from)).into();
         let nackable = sent.kind == TrackKind::Video;
         let mut api = rtc.direct_api();
         let stream = api.stream_tx_by_mid(mid, None).ok_or(RtpDrop::NoStream)?;

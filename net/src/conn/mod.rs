@@ -475,6 +475,9 @@ impl Connections {
     /// the answer. An offer of the layer's waiting for its answer is
     /// dropped and made again later.
     pub fn accept_media_offer(&mut self, key: ConnKey, offer: &str) -> Result<String, String> {
+        if !self.config.media {
+            return Err("media is off on this node (webrtc.media)".into());
+        }
         let conn = self.conns.get_mut(key).ok_or("no such connection")?;
         let result = conn.media.accept_offer(&mut conn.rtc, offer);
         self.mark_dirty(key);

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use engine::UserIndex;
 use net::conn::{Mid, RtpDrop, RtpIn};
-use net::messages::{Sdp, SdpKind, TrackAdded, TrackKind, TrackRemoved};
+use net::messages::{
+    ActionBroadcast, Cache, Sdp, SdpKind, Target, TrackAdded, TrackKind, TrackRemoved,
+};
 use net::{Channel, MessageKind};
 
 use super::{Instance, Io};
@@ -15,6 +17,33 @@ use super::{Instance, Io};
 /// Keyframe requests relayed to a track's publisher at most this often
 /// (receivers' PLIs and FIRs in between are answered by the same keyframe).
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How much media an instance takes (`instance.media_*` in the node's
+/// configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaLimits {
+    /// Tracks one member may publish at once.
+    pub tracks_per_member_max: u32,
+    /// Members publishing audio at once.
+    pub audio_publishers_max: u32,
+    /// Members publishing video at once.
+    pub video_publishers_max: u32,
+}
+
+impl Default for MediaLimits {
+    fn default() -> Self {
+        MediaLimits {
+            tracks_per_member_max: 4,
+            audio_publishers_max: 50,
+            video_publishers_max: 16,
+        }
+    }
+}
+
+/// The topic and type of the server's action telling a member a track of
+/// its was refused (payload: the reason, UTF-8).
+pub const MEDIA_TOPIC: &str = "media";
+pub const TRACK_REFUSED: &str = "track_refused";
 
 /// A track a member publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +56,10 @@ pub struct Track {
     pub kind: TrackKind,
     /// When a keyframe was last asked of the publisher.
     keyframe_asked: Option<Instant>,
+    /// Told to the others (its publisher has joined).
+    announced: bool,
+    /// Over a limit: never announced nor forwarded; the publisher is told.
+    refused: Option<&'static str>,
 }
 
 /// The published tracks of an instance.
@@ -55,33 +88,111 @@ impl Instance {
 
     /// Member `user` publishes a track on `mid`: it is announced to the
     /// others (`TrackAdded`) and offered to each of them.
+    /// A track over a limit is refused: not forwarded, and its publisher
+    /// told with an action (topic `media`, type `track_refused`).
     pub fn publish(&mut self, user: UserIndex, mid: Mid, kind: TrackKind, io: &mut Io<'_>) {
-        if self.member(user).is_none() || self.tracks.find(user, mid).is_some() {
+        let Some(member) = self.member(user) else {
+            return;
+        };
+        if self.tracks.find(user, mid).is_some() {
             return;
         }
+        let joined = member.is_listening();
+        let refused = self.over_limit(user, kind);
         let track = Track {
             id: self.tracks.next_id,
             publisher: user,
             mid,
             kind,
             keyframe_asked: None,
+            announced: false,
+            refused,
         };
         self.tracks.next_id += 1;
         self.tracks.list.push(track);
-        io.metrics.media_tracks_published += 1;
-        let tick = self.tick_now();
-        let added = TrackAdded {
-            track: track.id,
-            publisher: user.0,
-            kind,
+        match refused {
+            Some(reason) => *io.metrics.refused_messages.entry(reason).or_default() += 1,
+            None => io.metrics.media_tracks_published += 1,
+        }
+        // A member still connecting is announced once it joins (it may
+        // never).
+        if joined {
+            self.announce_tracks_of(user, io);
+        }
+    }
+
+    /// Which limit a new track of `user` would break, if any.
+    fn over_limit(&self, user: UserIndex, kind: TrackKind) -> Option<&'static str> {
+        let limits = self.config.media;
+        let live = || self.tracks.list.iter().filter(|t| t.refused.is_none());
+        if live().filter(|t| t.publisher == user).count() >= limits.tracks_per_member_max as usize {
+            return Some("media_tracks_per_member_max");
+        }
+        let mut publishers: Vec<UserIndex> = live()
+            .filter(|t| t.kind == kind && t.publisher != user)
+            .map(|t| t.publisher)
+            .collect();
+        publishers.sort_unstable();
+        publishers.dedup();
+        let max = match kind {
+            TrackKind::Audio => limits.audio_publishers_max,
+            TrackKind::Video => limits.video_publishers_max,
         };
-        for m in &mut self.members {
-            // Members still connecting are offered it when they open.
-            if m.user == user || !m.is_listening() {
+        let already = live().any(|t| t.kind == kind && t.publisher == user);
+        if !already && publishers.len() >= max as usize {
+            return Some(match kind {
+                TrackKind::Audio => "media_audio_publishers_max",
+                TrackKind::Video => "media_video_publishers_max",
+            });
+        }
+        None
+    }
+
+    /// Tells the others of `user`'s tracks not yet announced and offers
+    /// them; tells `user` of its refused ones.
+    pub(super) fn announce_tracks_of(&mut self, user: UserIndex, io: &mut Io<'_>) {
+        let tick = self.tick_now();
+        for t in self
+            .tracks
+            .list
+            .iter_mut()
+            .filter(|t| t.publisher == user && !t.announced)
+        {
+            t.announced = true;
+            if let Some(reason) = t.refused {
+                let refusal = ActionBroadcast {
+                    sender: u32::MAX,
+                    topic: MEDIA_TOPIC.into(),
+                    action_type: TRACK_REFUSED.into(),
+                    target: Target::User(user.0),
+                    cache: Cache::No,
+                    payload: format!("the track on mid {}: over instance.{reason}", t.mid)
+                        .into_bytes(),
+                };
+                if let Some(m) = self.members.iter_mut().find(|m| m.user == user) {
+                    let _ = m.send(
+                        io,
+                        Channel::Actions,
+                        MessageKind::ActionBroadcast,
+                        tick,
+                        &refusal,
+                    );
+                }
                 continue;
             }
-            let _ = m.send(io, Channel::Actions, MessageKind::TrackAdded, tick, &added);
-            io.out.send_track(m.link, track.id, kind);
+            let added = TrackAdded {
+                track: t.id,
+                publisher: user.0,
+                kind: t.kind,
+            };
+            for m in &mut self.members {
+                // Members still connecting are offered it when they open.
+                if m.user == user || !m.is_listening() {
+                    continue;
+                }
+                let _ = m.send(io, Channel::Actions, MessageKind::TrackAdded, tick, &added);
+                io.out.send_track(m.link, t.id, t.kind);
+            }
         }
     }
 
@@ -107,6 +218,9 @@ impl Instance {
     }
 
     fn track_gone(&mut self, track: Track, io: &mut Io<'_>) {
+        if !track.announced || track.refused.is_some() {
+            return;
+        }
         let tick = self.tick_now();
         let removed = TrackRemoved { track: track.id };
         for m in &mut self.members {
@@ -130,7 +244,12 @@ impl Instance {
         let tick = self.tick_now();
         let member = &mut self.members[i];
         let me = member.user;
-        for t in self.tracks.list.iter().filter(|t| t.publisher != me) {
+        for t in self
+            .tracks
+            .list
+            .iter()
+            .filter(|t| t.publisher != me && t.announced && t.refused.is_none())
+        {
             let added = TrackAdded {
                 track: t.id,
                 publisher: t.publisher.0,
@@ -148,6 +267,10 @@ impl Instance {
             *io.metrics.dropped.entry("rtp_no_track").or_default() += 1;
             return;
         };
+        if track.refused.is_some() {
+            *io.metrics.dropped.entry("rtp_track_refused").or_default() += 1;
+            return;
+        }
         io.metrics.media_packets_in += 1;
         let bytes = rtp.packet.payload.len() as u64;
         for m in &self.members {
@@ -167,7 +290,12 @@ impl Instance {
     /// A receiver asks for a keyframe of `track`: relayed to its publisher
     /// as a PLI, at most once per [`KEYFRAME_REQUEST_INTERVAL`].
     pub fn keyframe_request(&mut self, track: u32, io: &mut Io<'_>) {
-        let Some(t) = self.tracks.list.iter_mut().find(|t| t.id == track) else {
+        let Some(t) = self
+            .tracks
+            .list
+            .iter_mut()
+            .find(|t| t.id == track && t.refused.is_none())
+        else {
             return;
         };
         if t.keyframe_asked
@@ -196,7 +324,14 @@ impl Instance {
             kind: SdpKind::Offer,
             sdp,
         };
-        let _ = self.members[i].send(io, Channel::Actions, MessageKind::ServerSdp, tick, &offer);
+        if self.members[i]
+            .send(io, Channel::Actions, MessageKind::ServerSdp, tick, &offer)
+            .is_err()
+        {
+            // Its answer will never come: this member's media changes stop
+            // until it offers itself (which drops the node's offer).
+            *io.metrics.dropped.entry("sdp_offer_unsent").or_default() += 1;
+        }
     }
 
     /// A member's offer or answer.

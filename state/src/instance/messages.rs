@@ -44,16 +44,19 @@ impl Instance {
             Err(e) => return self.invalid_message(i, e, io),
         };
         member.last_heard = io.now;
-        // Actions and ownership requests share one budget: each may make
-        // the server write to other members.
-        if matches!(
-            msg,
-            ClientMessage::Action(..)
-                | ClientMessage::OwnershipRequest(..)
-                | ClientMessage::Sdp(..)
-        ) && !joined
-            .actions
-            .take(io.now, self.config.actions_per_second_max)
+        // Actions, ownership requests and media offers share one budget:
+        // each may make the server write to other members. An answer is
+        // not budgeted: it answers the node's own offer, and one dropped
+        // would stall the member's media changes.
+        let budgeted = match &msg {
+            ClientMessage::Action(..) | ClientMessage::OwnershipRequest(..) => true,
+            ClientMessage::Sdp(_, s) => s.kind == net::messages::ArchivedSdpKind::Offer,
+            _ => false,
+        };
+        if budgeted
+            && !joined
+                .actions
+                .take(io.now, self.config.actions_per_second_max)
         {
             *io.metrics
                 .refused_messages

@@ -36,7 +36,7 @@ use net::{Channel, Decoder, Encoder, MessageKind};
 use crate::commands::{
     InstanceKind, InstanceSpec, JoinRefused, LeaveReason, SessionId, ShardMetrics, Topics,
 };
-pub use media::{Track, Tracks};
+pub use media::{KEYFRAME_REQUEST_INTERVAL, MediaLimits, Track, Tracks};
 pub use member::{Joined, Member, MemberState, STATE_BACKLOG_BYTES_MAX, SendFailed, TokenBucket};
 
 /// Member slots allocated when an instance starts; more grow on demand.
@@ -107,6 +107,7 @@ pub struct RuntimeConfig {
     pub actions_per_second_max: u32,
     /// Entities one user may own at once, its avatar aside.
     pub owned_entities_max: u32,
+    pub media: MediaLimits,
     /// A joined member no message is heard from for this long is removed
     /// (`None`: never; the transport's idle timeout still applies).
     pub silence_timeout: Option<Duration>,
@@ -573,6 +574,7 @@ impl Instance {
                 self.members[i].send(io, Channel::Actions, MessageKind::PeerJoined, tick, &theirs);
         }
         self.introduce_tracks(i, io);
+        self.announce_tracks_of(user, io);
         true
     }
 
@@ -585,6 +587,8 @@ impl Instance {
         if self.members.is_empty() {
             self.empty_since = Some(io.now);
         }
+        // A member still connecting may have published (in its join offer).
+        self.unpublish_all(user, io);
         let departure = Departure {
             session: member.session,
             user_id: member.user_id,
@@ -597,7 +601,6 @@ impl Instance {
             let _ = self.sim.despawn(avatar);
         }
         self.forget_cached_state(user);
-        self.unpublish_all(user, io);
         let tick = self.tick_now();
         let released = joined.input.release_all(&mut self.sim);
         self.tell_everyone(

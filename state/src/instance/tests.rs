@@ -75,6 +75,7 @@ fn config() -> RuntimeConfig {
         invalid_messages_max: 2,
         actions_per_second_max: 5,
         owned_entities_max: 4,
+        media: crate::instance::MediaLimits::default(),
         silence_timeout: Some(Duration::from_secs(10)),
         reliable_buffer_bytes_max: 64 * 1024,
         snapshot: net::snapshot::SnapshotConfig::default(),

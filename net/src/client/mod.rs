@@ -658,6 +658,11 @@ impl Session {
                 .marker(marker)
                 .nackable(kind == TrackKind::Video),
         );
+        // str0m sends what was written once time moves: now, not at its
+        // next timer (which may be 100 ms away).
+        if self.rtc.handle_input(RtcInput::Timeout(now)).is_err() {
+            self.close_now();
+        }
         self.pump(now);
         Ok(())
     }

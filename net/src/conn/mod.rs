@@ -501,6 +501,7 @@ impl Connections {
             &p.payload,
             p.timestamp,
         )?;
+        conn.rtp_written = true;
         self.mark_dirty(key);
         Ok(())
     }
@@ -563,6 +564,11 @@ impl Connections {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // Removed after it was marked.
         };
+        if std::mem::take(&mut conn.rtp_written)
+            && let Err(e) = conn.rtc.handle_input(Input::Timeout(now))
+        {
+            tracing::debug!("timeout failed: {e}");
+        }
         let (transmits, stats, events) = (&mut self.transmits, &mut self.stats, &mut self.events);
         let rtp_in = &mut self.rtp_in;
         let queue_max = self.config.send_queue_len;

@@ -71,6 +71,9 @@ pub(super) struct Conn {
     /// Written to or fed since it was last polled.
     pub dirty: bool,
     pub media: ConnMedia,
+    /// RTP was written since the last poll: str0m sends it only once time
+    /// moves (a timeout input), given once per poll however many packets.
+    pub rtp_written: bool,
 }
 
 impl Conn {
@@ -89,6 +92,7 @@ impl Conn {
             scheduled: None,
             dirty: false,
             media: ConnMedia::default(),
+            rtp_written: false,
         }
     }
 

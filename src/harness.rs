@@ -290,6 +290,9 @@ impl Harness {
 
     /// Advances to the next thing that happens (not beyond `end`) and does it.
     fn step(&mut self, end: Instant) {
+        // What a test had a client send since the last step leaves now,
+        // not after the clock jumps to the next timer.
+        self.collect();
         let mut next = self.shard.poll_timeout().min(end);
         for c in self.clients.iter().filter(|c| !c.stopped) {
             next = next.min(c.session.poll_timeout());

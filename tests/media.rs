@@ -530,3 +530,32 @@ fn crossed_offers_end_with_both_sides_agreed() {
         "ann is told bob's track is gone"
     );
 }
+
+/// A forwarded packet leaves the node at once, not at the receiver
+/// connection's next timer: with 1 ms each way it arrives within 5 ms.
+#[test]
+fn a_forwarded_packet_arrives_within_milliseconds() {
+    let mut h = Harness::new(Config::default(), Network::perfect(), 10);
+    h.create_media_instance("room", 4);
+    let ann = h
+        .join_publishing("room", "ann", Topics::All, &[TrackKind::Audio])
+        .unwrap();
+    let bob = h.join("room", "bob").unwrap();
+    assert!(h.run_until(Duration::from_secs(10), |h| !receiving(h, bob).is_empty()));
+    h.run_for(Duration::from_millis(500));
+    let track = receiving(&h, bob)[0];
+    let mid = h.client(ann).published()[0].0;
+    for i in 0..20u32 {
+        let now = h.now();
+        h.client_mut(ann)
+            .write_rtp(mid, u64::from(i) + 1, i * 960, false, &i.to_be_bytes(), now)
+            .unwrap();
+        h.run_for(Duration::from_millis(5));
+        assert_eq!(
+            received(&h, bob, track).len(),
+            i as usize + 1,
+            "packet {i} within 5 ms"
+        );
+        h.run_for(Duration::from_millis(15));
+    }
+}

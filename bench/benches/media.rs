@@ -88,20 +88,24 @@ fn forwarding(c: &mut Criterion) {
         let (_, sent) = forward_one(&mut h, ann, seq, &payload);
         assert_eq!(sent, receivers as u64, "written to every receiver");
         g.throughput(Throughput::Elements(receivers as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(receivers), &receivers, |b, _| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    seq += 1;
-                    let (elapsed, sent) = forward_one(&mut h, ann, seq, &payload);
-                    assert_eq!(sent, receivers as u64, "packet {seq}");
-                    total += elapsed;
-                    // 20 ms of everyone's timers and feedback, untimed.
-                    h.run_for(Duration::from_millis(20));
-                }
-                total
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::from_parameter(receivers),
+            &receivers,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        seq += 1;
+                        let (elapsed, sent) = forward_one(&mut h, ann, seq, &payload);
+                        assert_eq!(sent, receivers as u64, "packet {seq}");
+                        total += elapsed;
+                        // 20 ms of everyone's timers and feedback, untimed.
+                        h.run_for(Duration::from_millis(20));
+                    }
+                    total
+                })
+            },
+        );
     }
     g.finish();
 }

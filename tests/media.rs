@@ -100,22 +100,7 @@ fn audio_reaches_both_subscribers(media_instance: bool, network: Network, seed: 
     let track = receiving(&h, bob)[0];
     let mid = h.client(ann).published()[0].0;
     const PACKETS: u32 = 250;
-    for i in 0..PACKETS {
-        let mut payload = vec![0u8; 80];
-        payload[..4].copy_from_slice(&i.to_be_bytes());
-        let now = h.now();
-        h.client_mut(ann)
-            .write_rtp(
-                mid,
-                u64::from(i) + 1,
-                i * OPUS_TICKS_PER_PACKET,
-                false,
-                &payload,
-                now,
-            )
-            .unwrap();
-        h.run_for(Duration::from_millis(20));
-    }
+    publish_for(&mut h, ann, mid, 0, PACKETS);
     h.run_for(Duration::from_secs(1));
     for c in [bob, carol] {
         let got = received(&h, c, track);
@@ -169,7 +154,7 @@ fn forwarding_keeps_up_with_a_jittery_network() {
 /// Sends `n` packets of 20 ms on `mid`, numbered from `first`.
 fn publish_for(h: &mut Harness, c: usize, mid: net::conn::Mid, first: u32, n: u32) {
     for i in first..first + n {
-        let mut payload = vec![0u8; 40];
+        let mut payload = vec![0u8; 80];
         payload[..4].copy_from_slice(&i.to_be_bytes());
         let now = h.now();
         h.client_mut(c)

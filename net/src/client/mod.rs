@@ -20,11 +20,12 @@ use engine::Vec3;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input as RtcInput, Output, Rtc};
 
+use crate::conn::media::add_sendonly;
 use crate::messages::{
     Action, ActionBroadcast, EntityName, EntityOwner, Input, KickReason, OwnedUpdate, OwnershipOp,
     OwnershipRefusal, OwnershipRequest, Ping, Sdp, SdpKind, TrackKind,
@@ -274,17 +275,7 @@ impl Session {
         let published: Vec<(Mid, TrackKind)> = tracks
             .iter()
             .enumerate()
-            .map(|(i, &kind)| {
-                let stream = format!("publish-{i}");
-                let mid = api.add_media(
-                    media_kind(kind),
-                    Direction::SendOnly,
-                    Some(stream.clone()),
-                    Some(stream),
-                    None,
-                );
-                (mid, kind)
-            })
+            .map(|(i, &kind)| (add_sendonly(&mut api, kind, format!("publish-{i}")), kind))
             .collect();
         let (offer, pending) = api
             .apply()
@@ -570,13 +561,7 @@ impl Session {
         }
         let stream = format!("publish-{}", self.published.len());
         let mut api = self.rtc.sdp_api();
-        let mid = api.add_media(
-            media_kind(kind),
-            Direction::SendOnly,
-            Some(stream.clone()),
-            Some(stream),
-            None,
-        );
+        let mid = add_sendonly(&mut api, kind, stream);
         let (offer, pending) = api
             .apply()
             .ok_or_else(|| ClientError::Rtc("no offer to make".into()))?;
@@ -983,12 +968,5 @@ impl Session {
             }
         };
         self.push_event(event);
-    }
-}
-
-fn media_kind(kind: TrackKind) -> MediaKind {
-    match kind {
-        TrackKind::Audio => MediaKind::Audio,
-        TrackKind::Video => MediaKind::Video,
     }
 }

@@ -108,11 +108,26 @@ pub(super) fn track_kind(kind: MediaKind) -> TrackKind {
     }
 }
 
-fn media_kind(kind: TrackKind) -> MediaKind {
+pub(crate) fn media_kind(kind: TrackKind) -> MediaKind {
     match kind {
         TrackKind::Audio => MediaKind::Audio,
         TrackKind::Video => MediaKind::Video,
     }
+}
+
+/// Adds a `sendonly` m-line of `kind` whose `a=msid` names `stream`.
+pub(crate) fn add_sendonly(
+    api: &mut str0m::change::SdpApi<'_>,
+    kind: TrackKind,
+    stream: String,
+) -> Mid {
+    api.add_media(
+        media_kind(kind),
+        Direction::SendOnly,
+        Some(stream.clone()),
+        Some(stream),
+        None,
+    )
 }
 
 /// The `a=msid` stream id of the m-line that carries instance track `track`.
@@ -207,14 +222,7 @@ impl ConnMedia {
         for &change in &changes {
             match change {
                 Change::Add(track, kind) => {
-                    let stream = track_stream_id(track);
-                    let mid = api.add_media(
-                        media_kind(kind),
-                        Direction::SendOnly,
-                        Some(stream.clone()),
-                        Some(stream),
-                        None,
-                    );
+                    let mid = add_sendonly(&mut api, kind, track_stream_id(track));
                     self.sent.push(SentTrack {
                         track,
                         kind,

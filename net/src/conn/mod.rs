@@ -17,7 +17,7 @@
 //! ICE username fragment in its STUN request → connection.
 
 mod dtls;
-mod media;
+pub(crate) mod media;
 mod peer;
 
 use std::cmp::Reverse;

@@ -537,25 +537,40 @@ export class Client extends Emitter {
   /**
    * Audio levels (0 to 1) from the peer connection's statistics: the
    * remote tracks' by track id, and this client's own microphone's as
-   * `local` (null without one).
+   * `local` (null without one). Each is the RMS level over the time since
+   * the previous call (from `totalAudioEnergy` and `totalSamplesDuration`),
+   * so a short sound between two calls still shows; on the first call, or
+   * where those are missing, the level of the newest packets.
    */
   async audioLevels() {
     const conn = this.conn;
     const out = { remote: new Map(), local: null };
     if (!conn) return out;
+    if (!this.energy || this.energy.conn !== conn) this.energy = { conn, last: new Map() };
+    const last = this.energy.last;
+    const level = (key, r) => {
+      const energy = r.totalAudioEnergy;
+      const duration = r.totalSamplesDuration;
+      const before = last.get(key);
+      if (energy === undefined || duration === undefined) return r.audioLevel ?? 0;
+      last.set(key, { energy, duration });
+      if (!before || duration <= before.duration) return r.audioLevel ?? 0;
+      return Math.min(1, Math.sqrt(Math.max(0, energy - before.energy) / (duration - before.duration)));
+    };
+    const byTrackId = new Map();
+    for (const t of this.tracks.values()) if (t.mediaTrack) byTrackId.set(t.mediaTrack.id, t.track);
     (await conn.pc.getStats()).forEach((r) => {
-      if (r.type === 'media-source' && r.kind === 'audio') out.local = Math.max(out.local ?? 0, r.audioLevel ?? 0);
+      if (r.kind !== 'audio') return;
+      if (r.type === 'media-source') out.local = Math.max(out.local ?? 0, level(`local ${r.id}`, r));
+      if (r.type === 'inbound-rtp' && byTrackId.has(r.trackIdentifier)) out.remote.set(byTrackId.get(r.trackIdentifier), level(`in ${r.id}`, r));
     });
-    if (this.muted) out.local = 0;
+    // Browsers whose statistics name no track: the receivers' newest packets.
     for (const receiver of conn.pc.getReceivers()) {
-      if (receiver.track.kind !== 'audio') continue;
-      for (const t of this.tracks.values()) {
-        if (t.mediaTrack !== receiver.track) continue;
-        // The level of the newest packets, from the audio level extension.
-        const level = receiver.getSynchronizationSources()[0]?.audioLevel ?? 0;
-        out.remote.set(t.track, level);
-      }
+      const track = byTrackId.get(receiver.track.id);
+      if (track === undefined || out.remote.has(track) || receiver.track.kind !== 'audio') continue;
+      out.remote.set(track, receiver.getSynchronizationSources()[0]?.audioLevel ?? 0);
     }
+    if (this.muted) out.local = 0;
     return out;
   }
 

@@ -447,7 +447,14 @@ fn a_publisher_that_never_connects_is_never_announced() {
     let ghost = h
         .join_publishing("room", "ghost", Topics::All, &[TrackKind::Audio])
         .unwrap();
+    // The ghost vanishes once the node knows of its track (str0m reports
+    // the join offer's tracks once DTLS is up), before its channels open.
+    assert!(h.run_until(
+        Duration::from_secs(5),
+        |h| h.shard.metrics().media_tracks_published == 1
+    ));
     h.clients[ghost].stopped = true;
+    assert!(!joined(&h, ghost));
     h.run_for(Duration::from_secs(15));
     assert_eq!(track_events(&h, bob), (vec![], vec![]));
     assert!(receiving(&h, bob).is_empty());

@@ -452,14 +452,22 @@ export class Client extends Emitter {
         const conn = this.conn;
         if (!conn) return;
         if (m.type === 'answer') {
+          // This client's offer is answered: a node offer from now on (its
+          // re-offer after giving way) is taken, queued behind this answer.
+          const w = conn.answerWaiting;
+          if (w && !w.op.settled) {
+            w.op.settled = true;
+            conn.offering -= 1;
+          }
           // Not queued: the offer it answers holds the queue until it comes.
           this.serverSdp(conn, m.type, m.sdp).catch((e) => {
             conn.answerWaiting?.reject(e);
             conn.answerWaiting = null;
             this.invalid(e);
           });
-        } else if (conn.offering || conn.pc.signalingState !== 'stable') {
-          // Both offered at once: decided on arrival, as the node decides on
+        } else if (conn.offering > 0) {
+          // Both offered at once (this client's offer is queued or sent and
+          // not answered yet): decided on arrival, as the node decides on
           // its side. The node gives way, answers this client's offer and
           // offers its changes again.
           this.totals.offersIgnored++;
@@ -511,9 +519,15 @@ export class Client extends Emitter {
     if (!conn || !conn.open) throw new Error('not connected');
     if (this.publishing.includes(track)) return;
     if (this.muted) track.enabled = false;
-    conn.pc.addTransceiver(track, { direction: 'sendonly' });
-    await this.renegotiate(conn);
     this.publishing.push(track);
+    const transceiver = conn.pc.addTransceiver(track, { direction: 'sendonly' });
+    try {
+      await this.renegotiate(conn);
+    } catch (e) {
+      this.publishing = this.publishing.filter((t) => t !== track);
+      transceiver.stop();
+      throw e;
+    }
   }
 
   /** Stops publishing a track; resolves once the node has answered. */
@@ -576,13 +590,15 @@ export class Client extends Emitter {
 
   /** This client's offer over `actions`, in turn with the node's. */
   renegotiate(conn) {
-    // From now on a node offer is ignored (the node gives way to this one).
+    // From now on, until its answer arrives, a node offer is ignored (the
+    // node gives way to this one).
     conn.offering = (conn.offering ?? 0) + 1;
+    const op = { settled: false };
     const run = async () => {
       if (this.conn !== conn) throw new Error('not connected');
       let timer;
       const answered = new Promise((resolve, reject) => {
-        conn.answerWaiting = { resolve, reject };
+        conn.answerWaiting = { resolve, reject, op };
         timer = setTimeout(() => reject(new Error(`no answer to the offer within ${this.options.answerTimeoutMs} ms`)), this.options.answerTimeoutMs);
       });
       try {
@@ -599,7 +615,10 @@ export class Client extends Emitter {
       }
     };
     const done = conn.sdpChain.then(run).finally(() => {
-      conn.offering -= 1;
+      if (!op.settled) {
+        op.settled = true;
+        conn.offering -= 1;
+      }
     });
     conn.sdpChain = done.catch(() => {});
     return done;

@@ -252,6 +252,10 @@ impl ConnMedia {
     /// The client's answer to the node's offer. When str0m refuses it, the
     /// offer's changes are queued again.
     pub fn accept_answer(&mut self, rtc: &mut Rtc, answer: &str) -> Result<(), String> {
+        if self.pending.is_none() {
+            // Checked first: answers are not rate-limited, parsing is not free.
+            return Err("no offer of the node's is waiting for an answer".into());
+        }
         let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| e.to_string())?;
         let (pending, changes) = self
             .pending
@@ -340,11 +344,7 @@ impl ConnMedia {
                     .map(|m| m.remote_pts().to_vec())
                     .unwrap_or_default();
                 let codecs = rtc.codec_config();
-                let candidates = || {
-                    codecs
-                        .iter()
-                        .filter(|p| accepted.is_empty() || accepted.contains(&p.pt()))
-                };
+                let candidates = || codecs.iter().filter(|p| accepted.contains(&p.pt()));
                 let to = candidates()
                     .find(|p| p.spec() == spec)
                     .or_else(|| {

@@ -455,7 +455,7 @@ impl Connections {
         }
     }
 
-    /// Stops sending `track` to `key` (an offer that makes it inactive).
+    /// Stops sending `track` to `key` (an offer that stops its m-line: port 0).
     pub fn stop_track(&mut self, key: ConnKey, track: u32) {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.media.stop_track(track);

@@ -331,32 +331,27 @@ fn keyframe_requests_reach_the_publisher_at_most_twice_a_second() {
         _ => unreachable!(),
     };
     let (bob_mid, carol_mid) = (mid_at(&h, bob), mid_at(&h, carol));
-    let now = h.now();
-    h.client_mut(bob).request_keyframe(bob_mid, now).unwrap();
-    h.run_for(Duration::from_millis(100));
+    // Asks for a keyframe from client `c`, waits 100 ms, returns how many
+    // requests reached Ann so far.
+    let ask = |h: &mut Harness, c: usize, mid| {
+        let now = h.now();
+        h.client_mut(c).request_keyframe(mid, now).unwrap();
+        h.run_for(Duration::from_millis(100));
+        keyframe_requests(h, ann)
+    };
     assert_eq!(
-        keyframe_requests(&h, ann),
+        ask(&mut h, bob, bob_mid),
         before + 1,
         "bob's request reached ann"
     );
-    let now = h.now();
-    h.client_mut(carol)
-        .request_keyframe(carol_mid, now)
-        .unwrap();
-    h.run_for(Duration::from_millis(100));
     assert_eq!(
-        keyframe_requests(&h, ann),
+        ask(&mut h, carol, carol_mid),
         before + 1,
         "carol's, 100 ms later, did not"
     );
     h.run_for(Duration::from_millis(500));
-    let now = h.now();
-    h.client_mut(carol)
-        .request_keyframe(carol_mid, now)
-        .unwrap();
-    h.run_for(Duration::from_millis(100));
     assert_eq!(
-        keyframe_requests(&h, ann),
+        ask(&mut h, carol, carol_mid),
         before + 2,
         "carol's, 700 ms later, did"
     );

@@ -70,16 +70,9 @@ pub fn router(shared: Shared) -> Router {
             async move {
                 match permits.try_acquire_owned() {
                     Ok(_permit) => next.run(request).await,
-                    Err(_) => {
-                        let mut r = error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "busy",
-                            format!("more than {concurrent_max} requests in progress (http.concurrent_requests_max)"),
-                        );
-                        r.headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                        r
-                    }
+                    Err(_) => busy(format!(
+                        "more than {concurrent_max} requests in progress (http.concurrent_requests_max)"
+                    )),
                 }
             }
         }))
@@ -581,6 +574,14 @@ fn admit(
     Ok((session, token, shard, rx, grant))
 }
 
+/// 503 `busy` with `Retry-After: 1`: try again in a second.
+fn busy(message: String) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 fn refusal(refused: JoinRefused) -> Response {
     let message = refused.to_string();
     match refused {
@@ -588,12 +589,7 @@ fn refusal(refused: JoinRefused) -> Response {
         JoinRefused::UnknownInstance(_) => error(StatusCode::NOT_FOUND, "not_found", message),
         JoinRefused::InstanceFull(_) => error(StatusCode::CONFLICT, "instance_full", message),
         JoinRefused::Draining => error(StatusCode::SERVICE_UNAVAILABLE, "draining", message),
-        JoinRefused::Busy { .. } => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
+        JoinRefused::Busy { .. } => busy(message),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
     }
 }

@@ -554,43 +554,44 @@ impl Session {
     /// Adds a track to publish after joining: the offer goes to the server
     /// over `actions`; packets flow once its answer is applied.
     pub fn add_track(&mut self, kind: TrackKind, now: Instant) -> Result<Mid, ClientError> {
-        if self.media_pending.is_some() {
-            return Err(ClientError::Rtc(
-                "an offer is already waiting for its answer".into(),
-            ));
-        }
         let stream = format!("publish-{}", self.published.len());
-        let mut api = self.rtc.sdp_api();
-        let mid = add_sendonly(&mut api, kind, stream);
-        let (offer, pending) = api
-            .apply()
-            .ok_or_else(|| ClientError::Rtc("no offer to make".into()))?;
-        self.media_pending = Some(pending);
+        let (mid, offer) = self.media_offer(|api| add_sendonly(api, kind, stream))?;
         self.published.push((mid, kind));
-        self.send_media_offer(offer.to_sdp_string(), now)?;
+        self.send_media_offer(offer, now)?;
         Ok(mid)
     }
 
     /// Stops publishing the track on `mid` (an offer making it inactive).
     pub fn remove_track(&mut self, mid: Mid, now: Instant) -> Result<(), ClientError> {
-        if self.media_pending.is_some() {
-            return Err(ClientError::Rtc(
-                "an offer is already waiting for its answer".into(),
-            ));
-        }
         let i = self
             .published
             .iter()
             .position(|(m, _)| *m == mid)
             .ok_or_else(|| ClientError::Rtc(format!("{mid} is not published")))?;
+        let ((), offer) = self.media_offer(|api| api.set_direction(mid, Direction::Inactive))?;
+        self.published.remove(i);
+        self.send_media_offer(offer, now)
+    }
+
+    /// Makes this client's offer of a change to what it publishes (one at
+    /// a time: refused while another waits for its answer) and keeps it
+    /// pending; returns what `change` returned and the offer to send.
+    fn media_offer<R>(
+        &mut self,
+        change: impl FnOnce(&mut str0m::change::SdpApi<'_>) -> R,
+    ) -> Result<(R, String), ClientError> {
+        if self.media_pending.is_some() {
+            return Err(ClientError::Rtc(
+                "an offer is already waiting for its answer".into(),
+            ));
+        }
         let mut api = self.rtc.sdp_api();
-        api.set_direction(mid, Direction::Inactive);
+        let r = change(&mut api);
         let (offer, pending) = api
             .apply()
             .ok_or_else(|| ClientError::Rtc("no offer to make".into()))?;
         self.media_pending = Some(pending);
-        self.published.remove(i);
-        self.send_media_offer(offer.to_sdp_string(), now)
+        Ok((r, offer.to_sdp_string()))
     }
 
     fn send_media_offer(&mut self, sdp: String, now: Instant) -> Result<(), ClientError> {

@@ -18,6 +18,7 @@ use str0m::format::PayloadParams;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 
+use super::peer::Said;
 use crate::messages::TrackKind;
 
 /// A track the node sends this connection.
@@ -51,17 +52,6 @@ pub(super) enum SentState {
 enum Change {
     Add(u32, TrackKind),
     Remove(u32),
-}
-
-/// What a connection's media did (the layer turns it into events).
-#[derive(Debug, PartialEq)]
-pub(super) enum MediaSaid {
-    /// The client publishes a track on `mid`.
-    Published(Mid, TrackKind),
-    /// The client stopped publishing the track on `mid`.
-    Unpublished(Mid),
-    /// An offer of the node's for the client (sent over `actions`).
-    Offer(String),
 }
 
 #[derive(Debug, Default)]
@@ -136,18 +126,10 @@ pub fn track_stream_id(track: u32) -> String {
 }
 
 impl ConnMedia {
-    /// A media section the negotiation added (str0m's `MediaAdded`).
-    pub fn added(&mut self, mid: Mid, kind: MediaKind, direction: Direction) -> Option<MediaSaid> {
-        self.changed(mid, kind, direction)
-    }
-
-    /// A media section's direction changed (or it was just added).
-    pub fn changed(
-        &mut self,
-        mid: Mid,
-        kind: MediaKind,
-        direction: Direction,
-    ) -> Option<MediaSaid> {
+    /// A media section was added or its direction changed (str0m's
+    /// `MediaAdded`, `MediaChanged`): says whether the client now publishes
+    /// on it, or no longer does.
+    pub fn changed(&mut self, mid: Mid, kind: MediaKind, direction: Direction) -> Option<Said> {
         if self.sent.iter().any(|t| t.mid == mid) {
             return None;
         }
@@ -157,11 +139,11 @@ impl ConnMedia {
             (true, None) => {
                 let kind = track_kind(kind);
                 self.published.push((mid, kind));
-                Some(MediaSaid::Published(mid, kind))
+                Some(Said::Published(mid, kind))
             }
             (false, Some(i)) => {
                 self.published.swap_remove(i);
-                Some(MediaSaid::Unpublished(mid))
+                Some(Said::Unpublished(mid))
             }
             _ => None,
         }
@@ -211,9 +193,10 @@ impl ConnMedia {
         self.pending.is_none() && !self.queued.is_empty()
     }
 
-    /// Makes the offer carrying the queued changes. A stopped m-line is
-    /// never used again (RFC 8843); the client may recycle it.
-    pub fn offer(&mut self, rtc: &mut Rtc) -> Option<MediaSaid> {
+    /// Makes the offer carrying the queued changes, for the client (sent
+    /// over `actions`). A stopped m-line is never used again (RFC 8843);
+    /// the client may recycle it.
+    pub fn offer(&mut self, rtc: &mut Rtc) -> Option<String> {
         if !self.wants_offer() {
             return None;
         }
@@ -246,7 +229,7 @@ impl ConnMedia {
             return None;
         };
         self.pending = Some((pending, changes));
-        Some(MediaSaid::Offer(offer.to_sdp_string()))
+        Some(offer.to_sdp_string())
     }
 
     /// The client's answer to the node's offer. When str0m refuses it, the

@@ -586,8 +586,7 @@ impl Connections {
             && conn.media.wants_offer()
             && let Some(offer) = conn.media.offer(&mut conn.rtc)
         {
-            self.events
-                .push_back(peer::event(key, peer::media_event(offer)));
+            self.events.push_back(ConnEvent::Offer(key, offer));
         }
         let at = conn.wake_at(&self.config).max(now);
         if conn.scheduled.is_none_or(|s| at < s) {

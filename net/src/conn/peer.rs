@@ -12,7 +12,7 @@ use str0m::net::Transmit;
 use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, Output, Rtc};
 
-use super::media::{ConnMedia, MediaSaid};
+use super::media::ConnMedia;
 use super::{ConnConfig, ConnKey, Drops, SendError};
 use crate::Channel;
 use crate::messages::TrackKind;
@@ -44,7 +44,6 @@ pub(super) enum Said {
     Message(Channel, Vec<u8>),
     Published(Mid, TrackKind),
     Unpublished(Mid),
-    Offer(String),
     /// The client asks for a keyframe of the track the node sends it.
     KeyframeRequest(u32),
 }
@@ -197,14 +196,14 @@ impl Conn {
                 },
                 Event::ChannelClose(id) if self.channel_of(id).is_some() => return false,
                 Event::MediaAdded(m) => {
-                    if let Some(s) = self.media.added(m.mid, m.kind, m.direction) {
-                        said(media_said(s));
+                    if let Some(s) = self.media.changed(m.mid, m.kind, m.direction) {
+                        said(s);
                     }
                 }
                 Event::MediaChanged(m) => {
                     let kind = self.rtc.media(m.mid).map(|x| x.kind());
                     if let Some(s) = kind.and_then(|k| self.media.changed(m.mid, k, m.direction)) {
-                        said(media_said(s));
+                        said(s);
                     }
                 }
                 Event::KeyframeRequest(r) => match self.media.sent_track(r.mid) {
@@ -266,18 +265,6 @@ impl Conn {
     }
 }
 
-pub(super) fn media_event(s: MediaSaid) -> Said {
-    media_said(s)
-}
-
-fn media_said(s: MediaSaid) -> Said {
-    match s {
-        MediaSaid::Published(mid, kind) => Said::Published(mid, kind),
-        MediaSaid::Unpublished(mid) => Said::Unpublished(mid),
-        MediaSaid::Offer(sdp) => Said::Offer(sdp),
-    }
-}
-
 /// A key and what its connection said, as the layer queues it.
 pub(super) fn event(key: ConnKey, said: Said) -> super::ConnEvent {
     use super::ConnEvent;
@@ -286,7 +273,6 @@ pub(super) fn event(key: ConnKey, said: Said) -> super::ConnEvent {
         Said::Message(channel, data) => ConnEvent::Message(key, channel, data),
         Said::Published(mid, kind) => ConnEvent::Published(key, mid, kind),
         Said::Unpublished(mid) => ConnEvent::Unpublished(key, mid),
-        Said::Offer(sdp) => ConnEvent::Offer(key, sdp),
         Said::KeyframeRequest(track) => ConnEvent::KeyframeRequest(key, track),
     }
 }

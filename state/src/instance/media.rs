@@ -12,7 +12,7 @@ use net::messages::{
 };
 use net::{Channel, MessageKind};
 
-use super::{Instance, Io};
+use super::{Instance, Io, Member};
 
 /// Keyframe requests relayed to a track's publisher at most this often
 /// (receivers' PLIs and FIRs in between are answered by the same keyframe).
@@ -180,38 +180,27 @@ impl Instance {
                 }
                 continue;
             }
-            let added = TrackAdded {
-                track: t.id,
-                publisher: user.0,
-                kind: t.kind,
-            };
             for m in &mut self.members {
                 // Members still connecting are offered it when they open.
-                if m.user == user || !m.is_listening() {
-                    continue;
+                if m.user != user && m.is_listening() {
+                    offer_track(m, t, io, tick);
                 }
-                let _ = m.send(io, Channel::Actions, MessageKind::TrackAdded, tick, &added);
-                io.out.send_track(m.link, t.id, t.kind);
             }
         }
     }
 
     /// Member `user` stopped publishing the track on `mid`.
     pub fn unpublish(&mut self, user: UserIndex, mid: Mid, io: &mut Io<'_>) {
-        if let Some(i) = self
-            .tracks
-            .list
-            .iter()
-            .position(|t| t.publisher == user && t.mid == mid)
-        {
-            let track = self.tracks.list.remove(i);
-            self.track_gone(track, io);
-        }
+        self.remove_tracks(|t| t.publisher == user && t.mid == mid, io);
     }
 
     /// Every track of a member who left.
     pub(super) fn unpublish_all(&mut self, user: UserIndex, io: &mut Io<'_>) {
-        while let Some(i) = self.tracks.list.iter().position(|t| t.publisher == user) {
+        self.remove_tracks(|t| t.publisher == user, io);
+    }
+
+    fn remove_tracks(&mut self, which: impl Fn(&Track) -> bool, io: &mut Io<'_>) {
+        while let Some(i) = self.tracks.list.iter().position(&which) {
             let track = self.tracks.list.remove(i);
             self.track_gone(track, io);
         }
@@ -250,13 +239,7 @@ impl Instance {
             .iter()
             .filter(|t| t.publisher != me && t.announced && t.refused.is_none())
         {
-            let added = TrackAdded {
-                track: t.id,
-                publisher: t.publisher.0,
-                kind: t.kind,
-            };
-            let _ = member.send(io, Channel::Actions, MessageKind::TrackAdded, tick, &added);
-            io.out.send_track(member.link, t.id, t.kind);
+            offer_track(member, t, io, tick);
         }
     }
 
@@ -366,6 +349,17 @@ impl Instance {
             }
         }
     }
+}
+
+/// Tells member `m` of track `t` and has the connection layer offer it.
+fn offer_track(m: &mut Member, t: &Track, io: &mut Io<'_>, tick: u32) {
+    let added = TrackAdded {
+        track: t.id,
+        publisher: t.publisher.0,
+        kind: t.kind,
+    };
+    let _ = m.send(io, Channel::Actions, MessageKind::TrackAdded, tick, &added);
+    io.out.send_track(m.link, t.id, t.kind);
 }
 
 /// What the [`super::Outbox`] does with media when it is not the

@@ -228,6 +228,9 @@ pub struct WebRtcConfig {
     /// to the other members of their instance; off: media sections of
     /// offers are answered inactive.
     pub media: bool,
+    /// Video packets the node keeps per forwarded stream to answer its
+    /// receiver's NACKs (also bounded to 3 s of packets).
+    pub media_packet_cache: usize,
 }
 
 impl Default for WebRtcConfig {
@@ -241,6 +244,7 @@ impl Default for WebRtcConfig {
             connect_timeout_ms: 10_000,
             idle_timeout_ms: 10_000,
             media: true,
+            media_packet_cache: 1_024,
         }
     }
 }
@@ -348,6 +352,11 @@ pub struct InstanceConfig {
     pub media_audio_publishers_max: u32,
     /// Members of one instance publishing video at once.
     pub media_video_publishers_max: u32,
+    /// Bits per second one audio track may bring in; beyond, its packets
+    /// are dropped and its publisher told (and asked to slow, REMB).
+    pub media_audio_bitrate_max: u32,
+    /// The same for one video track, all its simulcast layers together.
+    pub media_video_bitrate_max: u32,
     /// A joined peer that sends no message for this long is removed; 0:
     /// never (the transport's `webrtc.idle_timeout_ms` still applies).
     pub silence_timeout_ms: u64,
@@ -355,6 +364,13 @@ pub struct InstanceConfig {
     /// congested and is disconnected.
     pub reliable_buffer_bytes_max: usize,
 }
+
+/// Bounds of `webrtc.media_packet_cache`.
+pub const MEDIA_PACKET_CACHE_MIN: usize = 16;
+pub const MEDIA_PACKET_CACHE_MAX: usize = 8_192;
+/// The lowest bitrate cap a track may have (bits per second): below, even
+/// Opus at its lowest rate would be cut.
+pub const MEDIA_BITRATE_MIN: u32 = 8_000;
 
 /// Most entries in `http.cors_origins`.
 pub const CORS_ORIGINS_MAX: usize = 64;
@@ -436,6 +452,8 @@ impl Default for InstanceConfig {
             media_tracks_per_member_max: 4,
             media_audio_publishers_max: 50,
             media_video_publishers_max: 16,
+            media_audio_bitrate_max: 256_000,
+            media_video_bitrate_max: 4_000_000,
             silence_timeout_ms: 10_000,
             reliable_buffer_bytes_max: 1024 * 1024,
         }
@@ -456,6 +474,7 @@ impl Config {
                 send_queue_len: self.shard.send_queue_len,
                 conns_max: self.shard.peers_max,
                 media: self.webrtc.media,
+                media_packet_cache: self.webrtc.media_packet_cache,
             },
             instance: self.instance.runtime(),
             overload: crate::router::load::OverloadConfig {
@@ -491,6 +510,8 @@ impl InstanceConfig {
                 tracks_per_member_max: self.media_tracks_per_member_max,
                 audio_publishers_max: self.media_audio_publishers_max,
                 video_publishers_max: self.media_video_publishers_max,
+                audio_bitrate_max: self.media_audio_bitrate_max,
+                video_bitrate_max: self.media_video_bitrate_max,
             },
             silence_timeout: (self.silence_timeout_ms > 0)
                 .then(|| Duration::from_millis(self.silence_timeout_ms)),
@@ -812,6 +833,31 @@ impl Config {
         }
         if self.instance.max_users == 0 {
             return bad("instance.max_users must be at least 1");
+        }
+        if !(MEDIA_PACKET_CACHE_MIN..=MEDIA_PACKET_CACHE_MAX)
+            .contains(&self.webrtc.media_packet_cache)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "webrtc.media_packet_cache must be within \
+                 {MEDIA_PACKET_CACHE_MIN}..={MEDIA_PACKET_CACHE_MAX} (packets per forwarded video \
+                 stream)"
+            )));
+        }
+        for (key, v) in [
+            (
+                "instance.media_audio_bitrate_max",
+                self.instance.media_audio_bitrate_max,
+            ),
+            (
+                "instance.media_video_bitrate_max",
+                self.instance.media_video_bitrate_max,
+            ),
+        ] {
+            if v < MEDIA_BITRATE_MIN {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be at least {MEDIA_BITRATE_MIN} (bits per second)"
+                )));
+            }
         }
         let s = &self.shard;
         if !(1..=100).contains(&s.overload_join_refuse_percent) {

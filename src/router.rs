@@ -166,6 +166,12 @@ impl Shard {
                 h.instance.is_asleep() && h.instance.kind() == state::commands::InstanceKind::World
             })
             .count() as u32;
+        for (_, h) in self.instances.iter() {
+            for t in h.instance.tracks().iter().filter(|t| t.is_forwarded()) {
+                m.media_tracks += 1;
+                m.media_subscriptions += t.subscribers() as u32;
+            }
+        }
         m.peers = self.conns.len() as u32;
         m.timers = (self.conns.timers_len() + self.timers.len()) as u32;
         m
@@ -334,10 +340,10 @@ impl Shard {
                     i.handle_message(link.user, channel, &data, io)
                 });
             }
-            ConnEvent::Published(conn, mid, kind) => {
+            ConnEvent::Published(conn, mid, kind, layers) => {
                 if let Some(&link) = self.links.get(&conn) {
                     self.call(link.instance, now, |i, io| {
-                        i.publish(link.user, mid, kind, io)
+                        i.publish(link.user, mid, kind, layers, io)
                     });
                 }
             }
@@ -348,7 +354,9 @@ impl Shard {
             }
             ConnEvent::KeyframeRequest(conn, track) => {
                 if let Some(&link) = self.links.get(&conn) {
-                    self.call(link.instance, now, |i, io| i.keyframe_request(track, io));
+                    self.call(link.instance, now, |i, io| {
+                        i.keyframe_request(link.user, track, io)
+                    });
                 }
             }
             ConnEvent::Offer(conn, sdp) => {

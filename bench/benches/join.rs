@@ -24,6 +24,7 @@ fn layer() -> Connections {
             send_queue_len: 1024,
             conns_max: 16,
             media: true,
+            media_packet_cache: 1_024,
         },
         7,
     )

@@ -37,6 +37,7 @@ pub mod error;
 pub mod frame;
 pub mod fuzzing;
 pub mod input;
+pub mod keyframe;
 pub mod messages;
 pub mod quant;
 pub mod slab;

@@ -68,6 +68,22 @@ pub fn render(c: &Control) -> String {
     per_shard(
         &mut out,
         &c.shards,
+        "instanceserver_media_tracks",
+        "gauge",
+        "Tracks published and forwarded (announced, within the limits), per shard.",
+        |m| m.media_tracks,
+    );
+    per_shard(
+        &mut out,
+        &c.shards,
+        "instanceserver_media_subscriptions",
+        "gauge",
+        "Receivers subscribed to those tracks (publisher x receiver pairs), per shard.",
+        |m| m.media_subscriptions,
+    );
+    per_shard(
+        &mut out,
+        &c.shards,
         "instanceserver_shard_load_percent",
         "gauge",
         "Smoothed share of its core each shard's thread uses or waits for (joins are refused from shard.overload_join_refuse_percent).",
@@ -105,7 +121,7 @@ pub fn render(c: &Control) -> String {
         "Entries in each shard's timer heap.",
         |m| m.timers,
     );
-    let counters: [(&str, &str, Counter); 15] = [
+    let counters: [(&str, &str, Counter); 17] = [
         (
             "instanceserver_inputs_total",
             "Input frames accepted (acknowledgements and owned-entity updates).",
@@ -174,6 +190,16 @@ pub fn render(c: &Control) -> String {
             "instanceserver_media_keyframe_requests_coalesced_total",
             "Keyframe requests not relayed: one went to the publisher less than 500 ms before.",
             |m| m.media_keyframe_requests_coalesced,
+        ),
+        (
+            "instanceserver_media_layer_switches_total",
+            "Receivers moved from one simulcast layer to another (at a keyframe).",
+            |m| m.media_layer_switches,
+        ),
+        (
+            "instanceserver_media_speaker_changes_total",
+            "Active speaker changes announced.",
+            |m| m.media_speaker_changes,
         ),
     ];
     for (name, help, get) in counters {

@@ -286,6 +286,13 @@ pub struct ShardMetrics {
     /// answered by a request relayed shortly before.
     pub media_keyframe_requests: u64,
     pub media_keyframe_requests_coalesced: u64,
+    /// Receivers moved from one simulcast layer to another.
+    pub media_layer_switches: u64,
+    /// Active speaker changes announced.
+    pub media_speaker_changes: u64,
+    /// Gauges: tracks published (live), and receivers subscribed to them.
+    pub media_tracks: u32,
+    pub media_subscriptions: u32,
 }
 
 impl ShardMetrics {

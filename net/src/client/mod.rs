@@ -20,7 +20,7 @@ use engine::Vec3;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
-use str0m::media::{Direction, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input as RtcInput, Output, Rtc};
@@ -180,9 +180,11 @@ pub enum ClientEvent {
         marker: bool,
         payload: std::sync::Arc<[u8]>,
     },
-    /// The node asks for a keyframe of the track this client publishes on `mid`.
+    /// The node asks for a keyframe of the track this client publishes on
+    /// `mid` (of simulcast layer `rid`).
     KeyframeRequested {
         mid: Mid,
+        rid: Option<Rid>,
     },
     /// A message the client could not decode (counted, dropped).
     Invalid(String),
@@ -561,6 +563,59 @@ impl Session {
         Ok(mid)
     }
 
+    /// Adds a video track sent as simulcast layers `rids`, lowest first
+    /// (the order the node ranks them `low`, `mid`, `high`): write each
+    /// layer's packets with [`Session::write_rtp_layer`].
+    pub fn add_simulcast_track(&mut self, rids: &[&str], now: Instant) -> Result<Mid, ClientError> {
+        if rids.is_empty() || rids.len() > crate::conn::SIMULCAST_LAYERS_MAX {
+            return Err(ClientError::Rtc(format!(
+                "1 to {} simulcast layers",
+                crate::conn::SIMULCAST_LAYERS_MAX
+            )));
+        }
+        let stream = format!("publish-{}", self.published.len());
+        let mut simulcast = Simulcast::new();
+        for rid in rids {
+            simulcast.add_send_layer(SimulcastLayer::new(rid));
+        }
+        let (mid, offer) = self.media_offer(|api| {
+            api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some(stream.clone()),
+                Some(stream),
+                Some(simulcast),
+            )
+        })?;
+        self.published.push((mid, TrackKind::Video));
+        self.send_media_offer(offer, now)?;
+        Ok(mid)
+    }
+
+    /// Sends a media request to the node (an action on topic `media`):
+    /// `subscribe`, `unsubscribe`, `layer` (with `layer` `low`, `mid` or
+    /// `high`), `mute`, `unmute`, `pause`, `resume`.
+    pub fn media_request(
+        &mut self,
+        request: &str,
+        track: u32,
+        layer: Option<&str>,
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        let mut payload = serde_json::json!({ "track": track });
+        if let Some(layer) = layer {
+            payload["layer"] = layer.into();
+        }
+        let action = Action {
+            topic: "media".into(),
+            action_type: request.into(),
+            target: crate::messages::Target::Server,
+            cache: crate::messages::Cache::No,
+            payload: payload.to_string().into_bytes(),
+        };
+        self.send_action(&action, now)
+    }
+
     /// Stops publishing the track on `mid` (an offer making it inactive).
     pub fn remove_track(&mut self, mid: Mid, now: Instant) -> Result<(), ClientError> {
         let i = self
@@ -618,6 +673,23 @@ impl Session {
         payload: &[u8],
         now: Instant,
     ) -> Result<(), ClientError> {
+        self.write_rtp_layer(mid, None, seq_no, time, marker, payload, now)
+    }
+
+    /// [`Session::write_rtp`] on simulcast layer `rid` of a track added
+    /// with [`Session::add_simulcast_track`] (each layer numbers its own
+    /// packets).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_rtp_layer(
+        &mut self,
+        mid: Mid,
+        rid: Option<&str>,
+        seq_no: u64,
+        time: u32,
+        marker: bool,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ClientError> {
         let kind = self
             .published
             .iter()
@@ -637,8 +709,8 @@ impl Session {
             .ok_or_else(|| ClientError::Rtc(format!("no {codec:?} negotiated")))?;
         let mut api = self.rtc.direct_api();
         let stream = api
-            .stream_tx_by_mid(mid, None)
-            .ok_or_else(|| ClientError::Rtc(format!("{mid} has no stream yet")))?;
+            .stream_tx_by_mid(mid, rid.map(Rid::from))
+            .ok_or_else(|| ClientError::Rtc(format!("{mid} {rid:?} has no stream yet")))?;
         stream.write_rtp(
             RtpWrite::new(pt, seq_no.into(), time, now, payload.to_vec())
                 .marker(marker)
@@ -788,7 +860,10 @@ impl Session {
                 }
             }
             Event::KeyframeRequest(r) => {
-                self.push_event(ClientEvent::KeyframeRequested { mid: r.mid });
+                self.push_event(ClientEvent::KeyframeRequested {
+                    mid: r.mid,
+                    rid: r.rid,
+                });
             }
             Event::RtpPacket(p) => {
                 let Some(mid) = self

@@ -15,7 +15,7 @@ use std::time::Instant;
 use str0m::Rtc;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 
 use super::peer::Said;
@@ -35,6 +35,13 @@ pub(super) struct SentTrack {
     seq_base: Option<(u64, u64)>,
     /// The last source payload type and the one it maps to here.
     pt_map: Option<(Pt, Pt)>,
+    /// The simulcast layer forwarded last: a packet of another starts a
+    /// new numbering (sequence and time continue from the last sent).
+    source_rid: Option<Rid>,
+    /// Added to the source's RTP time (non-zero after a layer switch).
+    ts_offset: u32,
+    /// The newest packet sent: its number, time and arrival.
+    last_out: Option<(u64, u32, Instant)>,
 }
 
 /// Where a sent track's m-line stands.
@@ -54,10 +61,61 @@ enum Change {
     Remove(u32),
 }
 
+/// Simulcast layers a track may have.
+pub const SIMULCAST_LAYERS_MAX: usize = 3;
+
+/// The simulcast layers of a published track, lowest first: the order of
+/// the publisher's `a=simulcast:send` line. Empty without simulcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Layers {
+    rids: [Option<Rid>; SIMULCAST_LAYERS_MAX],
+}
+
+impl Layers {
+    /// The first [`SIMULCAST_LAYERS_MAX`] of `rids`, lowest first.
+    pub fn new(rids: impl IntoIterator<Item = Rid>) -> Layers {
+        let mut layers = Layers::default();
+        for (slot, rid) in layers.rids.iter_mut().zip(rids) {
+            *slot = Some(rid);
+        }
+        layers
+    }
+
+    /// A publisher's layers from its m-line's simulcast (the layers the
+    /// node receives).
+    pub(super) fn of(simulcast: Option<&Simulcast>) -> Layers {
+        Layers::new(
+            simulcast
+                .into_iter()
+                .flat_map(|s| s.recv.iter().map(|l| l.rid)),
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.rids.iter().flatten().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rids[0].is_none()
+    }
+
+    /// The layer's place, 0 the lowest.
+    pub fn index_of(&self, rid: Rid) -> Option<usize> {
+        self.rids.iter().position(|r| *r == Some(rid))
+    }
+
+    pub fn get(&self, index: usize) -> Option<Rid> {
+        self.rids.get(index).copied().flatten()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct ConnMedia {
     /// Mids the client publishes on, with their kind.
     pub published: Vec<(Mid, TrackKind)>,
+    /// The simulcast layers of every m-line the client offered to send on
+    /// (kept when it stops, for when it sends again).
+    layers: Vec<(Mid, Layers)>,
     pub sent: Vec<SentTrack>,
     queued: Vec<Change>,
     pending: Option<(SdpPendingOffer, Vec<Change>)>,
@@ -129,9 +187,19 @@ impl ConnMedia {
     /// A media section was added or its direction changed (str0m's
     /// `MediaAdded`, `MediaChanged`): says whether the client now publishes
     /// on it, or no longer does.
-    pub fn changed(&mut self, mid: Mid, kind: MediaKind, direction: Direction) -> Option<Said> {
+    /// `simulcast` is the m-line's, known when it is added.
+    pub fn changed(
+        &mut self,
+        mid: Mid,
+        kind: MediaKind,
+        direction: Direction,
+        simulcast: Option<&Simulcast>,
+    ) -> Option<Said> {
         if self.sent.iter().any(|t| t.mid == mid) {
             return None;
+        }
+        if simulcast.is_some() && !self.layers.iter().any(|(m, _)| *m == mid) {
+            self.layers.push((mid, Layers::of(simulcast)));
         }
         let receiving = matches!(direction, Direction::RecvOnly | Direction::SendRecv);
         let known = self.published.iter().position(|(m, _)| *m == mid);
@@ -139,7 +207,13 @@ impl ConnMedia {
             (true, None) => {
                 let kind = track_kind(kind);
                 self.published.push((mid, kind));
-                Some(Said::Published(mid, kind))
+                let layers = self
+                    .layers
+                    .iter()
+                    .find(|(m, _)| *m == mid)
+                    .map(|(_, l)| *l)
+                    .unwrap_or_default();
+                Some(Said::Published(mid, kind, layers))
             }
             (false, Some(i)) => {
                 self.published.swap_remove(i);
@@ -213,6 +287,9 @@ impl ConnMedia {
                         state: SentState::Offered,
                         seq_base: None,
                         pt_map: None,
+                        source_rid: None,
+                        ts_offset: 0,
+                        last_out: None,
                     });
                 }
                 Change::Remove(track) => {
@@ -295,13 +372,16 @@ impl ConnMedia {
     }
 
     /// Writes one forwarded packet on `track`'s stream. `source` is the
-    /// packet's codec at its publisher.
+    /// packet's codec at its publisher, `rid` its simulcast layer: a
+    /// packet of another layer than the last continues the numbering and
+    /// the RTP time (so the receiver sees one stream).
     #[allow(clippy::too_many_arguments)]
     pub fn write_rtp(
         &mut self,
         rtc: &mut Rtc,
         track: u32,
         source: &PayloadParams,
+        rid: Option<Rid>,
         seq_no: SeqNo,
         time: u32,
         marker: bool,
@@ -341,11 +421,29 @@ impl ConnMedia {
                 to
             }
         };
+        if sent.source_rid != rid
+            && let Some((last_seq, last_time, last_at)) = sent.last_out
+        {
+            // A layer switch (at a keyframe of the new layer): the first
+            // packet of the new layer follows the last sent, one frame
+            // duration later in RTP time (the wall-clock gap, at least 1).
+            let clock = u64::from(source.spec().clock_rate.get());
+            let gap = wallclock.saturating_duration_since(last_at).as_micros() as u64;
+            let step = ((gap * clock) / 1_000_000).clamp(1, u64::from(u32::MAX / 2)) as u32;
+            sent.seq_base = Some((*seq_no, last_seq + 1));
+            sent.ts_offset = last_time.wrapping_add(step).wrapping_sub(time);
+        }
+        sent.source_rid = rid;
         let (from, to) = *sent.seq_base.get_or_insert((*seq_no, 1));
         if *seq_no < from {
             return Err(RtpDrop::BeforeFirst);
         }
-        let out: SeqNo = (to + (*seq_no - from)).into();
+        let out = to + (*seq_no - from);
+        let time = time.wrapping_add(sent.ts_offset);
+        if sent.last_out.is_none_or(|(last, _, _)| out > last) {
+            sent.last_out = Some((out, time, wallclock));
+        }
+        let out: SeqNo = out.into();
         let nackable = sent.kind == TrackKind::Video;
         let mut api = rtc.direct_api();
         let stream = api.stream_tx_by_mid(mid, None).ok_or(RtpDrop::NoStream)?;

@@ -37,9 +37,9 @@ use crate::messages::TrackKind;
 use crate::slab::{Key, Slab};
 use peer::Conn;
 
-pub use media::{RtpDrop, track_stream_id};
+pub use media::{Layers, RtpDrop, SIMULCAST_LAYERS_MAX, track_stream_id};
 pub use peer::{CONN_ADDRS_MAX, RtpIn};
-pub use str0m::media::Mid;
+pub use str0m::media::{Mid, Rid};
 
 /// A connection's key: it goes stale when the connection is removed.
 pub type ConnKey = Key;
@@ -71,6 +71,9 @@ pub struct ConnConfig {
     /// Whether clients may publish and receive audio and video (RTP mode);
     /// without it their offers' media sections are answered inactive.
     pub media: bool,
+    /// Video packets kept per forwarded stream for retransmission (str0m
+    /// also keeps at most 3 s of them).
+    pub media_packet_cache: usize,
 }
 
 /// What the layer tells its user.
@@ -82,8 +85,9 @@ pub enum ConnEvent {
     Message(ConnKey, Channel, Vec<u8>),
     /// The connection is gone, and its key with it.
     Closed(ConnKey, CloseReason),
-    /// The client publishes a track on `Mid` (its join offer or a later one).
-    Published(ConnKey, Mid, TrackKind),
+    /// The client publishes a track on `Mid` (its join offer or a later
+    /// one), with its simulcast layers.
+    Published(ConnKey, Mid, TrackKind, Layers),
     /// The client stopped publishing the track on `Mid`.
     Unpublished(ConnKey, Mid),
     /// An offer of the layer's that adds or removes tracks sent to the
@@ -201,6 +205,7 @@ impl Connections {
         let rtc_config = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(config.media)
+            .set_send_buffer_video(config.media_packet_cache)
             .set_crypto_provider(provider);
         Connections {
             config,
@@ -494,6 +499,7 @@ impl Connections {
             &mut conn.rtc,
             track,
             &rtp.params,
+            rtp.rid,
             p.seq_no,
             p.header.timestamp,
             p.header.marker,
@@ -507,18 +513,32 @@ impl Connections {
     }
 
     /// Asks the client of `key` for a keyframe (a PLI) of the track it
-    /// publishes on `mid`. False when there is no such stream.
-    pub fn request_keyframe(&mut self, key: ConnKey, mid: Mid) -> bool {
+    /// publishes on `mid`, of simulcast layer `rid`. False when there is no
+    /// such stream (yet: a layer's stream exists once its first packet came).
+    pub fn request_keyframe(&mut self, key: ConnKey, mid: Mid, rid: Option<Rid>) -> bool {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
         let mut api = conn.rtc.direct_api();
-        let Some(stream) = api.stream_rx_by_mid(mid, None) else {
+        let Some(stream) = api.stream_rx_by_mid(mid, rid) else {
             return false;
         };
         stream.request_keyframe(str0m::media::KeyframeRequestKind::Pli);
         self.mark_dirty(key);
         true
+    }
+
+    /// Asks the client of `key` to send at most `bps` bits per second on
+    /// the track it publishes on `mid` (layer `rid`): a REMB.
+    pub fn request_bitrate(&mut self, key: ConnKey, mid: Mid, rid: Option<Rid>, bps: u32) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut api = conn.rtc.direct_api();
+        if let Some(stream) = api.stream_rx_by_mid(mid, rid) {
+            stream.request_remb(str0m::bwe::Bitrate::bps(u64::from(bps)));
+            self.mark_dirty(key);
+        }
     }
 
     /// Bytes waiting on a channel of `key` (0 when it is not open or gone).

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use str0m::channel::ChannelId;
 use str0m::format::PayloadParams;
-use str0m::media::Mid;
+use str0m::media::{Mid, Rid};
 use str0m::net::Transmit;
 use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, Output, Rtc};
 
-use super::media::ConnMedia;
+use super::media::{ConnMedia, Layers};
 use super::{ConnConfig, ConnKey, Drops, SendError};
 use crate::Channel;
 use crate::messages::TrackKind;
@@ -42,7 +42,7 @@ pub(super) enum Phase {
 pub(super) enum Said {
     Opened,
     Message(Channel, Vec<u8>),
-    Published(Mid, TrackKind),
+    Published(Mid, TrackKind, Layers),
     Unpublished(Mid),
     /// The client asks for a keyframe of the track the node sends it.
     KeyframeRequest(u32),
@@ -54,6 +54,22 @@ pub struct RtpIn {
     pub packet: RtpPacket,
     /// The packet's payload type as this connection negotiated it.
     pub params: PayloadParams,
+    /// Its simulcast layer (`None` without simulcast).
+    pub rid: Option<Rid>,
+}
+
+impl RtpIn {
+    /// Its codec, when it is video the node can find keyframes in.
+    pub fn video_codec(&self) -> Option<crate::keyframe::VideoCodec> {
+        use crate::keyframe::VideoCodec;
+        use str0m::format::Codec;
+        match self.params.spec().codec {
+            Codec::Vp8 => Some(VideoCodec::Vp8),
+            Codec::Vp9 => Some(VideoCodec::Vp9),
+            Codec::H264 => Some(VideoCodec::H264),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -196,13 +212,16 @@ impl Conn {
                 },
                 Event::ChannelClose(id) if self.channel_of(id).is_some() => return false,
                 Event::MediaAdded(m) => {
-                    if let Some(s) = self.media.changed(m.mid, m.kind, m.direction) {
+                    let simulcast = m.simulcast.as_ref();
+                    if let Some(s) = self.media.changed(m.mid, m.kind, m.direction, simulcast) {
                         said(s);
                     }
                 }
                 Event::MediaChanged(m) => {
                     let kind = self.rtc.media(m.mid).map(|x| x.kind());
-                    if let Some(s) = kind.and_then(|k| self.media.changed(m.mid, k, m.direction)) {
+                    if let Some(s) =
+                        kind.and_then(|k| self.media.changed(m.mid, k, m.direction, None))
+                    {
                         said(s);
                     }
                 }
@@ -213,7 +232,8 @@ impl Conn {
                 Event::RtpPacket(packet) => {
                     let ssrc = packet.header.ssrc;
                     let pt = packet.header.payload_type;
-                    let Some(mid) = self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                    let mut api = self.rtc.direct_api();
+                    let Some((mid, rid)) = api.stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else {
                         drops.count("rtp_unknown_stream");
                         continue;
                     };
@@ -231,7 +251,14 @@ impl Conn {
                         drops.count("rtp_unknown_pt");
                         continue;
                     };
-                    rtp(mid, RtpIn { packet, params });
+                    rtp(
+                        mid,
+                        RtpIn {
+                            packet,
+                            params,
+                            rid,
+                        },
+                    );
                 }
                 Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                     return false;
@@ -271,7 +298,7 @@ pub(super) fn event(key: ConnKey, said: Said) -> super::ConnEvent {
     match said {
         Said::Opened => ConnEvent::Opened(key),
         Said::Message(channel, data) => ConnEvent::Message(key, channel, data),
-        Said::Published(mid, kind) => ConnEvent::Published(key, mid, kind),
+        Said::Published(mid, kind, layers) => ConnEvent::Published(key, mid, kind, layers),
         Said::Unpublished(mid) => ConnEvent::Unpublished(key, mid),
         Said::KeyframeRequest(track) => ConnEvent::KeyframeRequest(key, track),
     }

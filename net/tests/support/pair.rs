@@ -20,6 +20,7 @@ pub fn config() -> ConnConfig {
         send_queue_len: 4096,
         conns_max: 16,
         media: true,
+        media_packet_cache: 1_024,
     }
 }
 

@@ -6,17 +6,36 @@
 use std::time::{Duration, Instant};
 
 use engine::UserIndex;
-use net::conn::{Mid, RtpDrop, RtpIn};
+use net::conn::{ConnKey, Layers, Mid, RtpDrop, RtpIn, SIMULCAST_LAYERS_MAX};
+use net::keyframe::starts_keyframe;
 use net::messages::{
     ActionBroadcast, Cache, Sdp, SdpKind, Target, TrackAdded, TrackKind, TrackRemoved,
 };
 use net::{Channel, MessageKind};
+use serde::Deserialize;
 
 use super::{Instance, Io, Member};
 
 /// Keyframe requests relayed to a track's publisher at most this often
-/// (receivers' PLIs and FIRs in between are answered by the same keyframe).
+/// per layer (receivers' PLIs and FIRs in between are answered by the same
+/// keyframe).
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A simulcast layer with no packet for this long is taken as stopped (a
+/// publisher short of bandwidth drops its top layers): receivers on it go
+/// to the next one down.
+pub const LAYER_IDLE: Duration = Duration::from_secs(1);
+
+/// The active speaker is chosen this often at most (4 a second).
+pub const SPEAKER_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Audio louder than this (RFC 6464 level, -dBov: 0 the loudest, 127
+/// silence) counts as speech.
+pub const SPEECH_LEVEL_MAX: u8 = 50;
+
+/// A new speaker replaces the current one only when this much louder
+/// (dB), unless the current one went quiet.
+const SPEAKER_MARGIN_DB: f32 = 6.0;
 
 /// How much media an instance takes (`instance.media_*` in the node's
 /// configuration).
@@ -28,6 +47,10 @@ pub struct MediaLimits {
     pub audio_publishers_max: u32,
     /// Members publishing video at once.
     pub video_publishers_max: u32,
+    /// Bits per second one audio track may bring in.
+    pub audio_bitrate_max: u32,
+    /// Bits per second one video track may bring in, all its layers.
+    pub video_bitrate_max: u32,
 }
 
 impl Default for MediaLimits {
@@ -36,17 +59,102 @@ impl Default for MediaLimits {
             tracks_per_member_max: 4,
             audio_publishers_max: 50,
             video_publishers_max: 16,
+            audio_bitrate_max: 256_000,
+            video_bitrate_max: 4_000_000,
         }
     }
 }
 
-/// The topic and type of the server's action telling a member a track of
-/// its was refused (payload: the reason, UTF-8).
+/// The topic of the server's media actions, and of members' media
+/// requests to the server (`docs/media.md`).
 pub const MEDIA_TOPIC: &str = "media";
+/// Server → publisher: a track of its was refused (payload: the reason, UTF-8).
 pub const TRACK_REFUSED: &str = "track_refused";
+/// Server → member: a media request was refused (payload: JSON `type`,
+/// `track`, `reason`).
+pub const REQUEST_REFUSED: &str = "refused";
+/// Server → members: a track's mute, pause and moderation (payload: JSON).
+pub const TRACK_STATE: &str = "track_state";
+/// Server → members: who speaks now (payload: JSON `user`, `track`, `level`).
+pub const ACTIVE_SPEAKER: &str = "active_speaker";
+/// Server → member: the simulcast layer it receives of a track changed.
+pub const LAYER_SWITCHED: &str = "layer";
+/// Server → publisher: a track is over its bitrate cap; packets beyond
+/// are dropped.
+pub const TRACK_LIMITED: &str = "track_limited";
+
+/// A simulcast layer a receiver asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Low,
+    Mid,
+    High,
+}
+
+impl Layer {
+    fn parse(s: &str) -> Option<Layer> {
+        match s {
+            "low" => Some(Layer::Low),
+            "mid" => Some(Layer::Mid),
+            "high" => Some(Layer::High),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Low => "low",
+            Layer::Mid => "mid",
+            Layer::High => "high",
+        }
+    }
+
+    /// Its index among `n` layers, lowest first.
+    fn index(self, n: usize) -> usize {
+        match self {
+            Layer::Low => 0,
+            Layer::Mid => 1.min(n.saturating_sub(1)),
+            Layer::High => n.saturating_sub(1),
+        }
+    }
+
+    /// The name of layer `index` of `n`.
+    fn of_index(index: usize, n: usize) -> Layer {
+        if index == 0 {
+            Layer::Low
+        } else if index + 1 >= n {
+            Layer::High
+        } else {
+            Layer::Mid
+        }
+    }
+}
+
+/// A member sent a track.
+#[derive(Debug, Clone, Copy)]
+struct Subscriber {
+    user: UserIndex,
+    link: ConnKey,
+    /// Subscribed (the default); unsubscribed members are sent nothing.
+    on: bool,
+    /// The simulcast layer it asked for.
+    wanted: Layer,
+    /// The layer it is sent now (simulcast tracks; `None` before the
+    /// first keyframe of its layer).
+    current: Option<u8>,
+}
+
+/// A token bucket of bits: the track's bitrate cap.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    bits: f64,
+    at: Option<Instant>,
+    /// The publisher was told it is over the cap.
+    told: bool,
+}
 
 /// A track a member publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Track {
     /// Instance-wide, never reused.
     pub id: u32,
@@ -54,12 +162,59 @@ pub struct Track {
     /// Its m-line in the publisher's connection.
     pub mid: Mid,
     pub kind: TrackKind,
-    /// When a keyframe was last asked of the publisher.
-    keyframe_asked: Option<Instant>,
+    /// Its simulcast layers, lowest first (empty without simulcast).
+    pub layers: Layers,
+    /// Muted by its publisher (`mute`), paused (`pause`), muted by a
+    /// moderator: any of them stops forwarding.
+    pub muted: bool,
+    pub paused: bool,
+    pub moderated: bool,
+    /// When a keyframe was last asked of the publisher, per layer (0
+    /// without simulcast).
+    keyframe_asked: [Option<Instant>; SIMULCAST_LAYERS_MAX],
+    /// When each layer's last packet came.
+    layer_seen: [Option<Instant>; SIMULCAST_LAYERS_MAX],
     /// Told to the others (its publisher has joined).
     announced: bool,
     /// Over a limit: never announced nor forwarded; the publisher is told.
     refused: Option<&'static str>,
+    budget: Budget,
+    /// Smoothed loudness (audio; 127 minus the RFC 6464 level) and when
+    /// the last level came.
+    loudness: f32,
+    heard: Option<Instant>,
+    subscribers: Vec<Subscriber>,
+}
+
+impl Track {
+    /// Announced to the others and within the limits.
+    pub fn is_forwarded(&self) -> bool {
+        self.announced && self.refused.is_none()
+    }
+
+    fn held(&self) -> bool {
+        self.muted || self.paused || self.moderated
+    }
+
+    /// Members it is sent to and subscribed.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.iter().filter(|s| s.on).count()
+    }
+
+    /// The layer a receiver asking for `wanted` gets: the highest at or
+    /// below it that is sending, else the lowest above it that is.
+    fn target(&self, wanted: Layer, now: Instant) -> Option<u8> {
+        let n = self.layers.len();
+        let sending = |i: usize| {
+            self.layer_seen[i].is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE)
+        };
+        let want = wanted.index(n);
+        (0..=want)
+            .rev()
+            .find(|&i| sending(i))
+            .or_else(|| (want + 1..n).find(|&i| sending(i)))
+            .map(|i| i as u8)
+    }
 }
 
 /// The published tracks of an instance.
@@ -67,6 +222,17 @@ pub struct Track {
 pub struct Tracks {
     next_id: u32,
     list: Vec<Track>,
+    /// Users a moderator muted (audio, video), kept for their later
+    /// tracks and sessions while the instance lives.
+    moderated: Vec<(String, bool, bool)>,
+    speaker: Speaker,
+}
+
+/// The active speaker.
+#[derive(Debug, Default)]
+struct Speaker {
+    track: Option<u32>,
+    chosen_at: Option<Instant>,
 }
 
 impl Tracks {
@@ -74,11 +240,62 @@ impl Tracks {
         self.list.iter()
     }
 
-    fn find(&self, publisher: UserIndex, mid: Mid) -> Option<&Track> {
+    fn position(&self, publisher: UserIndex, mid: Mid) -> Option<usize> {
         self.list
             .iter()
-            .find(|t| t.publisher == publisher && t.mid == mid)
+            .position(|t| t.publisher == publisher && t.mid == mid)
     }
+
+    fn find(&self, publisher: UserIndex, mid: Mid) -> Option<&Track> {
+        self.position(publisher, mid).map(|i| &self.list[i])
+    }
+
+    /// Whether a moderator muted `user_id`'s tracks of `kind`.
+    fn is_moderated(&self, user_id: &str, kind: TrackKind) -> bool {
+        self.moderated.iter().any(|(u, audio, video)| {
+            u == user_id
+                && match kind {
+                    TrackKind::Audio => *audio,
+                    TrackKind::Video => *video,
+                }
+        })
+    }
+}
+
+/// A member's media request (the payload of its action on topic `media`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MediaRequest {
+    track: u32,
+    #[serde(default)]
+    layer: Option<String>,
+}
+
+/// An action from the server on topic `media`.
+fn server_action(action_type: &str, target: Target, payload: Vec<u8>) -> ActionBroadcast {
+    ActionBroadcast {
+        sender: u32::MAX,
+        topic: MEDIA_TOPIC.into(),
+        action_type: action_type.into(),
+        target,
+        cache: Cache::No,
+        payload,
+    }
+}
+
+fn track_state(t: &Track) -> ActionBroadcast {
+    let payload = serde_json::json!({
+        "track": t.id,
+        "publisher": t.publisher.0,
+        "muted": t.muted,
+        "paused": t.paused,
+        "moderated": t.moderated,
+    });
+    server_action(
+        TRACK_STATE,
+        Target::Everyone,
+        payload.to_string().into_bytes(),
+    )
 }
 
 impl Instance {
@@ -86,11 +303,19 @@ impl Instance {
         &self.tracks
     }
 
-    /// Member `user` publishes a track on `mid`: it is announced to the
-    /// others (`TrackAdded`) and offered to each of them.
-    /// A track over a limit is refused: not forwarded, and its publisher
-    /// told with an action (topic `media`, type `track_refused`).
-    pub fn publish(&mut self, user: UserIndex, mid: Mid, kind: TrackKind, io: &mut Io<'_>) {
+    /// Member `user` publishes a track on `mid` (with simulcast `layers`,
+    /// lowest first): it is announced to the others (`TrackAdded`) and
+    /// offered to each of them. A track over a limit is refused: not
+    /// forwarded, and its publisher told with an action (topic `media`,
+    /// type `track_refused`).
+    pub fn publish(
+        &mut self,
+        user: UserIndex,
+        mid: Mid,
+        kind: TrackKind,
+        layers: Layers,
+        io: &mut Io<'_>,
+    ) {
         let Some(member) = self.member(user) else {
             return;
         };
@@ -98,15 +323,33 @@ impl Instance {
             return;
         }
         let joined = member.is_listening();
+        let moderated = self.tracks.is_moderated(&member.user_id, kind);
         let refused = self.over_limit(user, kind);
         let track = Track {
             id: self.tracks.next_id,
             publisher: user,
             mid,
             kind,
-            keyframe_asked: None,
+            layers: if kind == TrackKind::Video {
+                layers
+            } else {
+                Layers::default()
+            },
+            muted: false,
+            paused: false,
+            moderated,
+            keyframe_asked: [None; SIMULCAST_LAYERS_MAX],
+            layer_seen: [None; SIMULCAST_LAYERS_MAX],
             announced: false,
             refused,
+            budget: Budget {
+                bits: 0.0,
+                at: None,
+                told: false,
+            },
+            loudness: 0.0,
+            heard: None,
+            subscribers: Vec::new(),
         };
         self.tracks.next_id += 1;
         self.tracks.list.push(track);
@@ -160,15 +403,11 @@ impl Instance {
         {
             t.announced = true;
             if let Some(reason) = t.refused {
-                let refusal = ActionBroadcast {
-                    sender: u32::MAX,
-                    topic: MEDIA_TOPIC.into(),
-                    action_type: TRACK_REFUSED.into(),
-                    target: Target::User(user.0),
-                    cache: Cache::No,
-                    payload: format!("the track on mid {}: over instance.{reason}", t.mid)
-                        .into_bytes(),
-                };
+                let refusal = server_action(
+                    TRACK_REFUSED,
+                    Target::User(user.0),
+                    format!("the track on mid {}: over instance.{reason}", t.mid).into_bytes(),
+                );
                 if let Some(m) = self.members.iter_mut().find(|m| m.user == user) {
                     let _ = m.send(
                         io,
@@ -186,6 +425,21 @@ impl Instance {
                     offer_track(m, t, io, tick);
                 }
             }
+            if t.moderated {
+                // Everyone, its publisher too, learns it is held.
+                let state = track_state(t);
+                for m in self.members.iter_mut().filter(|m| m.is_listening()) {
+                    if m.topics.wants(MEDIA_TOPIC) {
+                        let _ = m.send(
+                            io,
+                            Channel::Actions,
+                            MessageKind::ActionBroadcast,
+                            tick,
+                            &state,
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -194,20 +448,26 @@ impl Instance {
         self.remove_tracks(|t| t.publisher == user && t.mid == mid, io);
     }
 
-    /// Every track of a member who left.
+    /// Every track of a member who left, and what it was sent.
     pub(super) fn unpublish_all(&mut self, user: UserIndex, io: &mut Io<'_>) {
         self.remove_tracks(|t| t.publisher == user, io);
+        for t in &mut self.tracks.list {
+            t.subscribers.retain(|s| s.user != user);
+        }
     }
 
     fn remove_tracks(&mut self, which: impl Fn(&Track) -> bool, io: &mut Io<'_>) {
         while let Some(i) = self.tracks.list.iter().position(&which) {
             let track = self.tracks.list.remove(i);
+            if self.tracks.speaker.track == Some(track.id) {
+                self.tracks.speaker.track = None;
+            }
             self.track_gone(track, io);
         }
     }
 
     fn track_gone(&mut self, track: Track, io: &mut Io<'_>) {
-        if !track.announced || track.refused.is_some() {
+        if !track.is_forwarded() {
             return;
         }
         let tick = self.tick_now();
@@ -227,40 +487,153 @@ impl Instance {
         }
     }
 
-    /// A joiner learns of the tracks published before it came and is
-    /// offered them.
+    /// A joiner learns of the tracks published before it came (and of
+    /// their mute, pause and moderation) and is offered them.
     pub(super) fn introduce_tracks(&mut self, i: usize, io: &mut Io<'_>) {
         let tick = self.tick_now();
+        let speaker = self.speaker_action();
         let member = &mut self.members[i];
         let me = member.user;
         for t in self
             .tracks
             .list
-            .iter()
-            .filter(|t| t.publisher != me && t.announced && t.refused.is_none())
+            .iter_mut()
+            .filter(|t| t.publisher != me && t.is_forwarded())
         {
             offer_track(member, t, io, tick);
+            if t.held() && member.topics.wants(MEDIA_TOPIC) {
+                let state = track_state(t);
+                let _ = member.send(
+                    io,
+                    Channel::Actions,
+                    MessageKind::ActionBroadcast,
+                    tick,
+                    &state,
+                );
+            }
+        }
+        if let Some(speaker) = speaker
+            && member.topics.wants(MEDIA_TOPIC)
+        {
+            let _ = member.send(
+                io,
+                Channel::Actions,
+                MessageKind::ActionBroadcast,
+                tick,
+                &speaker,
+            );
         }
     }
 
     /// One packet of the track member `user` publishes on `mid`: written to
-    /// every other listening member (its payload shared, not copied).
+    /// each subscriber of the track (its payload shared, not copied), of a
+    /// simulcast track only to those on the packet's layer.
     pub fn forward_rtp(&mut self, user: UserIndex, mid: Mid, rtp: &RtpIn, io: &mut Io<'_>) {
-        let Some(track) = self.tracks.find(user, mid).copied() else {
+        let Some(ti) = self.tracks.position(user, mid) else {
             *io.metrics.dropped.entry("rtp_no_track").or_default() += 1;
             return;
         };
+        let limits = self.config.media;
+        let now = io.now;
+        let tick = self.tick_now();
+        let track = &mut self.tracks.list[ti];
         if track.refused.is_some() {
             *io.metrics.dropped.entry("rtp_track_refused").or_default() += 1;
             return;
         }
         io.metrics.media_packets_in += 1;
         let bytes = rtp.packet.payload.len() as u64;
-        for m in &self.members {
-            if m.user == user || !m.is_listening() {
+        if !take_budget(track, &limits, bytes, now) {
+            *io.metrics.dropped.entry("rtp_over_bitrate").or_default() += 1;
+            if !track.budget.told {
+                track.budget.told = true;
+                self.bitrate_capped(ti, io);
+            }
+            return;
+        }
+        if track.held() {
+            *io.metrics.dropped.entry("rtp_track_held").or_default() += 1;
+            return;
+        }
+        if track.kind == TrackKind::Audio
+            && let Some(level) = rtp.packet.header.ext_vals.audio_level
+        {
+            // RFC 6464: 0 is the loudest, -127 silence (str0m gives -dBov
+            // negated).
+            let loud = 127.0 - f32::from(level.unsigned_abs().min(127));
+            track.loudness = if track.heard.is_some() {
+                track.loudness * 0.8 + loud * 0.2
+            } else {
+                loud
+            };
+            track.heard = Some(now);
+        }
+        // The packet's layer: its place among the track's layers.
+        let layer = match rtp.rid {
+            Some(rid) if !track.layers.is_empty() => match track.layers.index_of(rid) {
+                Some(i) => Some(i as u8),
+                None => {
+                    *io.metrics.dropped.entry("rtp_unknown_layer").or_default() += 1;
+                    return;
+                }
+            },
+            _ => None,
+        };
+        if let Some(l) = layer {
+            track.layer_seen[usize::from(l)] = Some(now);
+        }
+        let mut keyframe: Option<bool> = None;
+        let mut wants_keyframe = false;
+        let track_id = track.id;
+        let layer_count = track.layers.len();
+        for si in 0..track.subscribers.len() {
+            let s = track.subscribers[si];
+            if !s.on {
                 continue;
             }
-            match io.out.write_rtp(m.link, track.id, rtp) {
+            if let Some(l) = layer {
+                let target = track.target(s.wanted, now);
+                if s.current == Some(l) {
+                    // The layer it is on, until its next one starts.
+                    if target != s.current {
+                        wants_keyframe = true;
+                    }
+                } else if target == Some(l) {
+                    let key = *keyframe.get_or_insert_with(|| {
+                        rtp.video_codec()
+                            .is_some_and(|c| starts_keyframe(c, &rtp.packet.payload))
+                    });
+                    if !key {
+                        wants_keyframe = true;
+                        continue;
+                    }
+                    track.subscribers[si].current = Some(l);
+                    io.metrics.media_layer_switches += 1;
+                    let switched = serde_json::json!({
+                        "track": track_id,
+                        "layer": Layer::of_index(usize::from(l), layer_count).name(),
+                    });
+                    if let Some(m) = self.members.iter_mut().find(|m| m.user == s.user)
+                        && m.topics.wants(MEDIA_TOPIC)
+                    {
+                        let action = server_action(
+                            LAYER_SWITCHED,
+                            Target::User(s.user.0),
+                            switched.to_string().into_bytes(),
+                        );
+                        let _ = m.send(
+                            io,
+                            Channel::Actions,
+                            MessageKind::ActionBroadcast,
+                            tick,
+                            &action,
+                        );
+                    }
+                } else {
+                    continue;
+                }
+            }
+            match io.out.write_rtp(s.link, track_id, rtp) {
                 Ok(()) => {
                     io.metrics.media_packets_forwarded += 1;
                     io.metrics.media_bytes_forwarded += bytes;
@@ -268,32 +641,408 @@ impl Instance {
                 Err(e) => *io.metrics.dropped.entry(e.label()).or_default() += 1,
             }
         }
+        if wants_keyframe {
+            // Receivers wait for a keyframe of the layer they go to; ask
+            // for one of every layer someone waits on.
+            let waiting: Vec<u8> = {
+                let t = &self.tracks.list[ti];
+                let mut v: Vec<u8> = t
+                    .subscribers
+                    .iter()
+                    .filter(|s| s.on)
+                    .filter_map(|s| t.target(s.wanted, now).filter(|l| s.current != Some(*l)))
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            for l in waiting {
+                self.ask_keyframe(ti, Some(l), io);
+            }
+        }
+        if self.tracks.list[ti].kind == TrackKind::Audio {
+            self.choose_speaker(io);
+        }
     }
 
-    /// A receiver asks for a keyframe of `track`: relayed to its publisher
-    /// as a PLI, at most once per [`KEYFRAME_REQUEST_INTERVAL`].
-    pub fn keyframe_request(&mut self, track: u32, io: &mut Io<'_>) {
-        let Some(t) = self
-            .tracks
-            .list
-            .iter_mut()
-            .find(|t| t.id == track && t.refused.is_none())
-        else {
-            return;
-        };
-        if t.keyframe_asked
+    /// Asks the publisher of track `ti` for a keyframe of `layer`, at most
+    /// once per [`KEYFRAME_REQUEST_INTERVAL`] a layer. True when relayed.
+    fn ask_keyframe(&mut self, ti: usize, layer: Option<u8>, io: &mut Io<'_>) -> bool {
+        let t = &mut self.tracks.list[ti];
+        let slot = usize::from(layer.unwrap_or(0));
+        if t.keyframe_asked[slot]
             .is_some_and(|at| io.now.saturating_duration_since(at) < KEYFRAME_REQUEST_INTERVAL)
         {
             io.metrics.media_keyframe_requests_coalesced += 1;
-            return;
+            return false;
         }
-        let Some(publisher) = self.members.iter().find(|m| m.user == t.publisher) else {
+        let rid = layer.and_then(|l| t.layers.get(usize::from(l)));
+        let Ok(p) = self.members.binary_search_by_key(&t.publisher, |m| m.user) else {
+            return false;
+        };
+        if io.out.request_keyframe(self.members[p].link, t.mid, rid) {
+            t.keyframe_asked[slot] = Some(io.now);
+            io.metrics.media_keyframe_requests += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Receiver `from` asks for a keyframe of `track`: relayed to its
+    /// publisher as a PLI (of the layer `from` is sent or going to), at
+    /// most once per [`KEYFRAME_REQUEST_INTERVAL`].
+    pub fn keyframe_request(&mut self, from: UserIndex, track: u32, io: &mut Io<'_>) {
+        let Some(ti) = self
+            .tracks
+            .list
+            .iter()
+            .position(|t| t.id == track && t.refused.is_none())
+        else {
             return;
         };
-        if io.out.request_keyframe(publisher.link, t.mid) {
-            t.keyframe_asked = Some(io.now);
-            io.metrics.media_keyframe_requests += 1;
+        let t = &self.tracks.list[ti];
+        let layer = if t.layers.is_empty() {
+            None
+        } else {
+            let Some(s) = t.subscribers.iter().find(|s| s.user == from) else {
+                return;
+            };
+            match t.target(s.wanted, io.now).or(s.current) {
+                Some(l) => Some(l),
+                None => return, // No layer sends: nothing to ask.
+            }
+        };
+        self.ask_keyframe(ti, layer, io);
+    }
+
+    /// A member's request on topic `media` (an action to the server):
+    /// subscribe, unsubscribe, layer, mute, unmute, pause, resume. A bad
+    /// one is refused with an action back (type `refused`).
+    pub(super) fn media_request(
+        &mut self,
+        user: UserIndex,
+        action_type: &str,
+        payload: &[u8],
+        io: &mut Io<'_>,
+    ) {
+        if let Err(reason) = self.try_media_request(user, action_type, payload, io) {
+            *io.metrics
+                .refused_messages
+                .entry("media_request")
+                .or_default() += 1;
+            let track = serde_json::from_slice::<serde_json::Value>(payload)
+                .ok()
+                .and_then(|v| v.get("track").and_then(|t| t.as_u64()));
+            let refusal = serde_json::json!({
+                "type": action_type,
+                "track": track,
+                "reason": reason,
+            });
+            let action = server_action(
+                REQUEST_REFUSED,
+                Target::User(user.0),
+                refusal.to_string().into_bytes(),
+            );
+            let tick = self.tick_now();
+            self.tell(io, user, MessageKind::ActionBroadcast, tick, &action);
         }
+    }
+
+    fn try_media_request(
+        &mut self,
+        user: UserIndex,
+        action_type: &str,
+        payload: &[u8],
+        io: &mut Io<'_>,
+    ) -> Result<(), String> {
+        let request: MediaRequest = serde_json::from_slice(payload)
+            .map_err(|e| format!("the payload must be JSON {{\"track\": id}}: {e}"))?;
+        let ti = self
+            .tracks
+            .list
+            .iter()
+            .position(|t| t.id == request.track && t.is_forwarded())
+            .ok_or_else(|| format!("no track {} in this instance", request.track))?;
+        let now = io.now;
+        match action_type {
+            "subscribe" | "unsubscribe" | "layer" => {
+                let t = &mut self.tracks.list[ti];
+                let s = t
+                    .subscribers
+                    .iter_mut()
+                    .find(|s| s.user == user)
+                    .ok_or_else(|| format!("track {} is not sent to you", request.track))?;
+                let mut keyframe = false;
+                match action_type {
+                    "subscribe" => {
+                        keyframe = !s.on && t.kind == TrackKind::Video;
+                        s.on = true;
+                        s.current = None;
+                    }
+                    "unsubscribe" => s.on = false,
+                    _ => {
+                        if t.layers.is_empty() {
+                            return Err(format!("track {} has no simulcast layers", t.id));
+                        }
+                        let name = request.layer.as_deref().unwrap_or("");
+                        s.wanted = Layer::parse(name).ok_or_else(|| {
+                            format!("layer {name:?}: one of \"low\", \"mid\", \"high\"")
+                        })?;
+                        keyframe = s.on;
+                    }
+                }
+                if keyframe {
+                    let layer = if t.layers.is_empty() {
+                        None
+                    } else {
+                        let wanted = s.wanted;
+                        let current = s.current;
+                        t.target(wanted, now).filter(|l| current != Some(*l))
+                    };
+                    if layer.is_some() || t.layers.is_empty() {
+                        self.ask_keyframe(ti, layer, io);
+                    }
+                }
+                Ok(())
+            }
+            "mute" | "unmute" | "pause" | "resume" => {
+                let t = &mut self.tracks.list[ti];
+                if t.publisher != user {
+                    return Err(format!("track {} is not yours", t.id));
+                }
+                let on = matches!(action_type, "mute" | "pause");
+                if !on && action_type == "unmute" && t.moderated {
+                    return Err(format!("track {} is muted by a moderator", t.id));
+                }
+                let flag = if matches!(action_type, "mute" | "unmute") {
+                    &mut t.muted
+                } else {
+                    &mut t.paused
+                };
+                if *flag == on {
+                    return Ok(());
+                }
+                *flag = on;
+                let resumed = !t.held() && t.kind == TrackKind::Video;
+                if resumed {
+                    // Receivers start again from a keyframe.
+                    for s in &mut t.subscribers {
+                        s.current = None;
+                    }
+                }
+                self.tell_track_state(ti, io);
+                if resumed {
+                    let layers = self.tracks.list[ti].layers.len();
+                    if layers == 0 {
+                        self.ask_keyframe(ti, None, io);
+                    }
+                    for l in 0..layers {
+                        self.ask_keyframe(ti, Some(l as u8), io);
+                    }
+                }
+                Ok(())
+            }
+            other => Err(format!(
+                "unknown media request {other:?}: subscribe, unsubscribe, layer, mute, unmute, \
+                 pause or resume"
+            )),
+        }
+    }
+
+    /// Tells every member (topic `media`) of track `ti`'s mute, pause and
+    /// moderation.
+    fn tell_track_state(&mut self, ti: usize, io: &mut Io<'_>) {
+        let action = track_state(&self.tracks.list[ti]);
+        let tick = self.tick_now();
+        self.broadcast(
+            io,
+            None,
+            Target::Everyone,
+            Some(MEDIA_TOPIC),
+            MessageKind::ActionBroadcast,
+            tick,
+            &action,
+        );
+    }
+
+    /// A moderator mutes (or unmutes) `user_id`'s audio and/or video: its
+    /// tracks stop being forwarded, now and in later sessions while the
+    /// instance lives; everyone is told. Returns the tracks changed.
+    pub fn moderate(
+        &mut self,
+        user_id: &str,
+        audio: bool,
+        video: bool,
+        muted: bool,
+        io: &mut Io<'_>,
+    ) -> u32 {
+        let entry = self
+            .tracks
+            .moderated
+            .iter()
+            .position(|(u, _, _)| u == user_id);
+        let (was_audio, was_video) = entry.map_or((false, false), |i| {
+            let (_, a, v) = self.tracks.moderated[i];
+            (a, v)
+        });
+        let now_audio = if audio { muted } else { was_audio };
+        let now_video = if video { muted } else { was_video };
+        if let Some(i) = entry {
+            self.tracks.moderated.remove(i);
+        }
+        if now_audio || now_video {
+            self.tracks
+                .moderated
+                .push((user_id.to_owned(), now_audio, now_video));
+        }
+        let publishers: Vec<UserIndex> = self
+            .members
+            .iter()
+            .filter(|m| m.user_id == user_id)
+            .map(|m| m.user)
+            .collect();
+        let mut changed = 0;
+        for ti in 0..self.tracks.list.len() {
+            let t = &mut self.tracks.list[ti];
+            if !publishers.contains(&t.publisher) {
+                continue;
+            }
+            let held = match t.kind {
+                TrackKind::Audio => now_audio,
+                TrackKind::Video => now_video,
+            };
+            if t.moderated == held {
+                continue;
+            }
+            t.moderated = held;
+            changed += 1;
+            if t.is_forwarded() {
+                self.tell_track_state(ti, io);
+            }
+        }
+        changed
+    }
+
+    /// Track `ti` went over its bitrate cap: its publisher is told (once a
+    /// track) and asked to slow down (REMB at the cap).
+    fn bitrate_capped(&mut self, ti: usize, io: &mut Io<'_>) {
+        let t = &self.tracks.list[ti];
+        let (key, cap) = match t.kind {
+            TrackKind::Audio => (
+                "media_audio_bitrate_max",
+                self.config.media.audio_bitrate_max,
+            ),
+            TrackKind::Video => (
+                "media_video_bitrate_max",
+                self.config.media.video_bitrate_max,
+            ),
+        };
+        let payload = serde_json::json!({
+            "track": t.id,
+            "reason": format!("over instance.{key} ({cap} bit/s): packets beyond are dropped"),
+        });
+        let action = server_action(
+            TRACK_LIMITED,
+            Target::User(t.publisher.0),
+            payload.to_string().into_bytes(),
+        );
+        let (publisher, mid) = (t.publisher, t.mid);
+        let rids: Vec<_> = (0..t.layers.len())
+            .filter_map(|l| t.layers.get(l))
+            .collect();
+        *io.metrics
+            .refused_messages
+            .entry(match t.kind {
+                TrackKind::Audio => "media_audio_bitrate_max",
+                TrackKind::Video => "media_video_bitrate_max",
+            })
+            .or_default() += 1;
+        let tick = self.tick_now();
+        self.tell(io, publisher, MessageKind::ActionBroadcast, tick, &action);
+        if let Ok(p) = self.members.binary_search_by_key(&publisher, |m| m.user) {
+            let link = self.members[p].link;
+            if rids.is_empty() {
+                io.out.request_bitrate(link, mid, None, cap);
+            }
+            for rid in rids {
+                io.out.request_bitrate(link, mid, Some(rid), cap);
+            }
+        }
+    }
+
+    /// Picks the active speaker from the audio tracks' levels, at most
+    /// every [`SPEAKER_INTERVAL`]; a change is announced to everyone.
+    fn choose_speaker(&mut self, io: &mut Io<'_>) {
+        let now = io.now;
+        let speaker = &self.tracks.speaker;
+        if speaker
+            .chosen_at
+            .is_some_and(|at| now.saturating_duration_since(at) < SPEAKER_INTERVAL)
+        {
+            return;
+        }
+        self.tracks.speaker.chosen_at = Some(now);
+        let speech = f32::from(127 - SPEECH_LEVEL_MAX);
+        let speaking = |t: &&Track| {
+            t.kind == TrackKind::Audio
+                && t.is_forwarded()
+                && !t.held()
+                && t.loudness >= speech
+                && t.heard
+                    .is_some_and(|at| now.saturating_duration_since(at) < SPEAKER_INTERVAL * 2)
+        };
+        let Some(loudest) = self
+            .tracks
+            .list
+            .iter()
+            .filter(speaking)
+            .max_by(|a, b| a.loudness.total_cmp(&b.loudness))
+        else {
+            return;
+        };
+        let current = self
+            .tracks
+            .speaker
+            .track
+            .and_then(|id| self.tracks.list.iter().find(|t| t.id == id))
+            .filter(speaking);
+        let change = match current {
+            None => true,
+            Some(c) => c.id != loudest.id && loudest.loudness >= c.loudness + SPEAKER_MARGIN_DB,
+        };
+        if !change {
+            return;
+        }
+        self.tracks.speaker.track = Some(loudest.id);
+        io.metrics.media_speaker_changes += 1;
+        if let Some(action) = self.speaker_action() {
+            let tick = self.tick_now();
+            self.broadcast(
+                io,
+                None,
+                Target::Everyone,
+                Some(MEDIA_TOPIC),
+                MessageKind::ActionBroadcast,
+                tick,
+                &action,
+            );
+        }
+    }
+
+    /// The action announcing the current active speaker, if any.
+    fn speaker_action(&self) -> Option<ActionBroadcast> {
+        let id = self.tracks.speaker.track?;
+        let t = self.tracks.list.iter().find(|t| t.id == id)?;
+        let payload = serde_json::json!({
+            "user": t.publisher.0,
+            "track": t.id,
+            "level": -(127.0 - t.loudness).round(),
+        });
+        Some(server_action(
+            ACTIVE_SPEAKER,
+            Target::Everyone,
+            payload.to_string().into_bytes(),
+        ))
     }
 
     /// The connection layer's offer for member `user` (tracks added or
@@ -351,8 +1100,30 @@ impl Instance {
     }
 }
 
-/// Tells member `m` of track `t` and has the connection layer offer it.
-fn offer_track(m: &mut Member, t: &Track, io: &mut Io<'_>, tick: u32) {
+/// Takes a packet's bits from its track's bucket: refilled at the track's
+/// cap, holding at most one second of it. False when the track is over.
+fn take_budget(t: &mut Track, limits: &MediaLimits, bytes: u64, now: Instant) -> bool {
+    let cap = f64::from(match t.kind {
+        TrackKind::Audio => limits.audio_bitrate_max,
+        TrackKind::Video => limits.video_bitrate_max,
+    });
+    let b = &mut t.budget;
+    b.bits = match b.at {
+        None => cap,
+        Some(at) => (b.bits + now.saturating_duration_since(at).as_secs_f64() * cap).min(cap),
+    };
+    b.at = Some(now);
+    let need = (bytes * 8) as f64;
+    if b.bits < need {
+        return false;
+    }
+    b.bits -= need;
+    true
+}
+
+/// Tells member `m` of track `t`, has the connection layer offer it, and
+/// makes `m` a subscriber (until it unsubscribes).
+fn offer_track(m: &mut Member, t: &mut Track, io: &mut Io<'_>, tick: u32) {
     let added = TrackAdded {
         track: t.id,
         publisher: t.publisher.0,
@@ -360,6 +1131,15 @@ fn offer_track(m: &mut Member, t: &Track, io: &mut Io<'_>, tick: u32) {
     };
     let _ = m.send(io, Channel::Actions, MessageKind::TrackAdded, tick, &added);
     io.out.send_track(m.link, t.id, t.kind);
+    if !t.subscribers.iter().any(|s| s.user == m.user) {
+        t.subscribers.push(Subscriber {
+            user: m.user,
+            link: m.link,
+            on: true,
+            wanted: Layer::High,
+            current: None,
+        });
+    }
 }
 
 /// What the [`super::Outbox`] does with media when it is not the

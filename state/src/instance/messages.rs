@@ -81,6 +81,9 @@ impl Instance {
                 }
             }
             Outcome::StaleInput => *refused.entry("stale_input").or_default() += 1,
+            Outcome::ServerAction(action) if action.topic == super::media::MEDIA_TOPIC => {
+                self.media_request(user, &action.action_type, &action.payload, io);
+            }
             Outcome::ServerAction(_) => *refused.entry("server_action").or_default() += 1,
             Outcome::Pong(pong) => {
                 let _ = member.send(io, Channel::State, MessageKind::Pong, tick, &pong);

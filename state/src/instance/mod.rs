@@ -154,9 +154,25 @@ pub trait Outbox {
     fn accept_media_answer(&mut self, _to: ConnKey, _answer: &str) -> Result<(), String> {
         media::no_media()
     }
-    /// Asks `to` for a keyframe of the track it publishes on `mid`.
-    fn request_keyframe(&mut self, _to: ConnKey, _mid: net::conn::Mid) -> bool {
+    /// Asks `to` for a keyframe of the track it publishes on `mid`, of
+    /// simulcast layer `rid`.
+    fn request_keyframe(
+        &mut self,
+        _to: ConnKey,
+        _mid: net::conn::Mid,
+        _rid: Option<net::conn::Rid>,
+    ) -> bool {
         false
+    }
+    /// Asks `to` to send at most `bps` on the track it publishes on `mid`
+    /// (layer `rid`): a REMB.
+    fn request_bitrate(
+        &mut self,
+        _to: ConnKey,
+        _mid: net::conn::Mid,
+        _rid: Option<net::conn::Rid>,
+        _bps: u32,
+    ) {
     }
     /// Forwards one packet of `track` to `to`.
     fn write_rtp(
@@ -229,8 +245,23 @@ impl Outbox for net::conn::Connections {
         net::conn::Connections::write_rtp(self, to, track, rtp)
     }
 
-    fn request_keyframe(&mut self, to: ConnKey, mid: net::conn::Mid) -> bool {
-        net::conn::Connections::request_keyframe(self, to, mid)
+    fn request_keyframe(
+        &mut self,
+        to: ConnKey,
+        mid: net::conn::Mid,
+        rid: Option<net::conn::Rid>,
+    ) -> bool {
+        net::conn::Connections::request_keyframe(self, to, mid, rid)
+    }
+
+    fn request_bitrate(
+        &mut self,
+        to: ConnKey,
+        mid: net::conn::Mid,
+        rid: Option<net::conn::Rid>,
+        bps: u32,
+    ) {
+        net::conn::Connections::request_bitrate(self, to, mid, rid, bps);
     }
 }
 

@@ -230,6 +230,19 @@ impl Shard {
                     });
                 }
             }
+            Command::Moderate {
+                instance_id,
+                user_id,
+                audio,
+                video,
+                muted,
+            } => {
+                if let Some(&key) = self.instance_ids.get(&instance_id) {
+                    self.call(key, now, |i, io| {
+                        i.moderate(&user_id, audio, video, muted, io)
+                    });
+                }
+            }
             Command::Drain { grace } => self.drain(grace, now),
             Command::Shutdown => {
                 for key in self.instances.keys() {

@@ -299,6 +299,25 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::KickUserResponse { sessions }))
     }
 
+    async fn mute_user(
+        &self,
+        request: Request<pb::MuteUserRequest>,
+    ) -> Result<Response<pb::MuteUserResponse>, Status> {
+        let r = request.into_inner();
+        if !r.audio && !r.video {
+            return Err(Status::invalid_argument(
+                "say which tracks: audio, video or both",
+            ));
+        }
+        if r.user_id.is_empty() {
+            return Err(Status::invalid_argument("user_id is empty"));
+        }
+        let sessions = lock(&self.shared)
+            .mute(&r.instance_id, &r.user_id, r.audio, r.video, r.muted)
+            .map_err(status)?;
+        Ok(Response::new(pb::MuteUserResponse { sessions }))
+    }
+
     async fn drain(
         &self,
         request: Request<pb::DrainRequest>,

@@ -563,6 +563,35 @@ impl Control {
         )?;
         Ok(sessions)
     }
+
+    /// A moderator mutes or unmutes `user_id`'s audio and/or video in an
+    /// instance; returns the user's sessions in it now.
+    pub fn mute(
+        &mut self,
+        instance_id: &str,
+        user_id: &str,
+        audio: bool,
+        video: bool,
+        muted: bool,
+    ) -> Result<u32, ControlError> {
+        let shard = self
+            .registry
+            .get(instance_id)
+            .ok_or_else(|| RegistryError::Unknown(instance_id.to_string()))?
+            .shard;
+        let sessions = self.registry.sessions_of(instance_id, user_id);
+        self.send(
+            shard,
+            Command::Moderate {
+                instance_id: instance_id.to_string(),
+                user_id: user_id.to_string(),
+                audio,
+                video,
+                muted,
+            },
+        )?;
+        Ok(sessions)
+    }
 }
 
 /// Reads and validates a scene. Call it outside the control lock (and off

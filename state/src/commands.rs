@@ -149,6 +149,14 @@ pub enum Command {
         banned: bool,
         message: String,
     },
+    /// A moderator mutes (or unmutes) `user_id`'s audio and/or video.
+    Moderate {
+        instance_id: String,
+        user_id: String,
+        audio: bool,
+        video: bool,
+        muted: bool,
+    },
     /// Tell every client, end every instance after `grace`, admit nobody.
     Drain {
         grace: Duration,

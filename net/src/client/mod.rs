@@ -22,7 +22,7 @@ use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, Input as RtcInput, Output, Rtc};
 
 use crate::conn::media::add_sendonly;
@@ -690,6 +690,42 @@ impl Session {
         payload: &[u8],
         now: Instant,
     ) -> Result<(), ClientError> {
+        let ext = ExtensionValues::default();
+        self.write_packet(mid, rid, seq_no, time, marker, payload, ext, now)
+    }
+
+    /// [`Session::write_rtp`] of audio with its level (RFC 6464: `level`
+    /// dB below full scale, 0 the loudest, 127 silence), from which the
+    /// node picks the active speaker.
+    pub fn write_audio(
+        &mut self,
+        mid: Mid,
+        seq_no: u64,
+        time: u32,
+        level: u8,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), ClientError> {
+        let ext = ExtensionValues {
+            audio_level: Some(-(level.min(127) as i8)),
+            voice_activity: Some(level <= 50),
+            ..ExtensionValues::default()
+        };
+        self.write_packet(mid, None, seq_no, time, false, payload, ext, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_packet(
+        &mut self,
+        mid: Mid,
+        rid: Option<&str>,
+        seq_no: u64,
+        time: u32,
+        marker: bool,
+        payload: &[u8],
+        ext: ExtensionValues,
+        now: Instant,
+    ) -> Result<(), ClientError> {
         let kind = self
             .published
             .iter()
@@ -714,6 +750,7 @@ impl Session {
         stream.write_rtp(
             RtpWrite::new(pt, seq_no.into(), time, now, payload.to_vec())
                 .marker(marker)
+                .ext_vals(ext)
                 .nackable(kind == TrackKind::Video),
         );
         // str0m sends what was written once time moves: now, not at its

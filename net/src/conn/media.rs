@@ -42,6 +42,9 @@ pub(super) struct SentTrack {
     ts_offset: u32,
     /// The newest packet sent: its number, time and arrival.
     last_out: Option<(u64, u32, Instant)>,
+    /// The next packet starts a new numbering (forwarding resumes after a
+    /// pause: no gap the receiver would take for losses).
+    rebase: bool,
 }
 
 /// Where a sent track's m-line stands.
@@ -245,6 +248,14 @@ impl ConnMedia {
         }
     }
 
+    /// The next packet forwarded on `track` continues the numbering from
+    /// the last one sent, whatever its source number.
+    pub fn restart_track(&mut self, track: u32) {
+        if let Some(t) = self.sent.iter_mut().find(|t| t.track == track) {
+            t.rebase = true;
+        }
+    }
+
     /// Queues a track to stop sending.
     pub fn stop_track(&mut self, track: u32) {
         let before = self.queued.len();
@@ -290,6 +301,7 @@ impl ConnMedia {
                         source_rid: None,
                         ts_offset: 0,
                         last_out: None,
+                        rebase: false,
                     });
                 }
                 Change::Remove(track) => {
@@ -421,12 +433,12 @@ impl ConnMedia {
                 to
             }
         };
-        if sent.source_rid != rid
+        if (sent.source_rid != rid || sent.rebase)
             && let Some((last_seq, last_time, last_at)) = sent.last_out
         {
-            // A layer switch (at a keyframe of the new layer): the first
-            // packet of the new layer follows the last sent, one frame
-            // duration later in RTP time (the wall-clock gap, at least 1).
+            // A layer switch (at a keyframe of the new layer) or a resume:
+            // the first packet follows the last sent, later in RTP time
+            // by the wall-clock gap (at least 1).
             let clock = u64::from(source.spec().clock_rate.get());
             let gap = wallclock.saturating_duration_since(last_at).as_micros() as u64;
             let step = ((gap * clock) / 1_000_000).clamp(1, u64::from(u32::MAX / 2)) as u32;
@@ -434,6 +446,7 @@ impl ConnMedia {
             sent.ts_offset = last_time.wrapping_add(step).wrapping_sub(time);
         }
         sent.source_rid = rid;
+        sent.rebase = false;
         let (from, to) = *sent.seq_base.get_or_insert((*seq_no, 1));
         if *seq_no < from {
             return Err(RtpDrop::BeforeFirst);

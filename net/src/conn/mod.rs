@@ -512,6 +512,15 @@ impl Connections {
         Ok(())
     }
 
+    /// Forwarding of `track` to `key` resumes (after an unsubscribe or a
+    /// mute): its next packet goes out numbered one more than the last
+    /// sent, so the receiver sees no gap.
+    pub fn restart_rtp(&mut self, key: ConnKey, track: u32) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.media.restart_track(track);
+        }
+    }
+
     /// Asks the client of `key` for a keyframe (a PLI) of the track it
     /// publishes on `mid`, of simulcast layer `rid`. False when there is no
     /// such stream (yet: a layer's stream exists once its first packet came).

@@ -172,8 +172,9 @@ pub struct Track {
     /// When a keyframe was last asked of the publisher, per layer (0
     /// without simulcast).
     keyframe_asked: [Option<Instant>; SIMULCAST_LAYERS_MAX],
-    /// When each layer's last packet came.
+    /// When each layer's last packet came, and the track's first.
     layer_seen: [Option<Instant>; SIMULCAST_LAYERS_MAX],
+    first_packet: Option<Instant>,
     /// Told to the others (its publisher has joined).
     announced: bool,
     /// Over a limit: never announced nor forwarded; the publisher is told.
@@ -202,11 +203,17 @@ impl Track {
     }
 
     /// The layer a receiver asking for `wanted` gets: the highest at or
-    /// below it that is sending, else the lowest above it that is.
+    /// below it that is sending, else the lowest above it that is. In the
+    /// track's first [`LAYER_IDLE`] a layer not seen yet counts as sending
+    /// (its first packet may be on the way).
     fn target(&self, wanted: Layer, now: Instant) -> Option<u8> {
         let n = self.layers.len();
-        let sending = |i: usize| {
-            self.layer_seen[i].is_some_and(|at| now.saturating_duration_since(at) < LAYER_IDLE)
+        let starting = self
+            .first_packet
+            .is_none_or(|at| now.saturating_duration_since(at) < LAYER_IDLE);
+        let sending = |i: usize| match self.layer_seen[i] {
+            Some(at) => now.saturating_duration_since(at) < LAYER_IDLE,
+            None => starting,
         };
         let want = wanted.index(n);
         (0..=want)
@@ -340,6 +347,7 @@ impl Instance {
             moderated,
             keyframe_asked: [None; SIMULCAST_LAYERS_MAX],
             layer_seen: [None; SIMULCAST_LAYERS_MAX],
+            first_packet: None,
             announced: false,
             refused,
             budget: Budget {
@@ -581,6 +589,7 @@ impl Instance {
         };
         if let Some(l) = layer {
             track.layer_seen[usize::from(l)] = Some(now);
+            track.first_packet.get_or_insert(now);
         }
         let mut keyframe: Option<bool> = None;
         let mut wants_keyframe = false;
@@ -608,7 +617,9 @@ impl Instance {
                         continue;
                     }
                     track.subscribers[si].current = Some(l);
-                    io.metrics.media_layer_switches += 1;
+                    if s.current.is_some() {
+                        io.metrics.media_layer_switches += 1;
+                    }
                     let switched = serde_json::json!({
                         "track": track_id,
                         "layer": Layer::of_index(usize::from(l), layer_count).name(),
@@ -775,9 +786,12 @@ impl Instance {
                 let mut keyframe = false;
                 match action_type {
                     "subscribe" => {
-                        keyframe = !s.on && t.kind == TrackKind::Video;
+                        if !s.on {
+                            keyframe = t.kind == TrackKind::Video;
+                            s.current = None;
+                            io.out.restart_rtp(s.link, t.id);
+                        }
                         s.on = true;
-                        s.current = None;
                     }
                     "unsubscribe" => s.on = false,
                     _ => {
@@ -823,13 +837,16 @@ impl Instance {
                     return Ok(());
                 }
                 *flag = on;
-                let resumed = !t.held() && t.kind == TrackKind::Video;
+                let resumed = !t.held();
                 if resumed {
-                    // Receivers start again from a keyframe.
+                    // Receivers go on from the last packet sent; video
+                    // from a keyframe.
                     for s in &mut t.subscribers {
                         s.current = None;
+                        io.out.restart_rtp(s.link, t.id);
                     }
                 }
+                let resumed = resumed && t.kind == TrackKind::Video;
                 self.tell_track_state(ti, io);
                 if resumed {
                     let layers = self.tracks.list[ti].layers.len();
@@ -916,6 +933,12 @@ impl Instance {
             }
             t.moderated = held;
             changed += 1;
+            if !t.held() {
+                for s in &mut t.subscribers {
+                    s.current = None;
+                    io.out.restart_rtp(s.link, t.id);
+                }
+            }
             if t.is_forwarded() {
                 self.tell_track_state(ti, io);
             }

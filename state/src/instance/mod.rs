@@ -164,6 +164,8 @@ pub trait Outbox {
     ) -> bool {
         false
     }
+    /// Forwarding `track` to `to` resumes after a pause.
+    fn restart_rtp(&mut self, _to: ConnKey, _track: u32) {}
     /// Asks `to` to send at most `bps` on the track it publishes on `mid`
     /// (layer `rid`): a REMB.
     fn request_bitrate(
@@ -252,6 +254,10 @@ impl Outbox for net::conn::Connections {
         rid: Option<net::conn::Rid>,
     ) -> bool {
         net::conn::Connections::request_keyframe(self, to, mid, rid)
+    }
+
+    fn restart_rtp(&mut self, to: ConnKey, track: u32) {
+        net::conn::Connections::restart_rtp(self, to, track);
     }
 
     fn request_bitrate(

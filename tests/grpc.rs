@@ -123,6 +123,41 @@ async fn create_list_kick_ban_end_and_drain_through_grpc() {
     assert_eq!(arena.users, 1);
     assert!(listed.instances.iter().any(|i| i.instance_id == "demo"));
 
+    // A moderator's mute: it names the tracks, and an instance that exists.
+    let muted = api
+        .mute_user(pb::MuteUserRequest {
+            instance_id: "arena".into(),
+            user_id: "eve".into(),
+            audio: true,
+            video: true,
+            muted: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(muted.sessions, 1);
+    let unnamed = api
+        .mute_user(pb::MuteUserRequest {
+            instance_id: "arena".into(),
+            user_id: "eve".into(),
+            muted: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unnamed.code(), Code::InvalidArgument);
+    assert!(unnamed.message().contains("audio, video or both"));
+    let nowhere = api
+        .mute_user(pb::MuteUserRequest {
+            instance_id: "nope".into(),
+            user_id: "eve".into(),
+            audio: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nowhere.code(), Code::NotFound);
+
     // Kick with a ban: the client is told why, and cannot come back.
     let kicked = api
         .kick_user(pb::KickUserRequest {

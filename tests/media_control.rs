@@ -280,7 +280,7 @@ fn a_receiver_picks_its_simulcast_layer_and_switches_at_the_next_keyframe() {
     let m = h.shard.metrics();
     assert_eq!(m.media_layer_switches, 1);
     assert!(m.media_keyframe_requests >= 1);
-    // A layer for an audio track, and one that does not exist.
+    // A layer that does not exist.
     request(&mut h, bob, "layer", track, Some("ultra"));
     let refused = of_type(&h, bob, "refused");
     assert_eq!(refused.len(), 1);
@@ -295,7 +295,17 @@ fn a_receiver_picks_its_simulcast_layer_and_switches_at_the_next_keyframe() {
 #[test]
 fn mutes_and_a_moderators_mute_stop_forwarding_and_late_joiners_see_them() {
     let (mut h, [ann, bob, _carol], mid, track) = room_with_audio(Config::default(), 13);
-    request(&mut h, ann, "mute", track, None);
+    // Ann names her track by its mid (she is not told its id).
+    let now = h.now();
+    let mute = net::messages::Action {
+        topic: "media".into(),
+        action_type: "mute".into(),
+        target: net::messages::Target::Server,
+        cache: net::messages::Cache::No,
+        payload: format!(r#"{{"mid":"{mid}"}}"#).into_bytes(),
+    };
+    h.client_mut(ann).send_action(&mute, now).unwrap();
+    h.run_for(Duration::from_millis(100));
     let states = of_type(&h, bob, "track_state");
     assert_eq!(states.len(), 1);
     assert_eq!(states[0]["muted"], true);
@@ -350,6 +360,21 @@ fn mutes_and_a_moderators_mute_stop_forwarding_and_late_joiners_see_them() {
         of_type(&h, bob, "refused").last().unwrap()["reason"],
         format!("track {track} is not yours")
     );
+    // Nobody else speaks on topic `media`: a member's broadcast of a fake
+    // track state reaches no one.
+    let before = of_type(&h, ann, "track_state").len();
+    let now = h.now();
+    let fake = net::messages::Action {
+        topic: "media".into(),
+        action_type: "track_state".into(),
+        target: net::messages::Target::Everyone,
+        cache: net::messages::Cache::No,
+        payload: br#"{"track":0,"muted":true}"#.to_vec(),
+    };
+    h.client_mut(bob).send_action(&fake, now).unwrap();
+    h.run_for(Duration::from_millis(100));
+    assert_eq!(of_type(&h, ann, "track_state").len(), before);
+    assert_eq!(h.shard.metrics().refused_messages["media_topic_reserved"], 1);
 }
 
 /// Ann and Bob talk in turn, Carol listens: the node announces the active

@@ -84,10 +84,16 @@ fn vp9(p: &[u8]) -> bool {
     p.get(i).is_some_and(|l| (l >> 1) & 0x07 == 0)
 }
 
-/// H.264 NAL unit types that start a keyframe: an IDR slice or the
-/// sequence parameter set sent before it.
-fn h264_key_nal(nal_type: u8) -> bool {
-    matches!(nal_type, 5 | 7)
+/// Whether an H.264 NAL unit of `nal_type` whose slice header starts with
+/// byte `slice` starts a keyframe: the sequence parameter set sent before
+/// it, or the first slice of an IDR picture (`first_mb_in_slice` 0, coded
+/// as a single 1 bit), not a later slice of it.
+fn h264_key_nal(nal_type: u8, slice: Option<u8>) -> bool {
+    match nal_type {
+        7 => true,
+        5 => slice.is_some_and(|b| b & 0x80 != 0),
+        _ => false,
+    }
 }
 
 /// H.264: a single NAL unit, an aggregate (STAP-A) holding one, or the
@@ -108,7 +114,7 @@ fn h264(p: &[u8]) -> bool {
                 if size == 0 {
                     return false;
                 }
-                if h264_key_nal(nal & 0x1F) {
+                if h264_key_nal(nal & 0x1F, p.get(i + 3).copied()) {
                     return true;
                 }
                 i += 2 + size;
@@ -117,8 +123,8 @@ fn h264(p: &[u8]) -> bool {
         }
         28 => p
             .get(1)
-            .is_some_and(|fu| fu & 0x80 != 0 && h264_key_nal(fu & 0x1F)),
-        nal => h264_key_nal(nal),
+            .is_some_and(|fu| fu & 0x80 != 0 && h264_key_nal(fu & 0x1F, p.get(2).copied())),
+        nal => h264_key_nal(nal, p.get(1).copied()),
     }
 }
 
@@ -157,8 +163,10 @@ mod tests {
         // With a 7-bit picture id and layer indices of spatial layer 1: no.
         assert!(!starts_keyframe(VideoCodec::Vp9, &[0xA8, 0x01, 0x02]));
         assert!(starts_keyframe(VideoCodec::Vp9, &[0xA8, 0x01, 0x00]));
-        // H.264: an IDR slice, an SPS, a non-IDR slice.
-        assert!(starts_keyframe(VideoCodec::H264, &[0x65]));
+        // H.264: the first slice of an IDR picture, a later one, an SPS, a
+        // non-IDR slice.
+        assert!(starts_keyframe(VideoCodec::H264, &[0x65, 0x88]));
+        assert!(!starts_keyframe(VideoCodec::H264, &[0x65, 0x40]));
         assert!(starts_keyframe(VideoCodec::H264, &[0x67]));
         assert!(!starts_keyframe(VideoCodec::H264, &[0x41]));
         // STAP-A holding an SPS after a 1-byte NAL.
@@ -172,7 +180,8 @@ mod tests {
             &[0x78, 0xFF, 0xFF, 0x41]
         ));
         // FU-A: the first fragment of an IDR slice, then a later one.
-        assert!(starts_keyframe(VideoCodec::H264, &[0x7C, 0x85]));
-        assert!(!starts_keyframe(VideoCodec::H264, &[0x7C, 0x05]));
+        assert!(starts_keyframe(VideoCodec::H264, &[0x7C, 0x85, 0x88]));
+        assert!(!starts_keyframe(VideoCodec::H264, &[0x7C, 0x85, 0x40]));
+        assert!(!starts_keyframe(VideoCodec::H264, &[0x7C, 0x05, 0x88]));
     }
 }

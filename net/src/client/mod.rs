@@ -602,16 +602,17 @@ impl Session {
         layer: Option<&str>,
         now: Instant,
     ) -> Result<(), ClientError> {
-        let mut payload = serde_json::json!({ "track": track });
-        if let Some(layer) = layer {
-            payload["layer"] = layer.into();
-        }
+        // Layer names are plain words: Rust's quoting is JSON's for them.
+        let payload = match layer {
+            Some(layer) => format!(r#"{{"track":{track},"layer":{layer:?}}}"#),
+            None => format!(r#"{{"track":{track}}}"#),
+        };
         let action = Action {
             topic: "media".into(),
             action_type: request.into(),
             target: crate::messages::Target::Server,
             cache: crate::messages::Cache::No,
-            payload: payload.to_string().into_bytes(),
+            payload: payload.into_bytes(),
         };
         self.send_action(&action, now)
     }

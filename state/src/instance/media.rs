@@ -21,6 +21,10 @@ use super::{Instance, Io, Member};
 /// keyframe).
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Users a moderator muted, kept per instance; beyond, the oldest mute
+/// is forgotten.
+pub const MODERATED_USERS_MAX: usize = 1_024;
+
 /// A simulcast layer with no packet for this long is taken as stopped (a
 /// publisher short of bandwidth drops its top layers): receivers on it go
 /// to the next one down.
@@ -273,7 +277,11 @@ impl Tracks {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MediaRequest {
-    track: u32,
+    /// The track; a publisher may name its own by `mid` instead.
+    #[serde(default)]
+    track: Option<u32>,
+    #[serde(default)]
+    mid: Option<String>,
     #[serde(default)]
     layer: Option<String>,
 }
@@ -551,16 +559,16 @@ impl Instance {
         }
         io.metrics.media_packets_in += 1;
         let bytes = rtp.packet.payload.len() as u64;
+        if track.held() {
+            *io.metrics.dropped.entry("rtp_track_held").or_default() += 1;
+            return;
+        }
         if !take_budget(track, &limits, bytes, now) {
             *io.metrics.dropped.entry("rtp_over_bitrate").or_default() += 1;
             if !track.budget.told {
                 track.budget.told = true;
                 self.bitrate_capped(ti, io);
             }
-            return;
-        }
-        if track.held() {
-            *io.metrics.dropped.entry("rtp_track_held").or_default() += 1;
             return;
         }
         if track.kind == TrackKind::Audio
@@ -577,22 +585,30 @@ impl Instance {
             track.heard = Some(now);
         }
         // The packet's layer: its place among the track's layers.
-        let layer = match rtp.rid {
-            Some(rid) if !track.layers.is_empty() => match track.layers.index_of(rid) {
+        let layer = match (rtp.rid, track.layers.is_empty()) {
+            (None, true) => None,
+            (Some(rid), false) => match track.layers.index_of(rid) {
                 Some(i) => Some(i as u8),
                 None => {
                     *io.metrics.dropped.entry("rtp_unknown_layer").or_default() += 1;
                     return;
                 }
             },
-            _ => None,
+            // A layer of a track not announced as simulcast, or a packet
+            // without one of a simulcast track: mixing them would shuffle
+            // the receivers' streams.
+            _ => {
+                *io.metrics.dropped.entry("rtp_unknown_layer").or_default() += 1;
+                return;
+            }
         };
         if let Some(l) = layer {
             track.layer_seen[usize::from(l)] = Some(now);
             track.first_packet.get_or_insert(now);
         }
         let mut keyframe: Option<bool> = None;
-        let mut wants_keyframe = false;
+        // Layers some receiver waits for a keyframe of.
+        let mut waiting = [false; SIMULCAST_LAYERS_MAX];
         let track_id = track.id;
         let layer_count = track.layers.len();
         for si in 0..track.subscribers.len() {
@@ -604,18 +620,30 @@ impl Instance {
                 let target = track.target(s.wanted, now);
                 if s.current == Some(l) {
                     // The layer it is on, until its next one starts.
-                    if target != s.current {
-                        wants_keyframe = true;
+                    if let Some(t) = target.filter(|t| Some(*t) != s.current) {
+                        waiting[usize::from(t)] = true;
                     }
                 } else if target == Some(l) {
+                    // A codec whose keyframes the node cannot find (AV1,
+                    // H.265) switches at once; the receiver asks for a
+                    // keyframe itself.
                     let key = *keyframe.get_or_insert_with(|| {
                         rtp.video_codec()
-                            .is_some_and(|c| starts_keyframe(c, &rtp.packet.payload))
+                            .is_none_or(|c| starts_keyframe(c, &rtp.packet.payload))
                     });
                     if !key {
-                        wants_keyframe = true;
+                        waiting[usize::from(l)] = true;
                         continue;
                     }
+                    // The receiver's m-line may not be agreed yet: the
+                    // switch holds only once a packet of it went out.
+                    if let Err(e) = io.out.write_rtp(s.link, track_id, rtp) {
+                        *io.metrics.dropped.entry(e.label()).or_default() += 1;
+                        waiting[usize::from(l)] = true;
+                        continue;
+                    }
+                    io.metrics.media_packets_forwarded += 1;
+                    io.metrics.media_bytes_forwarded += bytes;
                     track.subscribers[si].current = Some(l);
                     if s.current.is_some() {
                         io.metrics.media_layer_switches += 1;
@@ -640,6 +668,7 @@ impl Instance {
                             &action,
                         );
                     }
+                    continue;
                 } else {
                     continue;
                 }
@@ -652,24 +681,10 @@ impl Instance {
                 Err(e) => *io.metrics.dropped.entry(e.label()).or_default() += 1,
             }
         }
-        if wants_keyframe {
-            // Receivers wait for a keyframe of the layer they go to; ask
-            // for one of every layer someone waits on.
-            let waiting: Vec<u8> = {
-                let t = &self.tracks.list[ti];
-                let mut v: Vec<u8> = t
-                    .subscribers
-                    .iter()
-                    .filter(|s| s.on)
-                    .filter_map(|s| t.target(s.wanted, now).filter(|l| s.current != Some(*l)))
-                    .collect();
-                v.sort_unstable();
-                v.dedup();
-                v
-            };
-            for l in waiting {
-                self.ask_keyframe(ti, Some(l), io);
-            }
+        // Receivers wait for a keyframe of the layer they go to: ask for
+        // one of each such layer (at most every 500 ms a layer).
+        for (l, _) in waiting.iter().enumerate().filter(|(_, w)| **w) {
+            self.ask_keyframe(ti, Some(l as u8), false, io);
         }
         if self.tracks.list[ti].kind == TrackKind::Audio {
             self.choose_speaker(io);
@@ -677,14 +692,23 @@ impl Instance {
     }
 
     /// Asks the publisher of track `ti` for a keyframe of `layer`, at most
-    /// once per [`KEYFRAME_REQUEST_INTERVAL`] a layer. True when relayed.
-    fn ask_keyframe(&mut self, ti: usize, layer: Option<u8>, io: &mut Io<'_>) -> bool {
+    /// once per [`KEYFRAME_REQUEST_INTERVAL`] a layer (a receiver's request
+    /// within it counts as coalesced). True when relayed.
+    fn ask_keyframe(
+        &mut self,
+        ti: usize,
+        layer: Option<u8>,
+        for_receiver: bool,
+        io: &mut Io<'_>,
+    ) -> bool {
         let t = &mut self.tracks.list[ti];
         let slot = usize::from(layer.unwrap_or(0));
         if t.keyframe_asked[slot]
             .is_some_and(|at| io.now.saturating_duration_since(at) < KEYFRAME_REQUEST_INTERVAL)
         {
-            io.metrics.media_keyframe_requests_coalesced += 1;
+            if for_receiver {
+                io.metrics.media_keyframe_requests_coalesced += 1;
+            }
             return false;
         }
         let rid = layer.and_then(|l| t.layers.get(usize::from(l)));
@@ -697,6 +721,17 @@ impl Instance {
             return true;
         }
         false
+    }
+
+    /// Asks for a keyframe of every layer of video track `ti`.
+    fn ask_keyframes(&mut self, ti: usize, io: &mut Io<'_>) {
+        let layers = self.tracks.list[ti].layers.len();
+        if layers == 0 {
+            self.ask_keyframe(ti, None, false, io);
+        }
+        for l in 0..layers {
+            self.ask_keyframe(ti, Some(l as u8), false, io);
+        }
     }
 
     /// Receiver `from` asks for a keyframe of `track`: relayed to its
@@ -723,7 +758,7 @@ impl Instance {
                 None => return, // No layer sends: nothing to ask.
             }
         };
-        self.ask_keyframe(ti, layer, io);
+        self.ask_keyframe(ti, layer, true, io);
     }
 
     /// A member's request on topic `media` (an action to the server):
@@ -766,14 +801,31 @@ impl Instance {
         payload: &[u8],
         io: &mut Io<'_>,
     ) -> Result<(), String> {
-        let request: MediaRequest = serde_json::from_slice(payload)
-            .map_err(|e| format!("the payload must be JSON {{\"track\": id}}: {e}"))?;
-        let ti = self
-            .tracks
-            .list
-            .iter()
-            .position(|t| t.id == request.track && t.is_forwarded())
-            .ok_or_else(|| format!("no track {} in this instance", request.track))?;
+        let request: MediaRequest = serde_json::from_slice(payload).map_err(|e| {
+            format!("the payload must be JSON {{\"track\": id}} or {{\"mid\": mid}}: {e}")
+        })?;
+        let ti = match (request.track, &request.mid) {
+            (Some(id), _) => self
+                .tracks
+                .list
+                .iter()
+                .position(|t| t.id == id && t.is_forwarded())
+                .ok_or_else(|| format!("no track {id} in this instance"))?,
+            (None, Some(mid)) => self
+                .tracks
+                .list
+                .iter()
+                .position(|t| t.publisher == user && t.mid.to_string() == *mid)
+                .ok_or_else(|| format!("you publish no track on mid {mid:?}"))?,
+            (None, None) => return Err("name a track (\"track\") or your mid (\"mid\")".into()),
+        };
+        if !self.tracks.list[ti].is_forwarded() {
+            return Err(format!(
+                "track {} is not forwarded (over a limit)",
+                self.tracks.list[ti].id
+            ));
+        }
+        let request_track = self.tracks.list[ti].id;
         let now = io.now;
         match action_type {
             "subscribe" | "unsubscribe" | "layer" => {
@@ -782,7 +834,7 @@ impl Instance {
                     .subscribers
                     .iter_mut()
                     .find(|s| s.user == user)
-                    .ok_or_else(|| format!("track {} is not sent to you", request.track))?;
+                    .ok_or_else(|| format!("track {request_track} is not sent to you"))?;
                 let mut keyframe = false;
                 match action_type {
                     "subscribe" => {
@@ -814,7 +866,7 @@ impl Instance {
                         t.target(wanted, now).filter(|l| current != Some(*l))
                     };
                     if layer.is_some() || t.layers.is_empty() {
-                        self.ask_keyframe(ti, layer, io);
+                        self.ask_keyframe(ti, layer, false, io);
                     }
                 }
                 Ok(())
@@ -839,8 +891,9 @@ impl Instance {
                 *flag = on;
                 let resumed = !t.held();
                 if resumed {
-                    // Receivers go on from the last packet sent; video
-                    // from a keyframe.
+                    // Receivers go on from the last packet sent; the
+                    // publisher is asked for a video keyframe (simulcast
+                    // receivers wait for it).
                     for s in &mut t.subscribers {
                         s.current = None;
                         io.out.restart_rtp(s.link, t.id);
@@ -849,13 +902,7 @@ impl Instance {
                 let resumed = resumed && t.kind == TrackKind::Video;
                 self.tell_track_state(ti, io);
                 if resumed {
-                    let layers = self.tracks.list[ti].layers.len();
-                    if layers == 0 {
-                        self.ask_keyframe(ti, None, io);
-                    }
-                    for l in 0..layers {
-                        self.ask_keyframe(ti, Some(l as u8), io);
-                    }
+                    self.ask_keyframes(ti, io);
                 }
                 Ok(())
             }
@@ -908,6 +955,10 @@ impl Instance {
             self.tracks.moderated.remove(i);
         }
         if now_audio || now_video {
+            if self.tracks.moderated.len() >= MODERATED_USERS_MAX {
+                // The oldest mute goes first.
+                self.tracks.moderated.remove(0);
+            }
             self.tracks
                 .moderated
                 .push((user_id.to_owned(), now_audio, now_video));
@@ -933,14 +984,19 @@ impl Instance {
             }
             t.moderated = held;
             changed += 1;
-            if !t.held() {
+            let resumed = !t.held();
+            if resumed {
                 for s in &mut t.subscribers {
                     s.current = None;
                     io.out.restart_rtp(s.link, t.id);
                 }
             }
+            let video = t.kind == TrackKind::Video;
             if t.is_forwarded() {
                 self.tell_track_state(ti, io);
+            }
+            if resumed && video {
+                self.ask_keyframes(ti, io);
             }
         }
         changed
@@ -970,6 +1026,7 @@ impl Instance {
             payload.to_string().into_bytes(),
         );
         let (publisher, mid) = (t.publisher, t.mid);
+        let video = t.kind == TrackKind::Video;
         let rids: Vec<_> = (0..t.layers.len())
             .filter_map(|l| t.layers.get(l))
             .collect();
@@ -982,7 +1039,9 @@ impl Instance {
             .or_default() += 1;
         let tick = self.tick_now();
         self.tell(io, publisher, MessageKind::ActionBroadcast, tick, &action);
-        if let Ok(p) = self.members.binary_search_by_key(&publisher, |m| m.user) {
+        // A REMB caps the publisher's whole connection: only a video cap
+        // (the larger) is worth asking for; an audio track is only cut.
+        if video && let Ok(p) = self.members.binary_search_by_key(&publisher, |m| m.user) {
             let link = self.members[p].link;
             if rids.is_empty() {
                 io.out.request_bitrate(link, mid, None, cap);

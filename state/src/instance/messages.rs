@@ -88,6 +88,11 @@ impl Instance {
             Outcome::Pong(pong) => {
                 let _ = member.send(io, Channel::State, MessageKind::Pong, tick, &pong);
             }
+            Outcome::Broadcast(action) if action.topic == super::media::MEDIA_TOPIC => {
+                // The server's own topic: a member may not speak on it
+                // (others would take its words for the node's).
+                *refused.entry("media_topic_reserved").or_default() += 1;
+            }
             Outcome::Broadcast(action) => {
                 let target = action.target;
                 if let Target::User(u) = target

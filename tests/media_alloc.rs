@@ -1,8 +1,10 @@
 //! Forwarding allocates nothing per packet in steady state (issue 12): the
 //! instance's side of it (finding the track, its bitrate budget, the audio
-//! level for the active speaker, each subscriber's layer) is run on a real
+//! level for the active speaker, each subscriber) is run on a real audio
 //! packet, captured from a real connection, for ten subscribers, and the
-//! counting allocator sees no allocation. What the connection layer then
+//! counting allocator sees no allocation. (Simulcast video takes the same
+//! path plus a layer comparison per subscriber; a switch, rare, sends an
+//! action.) What the connection layer then
 //! does per receiver (str0m's SRTP and its send queue) is str0m's, bounded
 //! in `net/tests/conn_alloc.rs` for data frames. One test only in this
 //! binary: the counting allocator is process-wide.

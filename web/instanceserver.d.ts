@@ -89,6 +89,16 @@ export interface ClientEvents {
   trackremoved: { track: number };
   /** A remote track is playing: give `stream` to an <audio> or <video> element. */
   track: RemoteTrack;
+  /** A track was muted, paused or moderated, or no longer is (also for a joiner). */
+  trackstate: { track: number; publisher: number; muted: boolean; paused: boolean; moderated: boolean };
+  /** The loudest speaker changed (at most 4 times a second). */
+  activespeaker: { user: number; track: number; level: number };
+  /** The simulcast layer this client receives of a track. */
+  layer: { track: number; layer: 'low' | 'mid' | 'high' };
+  /** A media request refused, with the reason. */
+  mediarefused: { type: string; track: number | null; reason: string };
+  /** A track of this client's is over its bitrate cap. */
+  tracklimited: { track: number; reason: string };
 }
 
 export interface RemoteTrack {
@@ -147,11 +157,17 @@ export class Client extends Emitter<ClientEvents> {
   constructor(options: JoinOptions);
   /** Joins a client made with `new Client(options)`, once its handlers are on. */
   start(): Promise<void>;
-  /** Publishes a local track; resolves once the node answered. */
-  publish(track: MediaStreamTrack): Promise<void>;
+  /** Publishes a local track (video: as three simulcast layers with `simulcast`); resolves once the node answered. */
+  publish(track: MediaStreamTrack, options?: { simulcast?: boolean }): Promise<void>;
   unpublish(track: MediaStreamTrack): Promise<void>;
-  /** Mutes every published track (they send silence or black). */
+  /** Mutes every published track (they send silence or black; the node stops forwarding them and tells the others). */
   setMuted(muted: boolean): void;
+  /** A media request (docs/media.md): subscribe, unsubscribe, layer, mute, unmute, pause, resume. */
+  mediaRequest(type: string, body: { track?: number; mid?: string; layer?: 'low' | 'mid' | 'high' }): void;
+  /** Stops (false) or starts again (true, the default) receiving a track. */
+  subscribe(track: number, on?: boolean): void;
+  /** Of a simulcast track: the layer to receive. */
+  setLayer(track: number, layer: 'low' | 'mid' | 'high'): void;
   readonly muted: boolean;
   /** Audio levels 0..1: others' tracks by track id, and this client's microphone. */
   audioLevels(): Promise<{ remote: Map<number, number>; local: number | null }>;

@@ -352,6 +352,84 @@ test('a microphone published by one page is heard by another, and one published 
   await page.close();
 });
 
+test('a listener unsubscribes and subscribes again; a muted talker is announced and goes silent; the speaker is announced', async () => {
+  const page = await browser.newPage();
+  page.on('pageerror', (e) => console.error(e.message));
+  await page.goto(`${nodeUrl}/healthz`);
+  const result = await page.evaluate(async () => {
+    const { Client } = await import('/web/instanceserver.js');
+    const token = async (sub) => (await (await fetch('/v1/dev/token', { method: 'POST', body: JSON.stringify({ sub, instance: 'demo' }) })).json()).token;
+    const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+    const until = async (what, fn, ms = 10000) => {
+      const end = Date.now() + ms;
+      while (Date.now() < end) {
+        if (fn()) return;
+        await wait(100);
+      }
+      throw new Error(`timed out waiting for ${what}`);
+    };
+    const packetsIn = async (client) => {
+      let n = 0;
+      (await client.conn.pc.getStats()).forEach((r) => {
+        if (r.type === 'inbound-rtp' && r.kind === 'audio') n += r.packetsReceived;
+      });
+      return n;
+    };
+    /** Packets `client` receives over `ms`. */
+    const growth = async (client, ms) => {
+      const before = await packetsIn(client);
+      await wait(ms);
+      return (await packetsIn(client)) - before;
+    };
+    const fake = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const mic = fake.getAudioTracks()[0];
+    const tess = await Client.join({ instance: 'demo', token: await token('tess-talks'), publish: [mic] });
+    const states = [];
+    const speakers = [];
+    const refusals = [];
+    const heard = [];
+    const leo = await Client.join({
+      instance: 'demo',
+      token: await token('leo-listens'),
+      on: {
+        track: (t) => heard.push(t),
+        trackstate: (s) => states.push(s),
+        activespeaker: (s) => speakers.push(s),
+        mediarefused: (r) => refusals.push(r),
+      },
+    });
+    await until('leo to receive tess\'s track', () => heard.length > 0);
+    const track = heard[0].track;
+    await wait(1500);
+    const subscribed = await growth(leo, 1500);
+    leo.subscribe(track, false);
+    await wait(300);
+    const unsubscribed = await growth(leo, 1500);
+    leo.subscribe(track);
+    await wait(300);
+    const again = await growth(leo, 1500);
+    tess.setMuted(true);
+    await until('leo to be told tess muted', () => states.some((s) => s.muted));
+    await wait(300);
+    const muted = await growth(leo, 1500);
+    leo.setLayer(track, 'low');
+    await until('the refusal of a layer for audio', () => refusals.length > 0);
+    const out = { track, subscribed, unsubscribed, again, muted, states, speakers, refusals, tess: tess.userIndex };
+    tess.leave();
+    leo.leave();
+    return out;
+  });
+  assert.ok(result.subscribed > 30, `subscribed: ${result.subscribed} packets in 1.5 s`);
+  assert.ok(result.unsubscribed <= 2, `unsubscribed: ${result.unsubscribed} packets in 1.5 s`);
+  assert.ok(result.again > 30, `subscribed again: ${result.again} packets in 1.5 s`);
+  assert.ok(result.muted <= 2, `muted: ${result.muted} packets in 1.5 s`);
+  assert.deepEqual(result.states.at(-1), { track: result.track, publisher: result.tess, muted: true, paused: false, moderated: false });
+  // Chromium sends the audio level extension: the fake microphone's beeps make Tess the speaker.
+  assert.ok(result.speakers.some((s) => s.user === result.tess && s.track === result.track), JSON.stringify(result.speakers));
+  assert.equal(result.refusals[0].reason, `track ${result.track} has no simulcast layers`);
+  await page.close();
+});
+
 test('on the demo page, one user talks, the other sees who speaks, hears it, and can mute', async () => {
   const a = await openDemo(`${nodeUrl}/`, 'vera');
   const b = await openDemo(`${nodeUrl}/`, 'walt');

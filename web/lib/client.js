@@ -76,6 +76,15 @@ export const DEFAULTS = Object.freeze({
 
 const now = () => (typeof performance !== 'undefined' ? performance.now() : Date.now());
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const utf8Decoder = new TextDecoder();
+/** The sender index of the node's own actions. */
+const SERVER_SENDER = 0xffffffff;
+/** Simulcast layers, lowest first (the order the node ranks them low, mid, high). */
+const SIMULCAST_ENCODINGS = [
+  { rid: 'l', scaleResolutionDownBy: 4 },
+  { rid: 'm', scaleResolutionDownBy: 2 },
+  { rid: 'h' },
+];
 
 /**
  * One user's connection to one instance. Create it with `Client.join`.
@@ -398,6 +407,7 @@ export class Client extends Emitter {
         return;
       case 'ActionBroadcast':
         this.emit('action', m);
+        if (m.topic === 'media' && m.sender === SERVER_SENDER) this.mediaAction(m);
         return;
       case 'PeerJoined':
         this.peers.set(m.userIndex, { userIndex: m.userIndex, userId: m.userId, name: m.name, avatar: m.avatar });
@@ -514,13 +524,15 @@ export class Client extends Emitter {
    * members; resolves once the node has answered. Published again after a
    * reconnect, until `unpublish`.
    */
-  async publish(track) {
+  async publish(track, options = {}) {
     const conn = this.conn;
     if (!conn || !conn.open) throw new Error('not connected');
     if (this.publishing.includes(track)) return;
     if (this.muted) track.enabled = false;
     this.publishing.push(track);
-    const transceiver = conn.pc.addTransceiver(track, { direction: 'sendonly' });
+    const init = { direction: 'sendonly' };
+    if (options.simulcast && track.kind === 'video') init.sendEncodings = SIMULCAST_ENCODINGS;
+    const transceiver = conn.pc.addTransceiver(track, init);
     try {
       await this.renegotiate(conn);
     } catch (e) {
@@ -542,10 +554,60 @@ export class Client extends Emitter {
     await this.renegotiate(conn);
   }
 
-  /** Mutes (or unmutes) every track this client publishes: they send silence or black. */
+  /**
+   * Mutes (or unmutes) every track this client publishes: they send
+   * silence or black, the node stops forwarding them and tells the others
+   * (a `trackstate` event on their side).
+   */
   setMuted(muted) {
     for (const t of this.publishing) t.enabled = !muted;
     this.muted = muted;
+    const conn = this.conn;
+    if (!conn || !conn.open) return;
+    for (const tr of conn.pc.getTransceivers()) {
+      if (tr.mid && this.publishing.includes(tr.sender.track)) {
+        this.mediaRequest(muted ? 'mute' : 'unmute', { mid: tr.mid });
+      }
+    }
+  }
+
+  /**
+   * A media request to the node (an action on topic `media`, see
+   * docs/media.md): `subscribe`, `unsubscribe`, `layer`, `mute`,
+   * `unmute`, `pause`, `resume`, with `{track}` (or `{mid}` for a track of
+   * this client's). A refusal comes back as a `mediarefused` event.
+   */
+  mediaRequest(type, body) {
+    this.sendAction({ topic: 'media', actionType: type, target: { kind: 'server' }, payload: JSON.stringify(body) });
+  }
+
+  /** Stops (`false`) or starts again (`true`) receiving another member's track. */
+  subscribe(track, on = true) {
+    this.mediaRequest(on ? 'subscribe' : 'unsubscribe', { track });
+  }
+
+  /** Of a simulcast track: the layer to receive, 'low', 'mid' or 'high' (the default). */
+  setLayer(track, layer) {
+    this.mediaRequest('layer', { track, layer });
+  }
+
+  /** The node's media actions, as events: trackstate, activespeaker, layer, mediarefused, tracklimited. */
+  mediaAction(m) {
+    let body;
+    try {
+      body = JSON.parse(utf8Decoder.decode(m.payload));
+    } catch {
+      return; // track_refused carries text: the 'action' event has it.
+    }
+    const events = {
+      track_state: 'trackstate',
+      active_speaker: 'activespeaker',
+      layer: 'layer',
+      refused: 'mediarefused',
+      track_limited: 'tracklimited',
+    };
+    const name = events[m.actionType];
+    if (name) this.emit(name, body);
   }
 
   /**

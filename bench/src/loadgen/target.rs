@@ -261,6 +261,19 @@ pub async fn create_instances(
     scene: &str,
     max_users: u32,
 ) -> anyhow::Result<Duration> {
+    create_instances_of_kind(grpc, token, ids, scene, "", max_users).await
+}
+
+/// [`create_instances`] of `kind` (`world`, the default when empty, or
+/// `media`: members and their voice and video only, no scene).
+pub async fn create_instances_of_kind(
+    grpc: SocketAddr,
+    token: Option<&str>,
+    ids: &[String],
+    scene: &str,
+    kind: &str,
+    max_users: u32,
+) -> anyhow::Result<Duration> {
     let client = control(grpc).await?;
     let started = Instant::now();
     for chunk in ids.chunks(CREATES_IN_FLIGHT) {
@@ -271,6 +284,7 @@ pub async fn create_instances(
                 instance_id: id.clone(),
                 location_id: id.clone(),
                 scene: scene.to_string(),
+                kind: kind.to_string(),
                 max_users,
                 ..Default::default()
             });

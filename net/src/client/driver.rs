@@ -161,6 +161,19 @@ impl Client {
         Client::join_at(http, &path, token).await
     }
 
+    /// [`Client::join`] publishing `tracks` from the join offer on (write
+    /// their packets with [`Session::write_rtp`] through
+    /// [`Client::session`]).
+    pub async fn join_publishing(
+        http: SocketAddr,
+        instance_id: &str,
+        token: &str,
+        tracks: &[crate::messages::TrackKind],
+    ) -> Result<Client, ClientError> {
+        let path = format!("/v1/instances/{instance_id}/join");
+        Client::join_offering(http, &path, token, tracks).await
+    }
+
     /// Joins the instance a 6-digit room code names
     /// (`POST /v1/rooms/{code}/join`).
     pub async fn join_room(
@@ -173,6 +186,16 @@ impl Client {
 
     /// Posts an offer to the join endpoint `path`.
     async fn join_at(http: SocketAddr, path: &str, token: &str) -> Result<Client, ClientError> {
+        Client::join_offering(http, path, token, &[]).await
+    }
+
+    /// Posts an offer publishing `tracks` to the join endpoint `path`.
+    async fn join_offering(
+        http: SocketAddr,
+        path: &str,
+        token: &str,
+        tracks: &[crate::messages::TrackKind],
+    ) -> Result<Client, ClientError> {
         let bind_ip = if http.ip().is_loopback() {
             http.ip()
         } else {
@@ -180,7 +203,7 @@ impl Client {
         };
         let socket = tokio::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
         let local = socket.local_addr()?;
-        let (mut session, offer) = Session::new(local, Instant::now())?;
+        let (mut session, offer) = Session::with_tracks(local, tracks, Instant::now())?;
         let auth = format!("Bearer {token}");
         let headers = [
             ("content-type", "application/sdp"),

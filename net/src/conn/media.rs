@@ -433,6 +433,10 @@ impl ConnMedia {
                 to
             }
         };
+        // Found before any numbering changes: a packet that cannot go
+        // leaves no gap.
+        let mut api = rtc.direct_api();
+        let stream = api.stream_tx_by_mid(mid, None).ok_or(RtpDrop::NoStream)?;
         if (sent.source_rid != rid || sent.rebase)
             && let Some((last_seq, last_time, last_at)) = sent.last_out
         {
@@ -458,8 +462,6 @@ impl ConnMedia {
         }
         let out: SeqNo = out.into();
         let nackable = sent.kind == TrackKind::Video;
-        let mut api = rtc.direct_api();
-        let stream = api.stream_tx_by_mid(mid, None).ok_or(RtpDrop::NoStream)?;
         // What describes the media goes on; what describes the publisher's
         // transport (its mid and rids, its congestion-control numbers) is
         // this connection's own, which str0m writes.

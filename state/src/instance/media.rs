@@ -184,10 +184,11 @@ pub struct Track {
     /// Over a limit: never announced nor forwarded; the publisher is told.
     refused: Option<&'static str>,
     budget: Budget,
-    /// Smoothed loudness (audio; 127 minus the RFC 6464 level) and when
-    /// the last level came.
-    loudness: f32,
-    heard: Option<Instant>,
+    /// The loudest packet (audio; 127 minus the RFC 6464 level) since the
+    /// active speaker was last chosen, and that of the window before (what
+    /// the choice used).
+    peak: f32,
+    last_peak: f32,
     subscribers: Vec<Subscriber>,
 }
 
@@ -363,8 +364,8 @@ impl Instance {
                 at: None,
                 told: false,
             },
-            loudness: 0.0,
-            heard: None,
+            peak: 0.0,
+            last_peak: 0.0,
             subscribers: Vec::new(),
         };
         self.tracks.next_id += 1;
@@ -577,12 +578,7 @@ impl Instance {
             // RFC 6464: 0 is the loudest, -127 silence (str0m gives -dBov
             // negated).
             let loud = 127.0 - f32::from(level.unsigned_abs().min(127));
-            track.loudness = if track.heard.is_some() {
-                track.loudness * 0.8 + loud * 0.2
-            } else {
-                loud
-            };
-            track.heard = Some(now);
+            track.peak = track.peak.max(loud);
         }
         // The packet's layer: its place among the track's layers.
         let layer = match (rtp.rid, track.layers.is_empty()) {
@@ -1064,21 +1060,21 @@ impl Instance {
             return;
         }
         self.tracks.speaker.chosen_at = Some(now);
+        // Each track's loudest packet since the last choice: a short word
+        // counts as much as a long one.
+        for t in &mut self.tracks.list {
+            t.last_peak = std::mem::take(&mut t.peak);
+        }
         let speech = f32::from(127 - SPEECH_LEVEL_MAX);
         let speaking = |t: &&Track| {
-            t.kind == TrackKind::Audio
-                && t.is_forwarded()
-                && !t.held()
-                && t.loudness >= speech
-                && t.heard
-                    .is_some_and(|at| now.saturating_duration_since(at) < SPEAKER_INTERVAL * 2)
+            t.kind == TrackKind::Audio && t.is_forwarded() && !t.held() && t.last_peak >= speech
         };
         let Some(loudest) = self
             .tracks
             .list
             .iter()
             .filter(speaking)
-            .max_by(|a, b| a.loudness.total_cmp(&b.loudness))
+            .max_by(|a, b| a.last_peak.total_cmp(&b.last_peak))
         else {
             return;
         };
@@ -1090,7 +1086,7 @@ impl Instance {
             .filter(speaking);
         let change = match current {
             None => true,
-            Some(c) => c.id != loudest.id && loudest.loudness >= c.loudness + SPEAKER_MARGIN_DB,
+            Some(c) => c.id != loudest.id && loudest.last_peak >= c.last_peak + SPEAKER_MARGIN_DB,
         };
         if !change {
             return;
@@ -1118,7 +1114,7 @@ impl Instance {
         let payload = serde_json::json!({
             "user": t.publisher.0,
             "track": t.id,
-            "level": -(127.0 - t.loudness).round(),
+            "level": -(127.0 - t.last_peak).round(),
         });
         Some(server_action(
             ACTIVE_SPEAKER,

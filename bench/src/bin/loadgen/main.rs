@@ -11,6 +11,7 @@ use bench::loadgen::bot::Workload;
 use bench::loadgen::churn::{self, ChurnOptions};
 use bench::loadgen::density::{self, DensityOptions, DensityReport};
 use bench::loadgen::host;
+use bench::loadgen::media::{self, MediaOptions};
 use bench::loadgen::step::{self, Observed, StepOptions};
 use bench::loadgen::target::{self, Server, ServerKind, ServerSpec};
 use bench::loadgen::tokens::TokenSource;
@@ -37,6 +38,10 @@ enum Cmd {
     /// Bots join and leave (and vanish) continuously, then the server's
     /// sessions, peers, seats, timers and memory are compared with before.
     Churn(ChurnArgs),
+    /// Audio forwarding: rooms of one Opus publisher and receivers on a
+    /// fresh server pinned to a core; delivery and the server's CPU per
+    /// audio consumer (the bots run in this process: pin it with taskset).
+    Media(MediaArgs),
     /// (internal) A bot process driven by the orchestrator over stdin/stdout.
     Worker,
 }
@@ -201,6 +206,39 @@ struct DensityArgs {
 }
 
 #[derive(Debug, Args)]
+struct MediaArgs {
+    /// Rooms (media instances), each with one publisher.
+    #[arg(long, default_value_t = 20)]
+    rooms: usize,
+    /// Receivers per room: consumers = rooms × receivers.
+    #[arg(long, default_value_t = 10)]
+    receivers: usize,
+    /// Joins started per second.
+    #[arg(long, default_value_t = 50)]
+    join_rate: u32,
+    #[arg(long, default_value_t = 60)]
+    join_budget_s: u64,
+    #[arg(long, default_value_t = 3)]
+    settle_s: u64,
+    #[arg(long, default_value_t = 10)]
+    window_s: u64,
+    /// The core the server is pinned to.
+    #[arg(long, default_value_t = 0)]
+    server_core: usize,
+    #[arg(long)]
+    server_binary: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    http: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:17777")]
+    grpc: SocketAddr,
+    #[arg(long, default_value_t = 41000)]
+    udp_port_base: u16,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct ChurnArgs {
     /// Seconds of churn.
     #[arg(long, default_value_t = 60)]
@@ -263,7 +301,66 @@ fn main() -> anyhow::Result<()> {
             let local = tokio::task::LocalSet::new();
             runtime.block_on(local.run_until(churn(args)))
         }
+        Cmd::Media(args) => runtime.block_on(media(args)),
     }
+}
+
+async fn media(args: MediaArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rooms >= 1 && args.receivers >= 1,
+        "--rooms and --receivers must be at least 1"
+    );
+    let options = MediaOptions {
+        server: ServerSpec {
+            kind: ServerKind::Ours,
+            binary: match &args.server_binary {
+                Some(p) => p.clone(),
+                None => sibling("instanceserver")?,
+            },
+            core: Some(args.server_core),
+            http: args.http,
+            grpc: args.grpc,
+            udp_port_base: args.udp_port_base,
+            secret: BENCH_SECRET.into(),
+            tick_hz: 30,
+            members_max: args.receivers + 1,
+            scene: String::new(),
+            settings: vec!["instance.empty_timeout_ms=3600000".into()],
+        },
+        rooms: args.rooms,
+        receivers_per_room: args.receivers,
+        join_rate_per_s: args.join_rate,
+        join_budget: Duration::from_secs(args.join_budget_s),
+        settle: Duration::from_secs(args.settle_s),
+        window: Duration::from_secs(args.window_s),
+    };
+    eprintln!(
+        "media: {} rooms of 1 publisher and {} receivers (server on core {}; the bots run in \
+         this process: pin it with taskset)",
+        args.rooms, args.receivers, args.server_core
+    );
+    let r = media::run(&options).await?;
+    println!(
+        "| consumers | ready | packets published | delivery | worst receiver | server cores | µs per consumer-s | consumers per core | server RSS MiB | bot cores |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {:.2}% | {:.2}% | {:.3} | {:.1} | {:.0} | {:.1} | {:.2} |",
+        r.consumers,
+        r.receivers_ready,
+        r.packets_published,
+        r.delivery * 100.0,
+        r.delivery_min * 100.0,
+        r.server_cores,
+        r.server_us_per_consumer_s,
+        r.consumers_per_core,
+        r.server_rss_mib,
+        r.bot_cores
+    );
+    if let Some(path) = &args.json {
+        write_json(path, &r)?;
+    }
+    Ok(())
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {

@@ -12,24 +12,9 @@ use net::client::ClientEvent;
 use net::messages::TrackKind;
 use state::commands::Topics;
 
-/// Opus at 50 packets a second: 20 ms of 48 kHz audio each.
-const OPUS_TICKS_PER_PACKET: u32 = 960;
-
-fn joined(h: &Harness, c: usize) -> bool {
-    h.client(c).welcome().is_some()
-}
-
-/// The track ids client `c` is receiving (the server's offers applied).
-fn receiving(h: &Harness, c: usize) -> Vec<u32> {
-    h.clients[c]
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Receiving { track, .. } => Some(*track),
-            _ => None,
-        })
-        .collect()
-}
+#[path = "support/media.rs"]
+mod media_support;
+use media_support::{OPUS_TICKS_PER_PACKET, joined, receiving};
 
 /// (packet index carried in the payload, sequence number) of what `c`
 /// received on `track`.

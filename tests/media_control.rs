@@ -14,23 +14,9 @@ use net::conn::{Mid, Rid};
 use net::messages::TrackKind;
 use state::commands::{Command, Topics};
 
-/// Opus at 50 packets a second: 20 ms of 48 kHz audio each.
-const OPUS_TICKS_PER_PACKET: u32 = 960;
-
-fn joined(h: &Harness, c: usize) -> bool {
-    h.client(c).welcome().is_some()
-}
-
-fn receiving(h: &Harness, c: usize) -> Vec<u32> {
-    h.clients[c]
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Receiving { track, .. } => Some(*track),
-            _ => None,
-        })
-        .collect()
-}
+#[path = "support/media.rs"]
+mod media_support;
+use media_support::{OPUS_TICKS_PER_PACKET, joined, receiving};
 
 /// The payloads (and sequence numbers, RTP times) `c` received on `track`.
 fn packets(h: &Harness, c: usize, track: u32) -> Vec<(Vec<u8>, u64, u32)> {

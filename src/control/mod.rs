@@ -519,13 +519,18 @@ impl Control {
         (queues, self.registry.len())
     }
 
-    /// Ends an instance now.
-    pub fn end(&mut self, instance_id: &str) -> Result<(), ControlError> {
-        let shard = self
+    /// The shard hosting `instance_id`.
+    fn shard_of(&self, instance_id: &str) -> Result<usize, ControlError> {
+        Ok(self
             .registry
             .get(instance_id)
             .ok_or_else(|| RegistryError::Unknown(instance_id.to_string()))?
-            .shard;
+            .shard)
+    }
+
+    /// Ends an instance now.
+    pub fn end(&mut self, instance_id: &str) -> Result<(), ControlError> {
+        let shard = self.shard_of(instance_id)?;
         self.send(
             shard,
             Command::EndInstance {
@@ -543,11 +548,7 @@ impl Control {
         message: String,
         now: Instant,
     ) -> Result<u32, ControlError> {
-        let shard = self
-            .registry
-            .get(instance_id)
-            .ok_or_else(|| RegistryError::Unknown(instance_id.to_string()))?
-            .shard;
+        let shard = self.shard_of(instance_id)?;
         if let Some(ban) = ban {
             self.registry.ban(instance_id, user_id, now + ban, now)?;
         }
@@ -574,11 +575,7 @@ impl Control {
         video: bool,
         muted: bool,
     ) -> Result<u32, ControlError> {
-        let shard = self
-            .registry
-            .get(instance_id)
-            .ok_or_else(|| RegistryError::Unknown(instance_id.to_string()))?
-            .shard;
+        let shard = self.shard_of(instance_id)?;
         let sessions = self.registry.sessions_of(instance_id, user_id);
         self.send(
             shard,

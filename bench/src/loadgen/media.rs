@@ -57,7 +57,12 @@ pub struct MediaReport {
     /// Server CPU over the window: cores, and µs per consumer-second.
     pub server_cores: f64,
     pub server_us_per_consumer_s: f64,
-    /// Consumers one core would forward to at this cost (1 s / the cost).
+    /// Packets the server forwarded in the window (its metrics), and its
+    /// CPU per forwarded packet.
+    pub packets_forwarded: u64,
+    pub server_us_per_packet: f64,
+    /// Audio consumers one core would forward to at this cost per packet
+    /// (50 packets a second each).
     pub consumers_per_core: f64,
     pub server_rss_mib: f64,
     /// The bots' own CPU (they share the other core).
@@ -137,12 +142,20 @@ async fn measure(
             }
             tokio::time::sleep(options.settle).await;
             let ready: usize = rooms.iter().map(|c| c.ready.get()).sum();
+            let forwarded = || async {
+                target::scrape(http)
+                    .await
+                    .map(|m| m.get("instanceserver_media_packets_forwarded_total") as u64)
+            };
+            let forwarded_before = forwarded().await?;
             let server_cpu = CpuMeter::start(&[pid]);
             let bots_cpu = CpuMeter::start(&[std::process::id()]);
             measuring.set(true);
             tokio::time::sleep(options.window).await;
             measuring.set(false);
             let server_cores = server_cpu.cores_used();
+            let (server_cpu_s, _) = server_cpu.read();
+            let packets_forwarded = forwarded().await?.saturating_sub(forwarded_before);
             let bot_cores = bots_cpu.cores_used();
             let rss = host::rss_bytes(pid).unwrap_or(0);
             stop.set(true);
@@ -155,6 +168,7 @@ async fn measure(
                 receivers_ready: ready,
                 server_cores,
                 bot_cores,
+                packets_forwarded,
                 server_rss_mib: rss as f64 / (1024.0 * 1024.0),
                 delivery_min: 1.0,
                 ..MediaReport::default()
@@ -179,9 +193,11 @@ async fn measure(
             }
             if report.consumers > 0 {
                 report.server_us_per_consumer_s = server_cores * 1e6 / report.consumers as f64;
-                if report.server_us_per_consumer_s > 0.0 {
-                    report.consumers_per_core = 1e6 / report.server_us_per_consumer_s;
-                }
+            }
+            if packets_forwarded > 0 {
+                report.server_us_per_packet = server_cpu_s * 1e6 / packets_forwarded as f64;
+                report.consumers_per_core =
+                    1e6 / (report.server_us_per_packet * PACKETS_PER_S as f64);
             }
             anyhow::Ok(report)
         })

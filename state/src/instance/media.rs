@@ -913,6 +913,11 @@ impl Instance {
     /// moderation.
     fn tell_track_state(&mut self, ti: usize, io: &mut Io<'_>) {
         let action = track_state(&self.tracks.list[ti]);
+        self.tell_media(&action, io);
+    }
+
+    /// Sends a server action to every member subscribed to topic `media`.
+    fn tell_media(&mut self, action: &ActionBroadcast, io: &mut Io<'_>) {
         let tick = self.tick_now();
         self.broadcast(
             io,
@@ -921,7 +926,7 @@ impl Instance {
             Some(MEDIA_TOPIC),
             MessageKind::ActionBroadcast,
             tick,
-            &action,
+            action,
         );
     }
 
@@ -1094,16 +1099,7 @@ impl Instance {
         self.tracks.speaker.track = Some(loudest.id);
         io.metrics.media_speaker_changes += 1;
         if let Some(action) = self.speaker_action() {
-            let tick = self.tick_now();
-            self.broadcast(
-                io,
-                None,
-                Target::Everyone,
-                Some(MEDIA_TOPIC),
-                MessageKind::ActionBroadcast,
-                tick,
-                &action,
-            );
+            self.tell_media(&action, io);
         }
     }
 

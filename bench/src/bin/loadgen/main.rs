@@ -341,11 +341,11 @@ async fn media(args: MediaArgs) -> anyhow::Result<()> {
     );
     let r = media::run(&options).await?;
     println!(
-        "| consumers | ready | packets published | delivery | worst receiver | server cores | µs per consumer-s | consumers per core | server RSS MiB | bot cores |"
+        "| consumers | ready | packets published | delivery | worst receiver | server cores | µs per consumer-s | packets forwarded | µs per packet | consumers per core | server RSS MiB | bot cores |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {:.2}% | {:.2}% | {:.3} | {:.1} | {:.0} | {:.1} | {:.2} |",
+        "| {} | {} | {} | {:.2}% | {:.2}% | {:.3} | {:.1} | {} | {:.2} | {:.0} | {:.1} | {:.2} |",
         r.consumers,
         r.receivers_ready,
         r.packets_published,
@@ -353,6 +353,8 @@ async fn media(args: MediaArgs) -> anyhow::Result<()> {
         r.delivery_min * 100.0,
         r.server_cores,
         r.server_us_per_consumer_s,
+        r.packets_forwarded,
+        r.server_us_per_packet,
         r.consumers_per_core,
         r.server_rss_mib,
         r.bot_cores

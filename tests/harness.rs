@@ -823,8 +823,8 @@ fn a_media_instance_relays_actions_between_members_and_never_ticks() {
     assert_eq!(w.avatar, 0, "no avatar in a media instance");
     let now = h.now();
     let mute = Action {
-        topic: "media".into(),
-        action_type: "media.mute".into(),
+        topic: "presence".into(),
+        action_type: "presence.mute".into(),
         target: Target::Everyone,
         cache: Cache::ReplaceOwn,
         payload: b"{\"audio\":true}".to_vec(),
@@ -837,7 +837,7 @@ fn a_media_instance_relays_actions_between_members_and_never_ticks() {
         })
     };
     assert!(h.run_until(Duration::from_secs(5), |h| !heard(h).is_empty()));
-    assert_eq!(heard(&h), [(w.user_index, "media.mute".to_string())]);
+    assert_eq!(heard(&h), [(w.user_index, "presence.mute".to_string())]);
     h.run_for(Duration::from_secs(2));
     // Seconds later: not one tick, no snapshot, no physics.
     assert!(h.client(bob).latest_tick().is_none(), "no snapshot");

@@ -114,7 +114,8 @@ fn h264(p: &[u8]) -> bool {
                 if size == 0 {
                     return false;
                 }
-                if h264_key_nal(nal & 0x1F, p.get(i + 3).copied()) {
+                let slice = (size >= 2).then(|| p.get(i + 3).copied()).flatten();
+                if h264_key_nal(nal & 0x1F, slice) {
                     return true;
                 }
                 i += 2 + size;
@@ -173,6 +174,12 @@ mod tests {
         assert!(starts_keyframe(
             VideoCodec::H264,
             &[0x78, 0x00, 0x01, 0x09, 0x00, 0x02, 0x67, 0x42]
+        ));
+        // A STAP-A holding a 1-byte IDR unit: no slice header to read (the
+        // next unit's size is not one).
+        assert!(!starts_keyframe(
+            VideoCodec::H264,
+            &[0x78, 0x00, 0x01, 0x65, 0x80, 0x02, 0x41]
         ));
         // A STAP-A whose size runs past the end.
         assert!(!starts_keyframe(

@@ -153,6 +153,8 @@ export class Client extends Emitter {
     this.owned = new Map();
     /** The local tracks this client publishes (again after a reconnect). */
     this.publishing = [...(options.publish ?? [])];
+    /** Published tracks sent as simulcast layers. */
+    this.simulcast = new Set();
     this.muted = false;
     this.ended = false;
     this.started = false;
@@ -242,7 +244,7 @@ export class Client extends Emitter {
     const actions = pc.createDataChannel('actions');
     state.binaryType = 'arraybuffer';
     actions.binaryType = 'arraybuffer';
-    for (const track of this.publishing) pc.addTransceiver(track, { direction: 'sendonly' });
+    for (const track of this.publishing) pc.addTransceiver(track, this.transceiverInit(track));
     const conn = {
       pc, state, actions, open: false, lastHeard: now(), timers: [], location: null,
       // SDP exchanges after the join run one at a time, in order.
@@ -322,6 +324,9 @@ export class Client extends Emitter {
       throw conn.failure ?? e;
     }
     this.startTimers(conn);
+    // A muted client's tracks, published again after a reconnect, are
+    // muted at the node too.
+    if (this.muted) this.setMuted(true);
     this.emit('joined', this.welcome);
     for (const a of this.welcome.cachedActions) this.emit('action', { ...a, cached: true });
   }
@@ -530,21 +535,30 @@ export class Client extends Emitter {
     if (this.publishing.includes(track)) return;
     if (this.muted) track.enabled = false;
     this.publishing.push(track);
-    const init = { direction: 'sendonly' };
-    if (options.simulcast && track.kind === 'video') init.sendEncodings = SIMULCAST_ENCODINGS;
-    const transceiver = conn.pc.addTransceiver(track, init);
+    if (options.simulcast && track.kind === 'video') this.simulcast.add(track);
+    const transceiver = conn.pc.addTransceiver(track, this.transceiverInit(track));
     try {
       await this.renegotiate(conn);
     } catch (e) {
       this.publishing = this.publishing.filter((t) => t !== track);
+      this.simulcast.delete(track);
       transceiver.stop();
       throw e;
     }
+    if (this.muted && transceiver.mid) this.mediaRequest('mute', { mid: transceiver.mid });
+  }
+
+  /** How a published track is added: send-only, as simulcast layers if asked. */
+  transceiverInit(track) {
+    const init = { direction: 'sendonly' };
+    if (this.simulcast.has(track)) init.sendEncodings = SIMULCAST_ENCODINGS;
+    return init;
   }
 
   /** Stops publishing a track; resolves once the node has answered. */
   async unpublish(track) {
     this.publishing = this.publishing.filter((t) => t !== track);
+    this.simulcast.delete(track);
     const conn = this.conn;
     if (!conn || !conn.open) return;
     const transceiver = conn.pc.getTransceivers().find((t) => t.sender.track === track);

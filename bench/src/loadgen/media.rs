@@ -54,7 +54,8 @@ pub struct MediaReport {
     pub delivery: f64,
     /// The worst receiver's share.
     pub delivery_min: f64,
-    /// Server CPU over the window: cores, and µs per consumer-second.
+    /// Server CPU over the window: cores, and µs per consumer-second (of
+    /// the receivers ready).
     pub server_cores: f64,
     pub server_us_per_consumer_s: f64,
     /// Packets the server forwarded in the window (its metrics), and its
@@ -117,6 +118,7 @@ async fn measure(
             for (r, id) in ids.iter().enumerate() {
                 // Receivers first: the publisher's track is offered to
                 // each as it is announced.
+                *rooms[r].received.borrow_mut() = vec![0; options.receivers_per_room];
                 for k in 0..options.receivers_per_room {
                     let (tokens, id, counts) = (tokens.clone(), id.clone(), rooms[r].clone());
                     let (measuring, stop) = (measuring.clone(), stop.clone());
@@ -159,8 +161,17 @@ async fn measure(
             let bot_cores = bots_cpu.cores_used();
             let rss = host::rss_bytes(pid).unwrap_or(0);
             stop.set(true);
+            let mut failures = 0;
             for t in tasks {
-                let _ = t.await;
+                if let Ok(Err(e)) = t.await {
+                    failures += 1;
+                    if failures <= 3 {
+                        eprintln!("media: a bot failed: {e:#}");
+                    }
+                }
+            }
+            if failures > 3 {
+                eprintln!("media: {failures} bots failed in all");
             }
             let mut report = MediaReport {
                 rooms: options.rooms,
@@ -191,10 +202,10 @@ async fn measure(
             if report.packets_expected > 0 {
                 report.delivery = report.packets_received as f64 / report.packets_expected as f64;
             }
-            if report.consumers > 0 {
-                report.server_us_per_consumer_s = server_cores * 1e6 / report.consumers as f64;
+            if ready > 0 {
+                report.server_us_per_consumer_s = server_cores * 1e6 / ready as f64;
             }
-            if packets_forwarded > 0 {
+            if packets_forwarded > 0 && server_cpu_s > 0.0 {
                 report.server_us_per_packet = server_cpu_s * 1e6 / packets_forwarded as f64;
                 report.consumers_per_core =
                     1e6 / (report.server_us_per_packet * PACKETS_PER_S as f64);
@@ -218,7 +229,6 @@ async fn receiver(
     measuring: &Cell<bool>,
     stop: &Cell<bool>,
 ) -> anyhow::Result<()> {
-    counts.received.borrow_mut().push(0);
     let token = tokens
         .token(http, user, instance)
         .await

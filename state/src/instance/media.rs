@@ -146,6 +146,10 @@ struct Subscriber {
     /// The layer it is sent now (simulcast tracks; `None` before the
     /// first keyframe of its layer).
     current: Option<u8>,
+    /// A keyframe could not be written to it (its answer is not in, or
+    /// left the codec out): no keyframe is asked for on its behalf until
+    /// its next answer.
+    stalled: bool,
 }
 
 /// A token bucket of bits: the track's bitrate cap.
@@ -628,14 +632,14 @@ impl Instance {
                             .is_none_or(|c| starts_keyframe(c, &rtp.packet.payload))
                     });
                     if !key {
-                        waiting[usize::from(l)] = true;
+                        waiting[usize::from(l)] |= !s.stalled;
                         continue;
                     }
                     // The receiver's m-line may not be agreed yet: the
                     // switch holds only once a packet of it went out.
                     if let Err(e) = io.out.write_rtp(s.link, track_id, rtp) {
                         *io.metrics.dropped.entry(e.label()).or_default() += 1;
-                        waiting[usize::from(l)] = true;
+                        track.subscribers[si].stalled = true;
                         continue;
                     }
                     io.metrics.media_packets_forwarded += 1;
@@ -717,6 +721,26 @@ impl Instance {
             return true;
         }
         false
+    }
+
+    /// Member `user` answered an offer: simulcast tracks it could not be
+    /// switched onto (no m-line agreed yet) are asked for a keyframe of
+    /// its layer again.
+    fn unstall(&mut self, user: UserIndex, io: &mut Io<'_>) {
+        let now = io.now;
+        for ti in 0..self.tracks.list.len() {
+            let t = &mut self.tracks.list[ti];
+            let Some(s) = t.subscribers.iter_mut().find(|s| s.user == user) else {
+                continue;
+            };
+            if !std::mem::take(&mut s.stalled) || !s.on {
+                continue;
+            }
+            let (wanted, current) = (s.wanted, s.current);
+            if let Some(l) = t.target(wanted, now).filter(|l| current != Some(*l)) {
+                self.ask_keyframe(ti, Some(l), false, io);
+            }
+        }
     }
 
     /// Asks for a keyframe of every layer of video track `ti`.
@@ -801,7 +825,10 @@ impl Instance {
             format!("the payload must be JSON {{\"track\": id}} or {{\"mid\": mid}}: {e}")
         })?;
         let ti = match (request.track, &request.mid) {
-            (Some(id), _) => self
+            (Some(_), Some(_)) => {
+                return Err("name the track by \"track\" or by \"mid\", not both".into());
+            }
+            (Some(id), None) => self
                 .tracks
                 .list
                 .iter()
@@ -817,7 +844,8 @@ impl Instance {
         };
         if !self.tracks.list[ti].is_forwarded() {
             return Err(format!(
-                "track {} is not forwarded (over a limit)",
+                "track {} is not forwarded: over a limit, or not announced yet (your channels \
+                 are still opening)",
                 self.tracks.list[ti].id
             ));
         }
@@ -1164,12 +1192,13 @@ impl Instance {
                     *io.metrics.refused_messages.entry("sdp_offer").or_default() += 1;
                 }
             },
-            SdpKind::Answer => {
-                if let Err(e) = io.out.accept_media_answer(link, &sdp.sdp) {
+            SdpKind::Answer => match io.out.accept_media_answer(link, &sdp.sdp) {
+                Ok(()) => self.unstall(self.members[i].user, io),
+                Err(e) => {
                     tracing::debug!(instance = %self.id, "a member's answer refused: {e}");
                     *io.metrics.refused_messages.entry("sdp_answer").or_default() += 1;
                 }
-            }
+            },
         }
     }
 }
@@ -1212,6 +1241,7 @@ fn offer_track(m: &mut Member, t: &mut Track, io: &mut Io<'_>, tick: u32) {
             on: true,
             wanted: Layer::High,
             current: None,
+            stalled: false,
         });
     }
 }

@@ -310,6 +310,9 @@ async fn media(args: MediaArgs) -> anyhow::Result<()> {
         args.rooms >= 1 && args.receivers >= 1,
         "--rooms and --receivers must be at least 1"
     );
+    // The node's metrics are snapshots a second apart: a shorter window
+    // would count forwarded packets too coarsely.
+    anyhow::ensure!(args.window_s >= 5, "--window-s must be at least 5");
     let options = MediaOptions {
         server: ServerSpec {
             kind: ServerKind::Ours,

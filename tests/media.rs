@@ -14,7 +14,7 @@ use state::commands::Topics;
 
 #[path = "support/media.rs"]
 mod media_support;
-use media_support::{OPUS_TICKS_PER_PACKET, joined, receiving};
+use media_support::{actions_of, joined, receiving, send_audio};
 
 /// (packet index carried in the payload, sequence number) of what `c`
 /// received on `track`.
@@ -85,7 +85,7 @@ fn audio_reaches_both_subscribers(media_instance: bool, network: Network, seed: 
     let track = receiving(&h, bob)[0];
     let mid = h.client(ann).published()[0].0;
     const PACKETS: u32 = 250;
-    publish_for(&mut h, ann, mid, 0, PACKETS);
+    send_audio(&mut h, ann, mid, 0, PACKETS, None);
     h.run_for(Duration::from_secs(1));
     for c in [bob, carol] {
         let got = received(&h, c, track);
@@ -136,26 +136,6 @@ fn forwarding_keeps_up_with_a_jittery_network() {
     audio_reaches_both_subscribers(false, jitter, 3);
 }
 
-/// Sends `n` packets of 20 ms on `mid`, numbered from `first`.
-fn publish_for(h: &mut Harness, c: usize, mid: net::conn::Mid, first: u32, n: u32) {
-    for i in first..first + n {
-        let mut payload = vec![0u8; 80];
-        payload[..4].copy_from_slice(&i.to_be_bytes());
-        let now = h.now();
-        h.client_mut(c)
-            .write_rtp(
-                mid,
-                u64::from(i) + 1,
-                i * OPUS_TICKS_PER_PACKET,
-                false,
-                &payload,
-                now,
-            )
-            .unwrap();
-        h.run_for(Duration::from_millis(20));
-    }
-}
-
 fn track_events(h: &Harness, c: usize) -> (Vec<(u32, u32)>, Vec<u32>) {
     let mut added = Vec::new();
     let mut removed = Vec::new();
@@ -192,7 +172,7 @@ fn a_track_added_after_joining_reaches_members_already_in_and_late_joiners() {
     let track = receiving(&h, ann)[0];
     let bob_index = h.client(bob).welcome().unwrap().user_index;
     assert_eq!(track_events(&h, ann).0, vec![(track, bob_index)]);
-    publish_for(&mut h, bob, mid, 0, 50);
+    send_audio(&mut h, bob, mid, 0, 50, None);
     let dave = h.join("room", "dave").unwrap();
     assert!(
         h.run_until(Duration::from_secs(10), |h| joined(h, dave)
@@ -200,7 +180,7 @@ fn a_track_added_after_joining_reaches_members_already_in_and_late_joiners() {
         "dave is offered the track on joining"
     );
     assert_eq!(track_events(&h, dave).0, vec![(track, bob_index)]);
-    publish_for(&mut h, bob, mid, 50, 50);
+    send_audio(&mut h, bob, mid, 50, 50, None);
     h.run_for(Duration::from_millis(200));
     assert!(received(&h, ann, track).len() >= 95, "ann hears bob");
     let dave_got = received(&h, dave, track);
@@ -343,20 +323,6 @@ fn keyframe_requests_reach_the_publisher_at_most_twice_a_second() {
     let m = h.shard.metrics();
     assert_eq!(m.media_keyframe_requests, 2 + before as u64);
     assert_eq!(m.media_keyframe_requests_coalesced, 1);
-}
-
-fn actions_of(h: &Harness, c: usize, topic: &str) -> Vec<(String, String)> {
-    h.clients[c]
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Action(a) if a.topic == topic => Some((
-                a.action_type.clone(),
-                String::from_utf8_lossy(&a.payload).into_owned(),
-            )),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Tracks per member and publishers per instance are capped: a track over

@@ -16,7 +16,7 @@ use state::commands::{Command, Topics};
 
 #[path = "support/media.rs"]
 mod media_support;
-use media_support::{OPUS_TICKS_PER_PACKET, joined, receiving};
+use media_support::{actions_of, joined, receiving, send_audio};
 
 /// The payloads (and sequence numbers, RTP times) `c` received on `track`.
 fn packets(h: &Harness, c: usize, track: u32) -> Vec<(Vec<u8>, u64, u32)> {
@@ -38,15 +38,11 @@ fn packets(h: &Harness, c: usize, track: u32) -> Vec<(Vec<u8>, u64, u32)> {
 
 /// The `media` actions `c` was sent: (type, JSON payload).
 fn media_actions(h: &Harness, c: usize) -> Vec<(String, serde_json::Value)> {
-    h.clients[c]
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            ClientEvent::Action(a) if a.topic == "media" => Some((
-                a.action_type.clone(),
-                serde_json::from_slice(&a.payload).unwrap_or(serde_json::Value::Null),
-            )),
-            _ => None,
+    actions_of(h, c, "media")
+        .into_iter()
+        .map(|(kind, payload)| {
+            let json = serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
+            (kind, json)
         })
         .collect()
 }
@@ -86,44 +82,23 @@ fn room_with_audio(config: Config, seed: u64) -> (Harness, [usize; 3], Mid, u32)
     (h, [ann, bob, carol], mid, track)
 }
 
-/// Sends `n` packets of 20 ms on `mid`, numbered from `first`, at `level`
-/// (RFC 6464, dB below full scale).
-fn talk(h: &mut Harness, c: usize, mid: Mid, first: u32, n: u32, level: u8) {
-    for i in first..first + n {
-        let mut payload = vec![0u8; 80];
-        payload[..4].copy_from_slice(&i.to_be_bytes());
-        let now = h.now();
-        h.client_mut(c)
-            .write_audio(
-                mid,
-                u64::from(i) + 1,
-                i * OPUS_TICKS_PER_PACKET,
-                level,
-                &payload,
-                now,
-            )
-            .unwrap();
-        h.run_for(Duration::from_millis(20));
-    }
-}
-
 /// A member unsubscribes from a track and is sent none of its packets
 /// while another member still is; it subscribes again and they come back.
 /// A request about a track that does not exist is refused with the reason.
 #[test]
 fn a_member_unsubscribes_from_a_track_and_subscribes_again() {
     let (mut h, [ann, bob, carol], mid, track) = room_with_audio(Config::default(), 11);
-    talk(&mut h, ann, mid, 0, 25, 40);
+    send_audio(&mut h, ann, mid, 0, 25, Some(40));
     let before = packets(&h, bob, track).len();
     assert!(before >= 20, "bob hears ann first: {before}");
     request(&mut h, bob, "unsubscribe", track, None);
     let bob_then = packets(&h, bob, track).len();
     let carol_then = packets(&h, carol, track).len();
-    talk(&mut h, ann, mid, 25, 50, 40);
+    send_audio(&mut h, ann, mid, 25, 50, Some(40));
     assert_eq!(packets(&h, bob, track).len(), bob_then, "bob hears nothing");
     assert!(packets(&h, carol, track).len() >= carol_then + 48);
     request(&mut h, bob, "subscribe", track, None);
-    talk(&mut h, ann, mid, 75, 50, 40);
+    send_audio(&mut h, ann, mid, 75, 50, Some(40));
     h.run_for(Duration::from_millis(100));
     let again = packets(&h, bob, track).len() - bob_then;
     assert!(again >= 48, "bob hears ann again: {again}");
@@ -324,7 +299,7 @@ fn mutes_and_a_moderators_mute_stop_forwarding_and_late_joiners_see_them() {
     assert_eq!(states.len(), 1);
     assert_eq!(states[0]["muted"], true);
     assert_eq!(states[0]["track"], track);
-    talk(&mut h, ann, mid, 0, 25, 40);
+    send_audio(&mut h, ann, mid, 0, 25, Some(40));
     assert!(
         packets(&h, bob, track).is_empty(),
         "muted: nothing forwarded"
@@ -335,7 +310,7 @@ fn mutes_and_a_moderators_mute_stop_forwarding_and_late_joiners_see_them() {
     }));
     assert_eq!(of_type(&h, dave, "track_state")[0]["muted"], true);
     request(&mut h, ann, "unmute", track, None);
-    talk(&mut h, ann, mid, 25, 25, 40);
+    send_audio(&mut h, ann, mid, 25, 25, Some(40));
     assert!(packets(&h, bob, track).len() >= 24, "unmuted: heard again");
     // The moderator.
     h.command(Command::Moderate {
@@ -351,7 +326,7 @@ fn mutes_and_a_moderators_mute_stop_forwarding_and_late_joiners_see_them() {
     assert_eq!(last["muted"], false);
     let heard = packets(&h, bob, track).len();
     request(&mut h, ann, "unmute", track, None);
-    talk(&mut h, ann, mid, 50, 25, 40);
+    send_audio(&mut h, ann, mid, 50, 25, Some(40));
     assert_eq!(packets(&h, bob, track).len(), heard, "still held");
     let refused = of_type(&h, ann, "refused");
     assert_eq!(
@@ -366,7 +341,7 @@ fn mutes_and_a_moderators_mute_stop_forwarding_and_late_joiners_see_them() {
         muted: false,
     });
     h.run_for(Duration::from_millis(100));
-    talk(&mut h, ann, mid, 75, 25, 40);
+    send_audio(&mut h, ann, mid, 75, 25, Some(40));
     assert!(packets(&h, bob, track).len() >= heard + 24, "lifted");
     // Only the publisher mutes its track.
     request(&mut h, bob, "mute", track, None);

@@ -286,30 +286,45 @@ test('the client reconnects after its connection drops', async () => {
   await page.close();
 });
 
-test('a microphone published by one page is heard by another, and one published after joining too', async () => {
+/**
+ * A page on the node for the voice tests, with their helpers defined in it
+ * as `window.media`: a dev token, waits, and the audio packets a client
+ * has received over all its inbound streams.
+ */
+async function mediaPage() {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error(e.message));
   await page.goto(`${nodeUrl}/healthz`);
+  await page.evaluate(() => {
+    const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+    window.media = {
+      token: async (sub) => (await (await fetch('/v1/dev/token', { method: 'POST', body: JSON.stringify({ sub, instance: 'demo' }) })).json()).token,
+      wait,
+      until: async (what, fn, ms = 10000) => {
+        const end = Date.now() + ms;
+        while (Date.now() < end) {
+          if (fn()) return;
+          await wait(100);
+        }
+        throw new Error(`timed out waiting for ${what}`);
+      },
+      packetsIn: async (client) => {
+        let n = 0;
+        (await client.conn.pc.getStats()).forEach((r) => {
+          if (r.type === 'inbound-rtp' && r.kind === 'audio') n += r.packetsReceived;
+        });
+        return n;
+      },
+    };
+  });
+  return page;
+}
+
+test('a microphone published by one page is heard by another, and one published after joining too', async () => {
+  const page = await mediaPage();
   const result = await page.evaluate(async () => {
     const { Client } = await import('/web/instanceserver.js');
-    const token = async (sub) => (await (await fetch('/v1/dev/token', { method: 'POST', body: JSON.stringify({ sub, instance: 'demo' }) })).json()).token;
-    const wait = (ms) => new Promise((r) => setTimeout(r, ms));
-    const until = async (what, fn, ms = 10000) => {
-      const end = Date.now() + ms;
-      while (Date.now() < end) {
-        if (fn()) return;
-        await wait(100);
-      }
-      throw new Error(`timed out waiting for ${what}`);
-    };
-    /** Audio packets `client` has received, over all its inbound streams. */
-    const packetsIn = async (client) => {
-      let n = 0;
-      (await client.conn.pc.getStats()).forEach((r) => {
-        if (r.type === 'inbound-rtp' && r.kind === 'audio') n += r.packetsReceived;
-      });
-      return n;
-    };
+    const { token, wait, until, packetsIn } = window.media;
     const fake = await navigator.mediaDevices.getUserMedia({ audio: true });
     const mic = fake.getAudioTracks()[0];
     // Ann publishes from her join offer on.
@@ -353,28 +368,10 @@ test('a microphone published by one page is heard by another, and one published 
 });
 
 test('a listener unsubscribes and subscribes again; a muted talker is announced and goes silent; the speaker is announced', async () => {
-  const page = await browser.newPage();
-  page.on('pageerror', (e) => console.error(e.message));
-  await page.goto(`${nodeUrl}/healthz`);
+  const page = await mediaPage();
   const result = await page.evaluate(async () => {
     const { Client } = await import('/web/instanceserver.js');
-    const token = async (sub) => (await (await fetch('/v1/dev/token', { method: 'POST', body: JSON.stringify({ sub, instance: 'demo' }) })).json()).token;
-    const wait = (ms) => new Promise((r) => setTimeout(r, ms));
-    const until = async (what, fn, ms = 10000) => {
-      const end = Date.now() + ms;
-      while (Date.now() < end) {
-        if (fn()) return;
-        await wait(100);
-      }
-      throw new Error(`timed out waiting for ${what}`);
-    };
-    const packetsIn = async (client) => {
-      let n = 0;
-      (await client.conn.pc.getStats()).forEach((r) => {
-        if (r.type === 'inbound-rtp' && r.kind === 'audio') n += r.packetsReceived;
-      });
-      return n;
-    };
+    const { token, wait, until, packetsIn } = window.media;
     /** Packets `client` receives over `ms`. */
     const growth = async (client, ms) => {
       const before = await packetsIn(client);

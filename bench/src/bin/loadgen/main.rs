@@ -170,9 +170,6 @@ struct DensityArgs {
     /// Snapshot (and tick) rate of the servers.
     #[arg(long, default_value_t = 30)]
     tick_hz: u32,
-    /// The core the server is pinned to.
-    #[arg(long, default_value_t = 0)]
-    server_core: usize,
     /// Empty-instance measurements, `scene:count` (comma-separated; `none` for none).
     #[arg(
         long,
@@ -189,20 +186,58 @@ struct DensityArgs {
     /// Where the JSON report (and profiles) go.
     #[arg(long, default_value = "target/density")]
     out: PathBuf,
-    /// Our server binary (default: next to this one).
-    #[arg(long)]
-    server_binary: Option<PathBuf>,
     /// The baseline binary (default: next to this one).
     #[arg(long)]
     baseline_binary: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    bots: BotArgs,
+}
+
+/// A fresh server of ours that a command starts, pinned to a core.
+#[derive(Debug, Args, Clone)]
+struct ServerArgs {
+    /// The core the server is pinned to.
+    #[arg(long, default_value_t = 0)]
+    server_core: usize,
+    /// Our server binary (default: next to this one).
+    #[arg(long)]
+    server_binary: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:18080")]
     http: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:17777")]
     grpc: SocketAddr,
     #[arg(long, default_value_t = 41000)]
     udp_port_base: u16,
-    #[command(flatten)]
-    bots: BotArgs,
+}
+
+impl ServerArgs {
+    /// The server to start, with the benchmark's secret.
+    fn spec(
+        &self,
+        tick_hz: u32,
+        members_max: usize,
+        scene: &str,
+        settings: Vec<String>,
+    ) -> anyhow::Result<ServerSpec> {
+        Ok(ServerSpec {
+            kind: ServerKind::Ours,
+            binary: match &self.server_binary {
+                Some(p) => p.clone(),
+                None => sibling("instanceserver")?,
+            },
+            core: Some(self.server_core),
+            http: self.http,
+            grpc: self.grpc,
+            udp_port_base: self.udp_port_base,
+            secret: BENCH_SECRET.into(),
+            tick_hz,
+            members_max,
+            scene: scene.to_string(),
+            settings,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -222,17 +257,8 @@ struct MediaArgs {
     settle_s: u64,
     #[arg(long, default_value_t = 10)]
     window_s: u64,
-    /// The core the server is pinned to.
-    #[arg(long, default_value_t = 0)]
-    server_core: usize,
-    #[arg(long)]
-    server_binary: Option<PathBuf>,
-    #[arg(long, default_value = "127.0.0.1:18080")]
-    http: SocketAddr,
-    #[arg(long, default_value = "127.0.0.1:17777")]
-    grpc: SocketAddr,
-    #[arg(long, default_value_t = 41000)]
-    udp_port_base: u16,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -261,17 +287,8 @@ struct ChurnArgs {
     /// The server's idle timeout (how soon it notices the vanished), ms.
     #[arg(long, default_value_t = 10_000)]
     idle_timeout_ms: u64,
-    /// The core the server is pinned to.
-    #[arg(long, default_value_t = 0)]
-    server_core: usize,
-    #[arg(long)]
-    server_binary: Option<PathBuf>,
-    #[arg(long, default_value = "127.0.0.1:18080")]
-    http: SocketAddr,
-    #[arg(long, default_value = "127.0.0.1:17777")]
-    grpc: SocketAddr,
-    #[arg(long, default_value_t = 41000)]
-    udp_port_base: u16,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -314,22 +331,12 @@ async fn media(args: MediaArgs) -> anyhow::Result<()> {
     // would count forwarded packets too coarsely.
     anyhow::ensure!(args.window_s >= 5, "--window-s must be at least 5");
     let options = MediaOptions {
-        server: ServerSpec {
-            kind: ServerKind::Ours,
-            binary: match &args.server_binary {
-                Some(p) => p.clone(),
-                None => sibling("instanceserver")?,
-            },
-            core: Some(args.server_core),
-            http: args.http,
-            grpc: args.grpc,
-            udp_port_base: args.udp_port_base,
-            secret: BENCH_SECRET.into(),
-            tick_hz: 30,
-            members_max: args.receivers + 1,
-            scene: String::new(),
-            settings: vec!["instance.empty_timeout_ms=3600000".into()],
-        },
+        server: args.server.spec(
+            30,
+            args.receivers + 1,
+            "",
+            vec!["instance.empty_timeout_ms=3600000".into()],
+        )?,
         rooms: args.rooms,
         receivers_per_room: args.receivers,
         join_rate_per_s: args.join_rate,
@@ -340,7 +347,7 @@ async fn media(args: MediaArgs) -> anyhow::Result<()> {
     eprintln!(
         "media: {} rooms of 1 publisher and {} receivers (server on core {}; the bots run in \
          this process: pin it with taskset)",
-        args.rooms, args.receivers, args.server_core
+        args.rooms, args.receivers, args.server.server_core
     );
     let r = media::run(&options).await?;
     println!(
@@ -478,24 +485,10 @@ async fn density(args: DensityArgs) -> anyhow::Result<()> {
     // The report and any profile go here, from the first step on.
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let server_binary = match &args.server_binary {
-        Some(p) => p.clone(),
-        None => sibling("instanceserver")?,
-    };
     let options = DensityOptions {
-        server: ServerSpec {
-            kind: ServerKind::Ours,
-            binary: server_binary,
-            core: Some(args.server_core),
-            http: args.http,
-            grpc: args.grpc,
-            udp_port_base: args.udp_port_base,
-            secret: BENCH_SECRET.into(),
-            tick_hz: args.tick_hz,
-            members_max: args.users_per_instance,
-            scene: String::new(),
-            settings: Vec::new(),
-        },
+        server: args
+            .server
+            .spec(args.tick_hz, args.users_per_instance, "", Vec::new())?,
         baseline_binary: match &args.baseline_binary {
             Some(p) => p.clone(),
             None => sibling("baseline")?,
@@ -504,7 +497,7 @@ async fn density(args: DensityArgs) -> anyhow::Result<()> {
         scenes: args.scenes.clone(),
         steps: args.steps.clone(),
         users_per_instance: args.users_per_instance,
-        workload: args.bots.workload(args.http),
+        workload: args.bots.workload(args.server.http),
         step: args.bots.step(None)?,
         empty: parse_empty(&args.empty)?,
         empty_window: Duration::from_secs(args.empty_window_s),
@@ -577,25 +570,15 @@ fn print_density(r: &DensityReport) {
 const CHURN_USERS_PER_INSTANCE_MAX: u32 = 64;
 
 async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
-    let spec = ServerSpec {
-        kind: ServerKind::Ours,
-        binary: match &args.server_binary {
-            Some(p) => p.clone(),
-            None => sibling("instanceserver")?,
-        },
-        core: Some(args.server_core),
-        http: args.http,
-        grpc: args.grpc,
-        udp_port_base: args.udp_port_base,
-        secret: BENCH_SECRET.into(),
-        tick_hz: 30,
-        members_max: CHURN_USERS_PER_INSTANCE_MAX as usize,
-        scene: args.scene.clone(),
-        settings: vec![
+    let spec = args.server.spec(
+        30,
+        CHURN_USERS_PER_INSTANCE_MAX as usize,
+        &args.scene,
+        vec![
             format!("webrtc.idle_timeout_ms={}", args.idle_timeout_ms),
             "instance.empty_timeout_ms=3600000".into(),
         ],
-    };
+    )?;
     anyhow::ensure!(args.instances >= 1, "--instances must be at least 1");
     let server = Server::start(&spec).await?;
     let result = async {
@@ -625,7 +608,7 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         eprintln!(
             "churn: {} bots at once over {} instances for {} s (server on core {}; the bots run \
              in this process: pin it with taskset)",
-            args.concurrent, args.instances, args.duration_s, args.server_core
+            args.concurrent, args.instances, args.duration_s, args.server.server_core
         );
         churn::run(&options, TokenSource::new(Some(BENCH_SECRET))).await
     }

@@ -1,11 +1,15 @@
 //! Runs 200 ticks of capture + encode for one client of a 1,000-entity
-//! world, for instruction counting: `valgrind --tool=callgrind`.
+//! world (or as many entities as the first argument says), for
+//! instruction counting: `valgrind --tool=callgrind`.
 use engine::{Aabb, Motion, Transform, Vec3, Velocity, World, WorldConfig};
 use net::quant::Quantizer;
 use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
 
 fn main() {
-    let n = 1000;
+    let n: usize = match std::env::args().nth(1) {
+        Some(arg) => arg.parse().expect("the entity count is a number"),
+        None => 1000,
+    };
     let mut world = World::new(WorldConfig::default());
     for i in 0..n {
         let cell = (i * 7919) % n;

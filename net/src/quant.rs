@@ -63,6 +63,9 @@ impl Quantizer {
     }
 }
 
+/// The components kept when the one at the index is dropped, in order.
+const SMALLEST_THREE: [[usize; 3]; 4] = [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]];
+
 /// Smallest-three encoding of a unit quaternion.
 pub fn rotation(q: Quat) -> [u16; 3] {
     let c = q.to_array();
@@ -76,24 +79,24 @@ pub fn rotation(q: Quat) -> [u16; 3] {
         // The engine keeps rotations normalised: skip the division.
         c
     };
+    // Branch-free: which component is largest depends on the data, and a
+    // mispredicted branch per component cost more than all the arithmetic.
+    // Ties keep the first, as `>` does.
+    let a = c.map(f32::abs);
     let mut largest = 0;
-    for i in 1..4 {
-        if c[i].abs() > c[largest].abs() {
-            largest = i;
-        }
+    let mut max = a[0];
+    for (i, &v) in a.iter().enumerate().skip(1) {
+        let bigger = v > max;
+        largest = if bigger { i } else { largest };
+        max = if bigger { v } else { max };
     }
     // q and -q are the same rotation: make the dropped component positive.
     let sign = if c[largest] < 0.0 { -1.0 } else { 1.0 };
     let scale = sign * std::f32::consts::SQRT_2 * f32::from(ROTATION_CENTRE);
     let centre = i32::from(ROTATION_CENTRE);
-    let mut out = [0u16; 3];
-    let mut k = 0;
-    for (i, &v) in c.iter().enumerate() {
-        if i != largest {
-            out[k] = (round_to_i32(v * scale).clamp(-centre, centre) + centre) as u16;
-            k += 1;
-        }
-    }
+    let component = |v: f32| (round_to_i32(v * scale).clamp(-centre, centre) + centre) as u16;
+    let [i, j, k] = SMALLEST_THREE[largest];
+    let mut out = [component(c[i]), component(c[j]), component(c[k])];
     out[0] |= ((largest as u16) >> 1) << 15;
     out[1] |= ((largest as u16) & 1) << 15;
     out

@@ -78,3 +78,53 @@ fn out_of_range_values_clamp() {
     let r = quant::dequantize_rotation(quant::rotation(Quat::new(0.0, 0.0, 0.0, 0.0)));
     assert_eq!(r, Quat::IDENTITY, "a zero quaternion encodes as identity");
 }
+
+/// Smallest three as the format defines it, written plainly: drop the
+/// first component of largest magnitude, flip the sign so that it is
+/// positive, keep the other three in order.
+fn reference_rotation(q: Quat) -> [u16; 3] {
+    let c = q.to_array();
+    let mut largest = 0;
+    for i in 1..4 {
+        if c[i].abs() > c[largest].abs() {
+            largest = i;
+        }
+    }
+    let sign = if c[largest] < 0.0 { -1.0 } else { 1.0 };
+    let centre = 16383.0f32;
+    let scale = sign * std::f32::consts::SQRT_2 * centre;
+    let mut out = Vec::new();
+    for (i, v) in c.iter().enumerate() {
+        if i != largest {
+            let steps = (v * scale).round();
+            out.push((steps.clamp(-centre, centre) + centre) as u16);
+        }
+    }
+    out[0] |= ((largest as u16) >> 1) << 15;
+    out[1] |= ((largest as u16) & 1) << 15;
+    [out[0], out[1], out[2]]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn rotations_encode_as_the_format_defines(q in unit_quat()) {
+        prop_assert_eq!(quant::rotation(q), reference_rotation(q), "{:?}", q);
+    }
+}
+
+#[test]
+fn rotation_ties_drop_the_first_largest_component() {
+    let half = Quat::new(0.5, 0.5, 0.5, 0.5);
+    assert_eq!(quant::rotation(half), [27968, 27968, 27968], "x dropped");
+    let flipped = Quat::new(-0.5, 0.5, -0.5, 0.5);
+    assert_eq!(quant::rotation(flipped), reference_rotation(flipped));
+    assert_eq!(quant::rotation(flipped)[2], 4798, "w flipped with x");
+    assert_eq!(quant::rotation(Quat::IDENTITY), [49151, 49151, 16383]);
+    assert_eq!(
+        quant::rotation(Quat::new(0.0, 0.0, 0.0, -1.0)),
+        [49151, 49151, 16383],
+        "-q is q"
+    );
+}

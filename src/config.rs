@@ -268,10 +268,12 @@ pub struct ShardConfig {
     pub stall_report_ms: u64,
     /// Memory for io_uring registered buffers per shard (must fit RLIMIT_MEMLOCK).
     pub io_memory_bytes: usize,
-    /// Kernel receive and send buffer asked for each shard's UDP socket
-    /// (SO_RCVBUF / SO_SNDBUF); the kernel caps it at net.core.rmem_max /
-    /// wmem_max. 0 keeps the kernel's default.
-    pub socket_buffer_bytes: usize,
+    /// Kernel receive buffer asked for each shard's UDP socket (SO_RCVBUF);
+    /// the kernel caps it at net.core.rmem_max. 0 keeps the kernel's default.
+    pub socket_recv_bytes: usize,
+    /// Kernel send buffer asked for each shard's UDP socket (SO_SNDBUF);
+    /// the kernel caps it at net.core.wmem_max. 0 keeps the kernel's default.
+    pub socket_send_bytes: usize,
     /// Percent of its core (smoothed) at which a shard refuses new joins
     /// with 503 `busy` (and `Retry-After: 1`); 100 never refuses.
     pub overload_join_refuse_percent: u32,
@@ -301,7 +303,8 @@ impl Default for ShardConfig {
             send_queue_len: 65_536,
             stall_report_ms: 2_000,
             io_memory_bytes: 512 * 1024,
-            socket_buffer_bytes: 4 * 1024 * 1024,
+            socket_recv_bytes: 4 * 1024 * 1024,
+            socket_send_bytes: 4 * 1024 * 1024,
             overload_join_refuse_percent: 85,
             overload_snapshot_degrade_percent: 95,
             overload_snapshot_recover_percent: 85,
@@ -371,6 +374,27 @@ pub const MEDIA_PACKET_CACHE_MAX: usize = 8_192;
 /// The lowest bitrate cap a track may have (bits per second): below, even
 /// Opus at its lowest rate would be cut.
 pub const MEDIA_BITRATE_MIN: u32 = 8_000;
+
+/// Smallest non-zero socket buffer a shard asks for (`shard.socket_*_bytes`).
+pub const SOCKET_BUFFER_MIN: usize = 64 * 1024;
+/// Largest socket buffer a shard asks for (the kernel takes an `int`, and
+/// reports twice what it grants).
+pub const SOCKET_BUFFER_MAX: usize = 1 << 30;
+
+/// Settings that were renamed or split, and what replaced them: naming one
+/// is an error that says so (rather than "unknown key").
+const RENAMED_KEYS: [(&str, &str); 1] = [(
+    "shard.socket_buffer_bytes",
+    "shard.socket_recv_bytes and shard.socket_send_bytes",
+)];
+
+/// The error for a renamed `key` set at `origin`, if it is one.
+fn renamed(key: &str, origin: &str) -> Option<ConfigError> {
+    RENAMED_KEYS
+        .iter()
+        .find(|(old, _)| *old == key)
+        .map(|(old, new)| ConfigError::Invalid(format!("{origin}: {old} was replaced by {new}")))
+}
 
 /// Most entries in `http.cors_origins`.
 pub const CORS_ORIGINS_MAX: usize = 64;
@@ -613,6 +637,17 @@ pub fn load(
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        for (section, value) in &file_tree {
+            if let toml::Value::Table(t) = value {
+                for key in t.keys() {
+                    if let Some(e) =
+                        renamed(&format!("{section}.{key}"), &path.display().to_string())
+                    {
+                        return Err(e);
+                    }
+                }
+            }
+        }
         merge(&mut tree, file_tree);
         // Fail on unknown keys in the file with its own error before layering.
         from_table(&tree).map_err(|message| ConfigError::File {
@@ -630,6 +665,9 @@ pub fn load(
         let key = name[ENV_PREFIX.len()..]
             .to_ascii_lowercase()
             .replace("__", ".");
+        if let Some(e) = renamed(&key, &format!("environment {name}")) {
+            return Err(e);
+        }
         if !known.contains_key(&key) {
             // The binary's own variables (not settings) share the prefix.
             if BINARY_VARIABLES.contains(&&name[ENV_PREFIX.len()..]) {
@@ -651,6 +689,9 @@ pub fn load(
         )?;
     }
     for (key, value) in sets {
+        if let Some(e) = renamed(key, "--set") {
+            return Err(e);
+        }
         if !known.contains_key(key) {
             return Err(ConfigError::UnknownKey {
                 origin: "--set".into(),
@@ -876,6 +917,17 @@ impl Config {
         // slower, one lost snapshot would force full ones, adding load.
         if !(1..=16).contains(&s.overload_snapshot_divisor_max) {
             return bad("shard.overload_snapshot_divisor_max must be within 1..=16");
+        }
+        for (key, v) in [
+            ("shard.socket_recv_bytes", s.socket_recv_bytes),
+            ("shard.socket_send_bytes", s.socket_send_bytes),
+        ] {
+            if v != 0 && !(SOCKET_BUFFER_MIN..=SOCKET_BUFFER_MAX).contains(&v) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be 0 (the kernel's default) or within \
+                     {SOCKET_BUFFER_MIN}..={SOCKET_BUFFER_MAX} bytes"
+                )));
+            }
         }
         if self.shard.datagram_bytes_max < 1_500 || self.shard.datagram_bytes_max > 65_535 {
             return bad("shard.datagram_bytes_max must be within 1500..=65535");

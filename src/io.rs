@@ -87,10 +87,13 @@ pub fn spawn(
         .name(&format!("shard-{index}"))
         .io_memory(config.shard.io_memory_bytes)
         .spin_before_park(Duration::ZERO);
-    let socket_buffer_bytes = config.shard.socket_buffer_bytes;
+    let buffers = SocketBuffers {
+        recv: config.shard.socket_recv_bytes,
+        send: config.shard.socket_send_bytes,
+    };
     let handle = builder
         .spawn(move || async move {
-            let socket = match bind_socket(bind, socket_buffer_bytes, index) {
+            let socket = match bind_socket(bind, buffers, index) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -159,42 +162,81 @@ pub fn spawn(
     }
 }
 
+/// The kernel buffers a shard's socket asks for (0: the kernel's default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SocketBuffers {
+    recv: usize,
+    send: usize,
+}
+
 /// Binds a shard's UDP socket with the buffers asked for. A receive buffer
 /// that is too small drops datagrams in bursts (the kernel's default, about
-/// 208 KiB, overflows near 85% of a core at 400 clients).
+/// 208 KiB, overflows near 85% of a core at 400 clients); a send buffer
+/// that is too small makes a tick's burst of snapshots fail with `ENOBUFS`
+/// or wait.
 fn bind_socket(
     addr: SocketAddr,
-    buffer_bytes: usize,
+    asked: SocketBuffers,
     index: usize,
 ) -> std::io::Result<glommio::net::UdpSocket> {
     Ok(glommio::net::UdpSocket::from(
-        sized_socket(addr, buffer_bytes, index)?.0,
+        sized_socket(addr, asked, index)?.0,
     ))
 }
 
-/// The bound socket of [`bind_socket`], with the receive buffer granted.
+/// The bound socket of [`bind_socket`], with the buffers granted. Shard 0
+/// warns when the kernel grants less than asked (every shard gets the
+/// same), naming the sysctl to raise.
 fn sized_socket(
     addr: SocketAddr,
-    buffer_bytes: usize,
+    asked: SocketBuffers,
     index: usize,
-) -> std::io::Result<(socket2::Socket, usize)> {
+) -> std::io::Result<(socket2::Socket, SocketBuffers)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // As glommio's own bind.
     socket.set_reuse_port(true)?;
-    if buffer_bytes > 0 {
-        socket.set_recv_buffer_size(buffer_bytes)?;
-        socket.set_send_buffer_size(buffer_bytes)?;
+    if asked.recv > 0 {
+        socket.set_recv_buffer_size(asked.recv)?;
+    }
+    if asked.send > 0 {
+        socket.set_send_buffer_size(asked.send)?;
     }
     // Linux reports twice what it grants (bookkeeping included).
-    let granted = socket.recv_buffer_size()? / 2;
-    if buffer_bytes > 0 && granted < buffer_bytes {
-        tracing::warn!(
-            shard = index,
-            asked = buffer_bytes,
-            granted,
-            "the kernel capped the socket's receive buffer: raise net.core.rmem_max \
-                 (and wmem_max) to at least shard.socket_buffer_bytes"
+    let granted = SocketBuffers {
+        recv: socket.recv_buffer_size()? / 2,
+        send: socket.send_buffer_size()? / 2,
+    };
+    for (what, asked, granted, sysctl, key) in [
+        (
+            "receive",
+            asked.recv,
+            granted.recv,
+            "net.core.rmem_max",
+            "shard.socket_recv_bytes",
+        ),
+        (
+            "send",
+            asked.send,
+            granted.send,
+            "net.core.wmem_max",
+            "shard.socket_send_bytes",
+        ),
+    ] {
+        if index == 0 && asked > 0 && granted < asked {
+            tracing::warn!(
+                asked,
+                granted,
+                "the kernel capped each shard socket's {what} buffer: raise {sysctl} to at \
+                 least {key} ({asked}) on the host"
+            );
+        }
+    }
+    if index == 0 {
+        tracing::info!(
+            recv = granted.recv,
+            send = granted.send,
+            "shard socket buffers granted"
         );
     }
     socket.bind(&addr.into())?;
@@ -497,13 +539,38 @@ mod tests {
         assert!(ran < 0.75, "while it ran only part of the time: {ran}");
     }
 
+    /// The kernel's cap on send buffers.
+    fn wmem_max() -> usize {
+        std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(usize::MAX)
+    }
+
     #[test]
-    fn a_shard_socket_gets_the_buffer_asked_up_to_the_kernel_cap() {
+    fn a_shard_socket_gets_the_buffers_asked_up_to_the_kernel_caps() {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-        let asked = 1024 * 1024;
+        let asked = SocketBuffers {
+            recv: 1024 * 1024,
+            send: 512 * 1024,
+        };
         let (_socket, granted) = sized_socket(addr, asked, 0).expect("binds");
-        assert_eq!(granted, asked.min(rmem_max()));
-        let (_socket, default) = sized_socket(addr, 0, 0).expect("binds");
-        assert!(default < asked || rmem_max() < asked, "{default}");
+        assert_eq!(granted.recv, asked.recv.min(rmem_max()));
+        assert_eq!(granted.send, asked.send.min(wmem_max()));
+        let defaults = SocketBuffers { recv: 0, send: 0 };
+        let (_socket, default) = sized_socket(addr, defaults, 0).expect("binds");
+        assert!(
+            default.recv < asked.recv || rmem_max() < asked.recv,
+            "{default:?}"
+        );
+        // Each is asked for on its own: a larger receive buffer alone
+        // leaves the send buffer at the kernel's default.
+        let recv_only = SocketBuffers {
+            recv: asked.recv,
+            send: 0,
+        };
+        let (_socket, granted) = sized_socket(addr, recv_only, 0).expect("binds");
+        assert_eq!(granted.recv, asked.recv.min(rmem_max()));
+        assert_eq!(granted.send, default.send);
     }
 }

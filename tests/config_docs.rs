@@ -85,3 +85,53 @@ fn durations_beyond_a_week_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn socket_buffers_are_set_apart_and_the_old_key_says_what_replaced_it() {
+    let sets = [
+        ("shard.socket_recv_bytes".to_string(), "8388608".to_string()),
+        ("shard.socket_send_bytes".to_string(), "0".to_string()),
+    ];
+    let c = instanceserver::config::load(None, Vec::new(), &sets).expect("valid");
+    assert_eq!(c.shard.socket_recv_bytes, 8 << 20);
+    assert_eq!(c.shard.socket_send_bytes, 0, "0 keeps the kernel's default");
+    let defaults = instanceserver::config::Config::default();
+    assert_eq!(defaults.shard.socket_recv_bytes, 4 << 20);
+    assert_eq!(defaults.shard.socket_send_bytes, 4 << 20);
+
+    let too_small = [("shard.socket_send_bytes".to_string(), "4096".to_string())];
+    let e = instanceserver::config::load(None, Vec::new(), &too_small)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("shard.socket_send_bytes") && e.contains("65536"),
+        "{e}"
+    );
+
+    let old = "shard.socket_buffer_bytes";
+    let replaced = "shard.socket_recv_bytes and shard.socket_send_bytes";
+    let e = instanceserver::config::load(None, Vec::new(), &[(old.into(), "1".into())])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(old) && e.contains(replaced) && e.contains("--set"),
+        "{e}"
+    );
+    let env = [(
+        "INSTANCESERVER_SHARD__SOCKET_BUFFER_BYTES".to_string(),
+        "1".to_string(),
+    )];
+    let e = instanceserver::config::load(None, env, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(replaced) && e.contains("environment"), "{e}");
+    let dir = std::env::temp_dir().join(format!("socket-buffers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("node.toml");
+    std::fs::write(&file, "[shard]\nsocket_buffer_bytes = 1048576\n").expect("written");
+    let e = instanceserver::config::load(Some(&file), Vec::new(), &[])
+        .unwrap_err()
+        .to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(e.contains(replaced) && e.contains("node.toml"), "{e}");
+}

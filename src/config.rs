@@ -377,23 +377,44 @@ pub const MEDIA_BITRATE_MIN: u32 = 8_000;
 
 /// Smallest non-zero socket buffer a shard asks for (`shard.socket_*_bytes`).
 pub const SOCKET_BUFFER_MIN: usize = 64 * 1024;
-/// Largest socket buffer a shard asks for (the kernel takes an `int`, and
-/// reports twice what it grants).
-pub const SOCKET_BUFFER_MAX: usize = 1 << 30;
+/// Largest socket buffer a shard asks for (Linux grants at most
+/// `INT_MAX / 2`, since it books twice what it grants).
+pub const SOCKET_BUFFER_MAX: usize = 512 * 1024 * 1024;
 
-/// Settings that were renamed or split, and what replaced them: naming one
-/// is an error that says so (rather than "unknown key").
-const RENAMED_KEYS: [(&str, &str); 1] = [(
+/// Settings that were renamed or split, and the keys that replaced them:
+/// naming one is an error that says so (rather than "unknown key").
+const RENAMED_KEYS: [(&str, &[&str]); 1] = [(
     "shard.socket_buffer_bytes",
-    "shard.socket_recv_bytes and shard.socket_send_bytes",
+    &["shard.socket_recv_bytes", "shard.socket_send_bytes"],
 )];
 
-/// The error for a renamed `key` set at `origin`, if it is one.
-fn renamed(key: &str, origin: &str) -> Option<ConfigError> {
-    RENAMED_KEYS
+/// Where a setting was given, for [`renamed_key`]'s message.
+enum KeyOrigin<'a> {
+    File,
+    Environment(&'a str),
+    Flag,
+}
+
+/// What to say of renamed `key` given at `origin`, if it is one: the keys
+/// that replaced it, spelt as that origin spells them.
+fn renamed_key(key: &str, origin: KeyOrigin<'_>) -> Option<String> {
+    let (old, new) = RENAMED_KEYS.iter().find(|(old, _)| *old == key)?;
+    let spell = |k: &str| match origin {
+        KeyOrigin::Environment(_) => {
+            format!("{ENV_PREFIX}{}", k.replace('.', "__").to_ascii_uppercase())
+        }
+        KeyOrigin::File | KeyOrigin::Flag => k.to_string(),
+    };
+    let new = new
         .iter()
-        .find(|(old, _)| *old == key)
-        .map(|(old, new)| ConfigError::Invalid(format!("{origin}: {old} was replaced by {new}")))
+        .map(|k| spell(k))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    Some(match origin {
+        KeyOrigin::File => format!("{old} was replaced by {new}"),
+        KeyOrigin::Environment(name) => format!("environment {name}: replaced by {new}"),
+        KeyOrigin::Flag => format!("--set {old}: replaced by {new}"),
+    })
 }
 
 /// Most entries in `http.cors_origins`.
@@ -640,10 +661,12 @@ pub fn load(
         for (section, value) in &file_tree {
             if let toml::Value::Table(t) = value {
                 for key in t.keys() {
-                    if let Some(e) =
-                        renamed(&format!("{section}.{key}"), &path.display().to_string())
-                    {
-                        return Err(e);
+                    let dotted = format!("{section}.{key}");
+                    if let Some(message) = renamed_key(&dotted, KeyOrigin::File) {
+                        return Err(ConfigError::File {
+                            path: path.to_path_buf(),
+                            message,
+                        });
                     }
                 }
             }
@@ -665,8 +688,8 @@ pub fn load(
         let key = name[ENV_PREFIX.len()..]
             .to_ascii_lowercase()
             .replace("__", ".");
-        if let Some(e) = renamed(&key, &format!("environment {name}")) {
-            return Err(e);
+        if let Some(m) = renamed_key(&key, KeyOrigin::Environment(&name)) {
+            return Err(ConfigError::Invalid(m));
         }
         if !known.contains_key(&key) {
             // The binary's own variables (not settings) share the prefix.
@@ -689,8 +712,8 @@ pub fn load(
         )?;
     }
     for (key, value) in sets {
-        if let Some(e) = renamed(key, "--set") {
-            return Err(e);
+        if let Some(m) = renamed_key(key, KeyOrigin::Flag) {
+            return Err(ConfigError::Invalid(m));
         }
         if !known.contains_key(key) {
             return Err(ConfigError::UnknownKey {

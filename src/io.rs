@@ -172,8 +172,7 @@ struct SocketBuffers {
 /// Binds a shard's UDP socket with the buffers asked for. A receive buffer
 /// that is too small drops datagrams in bursts (the kernel's default, about
 /// 208 KiB, overflows near 85% of a core at 400 clients); a send buffer
-/// that is too small makes a tick's burst of snapshots fail with `ENOBUFS`
-/// or wait.
+/// that is too small makes a tick's burst of snapshots wait for room.
 fn bind_socket(
     addr: SocketAddr,
     asked: SocketBuffers,
@@ -202,44 +201,47 @@ fn sized_socket(
     if asked.send > 0 {
         socket.set_send_buffer_size(asked.send)?;
     }
-    // Linux reports twice what it grants (bookkeeping included).
+    // Linux reports twice what it grants once asked (bookkeeping
+    // included); an untouched buffer is reported as it is.
+    let granted_of =
+        |asked: usize, reported: usize| if asked > 0 { reported / 2 } else { reported };
     let granted = SocketBuffers {
-        recv: socket.recv_buffer_size()? / 2,
-        send: socket.send_buffer_size()? / 2,
+        recv: granted_of(asked.recv, socket.recv_buffer_size()?),
+        send: granted_of(asked.send, socket.send_buffer_size()?),
     };
-    for (what, asked, granted, sysctl, key) in [
-        (
-            "receive",
-            asked.recv,
-            granted.recv,
-            "net.core.rmem_max",
-            "shard.socket_recv_bytes",
-        ),
-        (
-            "send",
-            asked.send,
-            granted.send,
-            "net.core.wmem_max",
-            "shard.socket_send_bytes",
-        ),
-    ] {
-        if index == 0 && asked > 0 && granted < asked {
-            tracing::warn!(
-                asked,
-                granted,
-                "the kernel capped each shard socket's {what} buffer: raise {sysctl} to at \
-                 least {key} ({asked}) on the host"
-            );
-        }
-    }
+    socket.bind(&addr.into())?;
     if index == 0 {
+        for (what, asked, granted, sysctl, key) in [
+            (
+                "receive",
+                asked.recv,
+                granted.recv,
+                "net.core.rmem_max",
+                "shard.socket_recv_bytes",
+            ),
+            (
+                "send",
+                asked.send,
+                granted.send,
+                "net.core.wmem_max",
+                "shard.socket_send_bytes",
+            ),
+        ] {
+            if asked > 0 && granted < asked {
+                tracing::warn!(
+                    asked,
+                    granted,
+                    "the kernel capped each shard socket's {what} buffer: raise {sysctl} to at \
+                     least {key} ({asked}) on the host"
+                );
+            }
+        }
         tracing::info!(
             recv = granted.recv,
             send = granted.send,
             "shard socket buffers granted"
         );
     }
-    socket.bind(&addr.into())?;
     Ok((socket, granted))
 }
 
@@ -472,12 +474,17 @@ async fn flush(
 mod tests {
     use super::*;
 
-    /// The kernel's cap on receive buffers.
-    fn rmem_max() -> usize {
-        std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+    /// A `net.core` buffer setting of the kernel.
+    fn sysctl(name: &str) -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(usize::MAX)
+            .unwrap_or_else(|| panic!("/proc/sys/net/core/{name} is readable"))
+    }
+
+    /// The kernel's cap on receive buffers.
+    fn rmem_max() -> usize {
+        sysctl("rmem_max")
     }
 
     #[test]
@@ -541,10 +548,7 @@ mod tests {
 
     /// The kernel's cap on send buffers.
     fn wmem_max() -> usize {
-        std::fs::read_to_string("/proc/sys/net/core/wmem_max")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(usize::MAX)
+        sysctl("wmem_max")
     }
 
     #[test]
@@ -559,10 +563,12 @@ mod tests {
         assert_eq!(granted.send, asked.send.min(wmem_max()));
         let defaults = SocketBuffers { recv: 0, send: 0 };
         let (_socket, default) = sized_socket(addr, defaults, 0).expect("binds");
-        assert!(
-            default.recv < asked.recv || rmem_max() < asked.recv,
-            "{default:?}"
+        assert_eq!(
+            default.recv,
+            sysctl("rmem_default"),
+            "the kernel's, untouched"
         );
+        assert_eq!(default.send, sysctl("wmem_default"));
         // Each is asked for on its own: a larger receive buffer alone
         // leaves the send buffer at the kernel's default.
         let recv_only = SocketBuffers {

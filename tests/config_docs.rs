@@ -110,6 +110,8 @@ fn socket_buffers_are_set_apart_and_the_old_key_says_what_replaced_it() {
 
     let old = "shard.socket_buffer_bytes";
     let replaced = "shard.socket_recv_bytes and shard.socket_send_bytes";
+    let replaced_env =
+        "INSTANCESERVER_SHARD__SOCKET_RECV_BYTES and INSTANCESERVER_SHARD__SOCKET_SEND_BYTES";
     let e = instanceserver::config::load(None, Vec::new(), &[(old.into(), "1".into())])
         .unwrap_err()
         .to_string();
@@ -124,7 +126,10 @@ fn socket_buffers_are_set_apart_and_the_old_key_says_what_replaced_it() {
     let e = instanceserver::config::load(None, env, &[])
         .unwrap_err()
         .to_string();
-    assert!(e.contains(replaced) && e.contains("environment"), "{e}");
+    assert!(
+        e.contains(replaced_env) && e.contains("INSTANCESERVER_SHARD__SOCKET_BUFFER_BYTES"),
+        "{e}"
+    );
     let dir = std::env::temp_dir().join(format!("socket-buffers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("node.toml");
@@ -133,5 +138,8 @@ fn socket_buffers_are_set_apart_and_the_old_key_says_what_replaced_it() {
         .unwrap_err()
         .to_string();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(e.contains(replaced) && e.contains("node.toml"), "{e}");
+    assert!(
+        e.contains(replaced) && e.contains(old) && e.contains("node.toml"),
+        "{e}"
+    );
 }

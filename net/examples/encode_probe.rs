@@ -1,6 +1,7 @@
 //! Runs 200 ticks of capture + encode for one client of a 1,000-entity
-//! world (or as many entities as the first argument says), for
-//! instruction counting: `valgrind --tool=callgrind`.
+//! world (or as many entities as the first argument says, 1 to 4,096: the
+//! view holds at most 4,096), for instruction counting:
+//! `valgrind --tool=callgrind`.
 use engine::{Aabb, Motion, Transform, Vec3, Velocity, World, WorldConfig};
 use net::quant::Quantizer;
 use net::snapshot::{ClientSnapshots, SnapshotConfig, SnapshotEncoder, WorldFrame};
@@ -10,6 +11,7 @@ fn main() {
         Some(arg) => arg.parse().expect("the entity count is a number"),
         None => 1000,
     };
+    assert!((1..=4096).contains(&n), "1 to 4,096 entities");
     let mut world = World::new(WorldConfig::default());
     for i in 0..n {
         let cell = (i * 7919) % n;

@@ -96,7 +96,8 @@ fn reference_rotation(q: Quat) -> [u16; 3] {
     let mut out = Vec::new();
     for (i, v) in c.iter().enumerate() {
         if i != largest {
-            let steps = (v * scale).round();
+            // Half away from zero, as the encoder rounds.
+            let steps = ((v * scale) + 0.5f32.copysign(v * scale)).trunc();
             out.push((steps.clamp(-centre, centre) + centre) as u16);
         }
     }
@@ -122,6 +123,27 @@ fn rotation_ties_drop_the_first_largest_component() {
     assert_eq!(quant::rotation(flipped), reference_rotation(flipped));
     assert_eq!(quant::rotation(flipped)[2], 4798, "w flipped with x");
     assert_eq!(quant::rotation(Quat::IDENTITY), [49151, 49151, 16383]);
+    let y_and_w = Quat::new(
+        0.0,
+        std::f32::consts::FRAC_1_SQRT_2,
+        0.0,
+        -std::f32::consts::FRAC_1_SQRT_2,
+    );
+    let encoded = quant::rotation(y_and_w);
+    assert_eq!(encoded, reference_rotation(y_and_w));
+    assert_eq!(encoded[0] >> 15, 0, "y (index 1) dropped, not w");
+    assert_eq!(encoded[1] >> 15, 1);
+    for degenerate in [
+        Quat::new(0.0, 0.0, 0.0, 0.0),
+        Quat::new(f32::NAN, 0.0, 0.0, 1.0),
+        Quat::new(f32::INFINITY, 0.0, 0.0, 1.0),
+    ] {
+        assert_eq!(
+            quant::rotation(degenerate),
+            [49151, 49151, 16383],
+            "{degenerate:?} encodes as identity"
+        );
+    }
     assert_eq!(
         quant::rotation(Quat::new(0.0, 0.0, 0.0, -1.0)),
         [49151, 49151, 16383],

@@ -264,8 +264,12 @@ pub struct ShardConfig {
     pub datagram_bytes_max: usize,
     /// Datagrams queued for sending per shard before new ones are dropped.
     pub send_queue_len: usize,
-    /// A shard whose ticks run behind schedule this long is reported stalled.
+    /// A shard whose ticks run behind schedule this long is reported stalled
+    /// (a warning and `instanceserver_shard_stalls_total`; health stays).
     pub stall_report_ms: u64,
+    /// A shard whose loop has not come round for this long is stuck: while
+    /// any is, Agones health pings stop and `/healthz` answers 503.
+    pub stuck_ms: u64,
     /// Memory for io_uring registered buffers per shard (must fit RLIMIT_MEMLOCK).
     pub io_memory_bytes: usize,
     /// Kernel receive buffer asked for each shard's UDP socket (SO_RCVBUF);
@@ -302,6 +306,7 @@ impl Default for ShardConfig {
             datagram_bytes_max: 2_048,
             send_queue_len: 65_536,
             stall_report_ms: 2_000,
+            stuck_ms: 10_000,
             io_memory_bytes: 512 * 1024,
             socket_recv_bytes: 4 * 1024 * 1024,
             socket_send_bytes: 4 * 1024 * 1024,
@@ -374,6 +379,9 @@ pub const MEDIA_PACKET_CACHE_MAX: usize = 8_192;
 /// The lowest bitrate cap a track may have (bits per second): below, even
 /// Opus at its lowest rate would be cut.
 pub const MEDIA_BITRATE_MIN: u32 = 8_000;
+
+/// Shortest `shard.stuck_ms`.
+pub const STUCK_MS_MIN: u64 = 1_000;
 
 /// Smallest non-zero socket buffer a shard asks for (`shard.socket_*_bytes`).
 pub const SOCKET_BUFFER_MIN: usize = 64 * 1024;
@@ -952,6 +960,13 @@ impl Config {
                 )));
             }
         }
+        // Under a second, a burst of work (instances created together, a
+        // tick catching up) would pass for a stuck shard and fail health.
+        if s.stuck_ms < STUCK_MS_MIN {
+            return Err(ConfigError::Invalid(format!(
+                "shard.stuck_ms must be at least {STUCK_MS_MIN}"
+            )));
+        }
         if self.shard.datagram_bytes_max < 1_500 || self.shard.datagram_bytes_max > 65_535 {
             return bad("shard.datagram_bytes_max must be within 1500..=65535");
         }
@@ -999,6 +1014,7 @@ impl Config {
             ),
             ("node.drain_grace_ms", self.node.drain_grace_ms),
             ("shard.stall_report_ms", self.shard.stall_report_ms),
+            ("shard.stuck_ms", self.shard.stuck_ms),
         ] {
             if v > DURATION_MS_MAX {
                 return Err(ConfigError::Invalid(format!(

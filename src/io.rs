@@ -46,6 +46,17 @@ pub struct ShardHandle {
     /// Datagrams the shard's socket received, updated as they arrive (the
     /// per-second `Stats` event is too coarse for throughput benchmarks).
     pub datagrams_in: Arc<AtomicU64>,
+    /// When the shard's loop last came round ([`monotonic_ms`]): a shard
+    /// whose loop stops coming round is stuck.
+    pub heartbeat: Arc<AtomicU64>,
+}
+
+/// Milliseconds since the process first asked: the clock of shard
+/// heartbeats (monotonic, shared by every thread).
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +94,8 @@ pub fn spawn(
     let shard_config = config.clone();
     let datagrams_in = Arc::new(AtomicU64::new(0));
     let counter = datagrams_in.clone();
+    let heartbeat = Arc::new(AtomicU64::new(monotonic_ms()));
+    let beat = heartbeat.clone();
     let builder = LocalExecutorBuilder::new(placement)
         .name(&format!("shard-{index}"))
         .io_memory(config.shard.io_memory_bytes)
@@ -120,7 +133,10 @@ pub fn spawn(
                 socket,
                 commands_rx,
                 events,
-                counter,
+                Beats {
+                    datagrams_in: counter,
+                    heartbeat: beat,
+                },
                 datagram_bytes_max,
                 meter,
             )
@@ -149,6 +165,7 @@ pub fn spawn(
             commands: commands_tx,
             thread,
             datagrams_in,
+            heartbeat,
         }),
         Ok(Err(message)) => Err(ShardStartError::Bind {
             index,
@@ -257,15 +274,27 @@ fn advertised_addr(config: &Config, index: usize, bound: SocketAddr) -> SocketAd
     SocketAddr::new(ip, port)
 }
 
+/// What a shard's loop publishes to other threads as it goes.
+struct Beats {
+    /// Datagrams received so far.
+    datagrams_in: Arc<AtomicU64>,
+    /// When the loop last came round ([`monotonic_ms`]).
+    heartbeat: Arc<AtomicU64>,
+}
+
 async fn run(
     mut shard: Shard,
     socket: glommio::net::UdpSocket,
     commands: Receiver<Command>,
     events: Sender<Event>,
-    datagrams_in: Arc<AtomicU64>,
+    beats: Beats,
     datagram_bytes_max: usize,
     mut meter: LoadMeter,
 ) {
+    let Beats {
+        datagrams_in,
+        heartbeat,
+    } = beats;
     // One byte more than the limit, so a longer datagram shows as filling it.
     let mut buf = vec![0u8; datagram_bytes_max + 1];
     let mut recv = batch::RecvBatch::new(datagram_bytes_max);
@@ -273,6 +302,7 @@ async fn run(
     let mut out = Vec::with_capacity(batch::BATCH_MAX);
     let fd = socket.as_raw_fd();
     loop {
+        heartbeat.store(monotonic_ms(), Ordering::Relaxed);
         let now = Instant::now();
         if let Some(share) = meter.sample(now) {
             shard.observe_load(share, now);

@@ -86,7 +86,7 @@ impl Node {
         drop(events_tx);
         let slots = shards
             .iter()
-            .map(|s| ShardSlot::new(s.commands.clone(), s.advertised))
+            .map(|s| ShardSlot::new(s.commands.clone(), s.advertised, s.heartbeat.clone()))
             .collect();
         let shard_addrs = shards.iter().map(|s| (s.bound, s.advertised)).collect();
         let dev = config.node.dev;

@@ -1,6 +1,6 @@
 //! The node against a fake Agones SDK server over real gRPC on loopback:
-//! start-up (capacities, Ready), health pings at the interval and their end
-//! after a stall, Counters and the List following instances and users, an
+//! start-up (capacities, Ready), health pings at the interval, going on
+//! through a stall and withheld while a shard is stuck, Counters and the List following instances and users, an
 //! allocation creating an instance, Shutdown from the SDK draining the
 //! node, and the SDK's Shutdown at stop.
 
@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agones::fake::{Call, FakeSdk, counters};
@@ -16,6 +18,7 @@ use instanceserver::control::agones::{
     ALLOCATION_ANNOTATION, LOCATION_ANNOTATION, SCENE_ANNOTATION,
 };
 use instanceserver::control::lock;
+use instanceserver::io::monotonic_ms;
 use instanceserver::node::Node;
 use net::client::{Client, dev_token};
 
@@ -135,20 +138,83 @@ async fn the_node_reports_to_agones_and_drains_on_its_shutdown() {
 }
 
 #[tokio::test]
-async fn health_pings_stop_after_a_shard_stall() {
+async fn health_pings_go_on_through_a_stall_and_stop_while_a_shard_is_stuck() {
     let fake = fake(&[("players", 10)]);
-    let node = support::start(config(&fake));
+    let mut c = config(&fake);
+    c.shard.stuck_ms = 1_000;
+    let node = support::start(c);
+    let healthz = || async {
+        net::client::http_request(node.http_addr, "GET", "/healthz", &[], Vec::new())
+            .await
+            .expect("the node answers")
+    };
+    let stuck_gauge = || {
+        let text = instanceserver::control::metrics::render(&lock(node.control()));
+        text.lines()
+            .find_map(|l| l.strip_prefix("instanceserver_shards_stuck "))
+            .map(str::to_string)
+    };
     eventually("pings", || fake.health_pings().len() >= 2).await;
-    // As the event pump records a shard's Stalled event.
+    // A stall (ticks behind schedule: an overload that passes) is a
+    // warning and a counter, not a failure: pings go on.
     lock(node.control()).metrics.stalls += 1;
+    let before = fake.health_pings().len();
+    eventually("pings after a stall", || {
+        fake.health_pings().len() >= before + 3
+    })
+    .await;
+    assert_eq!(healthz().await.status, 200);
+    assert_eq!(stuck_gauge().as_deref(), Some("0"));
+
+    // The shard's loop stops coming round, as seen from the control
+    // thread: its heartbeat no longer moves.
+    let live = {
+        let mut c = lock(node.control());
+        let frozen = Arc::new(AtomicU64::new(monotonic_ms()));
+        std::mem::replace(&mut c.shards[0].heartbeat, frozen)
+    };
+    eventually("health withheld", || {
+        !lock(node.control()).stuck_shards().is_empty()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let after = fake.health_pings().len();
+    let withheld = fake.health_pings().len();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         fake.health_pings().len(),
-        after,
-        "pings went on after a stall"
+        withheld,
+        "pings went on while stuck"
     );
+    let health = healthz().await;
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(
+        health.body.contains("\"stuck\"") && health.body.contains("\"stuck_shards\":[0]"),
+        "{}",
+        health.body
+    );
+    assert_eq!(stuck_gauge().as_deref(), Some("1"));
+
+    // It comes round again: pings resume.
+    lock(node.control()).shards[0].heartbeat = live;
+    eventually("pings resume", || fake.health_pings().len() >= withheld + 2).await;
+    assert_eq!(healthz().await.status, 200);
+    node.stop();
+}
+
+#[test]
+fn a_running_shard_is_never_taken_for_stuck() {
+    // The real heartbeat moves with every round of the shard's loop, which
+    // comes round every few milliseconds even when idle.
+    let node = support::start(support::config(1));
+    let first = lock(node.control()).shards[0]
+        .heartbeat
+        .load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(50));
+    let later = lock(node.control()).shards[0]
+        .heartbeat
+        .load(Ordering::Relaxed);
+    assert!(later > first, "{first} -> {later}");
+    assert!(lock(node.control()).stuck_shards().is_empty());
     node.stop();
 }
 

@@ -4,8 +4,10 @@
 //!
 //! - at start: the rooms Counter's capacity is set to the node's instance
 //!   capacity, the players Counter's to its peer capacity, then `Ready`;
-//! - every `agones.health_interval_ms`: a `Health` ping, until a shard
-//!   reports a stall (then pings stop for good and Agones replaces the pod);
+//! - every `agones.health_interval_ms`: a `Health` ping, skipped while a
+//!   shard is stuck (its loop has not come round for `shard.stuck_ms`), so
+//!   Agones replaces a pod whose shard stays stuck; a shard that is merely
+//!   behind schedule (overloaded, catching up) keeps the pod healthy;
 //! - after every instance or session event (and at each health tick): the
 //!   rooms and players Counters are set to the registry's counts, and the
 //!   players List follows the joined user ids while it has room;
@@ -114,16 +116,28 @@ pub async fn run(
     }
 }
 
-/// One `Health` ping per interval until a shard stalls; a stream that ended
-/// is opened again.
+/// One `Health` ping per interval while no shard is stuck; a stream that
+/// ended is opened again.
 async fn ping(sdk: Sdk, interval: Duration, shared: Shared) {
     let mut health = sdk.health();
     let mut ticker = tokio::time::interval(interval);
+    let mut withheld = false;
     loop {
         ticker.tick().await;
-        if lock(&shared).metrics.stalls > 0 {
-            tracing::error!("Agones: a shard stalled; health pings stop so the pod is replaced");
-            return;
+        let stuck = lock(&shared).stuck_shards();
+        if !stuck.is_empty() {
+            if !withheld {
+                tracing::error!(
+                    ?stuck,
+                    "Agones: a shard is stuck; health pings stop until it comes round \
+                     (Agones replaces the pod past its failure threshold)"
+                );
+            }
+            withheld = true;
+            continue;
+        }
+        if std::mem::take(&mut withheld) {
+            tracing::warn!("Agones: every shard comes round again; health pings resume");
         }
         if !health.ping() {
             tracing::warn!("Agones: the health stream ended; opening it again");

@@ -797,11 +797,22 @@ async fn attendance(
         .into_response()
 }
 
+/// 200 while every shard's loop comes round (`ok`, or `draining`); 503
+/// `stuck`, naming the shards, while one has not for `shard.stuck_ms`.
 async fn health(State(shared): State<Shared>) -> Response {
     let c = lock(&shared);
-    let status = if c.draining { "draining" } else { "ok" };
-    axum::Json(json!({ "status": status, "instances": c.registry.len(), "shards": c.shards.len() }))
-        .into_response()
+    let stuck = c.stuck_shards();
+    let (code, status) = match (stuck.is_empty(), c.draining) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "stuck"),
+        (true, true) => (StatusCode::OK, "draining"),
+        (true, false) => (StatusCode::OK, "ok"),
+    };
+    let mut body =
+        json!({ "status": status, "instances": c.registry.len(), "shards": c.shards.len() });
+    if !stuck.is_empty() {
+        body["stuck_shards"] = json!(stuck);
+    }
+    (code, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(shared): State<Shared>) -> Response {

@@ -49,6 +49,12 @@ pub fn render(c: &Control) -> String {
         "1 while the node drains.",
         f64::from(u8::from(c.draining)),
     );
+    gauge(
+        &mut out,
+        "instanceserver_shards_stuck",
+        "Shards whose loop has not come round for shard.stuck_ms (health fails while above 0).",
+        c.stuck_shards().len() as f64,
+    );
     per_shard(
         &mut out,
         &c.shards,
@@ -158,7 +164,7 @@ pub fn render(c: &Control) -> String {
         ),
         (
             "instanceserver_shard_stalls_total",
-            "Times a shard ran behind schedule for stall_report_ms.",
+            "Times a shard ran behind schedule for stall_report_ms (overload; health stays).",
             |m| m.stalls,
         ),
         (

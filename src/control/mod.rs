@@ -36,6 +36,8 @@ pub struct ShardSlot {
     /// Tick time used in the last stats period, µs per second.
     pub busy_us_per_s: u64,
     last_tick_sum_us: u64,
+    /// When the shard's loop last came round ([`crate::io::monotonic_ms`]).
+    pub heartbeat: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Counters of the control plane, for `/metrics`.
@@ -226,6 +228,19 @@ impl Control {
                 Err(ControlError::ShardUnavailable(shard))
             }
         }
+    }
+
+    /// Shards whose loop has not come round for `shard.stuck_ms`: stuck
+    /// (in a loop, or blocked), not merely slow. Health fails while any is.
+    pub fn stuck_shards(&self) -> Vec<usize> {
+        let now = crate::io::monotonic_ms();
+        let stuck_ms = self.config.shard.stuck_ms;
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.silent_ms(now) >= stuck_ms)
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Validates and registers an instance, sends it to its shard, and
@@ -668,13 +683,23 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ControlError> {
 }
 
 impl ShardSlot {
-    pub fn new(commands: Sender<Command>, advertised: std::net::SocketAddr) -> ShardSlot {
+    pub fn new(
+        commands: Sender<Command>,
+        advertised: std::net::SocketAddr,
+        heartbeat: Arc<std::sync::atomic::AtomicU64>,
+    ) -> ShardSlot {
         ShardSlot {
             commands,
             advertised,
             metrics: ShardMetrics::default(),
             busy_us_per_s: 0,
             last_tick_sum_us: 0,
+            heartbeat,
         }
+    }
+
+    /// Milliseconds since the shard's loop last came round, at `now_ms`.
+    pub fn silent_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.heartbeat.load(std::sync::atomic::Ordering::Relaxed))
     }
 }

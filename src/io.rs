@@ -25,6 +25,9 @@ use crate::router::Shard;
 /// Longest the shell sleeps in the socket before it looks at its command
 /// queue again (commands have no wakeup of their own across threads).
 pub const COMMAND_POLL_INTERVAL: Duration = Duration::from_millis(2);
+/// Commands a shard handles per round of its loop; the rest wait for the
+/// next round (a round takes at most a few milliseconds when idle).
+pub const COMMANDS_PER_ROUND_MAX: usize = 64;
 /// Datagrams read back to back before the shell runs timers and commands.
 pub const RECV_BATCH_MAX: usize = 64;
 /// How often the shell measures the share of its core its thread uses (or
@@ -307,7 +310,13 @@ async fn run(
         if let Some(share) = meter.sample(now) {
             shard.observe_load(share, now);
         }
-        while let Ok(command) = commands.try_recv() {
+        // At most so many a round: a burst (a thousand instances created at
+        // once) must not starve the ticks and datagrams of everyone already
+        // in, nor hold the heartbeat still.
+        for _ in 0..COMMANDS_PER_ROUND_MAX {
+            let Ok(command) = commands.try_recv() else {
+                break;
+            };
             if !shard.handle_command(command, Instant::now()) {
                 flush(&mut shard, &socket, &mut send, &mut out, &events).await;
                 return;

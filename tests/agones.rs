@@ -1,6 +1,6 @@
 //! The node against a fake Agones SDK server over real gRPC on loopback:
-//! start-up (capacities, Ready), health pings at the interval, going on
-//! through a stall and withheld while a shard is stuck, Counters and the List following instances and users, an
+//! start-up (capacities, Ready), health pings at the interval, withheld
+//! while a shard is stuck, Counters and the List following instances and users, an
 //! allocation creating an instance, Shutdown from the SDK draining the
 //! node, and the SDK's Shutdown at stop.
 
@@ -138,10 +138,10 @@ async fn the_node_reports_to_agones_and_drains_on_its_shutdown() {
 }
 
 #[tokio::test]
-async fn health_pings_go_on_through_a_stall_and_stop_while_a_shard_is_stuck() {
+async fn health_pings_stop_while_a_shard_is_stuck_and_resume_after() {
     let fake = fake(&[("players", 10)]);
     let mut c = config(&fake);
-    c.shard.stuck_ms = 1_000;
+    c.shard.stuck_ms = 3_000;
     let node = support::start(c);
     let healthz = || async {
         net::client::http_request(node.http_addr, "GET", "/healthz", &[], Vec::new())
@@ -154,15 +154,7 @@ async fn health_pings_go_on_through_a_stall_and_stop_while_a_shard_is_stuck() {
             .find_map(|l| l.strip_prefix("instanceserver_shards_stuck "))
             .map(str::to_string)
     };
-    eventually("pings", || fake.health_pings().len() >= 2).await;
-    // A stall (ticks behind schedule: an overload that passes) is a
-    // warning and a counter, not a failure: pings go on.
-    lock(node.control()).metrics.stalls += 1;
-    let before = fake.health_pings().len();
-    eventually("pings after a stall", || {
-        fake.health_pings().len() >= before + 3
-    })
-    .await;
+    eventually("pings", || fake.health_pings().len() >= 3).await;
     assert_eq!(healthz().await.status, 200);
     assert_eq!(stuck_gauge().as_deref(), Some("0"));
 
@@ -206,14 +198,17 @@ fn a_running_shard_is_never_taken_for_stuck() {
     // The real heartbeat moves with every round of the shard's loop, which
     // comes round every few milliseconds even when idle.
     let node = support::start(support::config(1));
-    let first = lock(node.control()).shards[0]
-        .heartbeat
-        .load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(50));
-    let later = lock(node.control()).shards[0]
-        .heartbeat
-        .load(Ordering::Relaxed);
-    assert!(later > first, "{first} -> {later}");
+    let beat = || {
+        lock(node.control()).shards[0]
+            .heartbeat
+            .load(Ordering::Relaxed)
+    };
+    let first = beat();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while beat() <= first {
+        assert!(Instant::now() < deadline, "the heartbeat never moved");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(lock(node.control()).stuck_shards().is_empty());
     node.stop();
 }

@@ -48,7 +48,6 @@ pub struct ControlMetrics {
     pub joins: BTreeMap<u16, u64>,
     pub sessions_left: BTreeMap<&'static str, u64>,
     pub instances_ended: BTreeMap<&'static str, u64>,
-    pub stalls: u64,
 }
 
 /// Why a control operation failed, mapped to HTTP and gRPC codes.
@@ -490,7 +489,6 @@ impl Control {
                 }
             }
             Event::Stalled { shard, behind_ms } => {
-                self.metrics.stalls += 1;
                 tracing::warn!(shard, behind_ms, "shard reported a stall");
             }
         }

@@ -185,6 +185,14 @@ async fn health_pings_stop_while_a_shard_is_stuck_and_resume_after() {
         health.body
     );
     assert_eq!(stuck_gauge().as_deref(), Some("1"));
+    let text = instanceserver::control::metrics::render(&lock(node.control()));
+    let age: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("instanceserver_shard_heartbeat_age_seconds{shard=\"0\"} "))
+        .expect("the heartbeat age is rendered")
+        .parse()
+        .expect("a number");
+    assert!(age >= 3.0, "{age} s since the frozen heartbeat");
 
     // It comes round again: pings resume.
     lock(node.control()).shards[0].heartbeat = live;

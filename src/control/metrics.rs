@@ -55,6 +55,18 @@ pub fn render(c: &Control) -> String {
         "Shards whose loop has not come round for shard.stuck_ms (health fails while above 0).",
         c.stuck_shards().len() as f64,
     );
+    let name = "instanceserver_shard_heartbeat_age_seconds";
+    header(
+        &mut out,
+        name,
+        "gauge",
+        "Seconds since each shard's loop last came round (stuck at shard.stuck_ms).",
+    );
+    let now = crate::io::monotonic_ms();
+    for (i, s) in c.shards.iter().enumerate() {
+        let age = s.silent_ms(now) as f64 / 1000.0;
+        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {age}");
+    }
     per_shard(
         &mut out,
         &c.shards,

@@ -176,7 +176,10 @@ pub struct Connections {
     /// valid for a year).
     cert_made: Option<Instant>,
     rng: StdRng,
-    conns: Slab<Conn>,
+    /// Boxed: a connection is about 10 KiB inline (str0m's `Rtc`), so a
+    /// slab of them would keep up to as much again in spare capacity,
+    /// copy megabytes whenever it grows, and never give back the peak.
+    conns: Slab<Box<Conn>>,
     by_addr: HashMap<SocketAddr, ConnKey>,
     by_ufrag: HashMap<String, ConnKey>,
     timers: BinaryHeap<Reverse<(Instant, ConnKey)>>,
@@ -259,7 +262,7 @@ impl Connections {
     }
 
     pub fn is_open(&self, key: ConnKey) -> bool {
-        self.conns.get(key).is_some_and(Conn::is_open)
+        self.conns.get(key).is_some_and(|c| c.is_open())
     }
 
     /// Counts a datagram dropped outside the layer (too large, send failed).
@@ -304,7 +307,9 @@ impl Connections {
         if !answer.contains("m=application") {
             return Err(AcceptError::NoDataChannel);
         }
-        let key = self.conns.insert(Conn::new(rtc, ufrag.clone(), now));
+        let key = self
+            .conns
+            .insert(Box::new(Conn::new(rtc, ufrag.clone(), now)));
         self.by_ufrag.insert(ufrag, key);
         self.mark_dirty(key);
         self.flush(now);

@@ -57,9 +57,14 @@ pub struct ShardHandle {
 /// Milliseconds since the process first asked: the clock of shard
 /// heartbeats (monotonic, shared by every thread).
 pub fn monotonic_ms() -> u64 {
+    monotonic_ms_at(Instant::now())
+}
+
+/// [`monotonic_ms`] at `at` (for a caller that has just read the clock).
+pub fn monotonic_ms_at(at: Instant) -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(at.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,8 +310,8 @@ async fn run(
     let mut out = Vec::with_capacity(batch::BATCH_MAX);
     let fd = socket.as_raw_fd();
     loop {
-        heartbeat.store(monotonic_ms(), Ordering::Relaxed);
         let now = Instant::now();
+        heartbeat.store(monotonic_ms_at(now), Ordering::Relaxed);
         if let Some(share) = meter.sample(now) {
             shard.observe_load(share, now);
         }
@@ -521,11 +526,6 @@ mod tests {
             .unwrap_or_else(|| panic!("/proc/sys/net/core/{name} is readable"))
     }
 
-    /// The kernel's cap on receive buffers.
-    fn rmem_max() -> usize {
-        sysctl("rmem_max")
-    }
-
     #[test]
     fn the_load_meter_sees_a_busy_thread() {
         let t0 = Instant::now();
@@ -585,11 +585,6 @@ mod tests {
         assert!(ran < 0.75, "while it ran only part of the time: {ran}");
     }
 
-    /// The kernel's cap on send buffers.
-    fn wmem_max() -> usize {
-        sysctl("wmem_max")
-    }
-
     #[test]
     fn a_shard_socket_gets_the_buffers_asked_up_to_the_kernel_caps() {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("an address");
@@ -598,8 +593,8 @@ mod tests {
             send: 512 * 1024,
         };
         let (_socket, granted) = sized_socket(addr, asked, 0).expect("binds");
-        assert_eq!(granted.recv, asked.recv.min(rmem_max()));
-        assert_eq!(granted.send, asked.send.min(wmem_max()));
+        assert_eq!(granted.recv, asked.recv.min(sysctl("rmem_max")));
+        assert_eq!(granted.send, asked.send.min(sysctl("wmem_max")));
         let defaults = SocketBuffers { recv: 0, send: 0 };
         let (_socket, default) = sized_socket(addr, defaults, 0).expect("binds");
         assert_eq!(
@@ -615,7 +610,7 @@ mod tests {
             send: 0,
         };
         let (_socket, granted) = sized_socket(addr, recv_only, 0).expect("binds");
-        assert_eq!(granted.recv, asked.recv.min(rmem_max()));
+        assert_eq!(granted.recv, asked.recv.min(sysctl("rmem_max")));
         assert_eq!(granted.send, default.send);
     }
 }

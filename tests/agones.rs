@@ -148,12 +148,14 @@ async fn health_pings_stop_while_a_shard_is_stuck_and_resume_after() {
             .await
             .expect("the node answers")
     };
-    let stuck_gauge = || {
+    // The value of the metric sample whose line starts with `sample `.
+    let metric = |sample: &str| {
         let text = instanceserver::control::metrics::render(&lock(node.control()));
         text.lines()
-            .find_map(|l| l.strip_prefix("instanceserver_shards_stuck "))
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
             .map(str::to_string)
     };
+    let stuck_gauge = || metric("instanceserver_shards_stuck");
     eventually("pings", || fake.health_pings().len() >= 3).await;
     assert_eq!(healthz().await.status, 200);
     assert_eq!(stuck_gauge().as_deref(), Some("0"));
@@ -185,10 +187,7 @@ async fn health_pings_stop_while_a_shard_is_stuck_and_resume_after() {
         health.body
     );
     assert_eq!(stuck_gauge().as_deref(), Some("1"));
-    let text = instanceserver::control::metrics::render(&lock(node.control()));
-    let age: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("instanceserver_shard_heartbeat_age_seconds{shard=\"0\"} "))
+    let age: f64 = metric("instanceserver_shard_heartbeat_age_seconds{shard=\"0\"}")
         .expect("the heartbeat age is rendered")
         .parse()
         .expect("a number");

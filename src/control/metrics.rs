@@ -55,18 +55,15 @@ pub fn render(c: &Control) -> String {
         "Shards whose loop has not come round for shard.stuck_ms (health fails while above 0).",
         c.stuck_shards().len() as f64,
     );
-    let name = "instanceserver_shard_heartbeat_age_seconds";
-    header(
+    let now = crate::io::monotonic_ms();
+    per_slot(
         &mut out,
-        name,
+        &c.shards,
+        "instanceserver_shard_heartbeat_age_seconds",
         "gauge",
         "Seconds since each shard's loop last came round (stuck at shard.stuck_ms).",
+        |s| s.silent_ms(now) as f64 / 1000.0,
     );
-    let now = crate::io::monotonic_ms();
-    for (i, s) in c.shards.iter().enumerate() {
-        let age = s.silent_ms(now) as f64 / 1000.0;
-        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {age}");
-    }
     per_shard(
         &mut out,
         &c.shards,
@@ -358,9 +355,21 @@ fn per_shard<T: std::fmt::Display>(
     help: &str,
     value: impl Fn(&state::commands::ShardMetrics) -> T,
 ) {
+    per_slot(out, shards, name, kind, help, |s| value(&s.metrics));
+}
+
+/// One sample per shard, from what the control thread holds of it.
+fn per_slot<T: std::fmt::Display>(
+    out: &mut String,
+    shards: &[super::ShardSlot],
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&super::ShardSlot) -> T,
+) {
     header(out, name, kind, help);
     for (i, s) in shards.iter().enumerate() {
-        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", value(&s.metrics));
+        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", value(s));
     }
 }
 
